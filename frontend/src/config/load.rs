@@ -68,44 +68,7 @@ pub fn load(
     }
 
     for setting in &command_line.settings {
-        let canonical =
-            match setting {
-                CommandLineSetting::Option { name, value } => match settings.set(name, value) {
-                    Ok(applied) => {
-                        warnings.extend(applied.notices.into_iter().map(|notice| {
-                            ConfigWarning::Notice {
-                                origin: Origin::CommandLine,
-                                notice,
-                            }
-                        }));
-                        Some(applied.canonical)
-                    }
-                    Err(SettingError::Unknown { name }) => {
-                        warnings.push(ConfigWarning::UnknownSetting {
-                            origin: Origin::CommandLine,
-                            name,
-                        });
-                        None
-                    }
-                    Err(error) => {
-                        warnings.push(ConfigWarning::InvalidOption { error });
-                        None
-                    }
-                },
-                CommandLineSetting::Flag { name, value } => {
-                    let applied = settings
-                        .set(name, value)
-                        .map_err(ConfigError::CommandLine)?;
-                    warnings.extend(applied.notices.into_iter().map(|notice| {
-                        ConfigWarning::Notice {
-                            origin: Origin::CommandLine,
-                            notice,
-                        }
-                    }));
-                    Some(applied.canonical)
-                }
-            };
-        overridden.extend(canonical);
+        overridden.extend(apply_command_line(&mut settings, &mut warnings, setting)?);
     }
 
     if command_line.offline {
@@ -117,6 +80,44 @@ pub fn load(
         settings.narinfo_cache_positive_ttl = 0;
     }
     Ok(Loaded { settings, warnings })
+}
+
+/// Applies one command-line setting; returns the canonical name set, if any.
+fn apply_command_line(
+    settings: &mut Settings,
+    warnings: &mut Vec<ConfigWarning>,
+    setting: &CommandLineSetting,
+) -> Result<Option<&'static str>, ConfigError> {
+    let (name, value, lenient) = match setting {
+        CommandLineSetting::Option { name, value } => (name, value, true),
+        CommandLineSetting::Flag { name, value } => (name, value, false),
+    };
+    match settings.set(name, value) {
+        Ok(applied) => {
+            warnings.extend(
+                applied
+                    .notices
+                    .into_iter()
+                    .map(|notice| ConfigWarning::Notice {
+                        origin: Origin::CommandLine,
+                        notice,
+                    }),
+            );
+            Ok(Some(applied.canonical))
+        }
+        Err(SettingError::Unknown { name }) if lenient => {
+            warnings.push(ConfigWarning::UnknownSetting {
+                origin: Origin::CommandLine,
+                name,
+            });
+            Ok(None)
+        }
+        Err(error) if lenient => {
+            warnings.push(ConfigWarning::InvalidOption { error });
+            Ok(None)
+        }
+        Err(error) => Err(ConfigError::CommandLine(error)),
+    }
 }
 
 /// What `nix --offline` does to settings that were not set explicitly after `nix.conf`.

@@ -243,11 +243,11 @@ mod tests {
     use super::*;
     use std::fs;
 
-    /// Reads `main` (and what it includes) and returns the assignments as
-    /// `(origin, name, value)` strings, plus the warnings.
-    fn read(
-        main: &Path,
-    ) -> Result<(Vec<(String, String, String)>, Vec<ConfigWarning>), ConfigError> {
+    /// One assignment as `(origin, name, value)` strings.
+    type Seen = (String, String, String);
+
+    /// Reads `main` (and what it includes) and returns the assignments and the warnings.
+    fn read(main: &Path) -> Result<(Vec<Seen>, Vec<ConfigWarning>), ConfigError> {
         let mut seen = Vec::new();
         let mut warnings = Vec::new();
         let mut sink = |origin: &Origin, name: &str, value: &str| {
@@ -258,7 +258,7 @@ mod tests {
         Ok((seen, warnings))
     }
 
-    fn read_env(text: &str) -> Result<Vec<(String, String, String)>, ConfigError> {
+    fn read_env(text: &str) -> Result<Vec<Seen>, ConfigError> {
         let mut seen = Vec::new();
         let mut warnings = Vec::new();
         let mut sink = |origin: &Origin, name: &str, value: &str| {
@@ -270,7 +270,7 @@ mod tests {
         Ok(seen)
     }
 
-    fn triple(origin: &str, name: &str, value: &str) -> (String, String, String) {
+    fn triple(origin: &str, name: &str, value: &str) -> Seen {
         (origin.to_owned(), name.to_owned(), value.to_owned())
     }
 
