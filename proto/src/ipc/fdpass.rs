@@ -179,15 +179,18 @@ impl FrameAssembler {
         Ok(matches!(&self.payload, Some(p) if p.len() == self.payload_got))
     }
 
+    /// The peer closed: cleanly between frames, or in the middle of this one.
     fn eof_error(&self) -> IpcError {
         match &self.payload {
             None if self.prefix_got == 0 && self.fds.is_empty() => IpcError::PeerClosed,
-            None => frame::check_prefix_complete(self.prefix_got.max(1))
-                .err()
-                .unwrap_or(IpcError::PeerClosed),
-            Some(payload) => frame::check_payload_complete(payload.len(), self.payload_got)
-                .err()
-                .unwrap_or(IpcError::PeerClosed),
+            None => IpcError::Truncated {
+                expected: LENGTH_PREFIX_LEN as u64,
+                received: self.prefix_got as u64,
+            },
+            Some(payload) => IpcError::Truncated {
+                expected: (LENGTH_PREFIX_LEN + payload.len()) as u64,
+                received: (LENGTH_PREFIX_LEN + self.payload_got) as u64,
+            },
         }
     }
 

@@ -237,7 +237,7 @@ pub async fn read_frame_async<R: AsyncRead + Unpin, M: IpcMessage>(
 }
 
 /// EOF before the first byte of a frame is a clean close; inside the prefix it is truncation.
-pub(crate) fn check_prefix_complete(got: usize) -> Result<(), IpcError> {
+fn check_prefix_complete(got: usize) -> Result<(), IpcError> {
     match got {
         0 => Err(IpcError::PeerClosed),
         LENGTH_PREFIX_LEN => Ok(()),
@@ -248,7 +248,7 @@ pub(crate) fn check_prefix_complete(got: usize) -> Result<(), IpcError> {
     }
 }
 
-pub(crate) fn check_payload_complete(len: usize, got: usize) -> Result<(), IpcError> {
+fn check_payload_complete(len: usize, got: usize) -> Result<(), IpcError> {
     if got == len {
         Ok(())
     } else {

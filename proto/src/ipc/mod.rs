@@ -212,7 +212,8 @@ pub struct Channel<Out, In> {
 }
 
 impl<Out: IpcMessage, In: IpcMessage> Channel<Out, In> {
-    /// Wraps a connected, blocking unix stream socket.
+    /// Wraps a connected unix stream socket, which must be in blocking mode (a non-blocking
+    /// one makes `send` and `recv` fail with `WouldBlock` I/O errors).
     pub fn new(socket: UnixStream, limit: FrameLimit) -> Self {
         Channel {
             socket,
