@@ -1768,7 +1768,7 @@ mod tests {
         r.sign(&sk);
         let keys = PublicKeys::parse_entries([sk.public_key().to_string().as_str()]).unwrap();
         assert_eq!(r.check_signatures(&keys), 1);
-        let parsed = Realisation::parse_json(&r.to_json_string()).unwrap();
+        let parsed = Realisation::parse_json(r.to_json_string()).unwrap();
         assert_eq!(parsed, r);
         assert_eq!(parsed.check_signatures(&keys), 1);
         let mut tampered = parsed;
