@@ -49,7 +49,7 @@ struct OpenDirectory {
 /// nar.symlink(b"a.txt")?;
 /// nar.end_directory()?;
 /// let bytes = nar.finish()?;
-/// assert_eq!(bytes.len(), 512);
+/// assert_eq!(bytes.len(), 480);
 /// # Ok(()) }
 /// ```
 ///
