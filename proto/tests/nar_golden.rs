@@ -18,7 +18,10 @@ fn shared_dir() -> PathBuf {
     let candidates: Vec<PathBuf> = std::env::var_os("WARD_SHARED_DIR")
         .map(PathBuf::from)
         .into_iter()
-        .chain([manifest.join("../../shared"), manifest.join("../../../shared")])
+        .chain([
+            manifest.join("../../shared"),
+            manifest.join("../../../shared"),
+        ])
         .collect();
     candidates
         .iter()
@@ -34,7 +37,11 @@ fn shared_dir() -> PathBuf {
 
 fn golden_nars_dir() -> PathBuf {
     let dir = shared_dir().join("nix-test-data/libutil-tests/data/nars");
-    assert!(dir.is_dir(), "golden nar folder {} is missing", dir.display());
+    assert!(
+        dir.is_dir(),
+        "golden nar folder {} is missing",
+        dir.display()
+    );
     dir
 }
 
@@ -59,9 +66,10 @@ fn expected_outcome(name: &str) -> Option<fn(&NarError) -> bool> {
         "executable-after-contents.nar" => {
             |e| matches!(e, NarError::ExecutableAfterContents { path, .. } if path == "/foo")
         }
-        "name-after-node.nar" => {
-            |e| matches!(e, NarError::UnexpectedTag { expected, found, .. } if expected.contains("name") && found == "node")
-        }
+        "name-after-node.nar" => |e| {
+            matches!(e, NarError::UnexpectedTag { expected, found, .. }
+                    if expected.contains("name") && found == "node")
+        },
         "dot.nar" | "dotdot.nar" | "empty.nar" | "slash.nar" | "nul-character.nar" => {
             |e| matches!(e, NarError::InvalidEntryName { .. })
         }
@@ -96,10 +104,18 @@ fn golden_nars_are_accepted_or_refused_as_nix_does() {
         }
         // Copying and unpacking refuse the same files.
         let copied = nar::copy_nar_with(&bytes[..], Vec::new(), strict());
-        assert_eq!(copied.is_ok(), expected_outcome(&name).is_none(), "copy_nar on {name}");
+        assert_eq!(
+            copied.is_ok(),
+            expected_outcome(&name).is_none(),
+            "copy_nar on {name}"
+        );
         let tmp = tempfile::tempdir().unwrap();
         let unpacked = nar::unpack_with(&bytes[..], &tmp.path().join("out"), strict());
-        assert_eq!(unpacked.is_ok(), expected_outcome(&name).is_none(), "unpack on {name}");
+        assert_eq!(
+            unpacked.is_ok(),
+            expected_outcome(&name).is_none(),
+            "unpack on {name}"
+        );
         seen.push(name);
     }
     seen.sort();
@@ -162,7 +178,10 @@ fn test_vectors_from_disk() {
         "64032129cd88eddd37d39d745f95c3eac92d3bb3c56c0c922218224d5236c764"
     );
     let (digest, size) = nar::hash_and_size(&bytes[..]).unwrap();
-    assert_eq!((hex::encode(digest), size), (hex::encode(Sha256::digest(&bytes)), 712));
+    assert_eq!(
+        (hex::encode(digest), size),
+        (hex::encode(Sha256::digest(&bytes)), 712)
+    );
 
     // Unpacking and dumping again gives the same bytes.
     let copy = tmp.path().join("copy");
@@ -185,20 +204,33 @@ fn build_awkward_tree(dir: &Path) {
     let big: Vec<u8> = (0..300_001u32).map(|i| (i * 7 + i / 251) as u8).collect();
     fs::write(sub.join("big.bin"), &big).unwrap();
     fs::write(sub.join("deeper/still/x"), b"x").unwrap();
-    fs::set_permissions(sub.join("deeper/still/x"), fs::Permissions::from_mode(0o751)).unwrap();
+    fs::set_permissions(
+        sub.join("deeper/still/x"),
+        fs::Permissions::from_mode(0o751),
+    )
+    .unwrap();
     fs::write(sub.join("group-exec-only"), b"no").unwrap();
-    fs::set_permissions(sub.join("group-exec-only"), fs::Permissions::from_mode(0o655)).unwrap();
+    fs::set_permissions(
+        sub.join("group-exec-only"),
+        fs::Permissions::from_mode(0o655),
+    )
+    .unwrap();
     symlink("../nowhere/at/all", sub.join("dangling")).unwrap();
     symlink("/etc/passwd", sub.join("absolute")).unwrap();
 }
 
 fn nix_store() -> Option<PathBuf> {
-    let found = ["/usr/bin/nix-store", "/nix/var/nix/profiles/default/bin/nix-store"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.is_file());
+    let found = [
+        "/usr/bin/nix-store",
+        "/nix/var/nix/profiles/default/bin/nix-store",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .find(|p| p.is_file());
     if found.is_none() {
-        println!("SKIPPED: nix-store is not installed; the cross-check against real Nix did not run");
+        println!(
+            "SKIPPED: nix-store is not installed; the cross-check against real Nix did not run"
+        );
     }
     found
 }
@@ -218,10 +250,21 @@ fn matches_real_nix_store_dump_and_restore() {
         .stderr(Stdio::inherit())
         .output()
         .expect("running nix-store --dump");
-    assert!(output.status.success(), "nix-store --dump failed: {:?}", output.status);
+    assert!(
+        output.status.success(),
+        "nix-store --dump failed: {:?}",
+        output.status
+    );
     let ours = dump(&tree);
-    assert_eq!(ours.len(), output.stdout.len(), "nar size differs from nix-store --dump");
-    assert!(ours == output.stdout, "nar bytes differ from nix-store --dump");
+    assert_eq!(
+        ours.len(),
+        output.stdout.len(),
+        "nar size differs from nix-store --dump"
+    );
+    assert!(
+        ours == output.stdout,
+        "nar bytes differ from nix-store --dump"
+    );
     nar::hash_and_size_with(&ours[..], strict()).expect("our reader accepts nix's dump");
 
     // Nix restores what we unpack identically, and the other way round.
@@ -236,7 +279,13 @@ fn matches_real_nix_store_dump_and_restore() {
         .expect("running nix-store --restore");
     std::io::Write::write_all(child.stdin.as_mut().unwrap(), &ours).unwrap();
     drop(child.stdin.take());
-    assert!(child.wait().unwrap().success(), "nix-store --restore failed");
-    assert!(dump(&nix_restored) == ours, "nix's restore of our nar dumps differently");
+    assert!(
+        child.wait().unwrap().success(),
+        "nix-store --restore failed"
+    );
+    assert!(
+        dump(&nix_restored) == ours,
+        "nix's restore of our nar dumps differently"
+    );
     assert!(dump(&ours_unpacked) == ours, "our unpack dumps differently");
 }

@@ -26,7 +26,8 @@ impl Raw {
 
     /// Appends one well-formed string token.
     fn s(mut self, token: &[u8]) -> Self {
-        self.0.extend_from_slice(&(token.len() as u64).to_le_bytes());
+        self.0
+            .extend_from_slice(&(token.len() as u64).to_le_bytes());
         self.0.extend_from_slice(token);
         self.0.resize(self.0.len().next_multiple_of(8), 0);
         self
@@ -255,7 +256,10 @@ fn nested_paths_and_nar_path_helpers() {
 fn entries_compare_as_unsigned_bytes() {
     // 'B' (0x42) < 'a' (0x61) < 0xff: accepted in this order only.
     let sorted: &[&[u8]] = &[b"B", b"a", b"ab", b"\xff"];
-    assert_eq!(events(&Raw::directory_of(sorted)).unwrap().len(), 2 + sorted.len());
+    assert_eq!(
+        events(&Raw::directory_of(sorted)).unwrap().len(),
+        2 + sorted.len()
+    );
     // As signed chars 0xff would sort first; as unsigned bytes it sorts last.
     let e = refused(&Raw::directory_of(&[b"\xff", b"a"]));
     assert!(
@@ -290,7 +294,10 @@ fn unread_contents_are_skipped_and_still_checked() {
     let mut reader = NarReader::new(&bad[..]);
     assert!(matches!(reader.next(), Ok(Some(Event::File { .. }))));
     let e = reader.next().unwrap_err();
-    assert!(matches!(e, NarError::NonZeroPadding { offset: 97, .. }), "{e}");
+    assert!(
+        matches!(e, NarError::NonZeroPadding { offset: 97, .. }),
+        "{e}"
+    );
     bad[99] = 0;
     assert!(events(&bad).is_ok());
 }
@@ -311,7 +318,13 @@ fn file_contents_read_impl_reports_truncation() {
     assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
     assert_eq!(data, b"short");
     let inner = e.into_inner().unwrap().downcast::<NarError>().unwrap();
-    assert!(matches!(*inner, NarError::Truncated { what: "file contents", .. }));
+    assert!(matches!(
+        *inner,
+        NarError::Truncated {
+            what: "file contents",
+            ..
+        }
+    ));
 }
 
 /// Yields one byte per read call, to exercise partial reads everywhere.
@@ -347,7 +360,11 @@ fn refuses_bad_or_missing_magic() {
         Raw::default().s(b"nix-archive-2").regular(b"").0,
         Raw::default().s(b"nix-archive").regular(b"").0,
         Raw::default().n(13).raw(b"nix-archive-1").0, // padding missing
-        Raw::default().n(13).raw(b"nix-archive-1\0\0\x01").regular(b"").0,
+        Raw::default()
+            .n(13)
+            .raw(b"nix-archive-1\0\0\x01")
+            .regular(b"")
+            .0,
         Raw::default().n(u64::MAX).0,
         Raw::default().regular(b"").0,
         b"nix-archive-1".to_vec(),
@@ -359,7 +376,11 @@ fn refuses_bad_or_missing_magic() {
 
 #[test]
 fn refuses_missing_open_paren() {
-    let e = refused(&Raw::nar().ss(&[b"type", b"regular", b"contents", b"", b")"]).0);
+    let e = refused(
+        &Raw::nar()
+            .ss(&[b"type", b"regular", b"contents", b"", b")"])
+            .0,
+    );
     assert!(
         matches!(&e, NarError::UnexpectedTag { offset: 24, found, .. } if found == "type"),
         "{e}"
@@ -392,27 +413,50 @@ fn refuses_missing_type() {
 #[test]
 fn refuses_unknown_file_type() {
     let e = refused(&Raw::nar().ss(&[b"(", b"type", b"fifo", b")"]).0);
-    assert!(matches!(&e, NarError::UnknownFileType { found, .. } if found == "fifo"), "{e}");
+    assert!(
+        matches!(&e, NarError::UnknownFileType { found, .. } if found == "fifo"),
+        "{e}"
+    );
 }
 
 #[test]
 fn refuses_unknown_tags() {
     // Where contents belong.
-    let e = refused(&Raw::nar().ss(&[b"(", b"type", b"regular", b"AAAAAAAA", b")"]).0);
-    assert!(matches!(&e, NarError::UnexpectedTag { found, .. } if found == "AAAAAAAA"), "{e}");
+    let e = refused(
+        &Raw::nar()
+            .ss(&[b"(", b"type", b"regular", b"AAAAAAAA", b")"])
+            .0,
+    );
+    assert!(
+        matches!(&e, NarError::UnexpectedTag { found, .. } if found == "AAAAAAAA"),
+        "{e}"
+    );
     // Inside a directory.
     let e = refused(&Raw::nar().ss(&[b"(", b"type", b"directory", b"entri"]).0);
-    assert!(matches!(&e, NarError::UnexpectedTag { found, .. } if found == "entri"), "{e}");
+    assert!(
+        matches!(&e, NarError::UnexpectedTag { found, .. } if found == "entri"),
+        "{e}"
+    );
     // Where a symlink's target belongs.
-    let e = refused(&Raw::nar().ss(&[b"(", b"type", b"symlink", b"contents", b"x"]).0);
-    assert!(matches!(&e, NarError::UnexpectedTag { found, .. } if found == "contents"), "{e}");
+    let e = refused(
+        &Raw::nar()
+            .ss(&[b"(", b"type", b"symlink", b"contents", b"x"])
+            .0,
+    );
+    assert!(
+        matches!(&e, NarError::UnexpectedTag { found, .. } if found == "contents"),
+        "{e}"
+    );
     // After a symlink's target.
     let e = refused(
         &Raw::nar()
             .ss(&[b"(", b"type", b"symlink", b"target", b"x", b"target", b"y"])
             .0,
     );
-    assert!(matches!(&e, NarError::UnexpectedTag { found, .. } if found == "target"), "{e}");
+    assert!(
+        matches!(&e, NarError::UnexpectedTag { found, .. } if found == "target"),
+        "{e}"
+    );
     // `name` after `node` in an entry (the name-after-node golden file's shape).
     let e = refused(
         &Raw::nar()
@@ -426,7 +470,14 @@ fn refuses_unknown_tags() {
         "{e}"
     );
     // Something other than `)` closing an entry.
-    let e = refused(&Raw::nar().ss(&[b"(", b"type", b"directory"]).entry(b"a").regular(b"").s(b"name").0);
+    let e = refused(
+        &Raw::nar()
+            .ss(&[b"(", b"type", b"directory"])
+            .entry(b"a")
+            .regular(b"")
+            .s(b"name")
+            .0,
+    );
     assert!(
         matches!(&e, NarError::UnexpectedTag { path, found, .. } if path == "/" && found == "name"),
         "{e}"
@@ -434,27 +485,56 @@ fn refuses_unknown_tags() {
     // A second `contents`.
     let e = refused(
         &Raw::nar()
-            .ss(&[b"(", b"type", b"regular", b"contents", b"a", b"contents", b"b", b")"])
+            .ss(&[
+                b"(",
+                b"type",
+                b"regular",
+                b"contents",
+                b"a",
+                b"contents",
+                b"b",
+                b")",
+            ])
             .0,
     );
-    assert!(matches!(&e, NarError::UnexpectedTag { found, .. } if found == "contents"), "{e}");
+    assert!(
+        matches!(&e, NarError::UnexpectedTag { found, .. } if found == "contents"),
+        "{e}"
+    );
     // The longest allowed tag is shown whole.
     let e = refused(&Raw::nar().ss(&[b"(", b"type", b"regular", &[b'Z'; 16]]).0);
-    assert!(matches!(&e, NarError::UnexpectedTag { found, .. } if found.len() == 16), "{e}");
+    assert!(
+        matches!(&e, NarError::UnexpectedTag { found, .. } if found.len() == 16),
+        "{e}"
+    );
 }
 
 #[test]
 fn refuses_a_second_type() {
     for bad in [
-        Raw::nar().ss(&[b"(", b"type", b"regular", b"type", b"regular"]).0,
+        Raw::nar()
+            .ss(&[b"(", b"type", b"regular", b"type", b"regular"])
+            .0,
         Raw::nar()
             .ss(&[b"(", b"type", b"regular", b"executable", b"", b"type"])
             .0,
         Raw::nar()
-            .ss(&[b"(", b"type", b"regular", b"contents", b"", b"type", b"directory"])
+            .ss(&[
+                b"(",
+                b"type",
+                b"regular",
+                b"contents",
+                b"",
+                b"type",
+                b"directory",
+            ])
             .0,
-        Raw::nar().ss(&[b"(", b"type", b"directory", b"type", b"directory"]).0,
-        Raw::nar().ss(&[b"(", b"type", b"symlink", b"type", b"symlink"]).0,
+        Raw::nar()
+            .ss(&[b"(", b"type", b"directory", b"type", b"directory"])
+            .0,
+        Raw::nar()
+            .ss(&[b"(", b"type", b"symlink", b"type", b"symlink"])
+            .0,
         Raw::nar()
             .ss(&[b"(", b"type", b"symlink", b"target", b"x", b"type"])
             .0,
@@ -468,10 +548,29 @@ fn refuses_a_second_type() {
 fn refuses_non_empty_executable_marker() {
     let e = refused(
         &Raw::nar()
-            .ss(&[b"(", b"type", b"regular", b"executable", b"1", b"contents", b"", b")"])
+            .ss(&[
+                b"(",
+                b"type",
+                b"regular",
+                b"executable",
+                b"1",
+                b"contents",
+                b"",
+                b")",
+            ])
             .0,
     );
-    assert!(matches!(e, NarError::NonEmptyExecutableMarker { len: 1, offset: 96, .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            NarError::NonEmptyExecutableMarker {
+                len: 1,
+                offset: 96,
+                ..
+            }
+        ),
+        "{e}"
+    );
     // A huge marker length is refused before anything is read or allocated.
     let e = refused(
         &Raw::nar()
@@ -479,24 +578,50 @@ fn refuses_non_empty_executable_marker() {
             .n(u64::MAX)
             .0,
     );
-    assert!(matches!(e, NarError::NonEmptyExecutableMarker { len: u64::MAX, .. }), "{e}");
+    assert!(
+        matches!(e, NarError::NonEmptyExecutableMarker { len: u64::MAX, .. }),
+        "{e}"
+    );
 }
 
 #[test]
 fn refuses_executable_after_contents() {
     let e = refused(
         &Raw::nar()
-            .ss(&[b"(", b"type", b"regular", b"contents", b"hi", b"executable", b"", b")"])
+            .ss(&[
+                b"(",
+                b"type",
+                b"regular",
+                b"contents",
+                b"hi",
+                b"executable",
+                b"",
+                b")",
+            ])
             .0,
     );
-    assert!(matches!(e, NarError::ExecutableAfterContents { offset: 104, .. }), "{e}");
+    assert!(
+        matches!(e, NarError::ExecutableAfterContents { offset: 104, .. }),
+        "{e}"
+    );
     // Twice `executable` is refused too.
     let e = refused(
         &Raw::nar()
-            .ss(&[b"(", b"type", b"regular", b"executable", b"", b"executable", b""])
+            .ss(&[
+                b"(",
+                b"type",
+                b"regular",
+                b"executable",
+                b"",
+                b"executable",
+                b"",
+            ])
             .0,
     );
-    assert!(matches!(&e, NarError::UnexpectedTag { found, .. } if found == "executable"), "{e}");
+    assert!(
+        matches!(&e, NarError::UnexpectedTag { found, .. } if found == "executable"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -524,11 +649,15 @@ fn refuses_invalid_entry_names() {
 fn refuses_unsorted_and_duplicate_entries() {
     let e = refused(&Raw::directory_of(&[b"b", b"a"]));
     assert!(
-        matches!(&e, NarError::UnsortedEntries { previous, name, .. } if previous == "b" && name == "a"),
+        matches!(&e, NarError::UnsortedEntries { previous, name, .. }
+            if previous == "b" && name == "a"),
         "{e}"
     );
     let e = refused(&Raw::directory_of(&[b"a", b"b", b"b"]));
-    assert!(matches!(&e, NarError::DuplicateEntry { name, .. } if name == "b"), "{e}");
+    assert!(
+        matches!(&e, NarError::DuplicateEntry { name, .. } if name == "b"),
+        "{e}"
+    );
     // A prefix sorts first.
     let e = refused(&Raw::directory_of(&[b"ab", b"a"]));
     assert!(matches!(e, NarError::UnsortedEntries { .. }), "{e}");
@@ -550,7 +679,10 @@ fn refuses_unsorted_and_duplicate_entries() {
 fn refuses_non_zero_padding() {
     // In a tag.
     let e = refused(&Raw::nar().n(1).raw(b"(\0\0\0\0\0\0\x01").0);
-    assert!(matches!(e, NarError::NonZeroPadding { offset: 33, .. }), "{e}");
+    assert!(
+        matches!(e, NarError::NonZeroPadding { offset: 33, .. }),
+        "{e}"
+    );
     // In a name.
     let bad = Raw::nar()
         .ss(&[b"(", b"type", b"directory", b"entry", b"(", b"name"])
@@ -558,7 +690,10 @@ fn refuses_non_zero_padding() {
         .raw(b"a\x01\0\0\0\0\0\0")
         .0;
     let e = refused(&bad);
-    assert!(matches!(&e, NarError::NonZeroPadding { path, .. } if path == "/"), "{e}");
+    assert!(
+        matches!(&e, NarError::NonZeroPadding { path, .. } if path == "/"),
+        "{e}"
+    );
     // After contents.
     let bad = Raw::nar()
         .ss(&[b"(", b"type", b"regular", b"contents"])
@@ -567,7 +702,10 @@ fn refuses_non_zero_padding() {
         .s(b")")
         .0;
     let e = refused(&bad);
-    assert!(matches!(e, NarError::NonZeroPadding { offset: 99, .. }), "{e}");
+    assert!(
+        matches!(e, NarError::NonZeroPadding { offset: 99, .. }),
+        "{e}"
+    );
     // In a symlink target.
     let bad = Raw::nar()
         .ss(&[b"(", b"type", b"symlink", b"target"])
@@ -641,7 +779,10 @@ fn refuses_nesting_over_the_depth_limit() {
         "{e}"
     );
     let e = refused_with(&nar, options(0));
-    assert!(matches!(&e, NarError::TooDeep { path, .. } if path == "/d"), "{e}");
+    assert!(
+        matches!(&e, NarError::TooDeep { path, .. } if path == "/d"),
+        "{e}"
+    );
     // The default limit is 256.
     assert!(events(&nested_directories(256)).is_ok());
     let e = refused(&nested_directories(257));
@@ -656,7 +797,18 @@ fn refuses_files_over_the_size_limit() {
     };
     assert!(events_with(&Raw::nar().regular(b"12345").0, options.clone()).is_ok());
     let e = refused_with(&hello_nar(), options);
-    assert!(matches!(e, NarError::FileTooLarge { size: 6, limit: 5, offset: 88, .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            NarError::FileTooLarge {
+                size: 6,
+                limit: 5,
+                offset: 88,
+                ..
+            }
+        ),
+        "{e}"
+    );
     // Without a limit, a huge size only means truncation, not allocation.
     let nar = Raw::nar()
         .ss(&[b"(", b"type", b"regular", b"contents"])
@@ -670,16 +822,42 @@ fn refuses_strings_over_their_limits_before_reading_them() {
     // A tag with an absurd length.
     let e = refused(&Raw::nar().n(u64::MAX).0);
     assert!(
-        matches!(e, NarError::StringTooLong { what: "tag", len: u64::MAX, offset: 24, .. }),
+        matches!(
+            e,
+            NarError::StringTooLong {
+                what: "tag",
+                len: u64::MAX,
+                offset: 24,
+                ..
+            }
+        ),
         "{e}"
     );
     let e = refused(&Raw::nar().ss(&[b"(", b"type"]).n(17).0);
-    assert!(matches!(e, NarError::StringTooLong { what: "tag", limit: 16, .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            NarError::StringTooLong {
+                what: "tag",
+                limit: 16,
+                ..
+            }
+        ),
+        "{e}"
+    );
     // Names: 255 bytes are fine, 256 are not.
     assert!(events(&Raw::directory_of(&[&[b'n'; 255]])).is_ok());
     let e = refused(&Raw::directory_of(&[&[b'n'; 256]]));
     assert!(
-        matches!(e, NarError::StringTooLong { what: "entry name", len: 256, limit: 255, .. }),
+        matches!(
+            e,
+            NarError::StringTooLong {
+                what: "entry name",
+                len: 256,
+                limit: 255,
+                ..
+            }
+        ),
         "{e}"
     );
     let e = refused(
@@ -688,7 +866,16 @@ fn refuses_strings_over_their_limits_before_reading_them() {
             .n(u64::MAX)
             .0,
     );
-    assert!(matches!(e, NarError::StringTooLong { what: "entry name", .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            NarError::StringTooLong {
+                what: "entry name",
+                ..
+            }
+        ),
+        "{e}"
+    );
     // Symlink targets: 4095 bytes are fine, 4096 are not.
     let link = |target: &[u8]| {
         Raw::nar()
@@ -698,7 +885,14 @@ fn refuses_strings_over_their_limits_before_reading_them() {
     assert!(events(&link(&[b't'; 4095])).is_ok());
     let e = refused(&link(&[b't'; 4096]));
     assert!(
-        matches!(e, NarError::StringTooLong { what: "symlink target", limit: 4095, .. }),
+        matches!(
+            e,
+            NarError::StringTooLong {
+                what: "symlink target",
+                limit: 4095,
+                ..
+            }
+        ),
         "{e}"
     );
     // The limits are configurable.
@@ -737,9 +931,15 @@ fn refuses_entries_and_nodes_over_the_count_limits() {
     };
     assert!(events_with(&nar, options(3, 4)).is_ok());
     let e = refused_with(&nar, options(2, 100));
-    assert!(matches!(&e, NarError::TooManyEntries { limit: 2, directory, .. } if directory == "/"), "{e}");
+    assert!(
+        matches!(&e, NarError::TooManyEntries { limit: 2, directory, .. } if directory == "/"),
+        "{e}"
+    );
     let e = refused_with(&nar, options(100, 3));
-    assert!(matches!(&e, NarError::TooManyNodes { limit: 3, path, .. } if path == "/c"), "{e}");
+    assert!(
+        matches!(&e, NarError::TooManyNodes { limit: 3, path, .. } if path == "/c"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -755,7 +955,10 @@ fn a_failed_reader_stays_failed() {
 fn errors_escape_hostile_bytes() {
     let e = refused(&Raw::directory_of(&[b"\x1b[31mred\n/"]));
     let message = e.to_string();
-    assert!(!message.contains('\x1b') && !message.contains('\n'), "{message}");
+    assert!(
+        !message.contains('\x1b') && !message.contains('\n'),
+        "{message}"
+    );
     assert!(message.contains("\\x1b[31mred\\n/"), "{message}");
 }
 
@@ -764,18 +967,39 @@ fn errors_escape_hostile_bytes() {
 #[test]
 fn writer_refuses_calls_out_of_order() {
     let mut nar = NarWriter::new(Vec::new());
-    assert!(matches!(nar.entry(b"a"), Err(NarError::WriterMisuse { .. })));
-    assert!(matches!(nar.end_directory(), Err(NarError::WriterMisuse { .. })));
+    assert!(matches!(
+        nar.entry(b"a"),
+        Err(NarError::WriterMisuse { .. })
+    ));
+    assert!(matches!(
+        nar.end_directory(),
+        Err(NarError::WriterMisuse { .. })
+    ));
     nar.directory().unwrap();
-    assert!(matches!(nar.symlink(b"x"), Err(NarError::WriterMisuse { .. })));
-    assert!(matches!(nar.directory(), Err(NarError::WriterMisuse { .. })));
+    assert!(matches!(
+        nar.symlink(b"x"),
+        Err(NarError::WriterMisuse { .. })
+    ));
+    assert!(matches!(
+        nar.directory(),
+        Err(NarError::WriterMisuse { .. })
+    ));
     nar.entry(b"a").unwrap();
-    assert!(matches!(nar.entry(b"b"), Err(NarError::WriterMisuse { .. })));
-    assert!(matches!(nar.end_directory(), Err(NarError::WriterMisuse { .. })));
+    assert!(matches!(
+        nar.entry(b"b"),
+        Err(NarError::WriterMisuse { .. })
+    ));
+    assert!(matches!(
+        nar.end_directory(),
+        Err(NarError::WriterMisuse { .. })
+    ));
     nar.symlink(b"x").unwrap();
     nar.end_directory().unwrap();
     // A second root.
-    assert!(matches!(nar.symlink(b"x"), Err(NarError::WriterMisuse { .. })));
+    assert!(matches!(
+        nar.symlink(b"x"),
+        Err(NarError::WriterMisuse { .. })
+    ));
     assert_eq!(events(&nar.finish().unwrap()).unwrap().len(), 3);
 
     // Nothing to finish yet.
@@ -818,20 +1042,53 @@ fn writer_refuses_contents_of_the_wrong_size() {
     sink.write_chunk(b"ab").unwrap();
     assert_eq!(sink.remaining(), 1);
     let e = sink.write_chunk(b"cd").unwrap_err();
-    assert!(matches!(e, NarError::ContentsSizeMismatch { declared: 3, actual: 4, .. }), "{e}");
-    assert!(matches!(nar.symlink(b"x"), Err(NarError::WriterMisuse { what }) if what.contains("after an error")));
+    assert!(
+        matches!(
+            e,
+            NarError::ContentsSizeMismatch {
+                declared: 3,
+                actual: 4,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(
+        matches!(nar.symlink(b"x"), Err(NarError::WriterMisuse { what })
+            if what.contains("after an error"))
+    );
 
     // Too few.
     let mut nar = NarWriter::new(Vec::new());
     let mut sink = nar.begin_file(false, 3).unwrap();
     sink.write_chunk(b"ab").unwrap();
     let e = sink.finish().unwrap_err();
-    assert!(matches!(e, NarError::ContentsSizeMismatch { declared: 3, actual: 2, .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            NarError::ContentsSizeMismatch {
+                declared: 3,
+                actual: 2,
+                ..
+            }
+        ),
+        "{e}"
+    );
 
     // A source that ends early.
     let mut nar = NarWriter::new(Vec::new());
     let e = nar.file(true, 10, &b"short"[..]).unwrap_err();
-    assert!(matches!(e, NarError::ContentsSizeMismatch { declared: 10, actual: 5, .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            NarError::ContentsSizeMismatch {
+                declared: 10,
+                actual: 5,
+                ..
+            }
+        ),
+        "{e}"
+    );
 
     // A source that fails.
     struct Failing;
@@ -879,7 +1136,10 @@ impl Write for FailAfter {
 fn writer_reports_output_errors() {
     let mut nar = NarWriter::new(FailAfter { budget: 30 });
     let e = nar.file_from_bytes(false, b"hello\n").unwrap_err();
-    assert!(matches!(&e, NarError::Write { source, .. } if source.kind() == io::ErrorKind::BrokenPipe), "{e}");
+    assert!(
+        matches!(&e, NarError::Write { source, .. } if source.kind() == io::ErrorKind::BrokenPipe),
+        "{e}"
+    );
     assert!(matches!(nar.finish(), Err(NarError::WriterMisuse { .. })));
 }
 
@@ -949,7 +1209,10 @@ fn unpack_creates_the_tree() {
     let dest = dir.path().join("d");
     unpack(&tv4_nar()[..], &dest).unwrap();
     assert_eq!(std::fs::read(dest.join("a.txt")).unwrap(), b"hello\n");
-    assert_eq!(std::fs::read_link(dest.join("link")).unwrap(), Path::new("a.txt"));
+    assert_eq!(
+        std::fs::read_link(dest.join("link")).unwrap(),
+        Path::new("a.txt")
+    );
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode();
     assert_eq!(mode(&dest.join("run")) & 0o111, 0o111);
     assert_eq!(mode(&dest.join("a.txt")) & 0o111, 0);
@@ -975,7 +1238,14 @@ fn unpack_does_not_write_through_symlinks() {
     let dir = tempfile::tempdir().unwrap();
     let outside = dir.path().join("outside");
     let nar = Raw::nar()
-        .ss(&[b"(", b"type", b"symlink", b"target", outside.as_os_str().as_bytes(), b")"])
+        .ss(&[
+            b"(",
+            b"type",
+            b"symlink",
+            b"target",
+            outside.as_os_str().as_bytes(),
+            b")",
+        ])
         .0;
     unpack(&nar[..], &dir.path().join("l")).unwrap();
     assert_eq!(std::fs::read_link(dir.path().join("l")).unwrap(), outside);
@@ -985,7 +1255,14 @@ fn unpack_does_not_write_through_symlinks() {
     let nar = Raw::nar()
         .ss(&[b"(", b"type", b"directory"])
         .entry(b"a")
-        .ss(&[b"(", b"type", b"symlink", b"target", outside.as_os_str().as_bytes(), b")"])
+        .ss(&[
+            b"(",
+            b"type",
+            b"symlink",
+            b"target",
+            outside.as_os_str().as_bytes(),
+            b")",
+        ])
         .s(b")")
         .entry(b"a")
         .ss(&[b"(", b"type", b"directory"])
@@ -1000,13 +1277,20 @@ fn unpack_does_not_write_through_symlinks() {
 #[test]
 fn unpack_stops_at_bad_input() {
     let dir = tempfile::tempdir().unwrap();
-    let e = unpack(&Raw::directory_of(&[b"a", b".."])[..], &dir.path().join("d")).unwrap_err();
+    let e = unpack(
+        &Raw::directory_of(&[b"a", b".."])[..],
+        &dir.path().join("d"),
+    )
+    .unwrap_err();
     assert!(matches!(e, NarError::InvalidEntryName { .. }), "{e}");
     // What came before the bad entry is left for the caller to remove.
     assert_eq!(std::fs::read(dir.path().join("d/a")).unwrap(), b"x");
     // A missing parent is an fs error naming the path.
     let e = unpack(&hello_nar()[..], &dir.path().join("no/such")).unwrap_err();
-    assert!(matches!(&e, NarError::Fs { path, .. } if path.ends_with("no/such")), "{e}");
+    assert!(
+        matches!(&e, NarError::Fs { path, .. } if path.ends_with("no/such")),
+        "{e}"
+    );
 }
 
 #[test]
@@ -1047,7 +1331,10 @@ fn dump_path_refuses_other_file_types() {
     let socket = tree.join("sock");
     let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
     let e = dump_to_vec(&tree).unwrap_err();
-    assert!(matches!(&e, NarError::UnsupportedFileType { path } if *path == socket), "{e}");
+    assert!(
+        matches!(&e, NarError::UnsupportedFileType { path } if *path == socket),
+        "{e}"
+    );
     assert!(e.to_string().contains("sock"));
 
     let e = dump_to_vec(&dir.path().join("missing")).unwrap_err();
@@ -1070,7 +1357,16 @@ fn dump_path_sorts_by_bytes() {
             _ => None,
         })
         .collect();
-    assert_eq!(names, vec![b"A0".to_vec(), b"B".to_vec(), b"a".to_vec(), b"b".to_vec(), b"\xff".to_vec()]);
+    assert_eq!(
+        names,
+        vec![
+            b"A0".to_vec(),
+            b"B".to_vec(),
+            b"a".to_vec(),
+            b"b".to_vec(),
+            b"\xff".to_vec()
+        ]
+    );
 }
 
 // ---- property tests ----------------------------------------------------------------------
@@ -1080,8 +1376,11 @@ fn dump_path_sorts_by_bytes() {
 enum Tree {
     File { executable: bool, contents: Vec<u8> },
     Symlink(Vec<u8>),
-    Directory(BTreeMap<Vec<u8>, Tree>),
+    Directory(Entries),
 }
+
+/// A directory's entries by name; `BTreeMap` orders byte strings as the NAR does.
+type Entries = BTreeMap<Vec<u8>, Tree>;
 
 fn name_strategy() -> impl Strategy<Value = Vec<u8>> {
     let byte = prop_oneof![
@@ -1093,11 +1392,12 @@ fn name_strategy() -> impl Strategy<Value = Vec<u8>> {
 }
 
 fn tree_strategy() -> impl Strategy<Value = Tree> {
-    let file = (any::<bool>(), prop::collection::vec(any::<u8>(), 0..100))
-        .prop_map(|(executable, contents)| Tree::File {
+    let file = (any::<bool>(), prop::collection::vec(any::<u8>(), 0..100)).prop_map(
+        |(executable, contents)| Tree::File {
             executable,
             contents,
-        });
+        },
+    );
     let symlink = prop::collection::vec(1u8..=255, 1..20).prop_map(Tree::Symlink);
     let leaf = prop_oneof![3 => file, 1 => symlink];
     leaf.prop_recursive(4, 48, 6, |inner| {
@@ -1110,7 +1410,9 @@ fn write_tree<W: Write>(nar: &mut NarWriter<W>, tree: &Tree) {
         Tree::File {
             executable,
             contents,
-        } => nar.file(*executable, contents.len() as u64, &contents[..]).unwrap(),
+        } => nar
+            .file(*executable, contents.len() as u64, &contents[..])
+            .unwrap(),
         Tree::Symlink(target) => nar.symlink(target).unwrap(),
         Tree::Directory(entries) => {
             nar.directory().unwrap();
@@ -1131,7 +1433,7 @@ fn tree_to_nar(tree: &Tree) -> Vec<u8> {
 
 /// Rebuilds the tree from the reader's events, with an explicit stack.
 fn nar_to_tree(bytes: &[u8]) -> Result<Tree, NarError> {
-    let mut stack: Vec<(Vec<u8>, BTreeMap<Vec<u8>, Tree>)> = Vec::new();
+    let mut stack: Vec<(Vec<u8>, Entries)> = Vec::new();
     let mut root = None;
     let mut reader = NarReader::new(bytes);
     while let Some(event) = reader.next()? {
@@ -1144,7 +1446,9 @@ fn nar_to_tree(bytes: &[u8]) -> Result<Tree, NarError> {
                 let (name, entries) = stack.pop().unwrap();
                 (name, Tree::Directory(entries))
             }
-            Event::Symlink { path, target } => (path.file_name().to_vec(), Tree::Symlink(target.to_vec())),
+            Event::Symlink { path, target } => {
+                (path.file_name().to_vec(), Tree::Symlink(target.to_vec()))
+            }
             Event::File {
                 path,
                 executable,
@@ -1152,7 +1456,13 @@ fn nar_to_tree(bytes: &[u8]) -> Result<Tree, NarError> {
                 ..
             } => {
                 let data = read_all(&mut contents)?;
-                (path.file_name().to_vec(), Tree::File { executable, contents: data })
+                (
+                    path.file_name().to_vec(),
+                    Tree::File {
+                        executable,
+                        contents: data,
+                    },
+                )
             }
         };
         match stack.last_mut() {
@@ -1181,7 +1491,11 @@ proptest! {
     }
 
     #[test]
-    fn truncations_and_bit_flips_never_panic(tree in tree_strategy(), cut in any::<prop::sample::Index>(), flip in any::<prop::sample::Index>()) {
+    fn truncations_and_bit_flips_never_panic(
+        tree in tree_strategy(),
+        cut in any::<prop::sample::Index>(),
+        flip in any::<prop::sample::Index>(),
+    ) {
         let bytes = tree_to_nar(&tree);
         let cut = cut.index(bytes.len());
         prop_assert!(events(&bytes[..cut]).is_err());
