@@ -203,7 +203,7 @@ pub enum NarError {
     UnsupportedFileType { path: PathBuf },
 
     /// A file changed size while it was being dumped.
-    #[error("file {} changed while dumped: expected {expected} bytes, read {actual}", path.display())]
+    #[error("{} changed while dumped: expected {expected} bytes, read {actual}", path.display())]
     FileChanged {
         path: PathBuf,
         expected: u64,
