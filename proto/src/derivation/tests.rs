@@ -647,3 +647,13 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn debug_shows_bytes_readably() {
+    let mut drv = parse(TV5, "hello");
+    drv.env.insert(b"raw".to_vec(), vec![0xff, b'"']);
+    let shown = format!("{drv:?}");
+    assert!(shown.contains(r#"b"echo hi > $out""#), "{shown}");
+    assert!(shown.contains(r#"b"raw": b"\xff\"""#), "{shown}");
+    assert!(format!("{:?}", drv.to_basic()).contains(r#"builder: b"/bin/sh""#));
+}
