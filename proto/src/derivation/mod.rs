@@ -35,7 +35,7 @@ pub mod output;
 
 pub use aterm::MAX_ATERM_SIZE;
 pub use hash_modulo::{DrvHashModulo, HashModuloCache, HashModuloError};
-pub use output::output_triple;
+pub use output::{output_triple, OutputTriple};
 
 /// The file name suffix of store derivations.
 pub const DRV_EXTENSION: &str = ".drv";
@@ -508,7 +508,7 @@ impl BasicDerivation {
     pub fn output_triples(
         &self,
         store_dir: &StoreDir,
-    ) -> Result<Vec<(String, (String, String, String))>, DerivationError> {
+    ) -> Result<Vec<(String, OutputTriple)>, DerivationError> {
         self.outputs
             .iter()
             .map(|(name, output)| {
