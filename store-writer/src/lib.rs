@@ -1,0 +1,9 @@
+//! `ward_store`: the store-writer's library, the only code in ward that writes the Nix store
+//! directory and its database.
+//!
+//! * [`layout`]: where a store keeps its files, and creating the tree Nix creates.
+//! * [`lock`]: per-path and big locks with Nix's `flock` semantics.
+#![forbid(unsafe_code)]
+
+pub mod layout;
+pub mod lock;
