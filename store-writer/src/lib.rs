@@ -3,7 +3,10 @@
 //!
 //! * [`layout`]: where a store keeps its files, and creating the tree Nix creates.
 //! * [`lock`]: per-path and big locks with Nix's `flock` semantics.
+//! * [`fsutil`]: descriptor-based tree walks (canonicalise, remove) that never follow symlinks.
 #![forbid(unsafe_code)]
 
+pub mod fsutil;
 pub mod layout;
 pub mod lock;
+mod types;

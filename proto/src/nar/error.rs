@@ -56,7 +56,9 @@ pub enum NarError {
     DuplicateType { offset: u64, path: String },
 
     /// The string after `executable` must be empty.
-    #[error("bad nar at byte {offset} at {path}: executable marker has a non-empty value ({len} bytes)")]
+    #[error(
+        "bad nar at byte {offset} at {path}: executable marker has a non-empty value ({len} bytes)"
+    )]
     NonEmptyExecutableMarker { offset: u64, path: String, len: u64 },
 
     /// `executable` must come before `contents` (Nix 2.8 accepted it after; current Nix does not).

@@ -93,7 +93,11 @@ fn dump_node<W: Write>(
     }
 }
 
-fn dump_file<W: Write>(path: &Path, nar: &mut NarWriter<W>, buf: &mut [u8]) -> Result<(), NarError> {
+fn dump_file<W: Write>(
+    path: &Path,
+    nar: &mut NarWriter<W>,
+    buf: &mut [u8],
+) -> Result<(), NarError> {
     // O_NOFOLLOW: the path was a regular file when we looked; if it has been swapped for a
     // symlink since, fail instead of reading whatever it points to. O_NONBLOCK: likewise
     // for a FIFO, which would otherwise block the open.
@@ -103,7 +107,9 @@ fn dump_file<W: Write>(path: &Path, nar: &mut NarWriter<W>, buf: &mut [u8]) -> R
         .open(path)
         .map_err(fs_error("opening", path))?;
     // Size and mode come from the open file, so they describe what we read.
-    let metadata = file.metadata().map_err(fs_error("reading metadata of", path))?;
+    let metadata = file
+        .metadata()
+        .map_err(fs_error("reading metadata of", path))?;
     if !metadata.is_file() {
         return Err(NarError::UnsupportedFileType {
             path: path.to_path_buf(),
@@ -163,7 +169,8 @@ pub fn unpack_with<R: Read>(reader: R, dest: &Path, options: ParseOptions) -> Re
         match event {
             Event::Directory { path } => {
                 let target = join(dest, path.as_bytes());
-                fs::create_dir(&target).map_err(|e| create_error(e, "creating directory", target))?;
+                fs::create_dir(&target)
+                    .map_err(|e| create_error(e, "creating directory", target))?;
             }
             Event::DirectoryEnd { .. } => {}
             Event::Symlink { path, target } => {
@@ -206,7 +213,8 @@ fn write_contents<R: Read>(
         if n == 0 {
             return Ok(());
         }
-        file.write_all(&buf[..n]).map_err(fs_error("writing", target))?;
+        file.write_all(&buf[..n])
+            .map_err(fs_error("writing", target))?;
     }
 }
 

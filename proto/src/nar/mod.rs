@@ -142,9 +142,10 @@ pub fn copy_nar_with<R: Read, W: Write>(
         Ok(()) => {
             let size = nar.offset();
             let (_, mut writer) = nar.into_inner().into_parts();
-            writer
-                .flush()
-                .map_err(|source| NarError::Write { offset: size, source })?;
+            writer.flush().map_err(|source| NarError::Write {
+                offset: size,
+                source,
+            })?;
             Ok(size)
         }
         Err(e) => {

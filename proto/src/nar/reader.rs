@@ -177,7 +177,12 @@ fn padding_len(len: u64) -> usize {
 }
 
 impl<R: Read> Input<R> {
-    fn read_exact(&mut self, buf: &mut [u8], path: &[u8], what: &'static str) -> Result<(), NarError> {
+    fn read_exact(
+        &mut self,
+        buf: &mut [u8],
+        path: &[u8],
+        what: &'static str,
+    ) -> Result<(), NarError> {
         let start = self.offset;
         match self.inner.read_exact(buf) {
             Ok(()) => {
@@ -279,7 +284,9 @@ impl<R: Read> Input<R> {
         if self.contents_left == 0 || buf.is_empty() {
             return Ok(0);
         }
-        let want = buf.len().min(usize::try_from(self.contents_left).unwrap_or(usize::MAX));
+        let want = buf
+            .len()
+            .min(usize::try_from(self.contents_left).unwrap_or(usize::MAX));
         loop {
             match self.inner.read(&mut buf[..want]) {
                 Ok(0) => {
