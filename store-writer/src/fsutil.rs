@@ -398,6 +398,67 @@ fn unlink_if_exists(
     }
 }
 
+/// Clears the immutable flag (`chattr -i`) on everything under `dir`, as Nix's upgrade to
+/// schema 7 does: very old Nix versions made store files immutable, which stops the garbage
+/// collector from deleting them. Only root can change the flag; for anyone else this does
+/// nothing, as in Nix. Symlinks are not followed (and cannot carry the flag).
+pub fn clear_immutable_bits(dir: &Path) -> Result<(), FsError> {
+    if !rustix::process::geteuid().is_root() {
+        return Ok(());
+    }
+    tracing::info!("removing immutable bits from the Nix store (this may take a while)...");
+    let root = open_dir_path(dir)?;
+    clear_immutable(root.as_fd(), dir)?;
+    let mut stack = vec![(root, dir.to_owned(), list_dir_of(dir)?.into_iter())];
+    while let Some((fd, path, names)) = stack.last_mut() {
+        let Some(name) = names.next() else {
+            stack.pop();
+            continue;
+        };
+        let child = path.join(&name);
+        let Some(st) = stat_at(fd.as_fd(), &name, &child)? else {
+            continue;
+        };
+        match FileType::from_raw_mode(st.st_mode) {
+            FileType::RegularFile => {
+                let file = open_file_at(fd.as_fd(), &name, &child)?;
+                clear_immutable(file.as_fd(), &child)?;
+            }
+            FileType::Directory => {
+                let sub = open_dir_at(fd.as_fd(), &name, &child)?;
+                clear_immutable(sub.as_fd(), &child)?;
+                let names = list_dir(sub.as_fd(), &child)?;
+                if stack.len() >= MAX_TREE_DEPTH {
+                    return Err(FsError::TooDeep(child));
+                }
+                stack.push((sub, child, names.into_iter()));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn list_dir_of(dir: &Path) -> Result<Vec<OsString>, FsError> {
+    let fd = open_dir_path(dir)?;
+    list_dir(fd.as_fd(), dir)
+}
+
+fn clear_immutable(fd: BorrowedFd<'_>, shown: &Path) -> Result<(), FsError> {
+    use rustix::fs::IFlags;
+    let flags = match rustix::fs::ioctl_getflags(fd) {
+        Ok(flags) => flags,
+        // File systems without inode flags have nothing to clear.
+        Err(Errno::NOTTY) | Err(Errno::NOTSUP) | Err(Errno::INVAL) => return Ok(()),
+        Err(e) => return Err(io_err("reading inode flags of", shown)(e)),
+    };
+    if flags.contains(IFlags::IMMUTABLE) {
+        rustix::fs::ioctl_setflags(fd, flags - IFlags::IMMUTABLE)
+            .map_err(io_err("clearing the immutable flag of", shown))?;
+    }
+    Ok(())
+}
+
 /// A reader over an owned descriptor (for hashing files opened with [`open_file_at`]).
 #[derive(Debug)]
 pub struct FdReader(pub OwnedFd);

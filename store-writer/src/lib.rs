@@ -3,10 +3,15 @@
 //!
 //! * [`layout`]: where a store keeps its files, and creating the tree Nix creates.
 //! * [`lock`]: per-path and big locks with Nix's `flock` semantics.
+//! * [`db`]: the SQLite database, opened and written as Nix 2.8 does.
 //! * [`fsutil`]: descriptor-based tree walks (canonicalise, remove) that never follow symlinks.
 #![forbid(unsafe_code)]
 
+pub mod db;
 pub mod fsutil;
 pub mod layout;
 pub mod lock;
 mod types;
+
+#[cfg(test)]
+mod test_support;
