@@ -34,7 +34,7 @@ use ward_proto::store_path::{StoreDir, StorePath, HASH_PART_LEN};
 
 use crate::layout::StoreLayout;
 use crate::lock::{lock_file, open_lock_file, LockError};
-use crate::types::{DrvOutput, Realisation, ValidPathInfo};
+use ward_proto::path_info::{DrvOutput, Realisation, ValidPathInfo};
 
 /// Output name → output path of a derivation, for its `DerivationOutputs` rows.
 pub type DerivationOutputs = BTreeMap<String, StorePath>;
@@ -230,7 +230,7 @@ pub enum DbError {
 
 /// Renders a DrvOutput as Nix does (`sha256:<base16>!out`).
 fn drv_output_string(id: &DrvOutput) -> String {
-    format!("{}!{}", id.drv_hash.to_prefixed_base16(), id.output_name)
+    id.to_string()
 }
 
 /// The store database; see the [module documentation](self).
@@ -724,8 +724,8 @@ impl StoreDb {
             });
         }
         nullable_size(info)?;
-        if let Some(ca) = &info.ca {
-            if !is_content_addressed(&self.store_dir, info, ca) {
+        if info.ca.is_some() {
+            if !info.is_content_addressed(&self.store_dir) {
                 return Err(DbError::NotContentAddressed(printed));
             }
         }
@@ -801,10 +801,9 @@ impl StoreDb {
                  where drvPath = ?1 and outputName = ?2",
             )
             .and_then(|mut s| {
-                s.query_row(
-                    params![id.drv_hash.to_prefixed_base16(), id.output_name],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-                )
+                s.query_row(params![id.drv_hash.to_prefixed_base16(), id.output], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })
                 .optional()
             })
             .map_err(self.err(format!("querying realisation '{shown}'")))?;
@@ -822,7 +821,7 @@ impl StoreDb {
                     .filter(|s| !s.is_empty())
                     .map(str::to_owned)
                     .collect(),
-                dependent_realisations: Vec::new(),
+                dependent_realisations: BTreeMap::new(),
             },
         )))
     }
@@ -854,7 +853,7 @@ impl StoreDb {
                     path: shown.clone(),
                     reason: e.to_string(),
                 })?,
-                output_name,
+                output: output_name,
             };
             let (_, dep_realisation) =
                 self.realisation_core(&dep)?
@@ -864,7 +863,7 @@ impl StoreDb {
                     })?;
             realisation
                 .dependent_realisations
-                .push((dep, dep_realisation.out_path));
+                .insert(dep, dep_realisation.out_path);
         }
         Ok(Some(realisation))
     }
@@ -926,7 +925,7 @@ impl StoreDb {
                 let joined = sigs.into_iter().collect::<Vec<_>>().join(" ");
                 tx.execute(
                     "update Realisations set signatures = ?1 where drvPath = ?2 and outputName = ?3",
-                    params![joined, hash, id.output_name],
+                    params![joined, hash, id.output],
                 )
                 .map_err(sql_err("updating realisation"))?;
             }
@@ -941,7 +940,7 @@ impl StoreDb {
                     .execute(
                         "insert into Realisations (drvPath, outputName, outputPath, signatures) \
                          select ?1, ?2, id, ?4 from ValidPaths where path = ?3",
-                        params![hash, id.output_name, out_path, joined],
+                        params![hash, id.output, out_path, joined],
                     )
                     .map_err(sql_err("registering realisation"))?;
                 if inserted == 0 {
@@ -956,9 +955,9 @@ impl StoreDb {
                  (select id from Realisations where drvPath = ?3 and outputName = ?4))",
                 params![
                     hash,
-                    id.output_name,
+                    id.output,
                     dep.drv_hash.to_prefixed_base16(),
-                    dep.output_name
+                    dep.output
                 ],
             )
             .map_err(sql_err("registering dependencies of realisation"))?;
@@ -983,34 +982,7 @@ fn realisations_compatible(a: &Realisation, b: &Realisation) -> bool {
     if a.dependent_realisations.is_empty() != b.dependent_realisations.is_empty() {
         return true;
     }
-    let norm = |r: &Realisation| {
-        let mut v: Vec<(String, StorePath)> = r
-            .dependent_realisations
-            .iter()
-            .map(|(d, p)| (drv_output_string(d), p.clone()))
-            .collect();
-        v.sort();
-        v
-    };
-    norm(a) == norm(b)
-}
-
-/// Whether `ca` with the info's references produces the info's path.
-pub fn is_content_addressed(
-    store_dir: &StoreDir,
-    info: &ValidPathInfo,
-    ca: &ContentAddress,
-) -> bool {
-    let has_self = info.references.contains(&info.path);
-    let others: BTreeSet<StorePath> = info
-        .references
-        .iter()
-        .filter(|r| **r != info.path)
-        .cloned()
-        .collect();
-    store_dir
-        .make_path_from_ca(info.path.name(), ca, &others, has_self)
-        .is_ok_and(|p| p == info.path)
+    a.dependent_realisations == b.dependent_realisations
 }
 
 /// The `narSize` column value: NULL for 0.

@@ -11,7 +11,6 @@ pub mod db;
 pub mod fsutil;
 pub mod layout;
 pub mod lock;
-mod types;
 
 #[cfg(test)]
 mod test_support;

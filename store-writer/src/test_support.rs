@@ -10,7 +10,7 @@ use ward_proto::hash::{Hash, HashAlgo};
 use ward_proto::store_path::{StoreDir, StorePath};
 
 use crate::layout::{CreateOptions, StoreLayout};
-use crate::types::ValidPathInfo;
+use ward_proto::path_info::ValidPathInfo;
 
 /// The Nix 2.8 `nix-store` the interop tests use, or `None` (with a printed reason).
 pub fn nix_store() -> Option<PathBuf> {

@@ -1,4 +1,4 @@
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use ward_proto::hash::HashAlgo;
 
@@ -543,7 +543,7 @@ fn realisations() {
         let mut plain = StoreDb::open(&layout, &DbSettings::default()).unwrap();
         let id = DrvOutput {
             drv_hash: test_hash("drv"),
-            output_name: "out".into(),
+            output: "out".into(),
         };
         assert!(matches!(
             plain.query_realisation(&id),
@@ -553,7 +553,7 @@ fn realisations() {
             id,
             out_path: test_path("x"),
             signatures: BTreeSet::new(),
-            dependent_realisations: Vec::new(),
+            dependent_realisations: BTreeMap::new(),
         };
         assert!(matches!(
             plain.register_realisation(&r),
@@ -572,23 +572,23 @@ fn realisations() {
         .unwrap();
     let dep_id = DrvOutput {
         drv_hash: test_hash("dep.drv"),
-        output_name: "out".into(),
+        output: "out".into(),
     };
     let id = DrvOutput {
         drv_hash: test_hash("main.drv"),
-        output_name: "dev".into(),
+        output: "dev".into(),
     };
     let dep = Realisation {
         id: dep_id.clone(),
         out_path: dep_out.clone(),
         signatures: ["k:1".to_owned()].into(),
-        dependent_realisations: Vec::new(),
+        dependent_realisations: BTreeMap::new(),
     };
     let main = Realisation {
         id: id.clone(),
         out_path: out.clone(),
         signatures: ["k:2".to_owned()].into(),
-        dependent_realisations: vec![(dep_id.clone(), dep_out.clone())],
+        dependent_realisations: [(dep_id.clone(), dep_out.clone())].into(),
     };
     // The dependency must be registered first.
     assert!(matches!(
@@ -630,11 +630,11 @@ fn realisations() {
     let unknown = Realisation {
         id: DrvOutput {
             drv_hash: test_hash("u.drv"),
-            output_name: "out".into(),
+            output: "out".into(),
         },
         out_path: test_path("not-valid"),
         signatures: BTreeSet::new(),
-        dependent_realisations: Vec::new(),
+        dependent_realisations: BTreeMap::new(),
     };
     assert!(matches!(
         db.register_realisation(&unknown),
@@ -642,7 +642,7 @@ fn realisations() {
     ));
     let missing = DrvOutput {
         drv_hash: test_hash("none"),
-        output_name: "out".into(),
+        output: "out".into(),
     };
     assert_eq!(db.query_realisation(&missing).unwrap(), None);
 }
@@ -700,11 +700,7 @@ fn reads_a_store_made_by_nix() {
     assert_eq!(q("--size", &added).trim(), info.nar_size.to_string());
     assert!(info.registration_time > 0);
     assert!(info.references.is_empty() && info.deriver.is_none());
-    assert!(is_content_addressed(
-        &store_dir,
-        &info,
-        &info.ca.expect("--add is CA")
-    ));
+    assert!(info.ca.is_some() && info.is_content_addressed(&store_dir));
 
     let drv_info = db.query_path_info(&drv).unwrap().unwrap();
     assert_eq!(drv_info.references, [added.clone()].into());
