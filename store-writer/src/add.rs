@@ -33,6 +33,7 @@ use std::path::{Path, PathBuf};
 use rustix::fs::{Mode, OFlags, RenameFlags};
 use thiserror::Error;
 use ward_proto::content_address::{ContentAddress, ContentAddressMethod, FileIngestionMethod};
+use ward_proto::derivation::{name_from_drv_path, Derivation, MAX_ATERM_SIZE};
 use ward_proto::hash::{Hash, HashAlgo, Hasher};
 use ward_proto::nar::{self, NarError, ParseOptions, TeeReader};
 use ward_proto::path_info::ValidPathInfo;
@@ -46,9 +47,9 @@ use crate::store::Store;
 /// Name of the staged tree inside its staging entry.
 const STAGED: &str = "out";
 
-/// Largest `.drv` file whose outputs are read at registration. Real derivations are a few
-/// kilobytes; this only bounds the memory a hostile one can cost.
-const MAX_DRV_SIZE: u64 = 64 * 1024 * 1024;
+/// Largest `.drv` file whose outputs are read at registration (the ATerm parser's own limit).
+/// Real derivations are a few kilobytes; this only bounds the memory a hostile one can cost.
+const MAX_DRV_SIZE: u64 = MAX_ATERM_SIZE as u64;
 
 /// Options of an addition.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -114,7 +115,9 @@ pub enum AddError {
         source: std::io::Error,
     },
     /// The NAR does not hash to the claimed hash.
-    #[error("hash mismatch importing path '{path}';\n  specified: {specified}\n  got:       {got}")]
+    #[error(
+        "hash mismatch importing path '{path}';\n  specified: {specified}\n  got:       {got}"
+    )]
     HashMismatch {
         /// The path.
         path: String,
@@ -124,7 +127,9 @@ pub enum AddError {
         got: String,
     },
     /// The NAR is not of the claimed size.
-    #[error("size mismatch importing path '{path}';\n  specified: {specified}\n  got:       {got}")]
+    #[error(
+        "size mismatch importing path '{path}';\n  specified: {specified}\n  got:       {got}"
+    )]
     SizeMismatch {
         /// The path.
         path: String,
@@ -267,15 +272,12 @@ impl Staging {
     }
 }
 
-/// How the staged content is hashed for its content address.
-enum StagedContent {
-    /// The NAR of the tree was hashed while unpacking.
-    Nar {
-        nar_hash: Hash,
-        nar_size: u64,
-        /// The NAR's hash with the content address's algorithm, when that is not SHA-256.
-        extra: Option<Hash>,
-    },
+/// What hashing the NAR while unpacking it gave.
+struct NarDigest {
+    nar_hash: Hash,
+    nar_size: u64,
+    /// The NAR's hash with a second algorithm (a content address's), when asked for.
+    extra: Option<Hash>,
 }
 
 impl Store {
@@ -324,7 +326,7 @@ impl Store {
         nar: impl Read,
         extra: Option<HashAlgo>,
         shown: &str,
-    ) -> Result<StagedContent, AddError> {
+    ) -> Result<NarDigest, AddError> {
         let mut tee = TeeReader::new(BufReader::new(nar), NarDigester::new(extra));
         nar::unpack_with(&mut tee, &staging.staged_path(), whole_stream_options()).map_err(
             |source| AddError::Nar {
@@ -334,7 +336,7 @@ impl Store {
         )?;
         let (_, digester) = tee.into_parts();
         let (nar_hash, nar_size, extra) = digester.finish();
-        Ok(StagedContent::Nar {
+        Ok(NarDigest {
             nar_hash,
             nar_size,
             extra,
@@ -369,18 +371,23 @@ impl Store {
                 });
             }
         }
-        let already_valid = self.db.is_valid(&info.path).map_err(|source| AddError::Db {
-            path: shown.clone(),
-            source,
-        })?;
+        let already_valid = self
+            .db
+            .is_valid(&info.path)
+            .map_err(|source| AddError::Db {
+                path: shown.clone(),
+                source,
+            })?;
         if already_valid && !options.repair {
             // Nothing will be written, but the stream is still read to its end and checked,
             // so the caller learns about a bad NAR either way.
-            let (digest, size) = nar::hash_and_size_with(BufReader::new(nar), whole_stream_options())
-                .map_err(|source| AddError::Nar {
-                    path: shown.clone(),
-                    source,
-                })?;
+            let (digest, size) =
+                nar::hash_and_size_with(BufReader::new(nar), whole_stream_options()).map_err(
+                    |source| AddError::Nar {
+                        path: shown.clone(),
+                        source,
+                    },
+                )?;
             check_nar_claim(info, &Hash::sha256(digest), size, &shown)?;
             return Ok(AddOutcome::AlreadyValid);
         }
@@ -406,7 +413,7 @@ impl Store {
             }) if hash.algo() != HashAlgo::Sha256 => Some(hash.algo()),
             _ => None,
         };
-        let StagedContent::Nar {
+        let NarDigest {
             nar_hash,
             nar_size,
             extra,
@@ -467,8 +474,8 @@ impl Store {
         }
         self.check_references(None, name, references)?;
         let staging = self.new_staging(name)?;
-        let result =
-            self.stage_and_commit_content(&staging, name, method, algo, references, content, options);
+        let result = self
+            .stage_and_commit_content(&staging, name, method, algo, references, content, options);
         self.drop_staging_entry(&staging.name);
         result
     }
@@ -487,7 +494,7 @@ impl Store {
         let (ca_hash, nar_hash, nar_size) = match method {
             ContentAddressMethod::Fixed(FileIngestionMethod::Recursive) => {
                 let extra = (algo != HashAlgo::Sha256).then_some(algo);
-                let StagedContent::Nar {
+                let NarDigest {
                     nar_hash,
                     nar_size,
                     extra,
@@ -560,17 +567,19 @@ impl Store {
             path: shown.to_owned(),
             source,
         };
-        let mut lock =
-            PathLock::acquire(&self.layout.lock_path(&info.path)).map_err(|source| {
-                AddError::Lock {
-                    path: shown.to_owned(),
-                    source,
-                }
-            })?;
-        let valid = self.db.is_valid(&info.path).map_err(|source| AddError::Db {
-            path: shown.to_owned(),
-            source,
+        let mut lock = PathLock::acquire(&self.layout.lock_path(&info.path)).map_err(|source| {
+            AddError::Lock {
+                path: shown.to_owned(),
+                source,
+            }
         })?;
+        let valid = self
+            .db
+            .is_valid(&info.path)
+            .map_err(|source| AddError::Db {
+                path: shown.to_owned(),
+                source,
+            })?;
         if valid && !repair {
             lock.set_delete_on_release(true);
             return Ok(AddOutcome::AlreadyValid);
@@ -752,5 +761,17 @@ fn derivation_outputs_on_disk(
     if text.len() as u64 > MAX_DRV_SIZE {
         return Err(fail(format!("larger than {MAX_DRV_SIZE} bytes")));
     }
-    crate::drv::known_output_paths(store_dir, drv, &text).map_err(fail)
+    let name = name_from_drv_path(drv).map_err(|e| fail(e.to_string()))?;
+    let parsed = Derivation::parse(&text, store_dir, name).map_err(|e| fail(e.to_string()))?;
+    let outputs = parsed
+        .output_paths(store_dir)
+        .map_err(|e| fail(e.to_string()))?;
+    // Floating and deferred outputs have no path yet, so no row.
+    Ok(outputs
+        .into_iter()
+        .filter_map(|(name, path)| Some((name, path?)))
+        .collect())
 }
+
+#[cfg(test)]
+mod tests;

@@ -84,7 +84,10 @@ impl Store {
         };
         let removed = store.clean_staging()?;
         if removed > 0 {
-            tracing::info!(removed, "removed leftovers of interrupted additions from staging");
+            tracing::info!(
+                removed,
+                "removed leftovers of interrupted additions from staging"
+            );
         }
         Ok(store)
     }
@@ -232,10 +235,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(std::fs::read_dir(&staging).unwrap().count(), 0);
-        assert_eq!(
-            std::fs::metadata(&staging).unwrap().mode() & 0o7777,
-            0o700
-        );
+        assert_eq!(std::fs::metadata(&staging).unwrap().mode() & 0o7777, 0o700);
         assert!(leftover.exists());
     }
 
@@ -252,7 +252,10 @@ mod tests {
         std::os::unix::fs::chown(layout.staging_dir(), Some(65534), Some(65534)).unwrap();
         let err =
             Store::open(layout, &CreateOptions::default(), &DbSettings::default()).unwrap_err();
-        assert!(matches!(err, StoreError::StagingNotOurs { owner: 65534, .. }), "{err}");
+        assert!(
+            matches!(err, StoreError::StagingNotOurs { owner: 65534, .. }),
+            "{err}"
+        );
     }
 
     #[test]
