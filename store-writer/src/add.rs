@@ -204,9 +204,9 @@ pub enum AddError {
     Db {
         /// The path.
         path: String,
-        /// The failure.
+        /// The failure (boxed: SQLite errors are large).
         #[source]
-        source: DbError,
+        source: Box<DbError>,
     },
 }
 
@@ -307,7 +307,7 @@ impl Store {
             }
             let valid = self.db.is_valid(reference).map_err(|source| AddError::Db {
                 path: shown.to_owned(),
-                source,
+                source: Box::new(source),
             })?;
             if !valid {
                 return Err(AddError::InvalidReference {
@@ -376,7 +376,7 @@ impl Store {
             .is_valid(&info.path)
             .map_err(|source| AddError::Db {
                 path: shown.clone(),
-                source,
+                source: Box::new(source),
             })?;
         if already_valid && !options.repair {
             // Nothing will be written, but the stream is still read to its end and checked,
@@ -578,7 +578,7 @@ impl Store {
             .is_valid(&info.path)
             .map_err(|source| AddError::Db {
                 path: shown.to_owned(),
-                source,
+                source: Box::new(source),
             })?;
         if valid && !repair {
             lock.set_delete_on_release(true);
@@ -631,7 +631,7 @@ impl Store {
             })
             .map_err(|source| AddError::Db {
                 path: shown.to_owned(),
-                source,
+                source: Box::new(source),
             })
     }
 }

@@ -724,10 +724,8 @@ impl StoreDb {
             });
         }
         nullable_size(info)?;
-        if info.ca.is_some() {
-            if !info.is_content_addressed(&self.store_dir) {
-                return Err(DbError::NotContentAddressed(printed));
-            }
+        if info.ca.is_some() && !info.is_content_addressed(&self.store_dir) {
+            return Err(DbError::NotContentAddressed(printed));
         }
         Ok(())
     }

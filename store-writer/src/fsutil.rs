@@ -589,7 +589,7 @@ mod tests {
         std::fs::create_dir(dir.path().join("d")).unwrap();
         rustix::fs::mkfifoat(
             rustix::fs::CWD,
-            &dir.path().join("d/p"),
+            dir.path().join("d/p"),
             Mode::from_raw_mode(0o644),
         )
         .unwrap();
