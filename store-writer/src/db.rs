@@ -10,8 +10,12 @@
 //!   `-wal` and `-shm` files must already exist: SQLite (3.22 and later) can then read through
 //!   a read-only `-shm`, but it cannot create the files without write access to `db/`. They
 //!   exist while the store-writer holds the database open, so the store-writer opens the
-//!   database before it starts the frontend and keeps it open. The frontend also needs read
-//!   access to `db/big-lock` (to hold it shared) and `db/schema`.
+//!   database before it starts the frontend and keeps it open (without a writer, SQLite
+//!   removes them and the reader fails with "attempt to write a readonly database"). The
+//!   frontend also needs read access to `db/schema` and to `db/big-lock`, which it holds
+//!   shared. Nix creates `big-lock` with mode 0600: give it the frontend's group and mode
+//!   0640 (anyone who can open it can hold it and stall schema upgrades, so not 0644).
+//!   `tests/read_only.rs` checks all of this with a reader running as `nobody`.
 //!
 //! Rows are written as Nix writes them: `hash` is `sha256:<base16>`, `registrationTime` is
 //! "now" when the info says 0, and `narSize`, `ultimate`, `sigs`, `deriver` and `ca` are NULL
