@@ -503,9 +503,12 @@ pub struct NarInfoJson {
 }
 
 impl NarInfoJson {
-    /// Parses JSON text (capped at [`crate::path_info::MAX_JSON_LEN`]).
-    pub fn parse(text: &str, default_store_dir: &StoreDir) -> Result<NarInfoJson, JsonFormatError> {
-        NarInfoJson::from_value(&parse_json_text(text)?, default_store_dir)
+    /// Parses JSON text or bytes (capped at [`crate::path_info::MAX_JSON_LEN`]).
+    pub fn parse(
+        text: impl AsRef<[u8]>,
+        default_store_dir: &StoreDir,
+    ) -> Result<NarInfoJson, JsonFormatError> {
+        NarInfoJson::from_value(&parse_json_text(text.as_ref())?, default_store_dir)
     }
 
     /// Reads a parsed JSON object; see [`PathInfoJson::from_value`].

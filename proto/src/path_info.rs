@@ -136,15 +136,15 @@ fn wrong_type(key: &str, expected: &'static str) -> JsonFormatError {
     }
 }
 
-/// Parses JSON text under the size cap.
-pub(crate) fn parse_json_text(text: &str) -> Result<Value, JsonFormatError> {
+/// Parses JSON bytes under the size cap (invalid UTF-8 is a syntax error).
+pub(crate) fn parse_json_text(text: &[u8]) -> Result<Value, JsonFormatError> {
     if text.len() > MAX_JSON_LEN {
         return Err(JsonFormatError::TooLarge {
             len: text.len(),
             max: MAX_JSON_LEN,
         });
     }
-    serde_json::from_str(text).map_err(|e| JsonFormatError::Syntax(e.to_string()))
+    serde_json::from_slice(text).map_err(|e| JsonFormatError::Syntax(e.to_string()))
 }
 
 /// Small typed accessors over a JSON object; `prefix` names the parent in error messages.
@@ -781,12 +781,12 @@ pub struct PathInfoJson {
 }
 
 impl PathInfoJson {
-    /// Parses JSON text (capped at [`MAX_JSON_LEN`]).
+    /// Parses JSON text or bytes (capped at [`MAX_JSON_LEN`]).
     pub fn parse(
-        text: &str,
+        text: impl AsRef<[u8]>,
         default_store_dir: &StoreDir,
     ) -> Result<PathInfoJson, JsonFormatError> {
-        PathInfoJson::from_value(&parse_json_text(text)?, default_store_dir)
+        PathInfoJson::from_value(&parse_json_text(text.as_ref())?, default_store_dir)
     }
 
     /// Reads a parsed JSON object. Unknown keys are ignored. For version 1 a missing `ca` is
@@ -1111,8 +1111,8 @@ impl Realisation {
 
     /// Parses Nix 2.8's JSON text: `id` and `outPath` required, `signatures` and
     /// `dependentRealisations` optional, other keys ignored.
-    pub fn parse_json(text: &str) -> Result<Realisation, JsonFormatError> {
-        Realisation::from_value(&parse_json_text(text)?)
+    pub fn parse_json(text: impl AsRef<[u8]>) -> Result<Realisation, JsonFormatError> {
+        Realisation::from_value(&parse_json_text(text.as_ref())?)
     }
 
     /// Reads a parsed JSON object; see [`Realisation::parse_json`].
@@ -1287,9 +1287,9 @@ pub struct PathRealisation {
 }
 
 impl PathRealisation {
-    /// Parses the JSON text.
-    pub fn parse_json(text: &str) -> Result<PathRealisation, JsonFormatError> {
-        PathRealisation::from_value(&parse_json_text(text)?)
+    /// Parses the JSON text or bytes.
+    pub fn parse_json(text: impl AsRef<[u8]>) -> Result<PathRealisation, JsonFormatError> {
+        PathRealisation::from_value(&parse_json_text(text.as_ref())?)
     }
 
     /// Reads a parsed JSON object.
@@ -1671,6 +1671,28 @@ mod tests {
     }
 
     #[test]
+    fn serde_round_trips_for_ipc() {
+        let mut info = tv3();
+        info.deriver =
+            Some(StorePath::from_base_name("00000000000000000000000000000000-d.drv").unwrap());
+        info.sigs.insert(TV8_SIG.into());
+        let json = serde_json::to_string(&info).unwrap();
+        assert_eq!(serde_json::from_str::<ValidPathInfo>(&json).unwrap(), info);
+        let config = bincode::config::standard();
+        let bytes = bincode::serde::encode_to_vec(&info, config).unwrap();
+        let (back, _): (ValidPathInfo, usize) =
+            bincode::serde::decode_from_slice(&bytes, config).unwrap();
+        assert_eq!(back, info);
+        let mut r = sample_realisation();
+        r.dependent_realisations
+            .insert(r.id.clone(), r.out_path.clone());
+        let bytes = bincode::serde::encode_to_vec(&r, config).unwrap();
+        let (back, _): (Realisation, usize) =
+            bincode::serde::decode_from_slice(&bytes, config).unwrap();
+        assert_eq!(back, r);
+    }
+
+    #[test]
     fn drv_output_ids() {
         let text = "sha256:6f869f9ea2823bda165e06076fd0de4366dead2c0e8d2dbbad6d6b0ad5ba1e6d!out";
         let id = DrvOutput::parse(text).unwrap();
@@ -1746,7 +1768,7 @@ mod tests {
         r.sign(&sk);
         let keys = PublicKeys::parse_entries([sk.public_key().to_string().as_str()]).unwrap();
         assert_eq!(r.check_signatures(&keys), 1);
-        let parsed = Realisation::parse_json(&r.to_json_string()).unwrap();
+        let parsed = Realisation::parse_json(r.to_json_string()).unwrap();
         assert_eq!(parsed, r);
         assert_eq!(parsed.check_signatures(&keys), 1);
         let mut tampered = parsed;
@@ -1788,6 +1810,24 @@ mod tests {
             Realisation::parse_json(&huge),
             Err(JsonFormatError::TooLarge { .. })
         ));
+        let mut bad_utf8 = text.as_bytes().to_vec();
+        bad_utf8[12] = 0xff;
+        assert!(matches!(
+            Realisation::parse_json(&bad_utf8),
+            Err(JsonFormatError::Syntax(_))
+        ));
+        assert!(matches!(
+            PathRealisation::parse_json(&bad_utf8),
+            Err(JsonFormatError::Syntax(_))
+        ));
+        assert!(matches!(
+            PathInfoJson::parse(&bad_utf8, &store()),
+            Err(JsonFormatError::Syntax(_))
+        ));
+        // Truncated documents.
+        for cut in [0, 1, 10, text.len() - 1] {
+            assert!(Realisation::parse_json(&text[..cut]).is_err(), "{cut}");
+        }
     }
 
     #[test]

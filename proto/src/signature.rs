@@ -79,6 +79,12 @@ pub enum SignatureError {
     /// A name that cannot be written in the `name:base64` form.
     #[error("key name '{0}' is invalid: it must be non-empty and have no ':', whitespace or control characters")]
     BadKeyName(String),
+    /// Bytes that are not UTF-8 (e.g. a corrupt key file or wire string).
+    #[error("{what} is not valid utf-8")]
+    NotUtf8 {
+        /// Which kind of text.
+        what: &'static str,
+    },
     /// The OS random source failed.
     #[error("cannot read random bytes from /dev/urandom for key generation: {0}")]
     Random(String),
@@ -113,6 +119,18 @@ fn decode_base64_like_nix(text: &str) -> Result<Vec<u8>, char> {
         }
     }
     Ok(out)
+}
+
+/// Checks the size cap, then UTF-8.
+fn bytes_to_text<'a>(what: &'static str, bytes: &'a [u8]) -> Result<&'a str, SignatureError> {
+    if bytes.len() > MAX_TEXT_LEN {
+        return Err(SignatureError::TooLong {
+            what,
+            len: bytes.len(),
+            max: MAX_TEXT_LEN,
+        });
+    }
+    std::str::from_utf8(bytes).map_err(|_| SignatureError::NotUtf8 { what })
 }
 
 /// Splits `name:base64` and decodes the base64 part; both parts must be non-empty.
@@ -196,6 +214,11 @@ impl Signature {
     pub fn parse(text: &str) -> Result<Signature, SignatureError> {
         let (key_name, bytes) = split_and_decode("signature", text, false)?;
         Ok(Signature { key_name, bytes })
+    }
+
+    /// Parses `name:base64` from raw bytes (a wire string).
+    pub fn parse_bytes(bytes: &[u8]) -> Result<Signature, SignatureError> {
+        Signature::parse(bytes_to_text("signature", bytes)?)
     }
 
     /// Builds a signature from its parts; the name must be non-empty, without `:`.
@@ -314,6 +337,11 @@ impl PublicKey {
         Ok(PublicKey { name, bytes: key })
     }
 
+    /// Parses a public key from raw bytes (e.g. a `.pub` file).
+    pub fn parse_bytes(bytes: &[u8]) -> Result<PublicKey, SignatureError> {
+        PublicKey::parse(bytes_to_text("public key", bytes)?)
+    }
+
     /// The key name.
     pub fn name(&self) -> &str {
         &self.name
@@ -390,6 +418,11 @@ impl SecretKey {
         let key = SigningKey::from_keypair_bytes(&pair)
             .map_err(|_| SignatureError::KeyMismatch(name.clone()))?;
         Ok(SecretKey { name, key })
+    }
+
+    /// Parses a secret key from raw bytes (the contents of a key file).
+    pub fn parse_bytes(bytes: &[u8]) -> Result<SecretKey, SignatureError> {
+        SecretKey::parse(bytes_to_text("secret key", bytes)?)
     }
 
     /// Makes a key from a 32-byte seed.
@@ -668,6 +701,42 @@ mod tests {
             Err(SignatureError::BadBase64 { ch: 'ü', .. })
         ));
         assert!(PublicKeys::parse_setting(&format!("{TV8_PUBLIC} garbage")).is_err());
+    }
+
+    #[test]
+    fn refuses_bad_bytes() {
+        let mut bytes = TV8_SECRET.as_bytes().to_vec();
+        assert_eq!(
+            SecretKey::parse_bytes(&bytes).unwrap().to_secret_string(),
+            TV8_SECRET
+        );
+        bytes[20] = 0xc3;
+        assert_eq!(
+            SecretKey::parse_bytes(&bytes),
+            Err(SignatureError::NotUtf8 { what: "secret key" })
+        );
+        assert_eq!(
+            PublicKey::parse_bytes(b"k:\xff\xfe"),
+            Err(SignatureError::NotUtf8 { what: "public key" })
+        );
+        assert!(matches!(
+            Signature::parse_bytes(&vec![b'a'; MAX_TEXT_LEN + 1]),
+            Err(SignatureError::TooLong { .. })
+        ));
+        assert_eq!(
+            Signature::parse_bytes(TV8_SIG.as_bytes())
+                .unwrap()
+                .to_string(),
+            TV8_SIG
+        );
+        // Truncated forms.
+        for cut in [0, 5, 11, 20, 60] {
+            assert!(SecretKey::parse(&TV8_SECRET[..cut]).is_err(), "{cut}");
+            assert!(
+                PublicKey::parse(&TV8_PUBLIC[..cut.min(TV8_PUBLIC.len() - 4)]).is_err(),
+                "{cut}"
+            );
+        }
     }
 
     #[test]

@@ -19,6 +19,7 @@
 //! paths are the right ones is [`Derivation::check_outputs`]: both need more than the text.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
 
 use thiserror::Error;
 
@@ -34,7 +35,7 @@ pub mod output;
 
 pub use aterm::MAX_ATERM_SIZE;
 pub use hash_modulo::{DrvHashModulo, HashModuloCache, HashModuloError};
-pub use output::output_triple;
+pub use output::{output_triple, OutputTriple};
 
 /// The file name suffix of store derivations.
 pub const DRV_EXTENSION: &str = ".drv";
@@ -375,7 +376,7 @@ impl DerivationType {
 }
 
 /// A derivation as a `.drv` file holds it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Derivation {
     /// The name: the `.drv` path's name without `.drv` (not part of the ATerm text).
     pub name: String,
@@ -397,7 +398,7 @@ pub struct Derivation {
 
 /// A derivation without input derivations, as BuildDerivation sends it: the client has already
 /// resolved the inputs to store paths in `input_srcs`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct BasicDerivation {
     /// The name: the `.drv` path's name without `.drv`.
     pub name: String,
@@ -507,7 +508,7 @@ impl BasicDerivation {
     pub fn output_triples(
         &self,
         store_dir: &StoreDir,
-    ) -> Result<Vec<(String, (String, String, String))>, DerivationError> {
+    ) -> Result<Vec<(String, OutputTriple)>, DerivationError> {
         self.outputs
             .iter()
             .map(|(name, output)| {
@@ -527,6 +528,65 @@ impl BasicDerivation {
     /// Whether the builder is one built into Nix.
     pub fn is_builtin(&self) -> bool {
         self.builder.starts_with(b"builtin:")
+    }
+}
+
+/// Bytes shown as `b"…"` with non-printable bytes escaped, so that `{:?}` of a derivation is
+/// readable.
+struct ShowBytes<'a>(&'a [u8]);
+
+impl fmt::Debug for ShowBytes<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "b\"{}\"", self.0.escape_ascii())
+    }
+}
+
+fn show_args(args: &[Vec<u8>]) -> Vec<ShowBytes<'_>> {
+    args.iter().map(|a| ShowBytes(a)).collect()
+}
+
+fn show_env(env: &BTreeMap<Vec<u8>, Vec<u8>>) -> BTreeMap<ShowKey<'_>, ShowBytes<'_>> {
+    env.iter()
+        .map(|(k, v)| (ShowKey(k), ShowBytes(v)))
+        .collect()
+}
+
+/// An env key for [`fmt::Debug`], ordered like the bytes.
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct ShowKey<'a>(&'a [u8]);
+
+impl fmt::Debug for ShowKey<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        ShowBytes(self.0).fmt(f)
+    }
+}
+
+impl fmt::Debug for Derivation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Derivation")
+            .field("name", &self.name)
+            .field("outputs", &self.outputs)
+            .field("input_drvs", &self.input_drvs)
+            .field("input_srcs", &self.input_srcs)
+            .field("platform", &self.platform)
+            .field("builder", &ShowBytes(&self.builder))
+            .field("args", &show_args(&self.args))
+            .field("env", &show_env(&self.env))
+            .finish()
+    }
+}
+
+impl fmt::Debug for BasicDerivation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BasicDerivation")
+            .field("name", &self.name)
+            .field("outputs", &self.outputs)
+            .field("input_srcs", &self.input_srcs)
+            .field("platform", &self.platform)
+            .field("builder", &ShowBytes(&self.builder))
+            .field("args", &show_args(&self.args))
+            .field("env", &show_env(&self.env))
+            .finish()
     }
 }
 

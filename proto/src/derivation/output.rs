@@ -15,6 +15,9 @@ use crate::store_path::StoreDir;
 
 use super::{check_output_name, fixed_output_path, DerivationError, DerivationOutput};
 
+/// `(path, hashAlgo, hash)`: an output as the ATerm text and BuildDerivation carry it.
+pub type OutputTriple = (String, String, String);
+
 /// What to do with the path of a fixed output, which follows from its content address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum StatedFixedPath {
@@ -72,7 +75,7 @@ pub fn output_triple(
     store_dir: &StoreDir,
     drv_name: &str,
     output_name: &str,
-) -> Result<(String, String, String), DerivationError> {
+) -> Result<OutputTriple, DerivationError> {
     Ok(match output {
         DerivationOutput::InputAddressed(path) => {
             (store_dir.print(path), String::new(), String::new())
@@ -103,7 +106,7 @@ impl DerivationOutput {
         store_dir: &StoreDir,
         drv_name: &str,
         output_name: &str,
-    ) -> Result<(String, String, String), DerivationError> {
+    ) -> Result<OutputTriple, DerivationError> {
         output_triple(self, store_dir, drv_name, output_name)
     }
 

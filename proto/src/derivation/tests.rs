@@ -647,3 +647,24 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn debug_shows_bytes_readably() {
+    let mut drv = parse(TV5, "hello");
+    drv.env.insert(b"raw".to_vec(), vec![0xff, b'"']);
+    let shown = format!("{drv:?}");
+    assert!(shown.contains(r#"b"echo hi > $out""#), "{shown}");
+    assert!(shown.contains(r#"b"raw": b"\xff\"""#), "{shown}");
+    assert!(format!("{:?}", drv.to_basic()).contains(r#"builder: b"/bin/sh""#));
+}
+
+#[test]
+fn every_truncation_of_tv7_is_refused_with_an_offset() {
+    for len in 0..TV7.len() {
+        let err = Derivation::parse(&TV7.as_bytes()[..len], &store(), "dep").unwrap_err();
+        let offset = err
+            .offset()
+            .unwrap_or_else(|| panic!("no offset for prefix {len}: {err}"));
+        assert!(offset <= len, "offset {offset} beyond prefix {len}: {err}");
+    }
+}

@@ -66,7 +66,7 @@ pub enum NarError {
     ExecutableAfterContents { offset: u64, path: String },
 
     /// A directory entry name that cannot name a file: empty, `.`, `..`, or containing `/` or NUL.
-    #[error("bad nar at byte {offset}: invalid entry name \"{name}\" in directory {directory}: {reason}")]
+    #[error("bad nar at byte {offset}: bad entry name \"{name}\" in {directory}: {reason}")]
     InvalidEntryName {
         offset: u64,
         directory: String,
@@ -75,7 +75,9 @@ pub enum NarError {
     },
 
     /// Entries of a directory must be strictly increasing as unsigned bytes.
-    #[error("bad nar at byte {offset}: directory {directory} is not sorted: \"{name}\" after \"{previous}\"")]
+    #[error(
+        "bad nar at byte {offset}: {directory} is not sorted: \"{name}\" after \"{previous}\""
+    )]
     UnsortedEntries {
         offset: u64,
         directory: String,
@@ -140,7 +142,8 @@ pub enum NarError {
         reason: &'static str,
     },
 
-    /// A directory has more entries than [`ParseOptions::max_directory_entries`](super::ParseOptions).
+    /// A directory has more entries than
+    /// [`ParseOptions::max_directory_entries`](super::ParseOptions).
     #[error("nar at byte {offset}: directory {directory} has more than {limit} entries")]
     TooManyEntries {
         offset: u64,
@@ -196,11 +199,11 @@ pub enum NarError {
     },
 
     /// Only regular files, directories and symlinks fit in a NAR.
-    #[error("file {} has an unsupported type (not a regular file, directory or symlink)", path.display())]
+    #[error("file {} is not a regular file, directory or symlink", path.display())]
     UnsupportedFileType { path: PathBuf },
 
     /// A file changed size while it was being dumped.
-    #[error("file {} changed size while being dumped: expected {expected} bytes, read {actual}", path.display())]
+    #[error("{} changed while dumped: expected {expected} bytes, read {actual}", path.display())]
     FileChanged {
         path: PathBuf,
         expected: u64,

@@ -49,7 +49,7 @@ struct OpenDirectory {
 /// nar.symlink(b"a.txt")?;
 /// nar.end_directory()?;
 /// let bytes = nar.finish()?;
-/// assert_eq!(bytes.len(), 512);
+/// assert_eq!(bytes.len(), 480);
 /// # Ok(()) }
 /// ```
 ///
@@ -113,13 +113,11 @@ impl<W: Write> NarWriter<W> {
             return Err(self.misuse("entry() called outside a directory"));
         }
         let directory = self.directories.last_mut().expect("inside a directory");
-        let check = check_entry_name(name).and_then(|()| {
-            if name.len() > MAX_NAME_LEN {
-                Err("longer than 255 bytes")
-            } else {
-                Ok(())
-            }
-        });
+        let check = if name.len() > MAX_NAME_LEN {
+            Err("longer than 255 bytes")
+        } else {
+            check_entry_name(name)
+        };
         if let Err(reason) = check {
             return Err(NarError::InvalidEntryName {
                 offset: self.offset,
@@ -171,13 +169,11 @@ impl<W: Write> NarWriter<W> {
     /// it is written verbatim.
     pub fn symlink(&mut self, target: &[u8]) -> Result<(), NarError> {
         self.begin_node("symlink() called where no node is due")?;
-        let check = check_symlink_target(target).and_then(|()| {
-            if target.len() > MAX_TARGET_LEN {
-                Err("longer than 4095 bytes")
-            } else {
-                Ok(())
-            }
-        });
+        let check = if target.len() > MAX_TARGET_LEN {
+            Err("longer than 4095 bytes")
+        } else {
+            check_symlink_target(target)
+        };
         if let Err(reason) = check {
             return Err(NarError::InvalidSymlinkTarget {
                 offset: self.offset,
