@@ -167,6 +167,28 @@ impl StoreLayout {
         })
     }
 
+    /// A layout from already resolved directories (e.g. `ward_config`'s layout), for either
+    /// shape: `real_store_dir` equals the logical directory for a real store and is
+    /// `ROOT/nix/store` for a chroot store.
+    pub fn from_parts(
+        store_dir: StoreDir,
+        real_store_dir: &Path,
+        state_dir: &Path,
+        log_dir: &Path,
+    ) -> Result<StoreLayout, LayoutError> {
+        for dir in [real_store_dir, state_dir, log_dir] {
+            if !dir.is_absolute() {
+                return Err(LayoutError::NotAbsolute(dir.to_owned()));
+            }
+        }
+        Ok(StoreLayout {
+            store_dir,
+            real_store_dir: real_store_dir.to_owned(),
+            state_dir: state_dir.to_owned(),
+            log_dir: log_dir.to_owned(),
+        })
+    }
+
     /// The logical store directory that store paths are printed and hashed with.
     pub fn store_dir(&self) -> &StoreDir {
         &self.store_dir
@@ -485,6 +507,29 @@ mod tests {
         assert_eq!(layout.real_store_dir(), Path::new("/srv/store"));
         assert_eq!(layout.gc_lock_file(), Path::new("/srv/state/gc.lock"));
         assert_eq!(layout.drv_log_dir(), Path::new("/srv/log/drvs"));
+    }
+
+    #[test]
+    fn from_parts_matches_the_named_constructors() {
+        let root = Path::new("/tmp/x");
+        let chroot = StoreLayout::chroot(root).unwrap();
+        let parts = StoreLayout::from_parts(
+            StoreDir::default(),
+            &root.join("nix/store"),
+            &root.join("nix/var/nix"),
+            &root.join("nix/var/log/nix"),
+        )
+        .unwrap();
+        assert_eq!(parts, chroot);
+        assert!(matches!(
+            StoreLayout::from_parts(
+                StoreDir::default(),
+                Path::new("nix/store"),
+                Path::new("/s"),
+                Path::new("/l")
+            ),
+            Err(LayoutError::NotAbsolute(_))
+        ));
     }
 
     #[test]
