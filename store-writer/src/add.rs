@@ -19,6 +19,9 @@
 //!    tree into place (`RENAME_NOREPLACE`), finish the root directory's metadata, sync the
 //!    store directory, and only then commit the database rows in one transaction.
 //!
+//! Registering a `.drv` also checks its outputs as Nix does (input-addressed output paths must
+//! be the ones hashDerivationModulo gives) and records them in `DerivationOutputs`.
+//!
 //! A path is valid exactly when its row is committed, and that happens after its contents are
 //! complete and on disk, so a crash at any point leaves either no row (and at most an invalid
 //! leftover that the next add replaces, or a staging entry that the next start removes) or a
@@ -33,7 +36,7 @@ use std::path::{Path, PathBuf};
 use rustix::fs::{Mode, OFlags, RenameFlags};
 use thiserror::Error;
 use ward_proto::content_address::{ContentAddress, ContentAddressMethod, FileIngestionMethod};
-use ward_proto::derivation::{name_from_drv_path, Derivation, MAX_ATERM_SIZE};
+use ward_proto::derivation::{name_from_drv_path, Derivation, HashModuloCache, MAX_ATERM_SIZE};
 use ward_proto::hash::{Hash, HashAlgo, Hasher};
 use ward_proto::nar::{self, NarError, ParseOptions, TeeReader};
 use ward_proto::path_info::ValidPathInfo;
@@ -54,7 +57,8 @@ const MAX_DRV_SIZE: u64 = MAX_ATERM_SIZE as u64;
 /// Options of an addition.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct AddOptions {
-    /// Replace the path's contents even if it is already valid.
+    /// Replace the path's contents even if it is already valid. As in Nix, the old contents
+    /// are removed before the new ones are moved in, so the path is briefly absent.
     pub repair: bool,
 }
 
@@ -625,9 +629,10 @@ impl Store {
         fsutil::fsync(self.store_fd.as_fd(), self.layout.real_store_dir()).map_err(fs_err)?;
         let store_fd = &self.store_fd;
         let layout = &self.layout;
+        let cache = &mut self.drv_hash_cache;
         self.db
             .register_valid_paths(std::slice::from_ref(info), |drv| {
-                derivation_outputs_on_disk(layout, store_fd, drv)
+                derivation_outputs_on_disk(layout, store_fd, cache, drv)
             })
             .map_err(|source| AddError::Db {
                 path: shown.to_owned(),
@@ -738,11 +743,45 @@ fn write_staged_file(
     Ok(hasher.finish())
 }
 
-/// The known output paths of the derivation `drv`, read from its file in the store (it has
-/// just been moved there by this process).
+/// An input derivation could not be read from the store.
+#[derive(Debug, Error)]
+#[error("{0}")]
+struct DrvReadError(String);
+
+/// Reads and parses the `.drv` file of `drv` from the store directory (never following a
+/// symlink, at most [`MAX_DRV_SIZE`] bytes).
+fn read_derivation(
+    layout: &crate::layout::StoreLayout,
+    store_fd: &OwnedFd,
+    drv: &StorePath,
+) -> Result<Derivation, DrvReadError> {
+    let store_dir = layout.store_dir();
+    let real = layout.real_path(drv);
+    let file = fsutil::open_file_at(store_fd.as_fd(), OsStr::new(drv.base_name()), &real)
+        .map_err(|e| DrvReadError(e.to_string()))?;
+    let mut text = Vec::new();
+    fsutil::FdReader(file)
+        .take(MAX_DRV_SIZE + 1)
+        .read_to_end(&mut text)
+        .map_err(|e| DrvReadError(format!("reading '{}': {e}", real.display())))?;
+    if text.len() as u64 > MAX_DRV_SIZE {
+        return Err(DrvReadError(format!(
+            "'{}' is larger than {MAX_DRV_SIZE} bytes",
+            real.display()
+        )));
+    }
+    let name = name_from_drv_path(drv).map_err(|e| DrvReadError(e.to_string()))?;
+    Derivation::parse(&text, store_dir, name).map_err(|e| DrvReadError(e.to_string()))
+}
+
+/// The known output paths of the derivation `drv` (just moved into the store by this process),
+/// after checking its outputs as Nix's `registerValidPaths` does: input-addressed output paths
+/// must be the ones hashDerivationModulo gives (input derivations are read from the store),
+/// and the env var of each output must hold its path.
 fn derivation_outputs_on_disk(
     layout: &crate::layout::StoreLayout,
     store_fd: &OwnedFd,
+    cache: &mut HashModuloCache,
     drv: &StorePath,
 ) -> Result<DerivationOutputs, DbError> {
     let store_dir = layout.store_dir();
@@ -750,19 +789,11 @@ fn derivation_outputs_on_disk(
         path: store_dir.print(drv),
         reason,
     };
-    let real = layout.real_path(drv);
-    let file = fsutil::open_file_at(store_fd.as_fd(), OsStr::new(drv.base_name()), &real)
+    let parsed = read_derivation(layout, store_fd, drv).map_err(|e| fail(e.0))?;
+    let lookup = |input: &StorePath| read_derivation(layout, store_fd, input);
+    parsed
+        .check_outputs(store_dir, &lookup, cache)
         .map_err(|e| fail(e.to_string()))?;
-    let mut text = Vec::new();
-    fsutil::FdReader(file)
-        .take(MAX_DRV_SIZE + 1)
-        .read_to_end(&mut text)
-        .map_err(|e| fail(e.to_string()))?;
-    if text.len() as u64 > MAX_DRV_SIZE {
-        return Err(fail(format!("larger than {MAX_DRV_SIZE} bytes")));
-    }
-    let name = name_from_drv_path(drv).map_err(|e| fail(e.to_string()))?;
-    let parsed = Derivation::parse(&text, store_dir, name).map_err(|e| fail(e.to_string()))?;
     let outputs = parsed
         .output_paths(store_dir)
         .map_err(|e| fail(e.to_string()))?;

@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use rustix::fs::{FlockOperation, Mode};
 use rustix::io::Errno;
 use thiserror::Error;
+use ward_proto::derivation::HashModuloCache;
 
 use crate::db::{DbError, DbSettings, StoreDb};
 use crate::fsutil::{self, FsError};
@@ -61,6 +62,9 @@ pub struct Store {
     pub(crate) staging_fd: OwnedFd,
     /// Counter for unique staging entry names within this process.
     pub(crate) next_staging: u64,
+    /// hashDerivationModulo of derivations already read, for checking the outputs of `.drv`
+    /// files being registered (never stale: `.drv` paths are content addresses).
+    pub(crate) drv_hash_cache: HashModuloCache,
 }
 
 impl Store {
@@ -81,6 +85,7 @@ impl Store {
             store_fd,
             staging_fd,
             next_staging: 0,
+            drv_hash_cache: HashModuloCache::new(),
         };
         let removed = store.clean_staging()?;
         if removed > 0 {

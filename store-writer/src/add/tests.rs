@@ -1,6 +1,7 @@
 use std::collections::BTreeSet;
 use std::os::unix::fs::MetadataExt;
 
+use ward_proto::derivation::DerivationOutput;
 use ward_proto::store_path::StoreDir;
 
 use super::*;
@@ -611,14 +612,56 @@ fn add_from_content_computes_the_path() {
     assert!(staging_is_empty(&store));
 }
 
-/// ATerm text of a two-output input-addressed derivation (outputs named as given).
-fn drv_text(out: &str, dev: &str) -> String {
-    format!(
-        "Derive([(\"dev\",\"{dev}\",\"\",\"\"),(\"out\",\"{out}\",\"\",\"\")],[],[],\
-         \"x86_64-linux\",\"/bin/sh\",[],[(\"builder\",\"/bin/sh\"),(\"dev\",\"{dev}\"),\
-         (\"name\",\"x\"),(\"out\",\"{out}\"),(\"outputs\",\"out dev\"),\
-         (\"system\",\"x86_64-linux\")])"
+/// A derivation named `name` with outputs `out` and `dev`, depending on `inputs`, with its
+/// output paths filled in as the evaluator does (input derivations read from `store`).
+fn derivation(store: &Store, name: &str, inputs: &[&StorePath]) -> Derivation {
+    let env = |k: &str, v: &str| (k.as_bytes().to_vec(), v.as_bytes().to_vec());
+    let mut drv = Derivation {
+        name: name.to_owned(),
+        outputs: [
+            ("out".to_owned(), DerivationOutput::Deferred),
+            ("dev".to_owned(), DerivationOutput::Deferred),
+        ]
+        .into(),
+        input_drvs: inputs
+            .iter()
+            .map(|p| ((*p).clone(), ["out".to_owned()].into()))
+            .collect(),
+        input_srcs: BTreeSet::new(),
+        platform: "x86_64-linux".into(),
+        builder: b"/bin/sh".to_vec(),
+        args: vec![],
+        env: [
+            env("builder", "/bin/sh"),
+            env("name", name),
+            env("outputs", "out dev"),
+            env("system", "x86_64-linux"),
+        ]
+        .into(),
+    };
+    let lookup = |p: &StorePath| read_derivation(store.layout(), &store.store_fd, p);
+    drv.compute_output_paths(
+        store.layout().store_dir(),
+        &lookup,
+        &mut HashModuloCache::new(),
     )
+    .unwrap();
+    drv
+}
+
+fn add_drv(store: &mut Store, drv: &Derivation) -> Result<ValidPathInfo, AddError> {
+    let store_dir = store.layout().store_dir().clone();
+    let text = drv.to_aterm(&store_dir).unwrap();
+    store
+        .add_from_content(
+            &format!("{}.drv", drv.name),
+            ContentAddressMethod::Text,
+            HashAlgo::Sha256,
+            &drv.references(),
+            &text[..],
+            AddOptions::default(),
+        )
+        .map(|(info, _)| info)
 }
 
 #[test]
@@ -626,31 +669,58 @@ fn derivations_get_their_output_rows() {
     let dir = tempfile::tempdir().unwrap();
     let mut store = open_store(dir.path());
     let store_dir = StoreDir::default();
-    let out = test_path("x");
-    let dev = test_path("x-dev");
-    let text = drv_text(&store_dir.print(&out), &store_dir.print(&dev));
-    let (drv, _) = store
-        .add_from_content(
-            "x.drv",
-            ContentAddressMethod::Text,
-            HashAlgo::Sha256,
-            &BTreeSet::new(),
-            text.as_bytes(),
-            AddOptions::default(),
-        )
-        .unwrap();
-    let outputs = store.db().query_derivation_outputs(&drv.path).unwrap();
+    let drv = derivation(&store, "x", &[]);
+    let info = add_drv(&mut store, &drv).unwrap();
+    assert_eq!(info.path, drv.drv_path(&store_dir).unwrap());
+    let outputs = store.db().query_derivation_outputs(&info.path).unwrap();
+    let expected: DerivationOutputs = drv
+        .output_paths(&store_dir)
+        .unwrap()
+        .into_iter()
+        .map(|(name, path)| (name, path.unwrap()))
+        .collect();
+    assert_eq!(outputs, expected);
+    // Same derivation as `derivation { name = "x"; outputs = ["out" "dev"]; ... }` in Nix 2.8.
     assert_eq!(
-        outputs,
-        [("dev".into(), dev), ("out".into(), out.clone())].into()
+        store_dir.print(&outputs["dev"]),
+        "/nix/store/3qb5aqi3wxx9cipz0418a9w1nvqjsx4m-x-dev"
     );
     assert_eq!(
-        store.db().query_valid_derivers(&out).unwrap(),
-        [drv.path.clone()].into()
+        store.db().query_valid_derivers(&outputs["out"]).unwrap(),
+        [info.path.clone()].into()
     );
 
-    // A .drv that does not parse is not registered and not left in the store.
+    // A derivation with an input derivation: checking its outputs reads the input from disk.
+    let child = derivation(&store, "y", &[&info.path]);
+    let child_info = add_drv(&mut store, &child).unwrap();
+    assert_eq!(child_info.references, [info.path.clone()].into());
+    assert_eq!(
+        store
+            .db()
+            .query_derivation_outputs(&child_info.path)
+            .unwrap()
+            .len(),
+        2
+    );
+
+    // Output paths that do not match the derivation are refused, as Nix refuses them.
     let before = store_entries(&store);
+    let mut forged = derivation(&store, "z", &[]);
+    let victim = test_path("victim");
+    forged.outputs.insert(
+        "out".into(),
+        DerivationOutput::InputAddressed(victim.clone()),
+    );
+    forged
+        .env
+        .insert(b"out".to_vec(), store_dir.print(&victim).into_bytes());
+    let err = add_drv(&mut store, &forged).unwrap_err();
+    assert!(err.to_string().contains("has incorrect output"), "{err}");
+    assert!(err.to_string().contains("z.drv"), "{err}");
+    assert_eq!(store_entries(&store), before);
+    assert!(store.db().query_valid_derivers(&victim).unwrap().is_empty());
+
+    // A .drv that does not parse is not registered and not left in the store.
     let err = store
         .add_from_content(
             "broken.drv",
