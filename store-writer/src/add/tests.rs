@@ -368,6 +368,15 @@ fn false_content_addresses_are_refused() {
         .add_path(&flat_dir, &nar[..], AddOptions::default())
         .unwrap_err();
     assert!(matches!(err, AddError::NotAFlatFile { .. }), "{err}");
+    // ... and over a symlink, which is never followed to hash its target.
+    let link_nar = nar_of(&Node::Symlink("/etc/passwd".into()));
+    let mut flat_link = plain_claim("tree", &link_nar, &[]);
+    flat_link.ca = Some(flat);
+    flat_link.path = flat_dir.path.clone();
+    let err = store
+        .add_path(&flat_link, &link_nar[..], AddOptions::default())
+        .unwrap_err();
+    assert!(matches!(err, AddError::NotAFlatFile { .. }), "{err}");
 
     // A text ca over a file whose contents differ.
     let text_nar = nar_of(&file(b"real text"));
