@@ -1,0 +1,1 @@
+//! The Nix worker protocol (in progress).
