@@ -1,6 +1,29 @@
-//! ward-broker: the small root process that supervises the others and starts builders.
+//! ward-broker: the small root process that supervises the frontend and the store-writer
+//! (and, later, starts builders).
+//!
+//! It parses no client bytes: its only input is its own command line from `ward daemon` and the
+//! typed requests listed in `proto`'s broker IPC file. It depends on no parser of client data,
+//! no async runtime and no SQLite. All `unsafe` lives in [`sys`].
 
-fn main() {
-    eprintln!("ward-broker: not implemented yet");
-    std::process::exit(1);
+mod args;
+mod supervisor;
+mod sys;
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let args = match args::BrokerArgs::parse(std::env::args_os().skip(1)) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("ward-broker: {e}");
+            return ExitCode::from(64);
+        }
+    };
+    if let Err(e) =
+        supervisor::check_listen_fd(args.listen_fd).and_then(|()| supervisor::run(&args))
+    {
+        eprintln!("ward-broker: {e}");
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
 }

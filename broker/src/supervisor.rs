@@ -1,0 +1,494 @@
+//! Starts the frontend and the store-writer with privileges dropped, and restarts whichever dies,
+//! with exponential back-off, without touching the other.
+//!
+//! Privileged steps for each child, in order (a failure makes the child exit 127 before exec):
+//! 1. fork (the broker is single-threaded);
+//! 2. unblock all signals, SIGPIPE back to default;
+//! 3. move the descriptors the child gets to fixed numbers, close every other one from 3 up;
+//! 4. multi-user mode: drop the whole capability bounding set, set the supplementary groups,
+//!    then gid, then uid (real, effective and saved), and check the uid really changed;
+//! 5. clear ambient capabilities, set no_new_privs, ask for SIGTERM when the broker dies;
+//! 6. exec the child's binary (a fresh address space; it applies its own seccomp/landlock).
+
+use std::ffi::CString;
+use std::os::fd::{AsFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::fcntl::{fcntl, FcntlArg};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow, Signal};
+use nix::sys::signalfd::SignalFd;
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{ForkResult, Gid, Group, Pid, Uid, User};
+
+use crate::args::BrokerArgs;
+use crate::sys;
+
+/// Shortest wait before restarting a child that died.
+const FIRST_RESTART_DELAY: Duration = Duration::from_millis(200);
+/// Longest wait between restarts of a child that keeps dying.
+const MAX_RESTART_DELAY: Duration = Duration::from_secs(30);
+/// A child that ran this long before dying is restarted after the shortest delay again.
+const HEALTHY_RUN: Duration = Duration::from_secs(10);
+/// How long children get to exit after SIGTERM at shutdown before SIGKILL.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Which child a process is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The unprivileged protocol server.
+    Frontend,
+    /// The only writer of the store.
+    StoreWriter,
+}
+
+impl Role {
+    fn name(self) -> &'static str {
+        match self {
+            Role::Frontend => "frontend",
+            Role::StoreWriter => "store-writer",
+        }
+    }
+}
+
+/// The uid, gid and groups a child switches to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// User id.
+    pub uid: Uid,
+    /// Primary group id.
+    pub gid: Gid,
+    /// Supplementary groups.
+    pub groups: Vec<Gid>,
+}
+
+/// Everything needed to (re)start one child.
+#[derive(Debug)]
+pub struct ChildSpec {
+    role: Role,
+    argv: Vec<CString>,
+    identity: Option<Identity>,
+    /// (descriptor in the broker, number it gets in the child)
+    fds: Vec<(RawFd, RawFd)>,
+}
+
+#[derive(Debug)]
+struct Child {
+    spec: ChildSpec,
+    pid: Option<Pid>,
+    started: Instant,
+    delay: Duration,
+    restart_at: Option<Instant>,
+}
+
+/// Why the broker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SupervisorError {
+    /// A user named on the command line does not exist.
+    #[error("user '{0}' does not exist (run 'ward install' as root to create ward's users)")]
+    NoSuchUser(String),
+    /// A group named on the command line does not exist.
+    #[error("group '{0}' does not exist (run 'ward install' as root to create ward's group)")]
+    NoSuchGroup(String),
+    /// A path or argument with a NUL byte.
+    #[error("argument '{0}' contains a NUL byte")]
+    Nul(String),
+    /// A system call failed.
+    #[error("{what}: {errno}")]
+    Sys {
+        /// What the broker was doing.
+        what: String,
+        /// The error.
+        errno: Errno,
+    },
+}
+
+fn sys_err(what: impl Into<String>) -> impl FnOnce(Errno) -> SupervisorError {
+    let what = what.into();
+    move |errno| SupervisorError::Sys { what, errno }
+}
+
+fn cstring(bytes: &[u8]) -> Result<CString, SupervisorError> {
+    CString::new(bytes).map_err(|_| SupervisorError::Nul(String::from_utf8_lossy(bytes).into()))
+}
+
+fn lookup_identity(user: &str, shared_group: Option<&str>) -> Result<Identity, SupervisorError> {
+    let pw = User::from_name(user)
+        .map_err(sys_err(format!("looking up user '{user}'")))?
+        .ok_or_else(|| SupervisorError::NoSuchUser(user.to_owned()))?;
+    let mut groups = vec![pw.gid];
+    if let Some(name) = shared_group {
+        let gr = Group::from_name(name)
+            .map_err(sys_err(format!("looking up group '{name}'")))?
+            .ok_or_else(|| SupervisorError::NoSuchGroup(name.to_owned()))?;
+        if gr.gid != pw.gid {
+            groups.push(gr.gid);
+        }
+    }
+    Ok(Identity {
+        uid: pw.uid,
+        gid: pw.gid,
+        groups,
+    })
+}
+
+/// Builds the two child specs from the broker's arguments.
+pub fn child_specs(args: &BrokerArgs) -> Result<Vec<ChildSpec>, SupervisorError> {
+    let ipc_dir = args.ipc_dir.as_os_str().as_bytes();
+    let passthrough: Vec<CString> = args
+        .passthrough
+        .iter()
+        .map(|a| cstring(a.as_bytes()))
+        .collect::<Result<_, _>>()?;
+    let identity = |user: &Option<String>| {
+        user.as_deref()
+            .map(|u| lookup_identity(u, args.shared_group.as_deref()))
+            .transpose()
+    };
+
+    let mut frontend_argv = vec![
+        cstring(args.frontend_bin.as_os_str().as_bytes())?,
+        cstring(b"--listen-fd")?,
+        cstring(b"3")?,
+        cstring(b"--ipc-dir")?,
+        cstring(ipc_dir)?,
+        cstring(b"--")?,
+    ];
+    frontend_argv.extend(passthrough.iter().cloned());
+    let mut writer_argv = vec![
+        cstring(args.store_writer_bin.as_os_str().as_bytes())?,
+        cstring(b"--ipc-dir")?,
+        cstring(ipc_dir)?,
+        cstring(b"--")?,
+    ];
+    writer_argv.extend(passthrough);
+
+    Ok(vec![
+        ChildSpec {
+            role: Role::StoreWriter,
+            argv: writer_argv,
+            identity: identity(&args.store_user)?,
+            fds: vec![],
+        },
+        ChildSpec {
+            role: Role::Frontend,
+            argv: frontend_argv,
+            identity: identity(&args.frontend_user)?,
+            fds: vec![(args.listen_fd, 3)],
+        },
+    ])
+}
+
+/// Runs in the forked child; returns only on failure.
+fn become_child(spec: &ChildSpec) -> Result<std::convert::Infallible, (&'static str, Errno)> {
+    sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
+        .map_err(|e| ("unblocking signals", e))?;
+    sys::default_sigpipe().map_err(|e| ("resetting SIGPIPE", e))?;
+
+    // Park every source descriptor above the targets first, so dup2 cannot clobber one.
+    let parked: Vec<(RawFd, RawFd)> = spec
+        .fds
+        .iter()
+        .map(|&(src, dst)| fcntl(src, FcntlArg::F_DUPFD_CLOEXEC(100)).map(|p| (p, dst)))
+        .collect::<Result<_, _>>()
+        .map_err(|e| ("parking descriptors", e))?;
+    let mut highest = 2;
+    for (parked_fd, dst) in parked {
+        nix::unistd::dup2(parked_fd, dst).map_err(|e| ("placing descriptors", e))?;
+        highest = highest.max(dst);
+    }
+    sys::close_fds_from(highest + 1).map_err(|e| ("closing inherited descriptors", e))?;
+
+    if let Some(id) = &spec.identity {
+        sys::drop_capability_bounding_set().map_err(|e| ("dropping capabilities", e))?;
+        nix::unistd::setgroups(&id.groups).map_err(|e| ("setgroups", e))?;
+        nix::unistd::setresgid(id.gid, id.gid, id.gid).map_err(|e| ("setresgid", e))?;
+        nix::unistd::setresuid(id.uid, id.uid, id.uid).map_err(|e| ("setresuid", e))?;
+        if nix::unistd::getuid() != id.uid || nix::unistd::geteuid() != id.uid {
+            return Err(("uid did not change", Errno::EPERM));
+        }
+    }
+    match sys::clear_ambient_capabilities() {
+        Ok(()) | Err(Errno::EINVAL) => {}
+        Err(e) => return Err(("clearing ambient capabilities", e)),
+    }
+    nix::sys::prctl::set_no_new_privs().map_err(|e| ("no_new_privs", e))?;
+    nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).map_err(|e| ("pdeathsig", e))?;
+    nix::unistd::execv(&spec.argv[0], &spec.argv).map_err(|e| ("exec", e))
+}
+
+fn spawn(spec: &ChildSpec) -> Result<Pid, SupervisorError> {
+    match sys::fork_process().map_err(sys_err("fork"))? {
+        ForkResult::Parent { child } => {
+            eprintln!("ward-broker: started {} as pid {child}", spec.role.name());
+            Ok(child)
+        }
+        ForkResult::Child => {
+            let Err((what, errno)) = become_child(spec);
+            eprintln!(
+                "ward-broker: starting {} failed at {what}: {errno}",
+                spec.role.name()
+            );
+            std::process::exit(127);
+        }
+    }
+}
+
+fn terminate(children: &mut [Child]) {
+    for child in children.iter() {
+        if let Some(pid) = child.pid {
+            kill_quietly(pid, Signal::SIGTERM);
+        }
+    }
+    let deadline = Instant::now() + SHUTDOWN_GRACE;
+    while children.iter().any(|c| c.pid.is_some()) && Instant::now() < deadline {
+        match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) => std::thread::sleep(Duration::from_millis(20)),
+            Ok(status) => forget_pid(children, status.pid()),
+            Err(_) => break,
+        }
+    }
+    for child in children.iter_mut() {
+        if let Some(pid) = child.pid.take() {
+            kill_quietly(pid, Signal::SIGKILL);
+            let _ = waitpid(pid, None);
+        }
+    }
+}
+
+fn kill_quietly(pid: Pid, signal: Signal) {
+    match nix::sys::signal::kill(pid, signal) {
+        Ok(()) | Err(Errno::ESRCH) => {}
+        Err(e) => eprintln!("ward-broker: kill {pid} {signal}: {e}"),
+    }
+}
+
+fn forget_pid(children: &mut [Child], pid: Option<Pid>) {
+    if let Some(child) = children
+        .iter_mut()
+        .find(|c| c.pid.is_some() && c.pid == pid)
+    {
+        child.pid = None;
+    }
+}
+
+/// Reaps every exited child and schedules its restart.
+fn reap(children: &mut [Child]) {
+    loop {
+        let status = match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return,
+            Ok(status) => status,
+            Err(e) => {
+                eprintln!("ward-broker: waitpid: {e}");
+                return;
+            }
+        };
+        let Some(child) = children
+            .iter_mut()
+            .find(|c| c.pid.is_some() && c.pid == status.pid())
+        else {
+            continue;
+        };
+        child.pid = None;
+        let now = Instant::now();
+        child.delay = if now.duration_since(child.started) >= HEALTHY_RUN {
+            FIRST_RESTART_DELAY
+        } else {
+            (child.delay * 2).min(MAX_RESTART_DELAY)
+        };
+        child.restart_at = Some(now + child.delay);
+        eprintln!(
+            "ward-broker: {} exited ({status:?}); restarting in {} ms",
+            child.spec.role.name(),
+            child.delay.as_millis()
+        );
+    }
+}
+
+/// Starts both children and supervises them until SIGTERM or SIGINT.
+pub fn run(args: &BrokerArgs) -> Result<(), SupervisorError> {
+    prepare_ipc_dir(args)?;
+    let specs = child_specs(args)?;
+
+    let mut mask = SigSet::empty();
+    for s in [
+        Signal::SIGCHLD,
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+    ] {
+        mask.add(s);
+    }
+    sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None).map_err(sys_err("blocking signals"))?;
+    let signals = SignalFd::new(&mask).map_err(sys_err("signalfd"))?;
+
+    let mut children: Vec<Child> = specs
+        .into_iter()
+        .map(|spec| Child {
+            spec,
+            pid: None,
+            started: Instant::now(),
+            delay: FIRST_RESTART_DELAY / 2,
+            restart_at: Some(Instant::now()),
+        })
+        .collect();
+
+    loop {
+        let now = Instant::now();
+        for child in children.iter_mut() {
+            if child.restart_at.is_some_and(|t| t <= now) {
+                child.restart_at = None;
+                child.started = now;
+                match spawn(&child.spec) {
+                    Ok(pid) => child.pid = Some(pid),
+                    Err(e) => {
+                        eprintln!("ward-broker: {e}");
+                        child.delay = (child.delay * 2).min(MAX_RESTART_DELAY);
+                        child.restart_at = Some(now + child.delay);
+                    }
+                }
+            }
+        }
+        let timeout = children
+            .iter()
+            .filter_map(|c| c.restart_at)
+            .min()
+            .map(|t| t.saturating_duration_since(Instant::now()));
+        let timeout = match timeout {
+            Some(d) => PollTimeout::try_from(d).unwrap_or(PollTimeout::MAX),
+            None => PollTimeout::NONE,
+        };
+        let mut fds = [PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, timeout) {
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(e) => {
+                return Err(SupervisorError::Sys {
+                    what: "poll".into(),
+                    errno: e,
+                })
+            }
+        }
+        while let Ok(Some(info)) = signals.read_signal() {
+            match Signal::try_from(info.ssi_signo as i32) {
+                Ok(Signal::SIGCHLD) => reap(&mut children),
+                Ok(Signal::SIGTERM | Signal::SIGINT) => {
+                    eprintln!("ward-broker: shutting down");
+                    terminate(&mut children);
+                    return Ok(());
+                }
+                Ok(Signal::SIGHUP) => {
+                    for pid in children.iter().filter_map(|c| c.pid) {
+                        kill_quietly(pid, Signal::SIGHUP);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Creates the directory of the private frontend⇄store-writer socket: owned by the
+/// store-writer's user, group the shared group, mode 0750 (0700 in single-user mode).
+fn prepare_ipc_dir(args: &BrokerArgs) -> Result<(), SupervisorError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let dir = &args.ipc_dir;
+    let shown = dir.display().to_string();
+    match std::fs::DirBuilder::new()
+        .mode(0o700)
+        .recursive(true)
+        .create(dir)
+    {
+        Ok(()) => {}
+        Err(e) => {
+            return Err(SupervisorError::Sys {
+                what: format!("creating '{shown}'"),
+                errno: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+            })
+        }
+    }
+    let meta = std::fs::symlink_metadata(dir).map_err(|e| SupervisorError::Sys {
+        what: format!("checking '{shown}'"),
+        errno: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+    })?;
+    if !meta.is_dir() {
+        return Err(SupervisorError::Sys {
+            what: format!("'{shown}' is not a directory"),
+            errno: Errno::ENOTDIR,
+        });
+    }
+    if let Some(user) = &args.store_user {
+        let owner = lookup_identity(user, args.shared_group.as_deref())?;
+        let group = owner.groups.last().copied();
+        nix::unistd::chown(dir.as_path(), Some(owner.uid), group)
+            .map_err(sys_err(format!("chown '{shown}'")))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o750)).map_err(|e| {
+            SupervisorError::Sys {
+                what: format!("chmod '{shown}'"),
+                errno: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+            }
+        })?;
+    }
+    Ok(())
+}
+
+/// The listening descriptor must be valid before children are started with it.
+pub fn check_listen_fd(fd: RawFd) -> Result<(), SupervisorError> {
+    fcntl(fd, FcntlArg::F_GETFD)
+        .map(drop)
+        .map_err(sys_err(format!("--listen-fd {fd}")))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::OsString;
+
+    #[test]
+    fn specs_pass_arguments_through_and_place_the_listener_at_fd_3() {
+        let args = BrokerArgs::parse(
+            [
+                "--listen-fd",
+                "7",
+                "--frontend",
+                "/f",
+                "--store-writer",
+                "/s",
+                "--ipc-dir",
+                "/tmp/x",
+                "--",
+                "--store",
+                "/d",
+            ]
+            .map(OsString::from),
+        )
+        .unwrap();
+        let specs = child_specs(&args).unwrap();
+        let fe = specs.iter().find(|s| s.role == Role::Frontend).unwrap();
+        assert_eq!(fe.fds, vec![(7, 3)]);
+        let argv: Vec<_> = fe.argv.iter().map(|a| a.to_str().unwrap()).collect();
+        assert_eq!(
+            argv,
+            [
+                "/f",
+                "--listen-fd",
+                "3",
+                "--ipc-dir",
+                "/tmp/x",
+                "--",
+                "--store",
+                "/d"
+            ]
+        );
+        let sw = specs.iter().find(|s| s.role == Role::StoreWriter).unwrap();
+        assert!(sw.fds.is_empty() && sw.identity.is_none());
+    }
+
+    #[test]
+    fn unknown_users_are_named() {
+        let err = lookup_identity("ward-no-such-user-xyz", None).unwrap_err();
+        assert!(err.to_string().contains("ward-no-such-user-xyz"));
+    }
+}
