@@ -2,6 +2,10 @@
 
 use std::io;
 
+use crate::content_address::CaError;
+use crate::hash::HashError;
+use crate::store_path::StorePathError;
+
 /// What went wrong while reading (or, for a few unrepresentable values, writing) the worker
 /// protocol. Every variant names the field at fault; messages are lowercase.
 #[derive(Debug, thiserror::Error)]
@@ -128,6 +132,36 @@ pub enum WireError {
         value: String,
         /// Why it was refused.
         reason: String,
+    },
+
+    /// A store path (or store path base name) failed to parse.
+    #[error("invalid store path in {field}: {source}")]
+    InvalidStorePath {
+        /// The field being read.
+        field: &'static str,
+        /// Why it was refused (names the path).
+        #[source]
+        source: StorePathError,
+    },
+
+    /// A hash failed to parse.
+    #[error("invalid hash in {field}: {source}")]
+    InvalidHash {
+        /// The field being read.
+        field: &'static str,
+        /// Why it was refused (names the hash).
+        #[source]
+        source: HashError,
+    },
+
+    /// A content address or content-address method failed to parse.
+    #[error("invalid content address in {field}: {source}")]
+    InvalidContentAddress {
+        /// The field being read.
+        field: &'static str,
+        /// Why it was refused (names the value).
+        #[source]
+        source: CaError,
     },
 
     /// Nesting deeper than allowed (only recursive types such as `SingleDerivedPath`).

@@ -29,7 +29,8 @@ pub use error::WireError;
 pub use framed::{put_framed, FramedReader, FramedWriter, DEFAULT_FRAME_CHUNK};
 pub use limits::Limits;
 pub use reader::WireReader;
-pub use tunnel::{TunnelReader, DEFAULT_TUNNEL_REQUEST};
+pub(crate) use reader::PREALLOC_CAP;
+pub use tunnel::{TunnelReader, DEFAULT_TUNNEL_REQUEST, STDERR_READ};
 pub use writer::WireWriter;
 
 /// Number of zero bytes that follow a string of `len` bytes.

@@ -8,6 +8,7 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader, ReadBuf};
 
 use super::{padding_len, Limits, WireError};
+use crate::store_path::{StoreDir, StorePath};
 
 /// Buffered reader of worker-protocol primitives.
 ///
@@ -311,6 +312,69 @@ impl<R: AsyncRead + Unpin> WireReader<R> {
             let key = self.read_string(field).await?;
             let value = self.read_string(field).await?;
             out.insert(key, value);
+        }
+        Ok(out)
+    }
+
+    /// Reads a full store path (`/nix/store/<hash>-<name>`) that must lie in `store_dir`.
+    pub async fn read_path(
+        &mut self,
+        field: &'static str,
+        store_dir: &StoreDir,
+    ) -> Result<StorePath, WireError> {
+        let text = self.read_string(field).await?;
+        store_dir
+            .parse_path(&text)
+            .map_err(|source| WireError::InvalidStorePath { field, source })
+    }
+
+    /// Reads an optional store path: the empty string is none.
+    pub async fn read_opt_path(
+        &mut self,
+        field: &'static str,
+        store_dir: &StoreDir,
+    ) -> Result<Option<StorePath>, WireError> {
+        let text = self.read_string(field).await?;
+        if text.is_empty() {
+            return Ok(None);
+        }
+        store_dir
+            .parse_path(&text)
+            .map(Some)
+            .map_err(|source| WireError::InvalidStorePath { field, source })
+    }
+
+    /// Reads a store path base name (`<hash>-<name>`, no directory), as in `AddBuildLog`.
+    pub async fn read_base_name(&mut self, field: &'static str) -> Result<StorePath, WireError> {
+        let text = self.read_string(field).await?;
+        StorePath::from_base_name(&text)
+            .map_err(|source| WireError::InvalidStorePath { field, source })
+    }
+
+    /// Reads a `set<path>`; duplicates collapse.
+    pub async fn read_path_set(
+        &mut self,
+        field: &'static str,
+        store_dir: &StoreDir,
+    ) -> Result<BTreeSet<StorePath>, WireError> {
+        let n = self.read_count(field).await?;
+        let mut out = BTreeSet::new();
+        for _ in 0..n {
+            out.insert(self.read_path(field, store_dir).await?);
+        }
+        Ok(out)
+    }
+
+    /// Reads a `list<path>`, keeping order and duplicates.
+    pub async fn read_path_list(
+        &mut self,
+        field: &'static str,
+        store_dir: &StoreDir,
+    ) -> Result<Vec<StorePath>, WireError> {
+        let n = self.read_count(field).await?;
+        let mut out = Vec::with_capacity(n.min(PREALLOC_CAP));
+        for _ in 0..n {
+            out.push(self.read_path(field, store_dir).await?);
         }
         Ok(out)
     }

@@ -15,8 +15,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::{WireError, WireReader, WireWriter};
 
-/// The `STDERR_READ` message code (protocol-facts §2.1).
-pub(crate) const STDERR_READ: u64 = 0x6461_7461;
+/// `STDERR_READ`: the daemon wants data from the client (protocol-facts §2.1).
+pub const STDERR_READ: u64 = 0x6461_7461;
 
 /// Bytes asked for per `STDERR_READ` by default (the reference asks for its 32 KiB buffer size).
 pub const DEFAULT_TUNNEL_REQUEST: u64 = 32 * 1024;

@@ -3,6 +3,7 @@
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use super::padding_len;
+use crate::store_path::{StoreDir, StorePath};
 
 /// Encoder of worker-protocol primitives into a growable buffer.
 ///
@@ -104,6 +105,32 @@ impl WireWriter {
         for (key, value) in items {
             self.put_bytes(key.as_ref());
             self.put_bytes(value.as_ref());
+        }
+    }
+
+    /// Writes a full store path.
+    pub fn put_path(&mut self, store_dir: &StoreDir, path: &StorePath) {
+        self.put_str(&store_dir.print(path));
+    }
+
+    /// Writes an optional store path (none is the empty string).
+    pub fn put_opt_path(&mut self, store_dir: &StoreDir, path: Option<&StorePath>) {
+        match path {
+            Some(path) => self.put_path(store_dir, path),
+            None => self.put_str(""),
+        }
+    }
+
+    /// Writes a `set<path>` or `list<path>` in the iterator's order.
+    pub fn put_paths<'p, I>(&mut self, store_dir: &StoreDir, paths: I)
+    where
+        I: IntoIterator<Item = &'p StorePath>,
+        I::IntoIter: ExactSizeIterator,
+    {
+        let paths = paths.into_iter();
+        self.put_u64(paths.len() as u64);
+        for path in paths {
+            self.put_path(store_dir, path);
         }
     }
 
