@@ -31,9 +31,10 @@ enum FrameState {
 ///
 /// The reader ends (returns 0 bytes) after the terminating empty chunk. A chunk header above
 /// [`Limits::max_frame`](super::Limits::max_frame) or end of file before the terminator is an
-/// error; [`WireError::from_io`]-style unwrapping is done by [`drain`](Self::drain) and
-/// [`read_all`](Self::read_all), and `io::Error`s produced by `poll_read` carry the
-/// [`WireError`] inside (`io::Error::get_ref`).
+/// error: [`drain`](Self::drain) and [`read_all`](Self::read_all) return it as a
+/// [`WireError`], and the `io::Error`s produced by `poll_read` carry the [`WireError`] inside
+/// (`io::Error::get_ref`), which [`WireReader`] unwraps again when it reads through a framed
+/// stream.
 ///
 /// Nothing is allocated per chunk: payload bytes go straight into the caller's buffer.
 #[derive(Debug)]
