@@ -134,7 +134,7 @@ fn time() -> impl Strategy<Value = u64> {
     0..=i64::MAX as u64
 }
 
-fn unkeyed_info() -> impl Strategy<Value = UnkeyedValidPathInfo> {
+fn unkeyed_info() -> impl Strategy<Value = UnkeyedPathInfo> {
     (
         proptest::option::of(store_path()),
         sha256(),
@@ -147,11 +147,11 @@ fn unkeyed_info() -> impl Strategy<Value = UnkeyedValidPathInfo> {
     )
         .prop_map(
             |(deriver, nar_hash, references, registration_time, nar_size, ultimate, sigs, ca)| {
-                UnkeyedValidPathInfo {
+                UnkeyedPathInfo {
                     deriver,
                     nar_hash,
                     references,
-                    registration_time,
+                    registration_time: registration_time as i64,
                     nar_size,
                     ultimate,
                     sigs,
@@ -162,7 +162,7 @@ fn unkeyed_info() -> impl Strategy<Value = UnkeyedValidPathInfo> {
 }
 
 fn path_info() -> impl Strategy<Value = ValidPathInfo> {
-    (store_path(), unkeyed_info()).prop_map(|(path, info)| ValidPathInfo { path, info })
+    (store_path(), unkeyed_info()).prop_map(|(path, info)| info.with_path(path))
 }
 
 fn outputs_spec() -> impl Strategy<Value = OutputsSpec> {
@@ -203,19 +203,16 @@ fn single_derived_path() -> impl Strategy<Value = SingleDerivedPath> {
         })
 }
 
-fn drv_output_id() -> impl Strategy<Value = DrvOutputId> {
-    (hash(), name()).prop_map(|(drv_hash, output_name)| DrvOutputId {
-        drv_hash,
-        output_name,
-    })
+fn drv_output_id() -> impl Strategy<Value = DrvOutput> {
+    (hash(), name()).prop_map(|(drv_hash, output)| DrvOutput { drv_hash, output })
 }
 
 fn realisation() -> impl Strategy<Value = Realisation> {
     (
         drv_output_id(),
         store_path(),
-        proptest::option::of(sigs()),
-        proptest::option::of(btree_map(drv_output_id(), store_path(), 0..3)),
+        sigs(),
+        btree_map(drv_output_id(), store_path(), 0..3),
     )
         .prop_map(
             |(id, out_path, signatures, dependent_realisations)| Realisation {
@@ -227,8 +224,8 @@ fn realisation() -> impl Strategy<Value = Realisation> {
         )
 }
 
-fn drv_output() -> impl Strategy<Value = DrvOutput> {
-    (drv_path(), name()).prop_map(|(drv_path, output_name)| DrvOutput {
+fn drv_output() -> impl Strategy<Value = DrvPathOutput> {
+    (drv_path(), name()).prop_map(|(drv_path, output_name)| DrvPathOutput {
         drv_path,
         output_name,
     })
@@ -241,8 +238,8 @@ fn unkeyed_realisation() -> impl Strategy<Value = UnkeyedRealisation> {
     })
 }
 
-fn keyed_realisation() -> impl Strategy<Value = KeyedRealisation> {
-    (drv_output(), unkeyed_realisation()).prop_map(|(id, value)| KeyedRealisation { id, value })
+fn keyed_realisation() -> impl Strategy<Value = PathRealisation> {
+    (drv_output(), unkeyed_realisation()).prop_map(|(key, value)| PathRealisation { key, value })
 }
 
 fn status() -> impl Strategy<Value = BuildStatus> {
@@ -278,7 +275,7 @@ fn build_result_json() -> impl Strategy<Value = BuildResult> {
                         .values()
                         .any(|x| x.id.to_string() == o.id.to_string())
                     {
-                        r.built_outputs.insert(o.id.output_name.clone(), o);
+                        r.built_outputs.insert(o.id.output.clone(), o);
                     }
                 }
                 r
@@ -297,10 +294,10 @@ fn build_result_binary() -> impl Strategy<Value = BuildResult> {
                 .into_iter()
                 .map(|(name, u)| {
                     let realisation = Realisation {
-                        id: DrvOutputId::placeholder(name.clone()),
+                        id: placeholder_drv_output(name.clone()),
                         out_path: u.out_path,
-                        signatures: Some(u.signatures),
-                        dependent_realisations: None,
+                        signatures: u.signatures,
+                        dependent_realisations: BTreeMap::new(),
                     };
                     (name, realisation)
                 })
@@ -801,8 +798,8 @@ proptest! {
         rt().block_on(async {
             let c = ctx(34, &[]);
             let mut w = WireWriter::new();
-            info.write(&mut w, &c);
-            prop_assert_eq!(ValidPathInfo::read(&mut reader(w.as_bytes()), &c).await.unwrap(), info);
+            info.wire_write(&mut w, &c);
+            prop_assert_eq!(ValidPathInfo::wire_read(&mut reader(w.as_bytes()), &c).await.unwrap(), info);
             Ok(())
         })?;
     }
@@ -829,13 +826,13 @@ proptest! {
         rt().block_on(async {
             let c = ctx(38, &[FEATURE_REALISATION_WITH_PATH_NOT_HASH]);
             let mut w = WireWriter::new();
-            r.write(&mut w);
-            id.write(&mut w);
-            keyed.write(&mut w, &c);
+            r.wire_write(&mut w);
+            id.wire_write(&mut w);
+            keyed.wire_write(&mut w, &c);
             let mut rd = reader(w.as_bytes());
-            prop_assert_eq!(Realisation::read(&mut rd).await.unwrap(), r);
-            prop_assert_eq!(DrvOutputId::read(&mut rd).await.unwrap(), id);
-            prop_assert_eq!(KeyedRealisation::read(&mut rd, &c).await.unwrap(), keyed);
+            prop_assert_eq!(Realisation::wire_read(&mut rd).await.unwrap(), r);
+            prop_assert_eq!(DrvOutput::wire_read(&mut rd).await.unwrap(), id);
+            prop_assert_eq!(PathRealisation::wire_read(&mut rd, &c).await.unwrap(), keyed);
             Ok(())
         })?;
     }
@@ -975,7 +972,7 @@ proptest! {
             let _ = Request::read(op, &mut reader(&bytes), &c).await;
             let _ = Reply::read(op, &mut reader(&bytes), &c).await;
             let _ = StderrMessage::read(&mut reader(&bytes), c.version).await;
-            let _ = UnkeyedValidPathInfo::read(&mut reader(&bytes), &c).await;
+            let _ = UnkeyedPathInfo::wire_read(&mut reader(&bytes), &c).await;
             let _ = BasicDerivation::read(&mut reader(&bytes), &c).await;
             let server = ServerHandshake::default();
             let _ = server.accept(&mut reader(&bytes), &mut tokio::io::sink(), &ClientHandshakeInfo::default()).await;
@@ -1243,7 +1240,7 @@ async fn malformed_values_are_typed() {
     ));
     assert!(matches!(
         request_err(Op::QueryRealisation, &one("nope"), &c).await,
-        WireError::InvalidValue { .. }
+        WireError::InvalidDrvOutput { .. }
     ));
     let mut w = WireWriter::new();
     w.put_str("n");
@@ -1263,7 +1260,7 @@ async fn malformed_values_are_typed() {
     w.put_str("{not json");
     assert!(matches!(
         request_err(Op::RegisterDrvOutput, w.as_bytes(), &c).await,
-        WireError::InvalidValue { .. }
+        WireError::InvalidJson { .. }
     ));
 }
 
@@ -1300,7 +1297,7 @@ async fn deep_single_derived_path_is_refused() {
 #[test]
 fn unrepresentable_values_are_refused_on_write() {
     let c = ctx(34, &[]);
-    let keyed = Request::QueryRealisation(QueryRealisation::Output(DrvOutput {
+    let keyed = Request::QueryRealisation(QueryRealisation::Output(DrvPathOutput {
         drv_path: StorePath::from_base_name("g1w7hy3qg1w7hy3qg1w7hy3qg1w7hy3q-x.drv").unwrap(),
         output_name: "out".into(),
     }));

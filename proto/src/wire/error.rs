@@ -4,6 +4,7 @@ use std::io;
 
 use crate::content_address::CaError;
 use crate::hash::HashError;
+use crate::path_info::{DrvOutputError, JsonFormatError};
 use crate::store_path::StorePathError;
 
 /// What went wrong while reading (or, for a few unrepresentable values, writing) the worker
@@ -162,6 +163,26 @@ pub enum WireError {
         /// Why it was refused (names the value).
         #[source]
         source: CaError,
+    },
+
+    /// A derivation output id (`sha256:…!out`) failed to parse.
+    #[error("invalid derivation output id in {field}: {source}")]
+    InvalidDrvOutput {
+        /// The field being read.
+        field: &'static str,
+        /// Why it was refused (names the value).
+        #[source]
+        source: DrvOutputError,
+    },
+
+    /// A JSON document carried in a string (a realisation) failed to parse.
+    #[error("invalid json in {field}: {source}")]
+    InvalidJson {
+        /// The field being read.
+        field: &'static str,
+        /// Why it was refused.
+        #[source]
+        source: JsonFormatError,
     },
 
     /// Nesting deeper than allowed (only recursive types such as `SingleDerivedPath`).

@@ -13,7 +13,7 @@ use super::ops::Op;
 use super::requests::{read_fs_path, write_fs_path};
 use super::types::{
     BuildResult, GcResult, KeyedBuildResult, MissingInfo, Realisation, SubstitutablePathInfo,
-    UnkeyedRealisation, UnkeyedValidPathInfo, ValidPathInfo,
+    UnkeyedPathInfo, UnkeyedRealisation, ValidPathInfo,
 };
 use super::version::WireContext;
 use crate::hash::{Hash, HashAlgo};
@@ -44,7 +44,7 @@ impl RealisationReply {
     /// The reply to send on `ctx` for a realisation found (or not).
     pub fn for_context(found: Option<&Realisation>, ctx: &WireContext) -> Self {
         if ctx.realisation_with_path() {
-            RealisationReply::Binary(found.map(Realisation::to_unkeyed))
+            RealisationReply::Binary(found.map(Realisation::to_unkeyed_realisation))
         } else if ctx.at_least(31) {
             RealisationReply::Json(found.cloned())
         } else {
@@ -112,7 +112,7 @@ pub enum Reply {
     ClearFailedPaths,
     /// Op 26: from 1.17 a valid flag, then the info if valid. Below 1.17 an invalid path must
     /// be reported as an error instead ([`WireError::Unrepresentable`] on write).
-    QueryPathInfo(Option<UnkeyedValidPathInfo>),
+    QueryPathInfo(Option<UnkeyedPathInfo>),
     /// Op 27: `list<path>` of imported paths.
     ImportPaths(Vec<StorePath>),
     /// Op 28: `list<str>`.
@@ -244,7 +244,7 @@ impl Reply {
             | Reply::QuerySubstitutablePaths(paths)
             | Reply::QueryValidDerivers(paths) => w.put_paths(dir, paths),
             Reply::AddToStore(AddToStoreReply::PathInfo(info)) if ctx.at_least(25) => {
-                info.write(w, ctx)
+                info.wire_write(w, ctx)
             }
             Reply::AddToStore(AddToStoreReply::Path(path)) if !ctx.at_least(25) => {
                 w.put_path(dir, path)
@@ -295,11 +295,11 @@ impl Reply {
                 if ctx.at_least(17) {
                     w.put_bool(info.is_some());
                     if let Some(info) = info {
-                        info.write(w, ctx);
+                        info.wire_write(w, ctx);
                     }
                 } else {
                     match info {
-                        Some(info) => info.write(w, ctx),
+                        Some(info) => info.wire_write(w, ctx),
                         None => {
                             return Err(mismatch(
                                 "an invalid path in QueryPathInfo",
@@ -332,7 +332,7 @@ impl Reply {
                 RealisationReply::Binary(value) if ctx.realisation_with_path() => {
                     w.put_option_tag(value.is_some());
                     if let Some(value) = value {
-                        value.write(w, ctx);
+                        value.wire_write(w, ctx);
                     }
                 }
                 RealisationReply::Json(value)
@@ -340,7 +340,7 @@ impl Reply {
                 {
                     w.put_u64(u64::from(value.is_some()));
                     if let Some(value) = value {
-                        value.write(w);
+                        value.wire_write(w);
                     }
                 }
                 RealisationReply::OutPath(path)
@@ -363,7 +363,7 @@ impl Reply {
                 }
             }
             Reply::AddPermRoot(path) => write_fs_path(w, path),
-            Reply::AddToStoreScanning(info) => info.write(w, ctx),
+            Reply::AddToStoreScanning(info) => info.wire_write(w, ctx),
         }
         Ok(())
     }
@@ -412,7 +412,7 @@ impl Reply {
                 Reply::QueryValidDerivers(r.read_path_set("valid derivers", dir).await?)
             }
             Op::AddToStore => Reply::AddToStore(if ctx.at_least(25) {
-                AddToStoreReply::PathInfo(Box::new(ValidPathInfo::read(r, ctx).await?))
+                AddToStoreReply::PathInfo(Box::new(ValidPathInfo::wire_read(r, ctx).await?))
             } else {
                 AddToStoreReply::Path(r.read_path("added path", dir).await?)
             }),
@@ -458,7 +458,7 @@ impl Reply {
             }
             Op::QueryPathInfo => {
                 Reply::QueryPathInfo(if !ctx.at_least(17) || r.read_bool_strict("valid").await? {
-                    Some(UnkeyedValidPathInfo::read(r, ctx).await?)
+                    Some(UnkeyedPathInfo::wire_read(r, ctx).await?)
                 } else {
                     None
                 })
@@ -489,7 +489,7 @@ impl Reply {
             }
             Op::QueryRealisation => Reply::QueryRealisation(if ctx.realisation_with_path() {
                 RealisationReply::Binary(if r.read_option_tag("realisation").await? {
-                    Some(UnkeyedRealisation::read(r, ctx).await?)
+                    Some(UnkeyedRealisation::wire_read(r, ctx).await?)
                 } else {
                     None
                 })
@@ -497,7 +497,7 @@ impl Reply {
                 let n = r.read_count("realisations").await?;
                 let mut found = None;
                 for _ in 0..n {
-                    found = Some(Realisation::read(r).await?);
+                    found = Some(Realisation::wire_read(r).await?);
                 }
                 if n > 1 {
                     return Err(WireError::TooManyElements {
@@ -527,7 +527,9 @@ impl Reply {
                 Reply::BuildPathsWithResults(results)
             }
             Op::AddPermRoot => Reply::AddPermRoot(read_fs_path(r, "gc root").await?),
-            Op::AddToStoreScanning => Reply::AddToStoreScanning(ValidPathInfo::read(r, ctx).await?),
+            Op::AddToStoreScanning => {
+                Reply::AddToStoreScanning(ValidPathInfo::wire_read(r, ctx).await?)
+            }
         })
     }
 }
@@ -536,8 +538,9 @@ impl Reply {
 mod tests {
     use super::*;
     use crate::store_path::StoreDir;
-    use crate::worker::types::DrvOutputId;
+    use crate::worker::types::placeholder_drv_output;
     use crate::worker::version::{ProtocolVersion, FEATURE_REALISATION_WITH_PATH_NOT_HASH};
+    use std::collections::BTreeMap as Map;
     use std::io::Cursor;
 
     fn ctx(minor: u8) -> WireContext {
@@ -562,7 +565,10 @@ mod tests {
 
     #[tokio::test]
     async fn query_path_info_gates() {
-        let info = UnkeyedValidPathInfo::new(Hash::compute(HashAlgo::Sha256, b"x"));
+        let info = UnkeyedPathInfo::from(&ValidPathInfo::new(
+            path("x"),
+            Hash::compute(HashAlgo::Sha256, b"x"),
+        ));
         let some = Reply::QueryPathInfo(Some(info.clone()));
         let none = Reply::QueryPathInfo(None);
         assert_eq!(round_trip(&some, &ctx(34)).await, some);
@@ -577,7 +583,12 @@ mod tests {
 
     #[tokio::test]
     async fn realisation_reply_layouts() {
-        let found = Realisation::new(DrvOutputId::placeholder("out"), path("out"));
+        let found = Realisation {
+            id: placeholder_drv_output("out"),
+            out_path: path("out"),
+            signatures: ["k:AAAA".to_string()].into(),
+            dependent_realisations: Map::new(),
+        };
         let mut feature = ctx(38);
         feature
             .features

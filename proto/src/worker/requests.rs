@@ -18,8 +18,8 @@ use tokio::io::AsyncRead;
 use super::ops::Op;
 use super::types::{
     read_opt_ca, write_opt_ca, BasicDerivation, BuildMode, CaMethodWithAlgo, CollectGarbageRequest,
-    DerivedPath, DrvOutput, DrvOutputId, KeyedRealisation, Realisation, SetOptions,
-    SingleDerivedPath, ValidPathInfo,
+    DerivedPath, DrvOutput, DrvPathOutput, PathRealisation, Realisation, SetOptions,
+    SingleDerivedPath, ValidPathInfo, FULL_PATH_INFO_VERSION,
 };
 use super::version::WireContext;
 use crate::content_address::{ContentAddress, FileIngestionMethod};
@@ -632,12 +632,7 @@ impl AddToStoreNar {
         ctx: &WireContext,
     ) -> Result<Self, WireError> {
         Ok(AddToStoreNar {
-            info: ValidPathInfo::read_at(
-                r,
-                &ctx.store_dir,
-                ValidPathInfo::MULTIPLE_TO_STORE_VERSION,
-            )
-            .await?,
+            info: ValidPathInfo::wire_read_at(r, &ctx.store_dir, FULL_PATH_INFO_VERSION).await?,
             repair: r.read_bool_strict("repair").await?,
             dont_check_sigs: r.read_bool_strict("dont check sigs").await?,
         })
@@ -646,7 +641,7 @@ impl AddToStoreNar {
     /// Writes the arguments.
     pub fn write(&self, w: &mut WireWriter, ctx: &WireContext) -> Result<(), WireError> {
         self.info
-            .write_at(w, &ctx.store_dir, ValidPathInfo::MULTIPLE_TO_STORE_VERSION);
+            .wire_write_at(w, &ctx.store_dir, FULL_PATH_INFO_VERSION);
         w.put_bool(self.repair);
         w.put_bool(self.dont_check_sigs);
         Ok(())
@@ -684,14 +679,14 @@ pub enum RegisterDrvOutput {
     /// < 1.31: DrvOutput id and output path **base name**.
     Legacy {
         /// The derivation output.
-        id: DrvOutputId,
+        id: DrvOutput,
         /// The output path.
         out_path: StorePath,
     },
     /// ≥ 1.31: realisation JSON.
     Json(Realisation),
     /// With `realisation-with-path-not-hash`: the binary form.
-    Binary(KeyedRealisation),
+    Binary(PathRealisation),
 }
 
 impl RegisterDrvOutput {
@@ -702,13 +697,13 @@ impl RegisterDrvOutput {
     ) -> Result<Self, WireError> {
         if ctx.realisation_with_path() {
             Ok(RegisterDrvOutput::Binary(
-                KeyedRealisation::read(r, ctx).await?,
+                PathRealisation::wire_read(r, ctx).await?,
             ))
         } else if ctx.at_least(31) {
-            Ok(RegisterDrvOutput::Json(Realisation::read(r).await?))
+            Ok(RegisterDrvOutput::Json(Realisation::wire_read(r).await?))
         } else {
             Ok(RegisterDrvOutput::Legacy {
-                id: DrvOutputId::read(r).await?,
+                id: DrvOutput::wire_read(r).await?,
                 out_path: r.read_base_name("output path").await?,
             })
         }
@@ -717,14 +712,16 @@ impl RegisterDrvOutput {
     /// Writes the arguments. The variant must match the connection.
     pub fn write(&self, w: &mut WireWriter, ctx: &WireContext) -> Result<(), WireError> {
         match self {
-            RegisterDrvOutput::Binary(keyed) if ctx.realisation_with_path() => keyed.write(w, ctx),
+            RegisterDrvOutput::Binary(keyed) if ctx.realisation_with_path() => {
+                keyed.wire_write(w, ctx)
+            }
             RegisterDrvOutput::Json(realisation)
                 if !ctx.realisation_with_path() && ctx.at_least(31) =>
             {
-                realisation.write(w)
+                realisation.wire_write(w)
             }
             RegisterDrvOutput::Legacy { id, out_path } if !ctx.at_least(31) => {
-                id.write(w);
+                id.wire_write(w);
                 w.put_str(out_path.base_name());
             }
             _ => {
@@ -744,9 +741,9 @@ impl RegisterDrvOutput {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum QueryRealisation {
     /// Without `realisation-with-path-not-hash`: the DrvOutput id string.
-    Id(DrvOutputId),
+    Id(DrvOutput),
     /// With the feature: drv path and output name.
-    Output(DrvOutput),
+    Output(DrvPathOutput),
 }
 
 impl QueryRealisation {
@@ -756,17 +753,21 @@ impl QueryRealisation {
         ctx: &WireContext,
     ) -> Result<Self, WireError> {
         if ctx.realisation_with_path() {
-            Ok(QueryRealisation::Output(DrvOutput::read(r, ctx).await?))
+            Ok(QueryRealisation::Output(
+                DrvPathOutput::wire_read(r, ctx).await?,
+            ))
         } else {
-            Ok(QueryRealisation::Id(DrvOutputId::read(r).await?))
+            Ok(QueryRealisation::Id(DrvOutput::wire_read(r).await?))
         }
     }
 
     /// Writes the arguments. The variant must match the connection.
     pub fn write(&self, w: &mut WireWriter, ctx: &WireContext) -> Result<(), WireError> {
         match self {
-            QueryRealisation::Output(output) if ctx.realisation_with_path() => output.write(w, ctx),
-            QueryRealisation::Id(id) if !ctx.realisation_with_path() => id.write(w),
+            QueryRealisation::Output(output) if ctx.realisation_with_path() => {
+                output.wire_write(w, ctx)
+            }
+            QueryRealisation::Id(id) if !ctx.realisation_with_path() => id.wire_write(w),
             _ => {
                 return Err(WireError::Unrepresentable {
                     what: "QueryRealisation arguments",
@@ -813,7 +814,7 @@ impl AddMultipleToStore {
 /// Reads the entry count at the start of AddMultipleToStore's framed payload (pass a
 /// [`WireReader`] wrapped around the [`crate::wire::FramedReader`]). Entries are streamed one
 /// by one, so the count is not capped; each entry's info is then read with
-/// [`ValidPathInfo::read_at`] at [`ValidPathInfo::MULTIPLE_TO_STORE_VERSION`], followed by
+/// [`ValidPathInfo::wire_read_at`] at [`FULL_PATH_INFO_VERSION`], followed by
 /// exactly `nar_size` bytes of NAR, which must be consumed even for paths that are already
 /// valid.
 pub async fn read_multiple_count<R: AsyncRead + Unpin>(
@@ -831,7 +832,7 @@ pub fn write_multiple_entry(
     info: &ValidPathInfo,
     nar: &[u8],
 ) {
-    info.write_at(w, &ctx.store_dir, ValidPathInfo::MULTIPLE_TO_STORE_VERSION);
+    info.wire_write_at(w, &ctx.store_dir, FULL_PATH_INFO_VERSION);
     w.put_raw(nar);
 }
 
@@ -1072,6 +1073,7 @@ request_enum! {
 mod tests {
     use super::*;
     use crate::store_path::StoreDir;
+    use crate::worker::types::placeholder_drv_output;
     use crate::worker::version::ProtocolVersion;
     use std::io::Cursor;
 
@@ -1138,7 +1140,7 @@ mod tests {
         assert!(!old.substitute);
 
         let reg = Request::RegisterDrvOutput(RegisterDrvOutput::Legacy {
-            id: DrvOutputId::placeholder("out"),
+            id: placeholder_drv_output("out"),
             out_path: path("out"),
         });
         assert_eq!(round_trip(&reg, &ctx(30)).await, reg);

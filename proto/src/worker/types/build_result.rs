@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use tokio::io::AsyncRead;
 
 use super::derived_path::DerivedPath;
-use super::realisation::{DrvOutputId, Realisation, UnkeyedRealisation};
+use super::realisation::placeholder_drv_output;
+use crate::path_info::{DrvOutput, Realisation, UnkeyedRealisation};
 use crate::wire::{WireError, WireReader, WireWriter};
 use crate::worker::version::WireContext;
 
@@ -175,8 +176,9 @@ pub struct BuildResult {
     /// System CPU time in microseconds (≥ 1.37), at most `i64::MAX`.
     pub cpu_system_micros: Option<u64>,
     /// The outputs, by output name (≥ 1.28). In the JSON layout each entry's
-    /// [`Realisation::id`] is the key sent; in the binary layout only the path and signatures
-    /// travel, and decoding fills in [`DrvOutputId::placeholder`] and no dependencies.
+    /// [`Realisation::id`] is the key sent (Nix 2.8 clients read the output name after its `!`
+    /// and `outPath`; a [`placeholder_drv_output`] id is fine); in the binary layout only the
+    /// path and signatures travel, and decoding fills in a placeholder id and no dependencies.
     pub built_outputs: BTreeMap<String, Realisation>,
 }
 
@@ -221,7 +223,7 @@ impl BuildResult {
                 let entries: BTreeMap<String, String> = self
                     .built_outputs
                     .values()
-                    .map(|r| (r.id.to_string(), r.to_json()))
+                    .map(|r| (r.id.to_string(), r.to_json_string()))
                     .collect();
                 w.put_string_map(&entries);
             }
@@ -229,7 +231,7 @@ impl BuildResult {
                 w.put_u64(self.built_outputs.len() as u64);
                 for (name, realisation) in &self.built_outputs {
                     w.put_str(name);
-                    realisation.to_unkeyed().write(w, ctx);
+                    realisation.to_unkeyed_realisation().wire_write(w, ctx);
                 }
             }
         }
@@ -268,21 +270,21 @@ impl BuildResult {
             BuiltOutputsLayout::Json => {
                 let n = r.read_count("built outputs").await?;
                 for _ in 0..n {
-                    let key = DrvOutputId::read(r).await?;
-                    let realisation = Realisation::read(r).await?;
-                    result.built_outputs.insert(key.output_name, realisation);
+                    let key = DrvOutput::wire_read(r).await?;
+                    let realisation = Realisation::wire_read(r).await?;
+                    result.built_outputs.insert(key.output, realisation);
                 }
             }
             BuiltOutputsLayout::Binary => {
                 let n = r.read_count("built outputs").await?;
                 for _ in 0..n {
                     let name = r.read_string("output name").await?;
-                    let value = UnkeyedRealisation::read(r, ctx).await?;
+                    let value = UnkeyedRealisation::wire_read(r, ctx).await?;
                     let realisation = Realisation {
-                        id: DrvOutputId::placeholder(name.clone()),
+                        id: placeholder_drv_output(name.clone()),
                         out_path: value.out_path,
-                        signatures: Some(value.signatures),
-                        dependent_realisations: None,
+                        signatures: value.signatures,
+                        dependent_realisations: BTreeMap::new(),
                     };
                     result.built_outputs.insert(name, realisation);
                 }
@@ -353,10 +355,13 @@ mod tests {
         result.cpu_user_micros = Some(500_000_000);
         result.cpu_system_micros = None;
         let out = StorePath::from_base_name("g1w7hy3qg1w7hy3qg1w7hy3qg1w7hy3q-foo").unwrap();
-        result.built_outputs.insert(
-            "out".into(),
-            Realisation::new(DrvOutputId::placeholder("out"), out),
-        );
+        let realisation = Realisation {
+            id: placeholder_drv_output("out"),
+            out_path: out,
+            signatures: ["k:AAAA".to_string()].into(),
+            dependent_realisations: BTreeMap::new(),
+        };
+        result.built_outputs.insert("out".into(), realisation);
         result
     }
 
