@@ -29,6 +29,15 @@
 //!
 //! The client side (tests, test clients) uses [`client_negotiate`], [`client_finish`],
 //! [`Request::write`], [`StderrMessage::read`] and [`Reply::read`].
+//!
+//! Path info and realisations are the shared types of [`crate::path_info`]; their wire codecs
+//! are the `wire_read`/`wire_write` methods added in [`types`]. Everything else in [`types`]
+//! has plain `read`/`write`.
+//!
+//! Known deliberate differences from the reference: requests are decoded in full before any
+//! reply (the reference reads RegisterDrvOutput's and QueryRealisation's arguments inside the
+//! work phase; clients cannot tell), unknown build modes and GC actions are refused instead of
+//! cast, and decoders bound every length ([`crate::wire::Limits`]).
 
 mod handshake;
 mod logger;
