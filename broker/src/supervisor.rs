@@ -72,6 +72,8 @@ pub struct ChildSpec {
     identity: Option<Identity>,
     /// (descriptor in the broker, number it gets in the child)
     fds: Vec<(RawFd, RawFd)>,
+    /// Environment changes: set to `Some(value)` or remove with `None`.
+    env: Vec<(&'static str, Option<&'static str>)>,
 }
 
 #[derive(Debug)]
@@ -171,12 +173,24 @@ pub fn child_specs(args: &BrokerArgs) -> Result<Vec<ChildSpec>, SupervisorError>
             argv: writer_argv,
             identity: identity(&args.store_user)?,
             fds: vec![],
+            env: vec![
+                ("LISTEN_FDS", None),
+                ("LISTEN_PID", None),
+                ("LISTEN_FDNAMES", None),
+            ],
         },
         ChildSpec {
             role: Role::Frontend,
             argv: frontend_argv,
             identity: identity(&args.frontend_user)?,
             fds: vec![(args.listen_fd, 3)],
+            // The socket-activation convention (fd 3, no pid check) tells the frontend where
+            // its socket is.
+            env: vec![
+                ("LISTEN_FDS", Some("1")),
+                ("LISTEN_PID", None),
+                ("LISTEN_FDNAMES", None),
+            ],
         },
     ])
 }
@@ -213,6 +227,13 @@ fn become_child(spec: &ChildSpec) -> Result<std::convert::Infallible, (&'static 
     match sys::clear_ambient_capabilities() {
         Ok(()) | Err(Errno::EINVAL) => {}
         Err(e) => return Err(("clearing ambient capabilities", e)),
+    }
+    // The child is single-threaded right after fork, so changing the environment is sound.
+    for (name, value) in &spec.env {
+        match value {
+            Some(v) => std::env::set_var(name, v),
+            None => std::env::remove_var(name),
+        }
     }
     nix::sys::prctl::set_no_new_privs().map_err(|e| ("no_new_privs", e))?;
     nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).map_err(|e| ("pdeathsig", e))?;
