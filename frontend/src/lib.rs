@@ -4,3 +4,4 @@
 
 pub mod auth;
 pub mod launch;
+pub mod writer_client;
