@@ -50,8 +50,10 @@ pub enum ConfineError {
 /// What confinement achieved.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Confinement {
-    /// How much of the landlock ruleset the kernel enforces.
+    /// How much of the landlock ruleset the kernel enforces, for the log.
     pub landlock: &'static str,
+    /// Whether landlock restricts file writes at all (any landlock ABI does).
+    pub landlock_enforced: bool,
 }
 
 /// The newest landlock ABI this code asks for; older kernels get the intersection.
@@ -60,15 +62,22 @@ const LANDLOCK_ABI: ABI = ABI::V9;
 /// Confines the calling process; `writable` are the directories it may write beneath.
 pub fn confine(writable: &[PathBuf]) -> Result<Confinement, ConfineError> {
     nix::sys::prctl::set_no_new_privs().map_err(ConfineError::NoNewPrivs)?;
-    let landlock = apply_landlock(writable)?;
+    let status = apply_landlock(writable)?;
     for filter in seccomp_filters()? {
         seccompiler::apply_filter_all_threads(&filter)
             .map_err(|e| ConfineError::Seccomp(e.to_string()))?;
     }
-    Ok(Confinement { landlock })
+    Ok(Confinement {
+        landlock: match status {
+            RulesetStatus::FullyEnforced => "fully enforced",
+            RulesetStatus::PartiallyEnforced => "enforced with the kernel's older landlock abi",
+            RulesetStatus::NotEnforced => "not enforced (kernel without landlock)",
+        },
+        landlock_enforced: status != RulesetStatus::NotEnforced,
+    })
 }
 
-fn apply_landlock(writable: &[PathBuf]) -> Result<&'static str, ConfineError> {
+fn apply_landlock(writable: &[PathBuf]) -> Result<RulesetStatus, ConfineError> {
     let all = AccessFs::from_all(LANDLOCK_ABI);
     let no_exec: BitFlags<AccessFs> = all & !AccessFs::Execute;
     let read: BitFlags<AccessFs> = AccessFs::ReadFile | AccessFs::ReadDir;
@@ -78,11 +87,7 @@ fn apply_landlock(writable: &[PathBuf]) -> Result<&'static str, ConfineError> {
         .add_rules(path_beneath_rules(["/"], read))?
         .add_rules(path_beneath_rules(writable, no_exec))?
         .restrict_self()?;
-    Ok(match status.ruleset {
-        RulesetStatus::FullyEnforced => "fully enforced",
-        RulesetStatus::PartiallyEnforced => "partially enforced (older kernel)",
-        RulesetStatus::NotEnforced => "not enforced (kernel without landlock)",
-    })
+    Ok(status.ruleset)
 }
 
 fn target_arch() -> Result<TargetArch, ConfineError> {
@@ -253,7 +258,7 @@ mod tests {
 
         std::fs::write(writable.join("allowed"), "yes").unwrap();
         let outside = std::fs::write(forbidden.join("refused"), "no");
-        if confinement.landlock == "fully enforced" {
+        if confinement.landlock_enforced {
             let err = outside.expect_err("landlock must refuse writes elsewhere");
             assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{err}");
         } else {

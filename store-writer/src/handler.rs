@@ -266,9 +266,11 @@ impl ChannelState {
             })
         };
         let fd = fd.ok_or_else(|| refuse("no socket came with the request".into()))?;
-        let kind = rustix::net::sockopt::socket_type(&fd).map_err(|e| refuse(e.to_string()))?;
-        let domain = rustix::net::sockopt::socket_domain(&fd).map_err(|e| refuse(e.to_string()))?;
-        if kind != rustix::net::SocketType::STREAM || domain != rustix::net::AddressFamily::UNIX {
+        let is_unix_stream = rustix::net::sockopt::socket_type(&fd)
+            .is_ok_and(|kind| kind == rustix::net::SocketType::STREAM)
+            && rustix::net::sockopt::socket_domain(&fd)
+                .is_ok_and(|domain| domain == rustix::net::AddressFamily::UNIX);
+        if !is_unix_stream {
             return Err(refuse("the descriptor is not a unix stream socket".into()));
         }
         let origin = format!(

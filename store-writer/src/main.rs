@@ -98,8 +98,10 @@ fn init_logging(verbosity: Verbosity) {
     .unwrap_or_else(|| {
         tracing_subscriber::EnvFilter::new(log_level(verbosity).as_str().to_ascii_lowercase())
     });
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(filter)
         .with_target(false)
         .init();
