@@ -68,11 +68,7 @@ pub fn write_build_log(
         })?;
     let plain = dir.join(&rest);
     let bz2 = dir.join(format!("{rest}.bz2"));
-    let (target, other) = if compress {
-        (bz2, plain)
-    } else {
-        (plain, bz2)
-    };
+    let (target, other) = if compress { (bz2, plain) } else { (plain, bz2) };
     let temp = dir.join(format!(
         "{rest}.tmp.{}.{}",
         std::process::id(),
@@ -175,7 +171,10 @@ mod tests {
             .read_to_end(&mut back)
             .unwrap();
         assert_eq!(back, log);
-        assert_eq!(std::fs::read_dir(path.parent().unwrap()).unwrap().count(), 1);
+        assert_eq!(
+            std::fs::read_dir(path.parent().unwrap()).unwrap().count(),
+            1
+        );
     }
 
     #[test]

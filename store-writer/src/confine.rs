@@ -183,8 +183,13 @@ fn seccomp_filters() -> Result<Vec<BpfProgram>, ConfineError> {
         .iter()
         .map(|&flag| {
             let flag = u64::from(flag.unsigned_abs());
-            SeccompCondition::new(0, SeccompCmpArgLen::Qword, SeccompCmpOp::MaskedEq(flag), flag)
-                .and_then(|condition| SeccompRule::new(vec![condition]))
+            SeccompCondition::new(
+                0,
+                SeccompCmpArgLen::Qword,
+                SeccompCmpOp::MaskedEq(flag),
+                flag,
+            )
+            .and_then(|condition| SeccompRule::new(vec![condition]))
         })
         .collect::<Result<Vec<_>, _>>()
         .map_err(seccomp_error)?;
@@ -227,7 +232,12 @@ mod tests {
         assert_eq!(filters.len(), 2);
         assert!(filters.iter().all(|f| !f.is_empty()));
         let denied = denied_syscalls();
-        for call in [libc::SYS_execve, libc::SYS_ptrace, libc::SYS_mount, libc::SYS_setuid] {
+        for call in [
+            libc::SYS_execve,
+            libc::SYS_ptrace,
+            libc::SYS_mount,
+            libc::SYS_setuid,
+        ] {
             assert!(denied.contains(&call));
         }
     }

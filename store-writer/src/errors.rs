@@ -144,9 +144,7 @@ pub fn add_error(e: AddError, ctx: &AddContext<'_>) -> StoreWriterError {
                 format!("hash mismatch: specified {specified}, got {got}"),
             ),
         },
-        AddError::SizeMismatch {
-            specified, got, ..
-        } => match claimed_path {
+        AddError::SizeMismatch { specified, got, .. } => match claimed_path {
             Some(path) => StoreWriterError::SizeMismatch {
                 path: path.clone(),
                 expected: specified,
@@ -168,15 +166,13 @@ pub fn add_error(e: AddError, ctx: &AddContext<'_>) -> StoreWriterError {
                     expected,
                     actual,
                 },
-                _ => ctx.bad_ca(format!(
-                    "the content hashes to {got}, not to {specified}"
-                )),
+                _ => ctx.bad_ca(format!("the content hashes to {got}, not to {specified}")),
             }
         }
         AddError::NotContentAddressed(_) => not_content_addressed(ctx),
-        AddError::NotAFlatFile { ca, .. } => {
-            ctx.bad_ca(format!("content address '{ca}' needs a single regular file"))
-        }
+        AddError::NotAFlatFile { ca, .. } => ctx.bad_ca(format!(
+            "content address '{ca}' needs a single regular file"
+        )),
         AddError::UnsupportedMethod { method, .. } => ctx.bad_ca(format!(
             "content-addressing method '{method}' is not supported"
         )),
@@ -246,14 +242,14 @@ fn fs_error(e: FsError, ctx: &AddContext<'_>) -> StoreWriterError {
 /// Maps a database failure; `shown` is the path the request was about.
 pub fn db_error(e: DbError, shown: &str) -> StoreWriterError {
     match e {
-        DbError::NotValid(p) => match StorePath::from_base_name(
-            p.rsplit('/').next().unwrap_or(p.as_str()),
-        ) {
-            Ok(path) => StoreWriterError::NotValid { path },
-            Err(_) => StoreWriterError::Database {
-                message: format!("path '{p}' is not valid"),
-            },
-        },
+        DbError::NotValid(p) => {
+            match StorePath::from_base_name(p.rsplit('/').next().unwrap_or(p.as_str())) {
+                Ok(path) => StoreWriterError::NotValid { path },
+                Err(_) => StoreWriterError::Database {
+                    message: format!("path '{p}' is not valid"),
+                },
+            }
+        }
         DbError::NotContentAddressed(p) => StoreWriterError::BadContentAddress {
             path: p,
             reason: "it claims to be content-addressed but is not".into(),
@@ -327,7 +323,10 @@ mod tests {
             &ctx(&store_dir, Some(&info)),
         );
         let text = e.to_string();
-        assert!(text.contains("ab3li50xq0nl4q5lxdyinb8w8y13my9s-f"), "{text}");
+        assert!(
+            text.contains("ab3li50xq0nl4q5lxdyinb8w8y13my9s-f"),
+            "{text}"
+        );
         assert!(text.contains(&info.nar_hash.to_prefixed_nix32()), "{text}");
         assert!(
             text.contains(&Hash::compute(HashAlgo::Sha256, b"actual").to_prefixed_nix32()),

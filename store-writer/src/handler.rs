@@ -185,16 +185,13 @@ impl ChannelState {
                 })
             }
             FrontendToStoreWriter::Ping => Ok(StoreWriterToFrontend::Pong),
-            FrontendToStoreWriter::OpenChannel {
-                peer_pid,
-                peer_uid,
-            } => self.open_channel(fd, peer_pid, peer_uid),
+            FrontendToStoreWriter::OpenChannel { peer_pid, peer_uid } => {
+                self.open_channel(fd, peer_pid, peer_uid)
+            }
             FrontendToStoreWriter::AddPathFromNar(request) => {
                 self.add_path_from_nar(*request, fd, channel)
             }
-            FrontendToStoreWriter::AddContent(request) => {
-                self.add_content(*request, fd, channel)
-            }
+            FrontendToStoreWriter::AddContent(request) => self.add_content(*request, fd, channel),
             FrontendToStoreWriter::AddSignatures { path, sigs } => {
                 self.add_signatures(&path, &sigs)
             }

@@ -299,12 +299,8 @@ pub fn create_user_dirs(
         rustix::fs::fchmod(&created, Mode::from(0o755))
             .map_err(|e| io_error("changing permissions of", &shown, e))?;
         if uid != euid.as_raw() {
-            rustix::fs::fchown(
-                &created,
-                Some(rustix::fs::Uid::from_raw(uid)),
-                Some(egid),
-            )
-            .map_err(|e| io_error("changing owner of", &shown, e))?;
+            rustix::fs::fchown(&created, Some(rustix::fs::Uid::from_raw(uid)), Some(egid))
+                .map_err(|e| io_error("changing owner of", &shown, e))?;
         }
     }
     Ok(())
@@ -414,10 +410,7 @@ mod tests {
             format!("{state}/temproots/x"),
         ] {
             let e = add_perm_root(&layout, TARGET, &outside).unwrap_err();
-            assert!(
-                e.to_string().contains("is not inside"),
-                "{outside}: {e}"
-            );
+            assert!(e.to_string().contains("is not inside"), "{outside}: {e}");
         }
     }
 
@@ -444,7 +437,10 @@ mod tests {
         let foreign = format!("{state}/gcroots/foreign");
         std::os::unix::fs::symlink("/etc/passwd", &foreign).unwrap();
         let e = add_perm_root(&layout, TARGET, &foreign).unwrap_err();
-        assert!(e.to_string().contains("does not point into the store"), "{e}");
+        assert!(
+            e.to_string().contains("does not point into the store"),
+            "{e}"
+        );
     }
 
     #[test]

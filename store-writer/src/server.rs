@@ -233,11 +233,14 @@ fn create_options(setup: &DaemonSetup, multi_user: bool) -> CreateOptions {
     let user = if multi_user {
         None
     } else {
-        User::from_uid(euid.as_raw().into()).ok().flatten().map(|u| StoreUser {
-            name: u.name,
-            uid: euid.as_raw(),
-            gid: rustix::process::getegid().as_raw(),
-        })
+        User::from_uid(euid.as_raw().into())
+            .ok()
+            .flatten()
+            .map(|u| StoreUser {
+                name: u.name,
+                uid: euid.as_raw(),
+                gid: rustix::process::getegid().as_raw(),
+            })
     };
     CreateOptions {
         reserved_size: u64::try_from(settings.gc_reserved_space).unwrap_or(0),
@@ -362,8 +365,8 @@ pub fn run(setup: &DaemonSetup, ipc_dir: &Path) -> Result<Infallible, ServerErro
     }
     let keys = trusted_keys(&setup.settings.trusted_public_keys);
     let peers = AllowedPeers::detect();
-    let spool = SpoolDir::open(&layout.staging_dir())
-        .map_err(io_err("opening", &layout.staging_dir()))?;
+    let spool =
+        SpoolDir::open(&layout.staging_dir()).map_err(io_err("opening", &layout.staging_dir()))?;
     std::fs::create_dir_all(ipc_dir).map_err(io_err("creating directory", ipc_dir))?;
     let socket_path = daemon::store_writer_socket(ipc_dir);
     let listener = bind_socket(&socket_path)?;
@@ -483,7 +486,10 @@ mod tests {
         drop(listener);
         let file = dir.path().join("f");
         std::fs::write(&file, "x").unwrap();
-        assert!(matches!(bind_socket(&file), Err(ServerError::NotASocket(_))));
+        assert!(matches!(
+            bind_socket(&file),
+            Err(ServerError::NotASocket(_))
+        ));
     }
 
     #[test]

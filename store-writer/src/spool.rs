@@ -283,8 +283,7 @@ mod tests {
                 w.write_all(&[7u8; 10_000]).unwrap();
             }
         });
-        let mut spooled =
-            spool(WatchedPipe::new(r, ours.as_fd()), &spool_dir, None).unwrap();
+        let mut spooled = spool(WatchedPipe::new(r, ours.as_fd()), &spool_dir, None).unwrap();
         writer.join().unwrap();
         assert_eq!(spooled.total, 400_000);
         assert_eq!(

@@ -150,12 +150,13 @@ impl TempRoots {
                 Ok(false) => {
                     attempts += 1;
                     if attempts >= GC_SOCKET_ATTEMPTS {
-                        return Err(err("reaching the garbage collector at", &self.gc_socket_path)(
-                            io::Error::new(
-                                ErrorKind::TimedOut,
-                                "it holds gc.lock but does not accept roots",
-                            ),
-                        ));
+                        return Err(err(
+                            "reaching the garbage collector at",
+                            &self.gc_socket_path,
+                        )(io::Error::new(
+                            ErrorKind::TimedOut,
+                            "it holds gc.lock but does not accept roots",
+                        )));
                     }
                     std::thread::sleep(GC_SOCKET_RETRY);
                 }
@@ -184,7 +185,9 @@ impl TempRoots {
         if self.gc_socket.is_none() {
             match UnixStream::connect(&self.gc_socket_path) {
                 Ok(s) => self.gc_socket = Some(s),
-                Err(e) if matches!(e.kind(), ErrorKind::ConnectionRefused | ErrorKind::NotFound) => {
+                Err(e)
+                    if matches!(e.kind(), ErrorKind::ConnectionRefused | ErrorKind::NotFound) =>
+                {
                     return Ok(false)
                 }
                 Err(e) => return Err(err("connecting to", &self.gc_socket_path)(e)),
@@ -194,21 +197,31 @@ impl TempRoots {
         let mut line = printed.as_bytes().to_vec();
         line.push(b'\n');
         let mut ack = [0u8; 1];
-        let exchanged = socket.write_all(&line).and_then(|()| socket.read_exact(&mut ack));
+        let exchanged = socket
+            .write_all(&line)
+            .and_then(|()| socket.read_exact(&mut ack));
         match exchanged {
             Ok(()) if ack == *b"1" => Ok(true),
-            Ok(()) => Err(err("talking to the garbage collector at", &self.gc_socket_path)(
-                io::Error::new(ErrorKind::InvalidData, "unexpected acknowledgement"),
-            )),
-            Err(e) if matches!(
-                e.kind(),
-                ErrorKind::BrokenPipe | ErrorKind::UnexpectedEof | ErrorKind::ConnectionReset
-            ) =>
+            Ok(()) => Err(err(
+                "talking to the garbage collector at",
+                &self.gc_socket_path,
+            )(io::Error::new(
+                ErrorKind::InvalidData,
+                "unexpected acknowledgement",
+            ))),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::BrokenPipe | ErrorKind::UnexpectedEof | ErrorKind::ConnectionReset
+                ) =>
             {
                 self.gc_socket = None;
                 Ok(false)
             }
-            Err(e) => Err(err("talking to the garbage collector at", &self.gc_socket_path)(e)),
+            Err(e) => Err(err(
+                "talking to the garbage collector at",
+                &self.gc_socket_path,
+            )(e)),
         }
     }
 }
@@ -315,9 +328,7 @@ mod tests {
             b"/nix/store/ab3li50xq0nl4q5lxdyinb8w8y13my9s-f\n"
         );
         // It is in the file too, for the next collection.
-        assert!(std::fs::read(roots.file_path())
-            .unwrap()
-            .ends_with(b"-f\0"));
+        assert!(std::fs::read(roots.file_path()).unwrap().ends_with(b"-f\0"));
     }
 
     #[test]

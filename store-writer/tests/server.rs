@@ -91,7 +91,10 @@ impl Writer {
     }
 
     fn raw(&self) -> Client {
-        Channel::new(UnixStream::connect(self.socket()).unwrap(), FrameLimit::DEFAULT)
+        Channel::new(
+            UnixStream::connect(self.socket()).unwrap(),
+            FrameLimit::DEFAULT,
+        )
     }
 
     fn connect(&self) -> Client {
@@ -186,7 +189,11 @@ fn start_up_confines_the_process_and_prepares_the_database() {
         name.push(suffix);
         assert!(Path::new(&name).exists(), "{suffix} must exist for readers");
     }
-    assert!(writer.log().contains("store-writer ready"), "{}", writer.log());
+    assert!(
+        writer.log().contains("store-writer ready"),
+        "{}",
+        writer.log()
+    );
     let client = writer.connect();
     assert_eq!(
         call(&client, FrontendToStoreWriter::Ping),
@@ -229,7 +236,13 @@ fn the_handshake_comes_first_and_only_once() {
         },
     ));
     assert!(
-        matches!(e, StoreWriterError::NotPermitted { phase: Phase::Serving, .. }),
+        matches!(
+            e,
+            StoreWriterError::NotPermitted {
+                phase: Phase::Serving,
+                ..
+            }
+        ),
         "{e}"
     );
     assert!(matches!(client.recv(), Err(IpcError::PeerClosed)));
@@ -248,7 +261,11 @@ fn the_handshake_comes_first_and_only_once() {
         call(&client, FrontendToStoreWriter::Ping),
         StoreWriterToFrontend::Pong
     );
-    assert!(writer.log().contains("protocol violation"), "{}", writer.log());
+    assert!(
+        writer.log().contains("protocol violation"),
+        "{}",
+        writer.log()
+    );
 }
 
 #[test]
@@ -280,7 +297,9 @@ fn temporary_roots_live_exactly_as_long_as_their_channel() {
     );
     // Locked: a collector would see live roots.
     let file = std::fs::File::open(&files[0]).unwrap();
-    assert!(rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err());
+    assert!(
+        rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err()
+    );
     drop(client);
     eventually("the temporary roots file to go", || !files[0].exists());
 }
@@ -473,7 +492,10 @@ fn operations_of_later_issues_answer_at_once_with_a_clear_error() {
         ),
     ] {
         let e = refused(call(&client, request)).to_string();
-        assert!(e.contains(words) && e.contains("not implemented yet"), "{e}");
+        assert!(
+            e.contains(words) && e.contains("not implemented yet"),
+            "{e}"
+        );
     }
     assert_eq!(
         call(&client, FrontendToStoreWriter::Ping),
@@ -571,7 +593,9 @@ fn a_peer_leaving_mid_transfer_registers_nothing_and_the_writer_goes_on() {
     // The frontend goes away; the pipe stays open (as if another process still held it).
     drop(client);
     eventually("the store-writer to notice", || {
-        writer.log().contains("closed the channel during the request")
+        writer
+            .log()
+            .contains("closed the channel during the request")
     });
     drop(w);
     let db = StoreDb::open_read_only(&writer.layout()).unwrap();
@@ -606,10 +630,7 @@ fn foreign_peer_child() {
     );
     let reply = client.recv();
     assert!(
-        matches!(
-            reply,
-            Err(IpcError::PeerClosed) | Err(IpcError::Io(_))
-        ),
+        matches!(reply, Err(IpcError::PeerClosed) | Err(IpcError::Io(_))),
         "{reply:?}"
     );
     println!("foreign peer was refused");
@@ -618,7 +639,9 @@ fn foreign_peer_child() {
 #[test]
 fn a_peer_with_a_foreign_uid_is_refused() {
     if !rustix::process::geteuid().is_root() {
-        println!("skipping a_peer_with_a_foreign_uid_is_refused: connecting as another uid needs root");
+        println!(
+            "skipping a_peer_with_a_foreign_uid_is_refused: connecting as another uid needs root"
+        );
         return;
     }
     let writer = Writer::start("");
@@ -655,7 +678,11 @@ fn a_peer_with_a_foreign_uid_is_refused() {
     eventually("the refusal to be logged", || {
         writer.log().contains("refusing a connection from a uid")
     });
-    assert!(writer.log().contains(&format!("uid={FOREIGN_UID}")), "{}", writer.log());
+    assert!(
+        writer.log().contains(&format!("uid={FOREIGN_UID}")),
+        "{}",
+        writer.log()
+    );
     // Our own uid still gets in.
     let client = writer.connect();
     assert_eq!(
