@@ -120,3 +120,102 @@ pub fn ensure_test_user() -> nix::unistd::User {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The usual set-up of a test: a scratch directory, a daemon, a Nix client of it and a
+/// reference store of real Nix.
+#[derive(Debug)]
+pub struct Fixture {
+    /// The client of the daemon (`NIX_REMOTE` = the daemon's socket).
+    pub ward: NixClient,
+    /// Real Nix's local chroot store.
+    pub reference: ReferenceStore,
+    /// The daemon. Declared after the clients and before the scratch directory: dropped
+    /// (killed) before the scratch directory is removed.
+    pub daemon: WardDaemon,
+    /// Scratch space: inputs, client homes, the reference store.
+    pub env: TestEnv,
+}
+
+impl Fixture {
+    /// Skips (returns `None` after printing `SKIPPED <test>: …`) when the Nix client is
+    /// missing; otherwise starts a daemon with `options`.
+    pub fn start(test: &str, options: DaemonOptions) -> Option<Fixture> {
+        if !require_nix(test) {
+            return None;
+        }
+        if options.mode() == Mode::MultiUser && !require_root(test) {
+            return None;
+        }
+        let env = TestEnv::new(test);
+        let daemon = WardDaemon::start(options);
+        let ward = env.client(&daemon);
+        let reference = match daemon.mode() {
+            Mode::SingleUser => env.reference("main"),
+            Mode::MultiUser => {
+                env.reference_with_store_dir("main", &daemon.layout().logical_store_dir)
+            }
+        };
+        Some(Fixture { ward, reference, daemon, env })
+    }
+
+    /// A single-user daemon with default options (the invoking user is trusted).
+    pub fn single_user(test: &str) -> Option<Fixture> {
+        Fixture::start(test, DaemonOptions::single_user())
+    }
+
+    /// The daemon's store as it is on disk now.
+    pub fn snapshot(&self) -> StoreSnapshot {
+        StoreSnapshot::take(self.daemon.layout())
+    }
+
+    /// The on-disk location of a path in the daemon's store.
+    pub fn real_path(&self, store_path: &str) -> std::path::PathBuf {
+        self.daemon.layout().real_path(store_path)
+    }
+}
+
+/// Three input-addressed paths with references, imported with `nix-store --import` (which
+/// needs a trusted client): `a` (no references), `b` (a directory referring to `a`, with a
+/// deriver) and `c` (referring to `b` and to itself).
+#[derive(Debug, Clone)]
+pub struct ImportedGraph {
+    /// Path with no references.
+    pub a: String,
+    /// Path referring to `a`.
+    pub b: String,
+    /// Path referring to `b` and itself.
+    pub c: String,
+    /// The deriver recorded for `b`.
+    pub b_deriver: String,
+    /// The NARs of a, b and c.
+    pub nars: [Vec<u8>; 3],
+    /// The export stream that creates them.
+    pub export: Vec<u8>,
+}
+
+impl ImportedGraph {
+    /// Builds the paths under the store directory `store_dir`, with hash parts derived from
+    /// `seed`.
+    pub fn new(scratch: &std::path::Path, store_dir: &str, seed: &str) -> ImportedGraph {
+        let a = nar::made_up_path(store_dir, "ward-e2e-a", &format!("{seed}-a"));
+        let b = nar::made_up_path(store_dir, "ward-e2e-b", &format!("{seed}-b"));
+        let c = nar::made_up_path(store_dir, "ward-e2e-c", &format!("{seed}-c"));
+        let b_deriver = nar::made_up_path(store_dir, "ward-e2e-b.drv", &format!("{seed}-b.drv"));
+        let nar_a = nar::nar_of_file(format!("a ({seed})\n").as_bytes(), false);
+        let tree = inputs::tree(scratch, &format!("graph-b-{seed}"), &format!("{a} {seed}"));
+        let nar_b = nar::dump_path(&tree).expect("dumping the tree for b");
+        let nar_c = nar::nar_of_file(format!("#!/bin/sh\n# {b}\n# {c}\n").as_bytes(), true);
+        let export = nar::export_stream(&[
+            nar::ExportEntry { path: &a, references: &[], deriver: "", nar: &nar_a },
+            nar::ExportEntry { path: &b, references: &[&a], deriver: &b_deriver, nar: &nar_b },
+            nar::ExportEntry { path: &c, references: &[&b, &c], deriver: "", nar: &nar_c },
+        ]);
+        ImportedGraph { a, b, c, b_deriver, nars: [nar_a, nar_b, nar_c], export }
+    }
+
+    /// Imports the paths through `client` (`nix-store --import`), checking what it prints.
+    pub fn import(&self, client: &NixClient) {
+        let out = client.ok_with_stdin("nix-store", &["--import"], &self.export);
+        assert_eq!(out.lines(), vec![self.a.clone(), self.b.clone(), self.c.clone()], "{out}");
+    }
+}

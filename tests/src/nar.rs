@@ -173,20 +173,36 @@ pub fn made_up_path(store_dir: &str, name: &str, seed: &str) -> String {
     format!("{store_dir}/{hash_part}-{name}")
 }
 
-/// The `nix-store --export` format of one path: the NAR, then the export magic, the path, its
-/// references, its deriver and no signature, framed as `nix-store --import` reads it.
-pub fn export_stream(path: &str, references: &[&str], deriver: &str, nar: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(nar.len() + 256);
-    out.extend_from_slice(&1u64.to_le_bytes());
-    out.extend_from_slice(nar);
-    out.extend_from_slice(&0x4558_494eu64.to_le_bytes());
-    put_str(&mut out, path.as_bytes());
-    out.extend_from_slice(&(references.len() as u64).to_le_bytes());
-    for reference in references {
-        put_str(&mut out, reference.as_bytes());
+/// One path in the `nix-store --export` format.
+#[derive(Debug, Clone, Copy)]
+pub struct ExportEntry<'a> {
+    /// The store path.
+    pub path: &'a str,
+    /// Its references (full store paths).
+    pub references: &'a [&'a str],
+    /// Its deriver, or "".
+    pub deriver: &'a str,
+    /// Its NAR.
+    pub nar: &'a [u8],
+}
+
+/// The `nix-store --export` format of several paths (references first), as
+/// `nix-store --import` reads it: per path a `1`, the NAR, the export magic, the path, its
+/// references, its deriver and a `0` (no signature); then a final `0`.
+pub fn export_stream(entries: &[ExportEntry<'_>]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for entry in entries {
+        out.extend_from_slice(&1u64.to_le_bytes());
+        out.extend_from_slice(entry.nar);
+        out.extend_from_slice(&0x4558_494eu64.to_le_bytes());
+        put_str(&mut out, entry.path.as_bytes());
+        out.extend_from_slice(&(entry.references.len() as u64).to_le_bytes());
+        for reference in entry.references {
+            put_str(&mut out, reference.as_bytes());
+        }
+        put_str(&mut out, entry.deriver.as_bytes());
+        out.extend_from_slice(&0u64.to_le_bytes());
     }
-    put_str(&mut out, deriver.as_bytes());
-    out.extend_from_slice(&0u64.to_le_bytes());
     out.extend_from_slice(&0u64.to_le_bytes());
     out
 }
