@@ -121,12 +121,20 @@ pub struct DaemonOptions {
 impl DaemonOptions {
     /// A single-user daemon on a chroot store; the invoking user is trusted.
     pub fn single_user() -> DaemonOptions {
-        DaemonOptions { mode: Mode::SingleUser, conf: Vec::new(), args: Vec::new(), socket_path: None }
+        DaemonOptions {
+            mode: Mode::SingleUser,
+            conf: Vec::new(),
+            args: Vec::new(),
+            socket_path: None,
+        }
     }
 
     /// A multi-user daemon (root only); only root is trusted.
     pub fn multi_user() -> DaemonOptions {
-        DaemonOptions { mode: Mode::MultiUser, ..DaemonOptions::single_user() }
+        DaemonOptions {
+            mode: Mode::MultiUser,
+            ..DaemonOptions::single_user()
+        }
     }
 
     /// Appends a line to the daemon's `nix.conf` (later lines override earlier ones).
@@ -236,9 +244,12 @@ impl WardDaemon {
         for dir in [&conf_dir, &home] {
             fs::create_dir_all(dir).expect("creating daemon directories");
         }
-        let mut conf = String::from("substituters =\nsandbox = false\nexperimental-features = nix-command\n");
+        let mut conf =
+            String::from("substituters =\nsandbox = false\nexperimental-features = nix-command\n");
         match options.mode {
-            Mode::SingleUser => conf.push_str(&format!("trusted-users = {}\n", crate::current_user_name())),
+            Mode::SingleUser => {
+                conf.push_str(&format!("trusted-users = {}\n", crate::current_user_name()))
+            }
             Mode::MultiUser => conf.push_str("trusted-users = root\n"),
         }
         for line in &options.conf {
@@ -281,7 +292,10 @@ impl WardDaemon {
         let log = fs::File::create(&log_path).expect("creating the daemon log");
         let mut cmd = Command::new(&program);
         cmd.env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()))
+            .env(
+                "PATH",
+                std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()),
+            )
             .env("HOME", &home)
             .env("XDG_CONFIG_HOME", home.join(".config"))
             .env("XDG_CACHE_HOME", home.join(".cache"))
@@ -307,7 +321,9 @@ impl WardDaemon {
             }
             (DaemonKind::NixDaemon, Mode::SingleUser) => {
                 let chroot = layout.chroot.as_ref().expect("chroot");
-                cmd.arg("--store").arg(chroot).env("NIX_DAEMON_SOCKET_PATH", &layout.socket);
+                cmd.arg("--store")
+                    .arg(chroot)
+                    .env("NIX_DAEMON_SOCKET_PATH", &layout.socket);
             }
             (kind, Mode::MultiUser) => {
                 if kind == DaemonKind::Ward {
@@ -439,7 +455,9 @@ impl WardDaemon {
     /// Stops the daemon: SIGTERM to its process group and every descendant, SIGKILL after a
     /// grace period. Idempotent.
     pub fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else { return };
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
         let pid = child.id();
         let tree = descendants(pid);
         signal_tree(pid, &tree, Signal::SIGTERM);
@@ -486,14 +504,24 @@ fn signal_tree(group_leader: u32, pids: &[u32], signal: Signal) {
 /// Parent pid of every process, from `/proc/*/stat`.
 fn parent_map() -> BTreeMap<u32, u32> {
     let mut parents = BTreeMap::new();
-    let Ok(entries) = fs::read_dir("/proc") else { return parents };
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return parents;
+    };
     for entry in entries.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
             continue;
         };
-        let Ok(stat) = fs::read_to_string(entry.path().join("stat")) else { continue };
+        let Ok(stat) = fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
         // The command name is in parentheses and may itself contain spaces or ')'.
-        let Some(after_comm) = stat.rfind(')').map(|i| &stat[i + 1..]) else { continue };
+        let Some(after_comm) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+            continue;
+        };
         let mut fields = after_comm.split_whitespace();
         let _state = fields.next();
         if let Some(ppid) = fields.next().and_then(|s| s.parse::<u32>().ok()) {
@@ -573,6 +601,9 @@ mod tests {
             PathBuf::from("/tmp/x/nix/store/abc-x")
         );
         assert_eq!(layout.client_url(), "unix:///tmp/x/s?root=/tmp/x");
-        assert_eq!(layout.db_path(), PathBuf::from("/tmp/x/nix/var/nix/db/db.sqlite"));
+        assert_eq!(
+            layout.db_path(),
+            PathBuf::from("/tmp/x/nix/var/nix/db/db.sqlite")
+        );
     }
 }

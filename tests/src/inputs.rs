@@ -42,9 +42,17 @@ pub fn directory(dir: &Path, name: &str) -> PathBuf {
 /// `seed` goes into the file contents, so different seeds give different store paths.
 pub fn tree(dir: &Path, name: &str, seed: &str) -> PathBuf {
     let root = directory(dir, name);
-    file(&root, "README", format!("a test tree ({seed})\n").as_bytes());
+    file(
+        &root,
+        "README",
+        format!("a test tree ({seed})\n").as_bytes(),
+    );
     let bin = directory(&root, "bin");
-    executable(&bin, "hello", format!("#!/bin/sh\necho hello {seed}\n").as_bytes());
+    executable(
+        &bin,
+        "hello",
+        format!("#!/bin/sh\necho hello {seed}\n").as_bytes(),
+    );
     symlink("bin/hello", root.join("hello-link")).expect("creating a symlink");
     directory(&root, "empty");
     let nested = directory(&root.join("sub"), "nested");
@@ -78,7 +86,12 @@ fn compare_nodes(actual: &Path, expected: &Path, out: &mut Vec<String>, depth: u
     let (a, e) = match (fs::symlink_metadata(actual), fs::symlink_metadata(expected)) {
         (Ok(a), Ok(e)) => (a, e),
         (a, e) => {
-            out.push(format!("{}: {:?} vs {:?}", actual.display(), a.err(), e.err()));
+            out.push(format!(
+                "{}: {:?} vs {:?}",
+                actual.display(),
+                a.err(),
+                e.err()
+            ));
             return;
         }
     };
@@ -95,7 +108,12 @@ fn compare_nodes(actual: &Path, expected: &Path, out: &mut Vec<String>, depth: u
         }
     };
     if kind(&a) != kind(&e) {
-        out.push(format!("{}: a {} where real Nix has a {}", actual.display(), kind(&a), kind(&e)));
+        out.push(format!(
+            "{}: a {} where real Nix has a {}",
+            actual.display(),
+            kind(&a),
+            kind(&e)
+        ));
         return;
     }
     if !a.file_type().is_symlink() && a.mode() & 0o7777 != e.mode() & 0o7777 {
@@ -107,13 +125,21 @@ fn compare_nodes(actual: &Path, expected: &Path, out: &mut Vec<String>, depth: u
         ));
     }
     if a.mtime() != e.mtime() {
-        out.push(format!("{}: mtime {}, real Nix {}", actual.display(), a.mtime(), e.mtime()));
+        out.push(format!(
+            "{}: mtime {}, real Nix {}",
+            actual.display(),
+            a.mtime(),
+            e.mtime()
+        ));
     }
     match kind(&a) {
         "symlink" => {
             let (ta, te) = (fs::read_link(actual).ok(), fs::read_link(expected).ok());
             if ta != te {
-                out.push(format!("{}: target {ta:?}, real Nix {te:?}", actual.display()));
+                out.push(format!(
+                    "{}: target {ta:?}, real Nix {te:?}",
+                    actual.display()
+                ));
             }
         }
         "file" => {
@@ -131,7 +157,10 @@ fn compare_nodes(actual: &Path, expected: &Path, out: &mut Vec<String>, depth: u
             };
             let (na, ne) = (names(actual), names(expected));
             if na != ne {
-                out.push(format!("{}: entries {na:?}, real Nix {ne:?}", actual.display()));
+                out.push(format!(
+                    "{}: entries {na:?}, real Nix {ne:?}",
+                    actual.display()
+                ));
                 return;
             }
             for name in na {
@@ -151,13 +180,21 @@ mod tests {
         let tmp = tempfile::tempdir().expect("tmp");
         let root = tree(tmp.path(), "t", "seed");
         assert!(root.join("README").is_file());
-        let mode = fs::metadata(root.join("bin/hello")).expect("stat").permissions().mode();
+        let mode = fs::metadata(root.join("bin/hello"))
+            .expect("stat")
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o111, 0o111);
         let link = fs::symlink_metadata(root.join("hello-link")).expect("lstat");
         assert!(link.file_type().is_symlink());
-        assert_eq!(fs::read_link(root.join("hello-link")).expect("readlink"), Path::new("bin/hello"));
+        assert_eq!(
+            fs::read_link(root.join("hello-link")).expect("readlink"),
+            Path::new("bin/hello")
+        );
         assert!(root.join("empty").is_dir());
-        assert!(fs::read(root.join("sub/nested/data")).expect("read").starts_with(&[0, 0xff]));
+        assert!(fs::read(root.join("sub/nested/data"))
+            .expect("read")
+            .starts_with(&[0, 0xff]));
     }
 
     #[test]
@@ -178,6 +215,10 @@ mod tests {
         file(&b, "README", b"changed\n");
         let mut out = Vec::new();
         compare_nodes(&a, &b, &mut out, 0);
-        assert!(out.iter().any(|d| d.contains("README") && d.contains("contents")), "{out:?}");
+        assert!(
+            out.iter()
+                .any(|d| d.contains("README") && d.contains("contents")),
+            "{out:?}"
+        );
     }
 }

@@ -146,7 +146,12 @@ impl Fixture {
         if options.mode() == Mode::MultiUser && !require_root(test) {
             return None;
         }
-        let env = TestEnv::new(test);
+        Some(Fixture::with_env(TestEnv::new(test), options))
+    }
+
+    /// Starts a daemon with `options` for a test that already made its scratch space (and
+    /// checked its requirements).
+    pub fn with_env(env: TestEnv, options: DaemonOptions) -> Fixture {
         let daemon = WardDaemon::start(options);
         let ward = env.client(&daemon);
         let reference = match daemon.mode() {
@@ -155,7 +160,12 @@ impl Fixture {
                 env.reference_with_store_dir("main", &daemon.layout().logical_store_dir)
             }
         };
-        Some(Fixture { ward, reference, daemon, env })
+        Fixture {
+            ward,
+            reference,
+            daemon,
+            env,
+        }
     }
 
     /// A single-user daemon with default options (the invoking user is trusted).
@@ -166,6 +176,14 @@ impl Fixture {
     /// The daemon's store as it is on disk now.
     pub fn snapshot(&self) -> StoreSnapshot {
         StoreSnapshot::take(self.daemon.layout())
+    }
+
+    /// Adds a small file so the store is initialised and not empty, for failure tests that
+    /// check it stays unchanged. Returns its store path.
+    pub fn populate(&self) -> String {
+        let dir = self.env.dir("populate");
+        let file = inputs::file(&dir, "already-there.txt", b"valid before the bad request\n");
+        self.ward.add(&[&file]).remove(0)
     }
 
     /// The on-disk location of a path in the daemon's store.
@@ -206,16 +224,78 @@ impl ImportedGraph {
         let nar_b = nar::dump_path(&tree).expect("dumping the tree for b");
         let nar_c = nar::nar_of_file(format!("#!/bin/sh\n# {b}\n# {c}\n").as_bytes(), true);
         let export = nar::export_stream(&[
-            nar::ExportEntry { path: &a, references: &[], deriver: "", nar: &nar_a },
-            nar::ExportEntry { path: &b, references: &[&a], deriver: &b_deriver, nar: &nar_b },
-            nar::ExportEntry { path: &c, references: &[&b, &c], deriver: "", nar: &nar_c },
+            nar::ExportEntry {
+                path: &a,
+                references: &[],
+                deriver: "",
+                nar: &nar_a,
+            },
+            nar::ExportEntry {
+                path: &b,
+                references: &[&a],
+                deriver: &b_deriver,
+                nar: &nar_b,
+            },
+            nar::ExportEntry {
+                path: &c,
+                references: &[&b, &c],
+                deriver: "",
+                nar: &nar_c,
+            },
         ]);
-        ImportedGraph { a, b, c, b_deriver, nars: [nar_a, nar_b, nar_c], export }
+        ImportedGraph {
+            a,
+            b,
+            c,
+            b_deriver,
+            nars: [nar_a, nar_b, nar_c],
+            export,
+        }
     }
 
     /// Imports the paths through `client` (`nix-store --import`), checking what it prints.
     pub fn import(&self, client: &NixClient) {
         let out = client.ok_with_stdin("nix-store", &["--import"], &self.export);
-        assert_eq!(out.lines(), vec![self.a.clone(), self.b.clone(), self.c.clone()], "{out}");
+        assert_eq!(
+            out.lines(),
+            vec![self.a.clone(), self.b.clone(), self.c.clone()],
+            "{out}"
+        );
+    }
+}
+
+/// An ed25519 binary-cache signing key made by `nix-store --generate-binary-cache-key`.
+#[derive(Debug, Clone)]
+pub struct SigningKey {
+    /// File holding the secret key.
+    pub secret_file: std::path::PathBuf,
+    /// The public key, `name:base64`.
+    pub public: String,
+}
+
+impl SigningKey {
+    /// Generates a key called `name` in the test's scratch space.
+    pub fn generate(env: &TestEnv, name: &str) -> SigningKey {
+        let dir = env.dir(&format!("key-{name}"));
+        let (secret, public) = (dir.join("secret"), dir.join("public"));
+        env.reference(&format!("keygen-{name}")).client.ok(
+            "nix-store",
+            &[
+                "--generate-binary-cache-key",
+                name,
+                secret.to_str().expect("utf-8 path"),
+                public.to_str().expect("utf-8 path"),
+            ],
+        );
+        let public = std::fs::read_to_string(&public).expect("reading the public key");
+        SigningKey {
+            secret_file: secret,
+            public: public.trim().to_string(),
+        }
+    }
+
+    /// The secret key file as a string argument.
+    pub fn secret_arg(&self) -> &str {
+        self.secret_file.to_str().expect("utf-8 path")
     }
 }

@@ -83,7 +83,11 @@ fn dump_node(out: &mut Vec<u8>, path: &Path, depth: usize) -> std::io::Result<()
             put_str(out, b"name");
             put_str(out, &name);
             put_str(out, b"node");
-            dump_node(out, &path.join(std::ffi::OsStr::from_bytes(&name)), depth + 1)?;
+            dump_node(
+                out,
+                &path.join(std::ffi::OsStr::from_bytes(&name)),
+                depth + 1,
+            )?;
             put_str(out, b")");
         }
         put_str(out, b")");
@@ -128,7 +132,11 @@ pub fn base64(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::new();
     for chunk in bytes.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for (i, shift) in [18, 12, 6, 0].into_iter().enumerate() {
             if i <= chunk.len() {
@@ -219,13 +227,22 @@ mod tests {
             base16(&sha256(&nar)),
             "1c37d01af40be2e80691de3cc3df44377a699afbb17c68f080964b2fd071fc13"
         );
-        assert_eq!(nix32(&sha256(&nar)), "04zwf782yjwnh3q6hz5izfd6jyip8kgw6g6yj43fiqhbyhdd0dqw");
-        assert_eq!(sri_sha256(&nar), "sha256-HDfQGvQL4ugGkd48w99EN3ppmvuxfGjwgJZLL9Bx/BM=");
+        assert_eq!(
+            nix32(&sha256(&nar)),
+            "04zwf782yjwnh3q6hz5izfd6jyip8kgw6g6yj43fiqhbyhdd0dqw"
+        );
+        assert_eq!(
+            sri_sha256(&nar),
+            "sha256-HDfQGvQL4ugGkd48w99EN3ppmvuxfGjwgJZLL9Bx/BM="
+        );
     }
 
     #[test]
     fn nix32_matches_the_nix_vectors() {
-        assert_eq!(nix32(&sha256(b"hello\n")), "00xyyr3fi8l6hb839bv3f7yb86yjv7xi1cgh1xnhipym4asvb4aq");
+        assert_eq!(
+            nix32(&sha256(b"hello\n")),
+            "00xyyr3fi8l6hb839bv3f7yb86yjv7xi1cgh1xnhipym4asvb4aq"
+        );
         assert_eq!(nix32(&[0u8; 20]), "0".repeat(32));
         assert_eq!(nix32(&[0xffu8; 20]), "z".repeat(32));
     }
@@ -234,15 +251,24 @@ mod tests {
     fn source_path_matches_nix_store_add() {
         // `nix-store --add hello.txt` (contents "hello\n") in /nix/store, checked with Nix 2.8.
         let (path, ca) = source_path("/nix/store", "hello.txt", &nar_of_file(b"hello\n", false));
-        assert_eq!(path, "/nix/store/i9pmrzmpshapij2kin22pff6fc2adavx-hello.txt");
-        assert_eq!(ca, "fixed:r:sha256:04zwf782yjwnh3q6hz5izfd6jyip8kgw6g6yj43fiqhbyhdd0dqw");
+        assert_eq!(
+            path,
+            "/nix/store/i9pmrzmpshapij2kin22pff6fc2adavx-hello.txt"
+        );
+        assert_eq!(
+            ca,
+            "fixed:r:sha256:04zwf782yjwnh3q6hz5izfd6jyip8kgw6g6yj43fiqhbyhdd0dqw"
+        );
     }
 
     #[test]
     fn dump_path_of_a_file_equals_nar_of_file() {
         let tmp = tempfile::tempdir().expect("tmp");
         let f = crate::inputs::executable(tmp.path(), "x", b"#!/bin/sh\n");
-        assert_eq!(dump_path(&f).expect("dump"), nar_of_file(b"#!/bin/sh\n", true));
+        assert_eq!(
+            dump_path(&f).expect("dump"),
+            nar_of_file(b"#!/bin/sh\n", true)
+        );
     }
 
     #[test]

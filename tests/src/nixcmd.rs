@@ -25,7 +25,8 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
 const QUOTE_BYTES: usize = 8 * 1024;
 
 /// The client configuration every command sees.
-const CLIENT_NIX_CONF: &str = "substituters =\nsandbox = false\nexperimental-features = nix-command\n";
+const CLIENT_NIX_CONF: &str =
+    "substituters =\nsandbox = false\nexperimental-features = nix-command\n";
 
 /// A test's scratch space: input files, client homes, reference stores.
 #[derive(Debug)]
@@ -44,7 +45,10 @@ impl TestEnv {
             .expect("creating a temporary directory");
         fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755))
             .expect("chmod temporary directory");
-        TestEnv { name: name.to_string(), tmp }
+        TestEnv {
+            name: name.to_string(),
+            tmp,
+        }
     }
 
     /// The test's name.
@@ -94,7 +98,13 @@ impl TestEnv {
     pub fn client_as(&self, daemon: &WardDaemon, user: &nix::unistd::User) -> NixClient {
         let layout = daemon.layout();
         let (home, conf) = self.client_dirs(&user.name, Some(user));
-        NixClient::new(home, conf, layout.client_url(), layout.client_env(), Some(user.clone()))
+        NixClient::new(
+            home,
+            conf,
+            layout.client_url(),
+            layout.client_env(),
+            Some(user.clone()),
+        )
     }
 
     /// A fresh local chroot store of real Nix (`nix-store --store DIR`), the reference that
@@ -177,7 +187,10 @@ impl NixClient {
         user: Option<nix::unistd::User>,
     ) -> NixClient {
         let mut env: Vec<(String, OsString)> = vec![
-            ("PATH".into(), std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into())),
+            (
+                "PATH".into(),
+                std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()),
+            ),
             ("HOME".into(), home.clone().into()),
             ("XDG_CONFIG_HOME".into(), home.join(".config").into()),
             ("XDG_CACHE_HOME".into(), home.join(".cache").into()),
@@ -192,7 +205,12 @@ impl NixClient {
             env.push(("LOGNAME".into(), user.name.clone().into()));
         }
         env.extend(extra_env.into_iter().map(|(k, v)| (k, v.into())));
-        NixClient { env, store_url, user, cwd: home }
+        NixClient {
+            env,
+            store_url,
+            user,
+            cwd: home,
+        }
     }
 
     /// The store URL in `NIX_REMOTE`.
@@ -232,11 +250,17 @@ impl NixClient {
             .env_clear()
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .current_dir(&self.cwd)
-            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let description = self.describe(program, &all_args);
-        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("could not start {description}: {e}"));
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("could not start {description}: {e}"));
         let stdin_thread = stdin.map(|data| {
             let data = data.to_vec();
             let mut pipe = child.stdin.take().expect("stdin pipe");
@@ -289,7 +313,11 @@ impl NixClient {
             Some(user) => format!("(as {}) ", user.name),
             None => String::new(),
         };
-        format!("{who}NIX_REMOTE={} {program} {}", shell_quote(&self.store_url), quoted.join(" "))
+        format!(
+            "{who}NIX_REMOTE={} {program} {}",
+            shell_quote(&self.store_url),
+            quoted.join(" ")
+        )
     }
 
     /// Runs a command that must succeed; panics with its output otherwise.
@@ -299,7 +327,8 @@ impl NixClient {
 
     /// Runs a command with `stdin` that must succeed.
     pub fn ok_with_stdin(&self, program: &str, args: &[&str], stdin: &[u8]) -> CmdOutput {
-        self.run_with_stdin(program, args, Some(stdin)).assert_success()
+        self.run_with_stdin(program, args, Some(stdin))
+            .assert_success()
     }
 
     /// Runs a command that must fail; panics with its output if it succeeds.
@@ -309,7 +338,8 @@ impl NixClient {
 
     /// Runs a command with `stdin` that must fail.
     pub fn fails_with_stdin(&self, program: &str, args: &[&str], stdin: &[u8]) -> CmdOutput {
-        self.run_with_stdin(program, args, Some(stdin)).assert_failure()
+        self.run_with_stdin(program, args, Some(stdin))
+            .assert_failure()
     }
 
     /// `nix-store --add PATH…`: the store paths printed, one per input.
@@ -319,7 +349,11 @@ impl NixClient {
         args.extend(strs.iter().map(String::as_str));
         let out = self.ok("nix-store", &args);
         let lines = out.lines();
-        assert_eq!(lines.len(), inputs.len(), "expected one store path per input from {out}");
+        assert_eq!(
+            lines.len(),
+            inputs.len(),
+            "expected one store path per input from {out}"
+        );
         lines
     }
 
@@ -334,7 +368,9 @@ impl NixClient {
     pub fn path_info_json(&self, path: &str) -> serde_json::Value {
         let out = self.ok("nix", &["path-info", "--json", path]);
         let value = out.json();
-        let list = value.as_array().unwrap_or_else(|| panic!("expected a JSON list from {out}"));
+        let list = value
+            .as_array()
+            .unwrap_or_else(|| panic!("expected a JSON list from {out}"));
         assert_eq!(list.len(), 1, "expected one entry from {out}");
         list[0].clone()
     }
@@ -343,7 +379,9 @@ impl NixClient {
 /// Quotes a word for display in a shell-like command line.
 fn shell_quote(word: &str) -> String {
     let plain = !word.is_empty()
-        && word.chars().all(|c| c.is_ascii_alphanumeric() || "-_./:=@+,%".contains(c));
+        && word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./:=@+,%".contains(c));
     if plain {
         word.to_string()
     } else {
@@ -383,7 +421,11 @@ impl CmdOutput {
     /// The only non-empty line of standard output.
     pub fn single_line(&self) -> String {
         let lines = self.lines();
-        assert_eq!(lines.len(), 1, "expected exactly one line of output from {self}");
+        assert_eq!(
+            lines.len(),
+            1,
+            "expected exactly one line of output from {self}"
+        );
         lines[0].clone()
     }
 
@@ -410,7 +452,10 @@ impl CmdOutput {
 
     /// Panics unless standard error contains `needle`.
     pub fn assert_stderr_contains(&self, needle: &str) -> &CmdOutput {
-        assert!(self.stderr.contains(needle), "stderr should mention '{needle}': {self}");
+        assert!(
+            self.stderr.contains(needle),
+            "stderr should mention '{needle}': {self}"
+        );
         self
     }
 }

@@ -52,12 +52,19 @@ impl StoreSnapshot {
     /// directory does not exist yet reads as empty.
     pub fn take(layout: &StoreLayout) -> StoreSnapshot {
         let (valid_paths, refs) = read_db(&layout.db_path());
-        StoreSnapshot { valid_paths, refs, store_entries: list_dir(&layout.real_store_dir) }
+        StoreSnapshot {
+            valid_paths,
+            refs,
+            store_entries: list_dir(&layout.real_store_dir),
+        }
     }
 
     /// The valid store paths.
     pub fn paths(&self) -> Vec<String> {
-        self.valid_paths.iter().map(|row| row.path.clone()).collect()
+        self.valid_paths
+            .iter()
+            .map(|row| row.path.clone())
+            .collect()
     }
 
     /// Panics unless the store (database and directory) is the same as `self`, waiting a
@@ -70,7 +77,13 @@ impl StoreSnapshot {
                 return;
             }
             if Instant::now() > deadline {
-                panic!("the store changed after {what}:\n{}", SnapshotDiff { before: self, after: &now });
+                panic!(
+                    "the store changed after {what}:\n{}",
+                    SnapshotDiff {
+                        before: self,
+                        after: &now
+                    }
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -101,14 +114,26 @@ impl fmt::Display for SnapshotDiff<'_> {
             }
             Ok(())
         }
-        diff(f, "ValidPaths row", &self.before.valid_paths, &self.after.valid_paths)?;
+        diff(
+            f,
+            "ValidPaths row",
+            &self.before.valid_paths,
+            &self.after.valid_paths,
+        )?;
         diff(f, "Refs row", &self.before.refs, &self.after.refs)?;
-        diff(f, "store entry", &self.before.store_entries, &self.after.store_entries)
+        diff(
+            f,
+            "store entry",
+            &self.before.store_entries,
+            &self.after.store_entries,
+        )
     }
 }
 
 fn list_dir(dir: &Path) -> Vec<String> {
-    let Ok(entries) = fs::read_dir(dir) else { return Vec::new() };
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
     let mut names: Vec<String> = entries
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
@@ -128,7 +153,8 @@ fn read_db(db: &Path) -> DbContents {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
     .unwrap_or_else(|e| panic!("opening {} read-only: {e}", db.display()));
-    conn.busy_timeout(Duration::from_secs(10)).expect("busy timeout");
+    conn.busy_timeout(Duration::from_secs(10))
+        .expect("busy timeout");
     let query = |conn: &Connection| -> rusqlite::Result<DbContents> {
         let mut stmt = conn.prepare(
             "SELECT path, hash, registrationTime, deriver, narSize, ultimate, sigs, ca \
@@ -185,7 +211,9 @@ mod tests {
             chroot: Some(tmp.path().to_path_buf()),
         };
         let snap = StoreSnapshot::take(&layout);
-        assert!(snap.valid_paths.is_empty() && snap.refs.is_empty() && snap.store_entries.is_empty());
+        assert!(
+            snap.valid_paths.is_empty() && snap.refs.is_empty() && snap.store_entries.is_empty()
+        );
     }
 
     #[test]
@@ -220,8 +248,14 @@ mod tests {
         assert_eq!(
             snap.refs,
             vec![
-                ("/nix/store/aaa-x".to_string(), "/nix/store/aaa-x".to_string()),
-                ("/nix/store/aaa-x".to_string(), "/nix/store/bbb-y".to_string())
+                (
+                    "/nix/store/aaa-x".to_string(),
+                    "/nix/store/aaa-x".to_string()
+                ),
+                (
+                    "/nix/store/aaa-x".to_string(),
+                    "/nix/store/bbb-y".to_string()
+                )
             ]
         );
         assert_eq!(snap.store_entries, vec!["aaa-x"]);

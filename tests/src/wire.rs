@@ -145,12 +145,18 @@ impl WorkerClient {
         let stream = UnixStream::connect(socket)?;
         stream.set_read_timeout(Some(IO_TIMEOUT))?;
         stream.set_write_timeout(Some(IO_TIMEOUT))?;
-        let mut client =
-            WorkerClient { stream, daemon_version: 0, daemon_nix_version: None, log: Vec::new() };
+        let mut client = WorkerClient {
+            stream,
+            daemon_version: 0,
+            daemon_nix_version: None,
+            log: Vec::new(),
+        };
         client.write_u64(WORKER_MAGIC_1)?;
         let magic = client.read_u64()?;
         if magic != WORKER_MAGIC_2 {
-            return Err(WireError::Protocol(format!("daemon magic {magic:#x}, expected {WORKER_MAGIC_2:#x}")));
+            return Err(WireError::Protocol(format!(
+                "daemon magic {magic:#x}, expected {WORKER_MAGIC_2:#x}"
+            )));
         }
         client.daemon_version = client.read_u64()?;
         if client.daemon_version >> 8 != 1 || client.daemon_version & 0xff < 10 {
@@ -221,7 +227,9 @@ impl WorkerClient {
         self.write_string(path.as_bytes())?;
         self.process_stderr()?;
         if nar_size > MAX_STRING {
-            return Err(WireError::Protocol(format!("nar of {nar_size} bytes is too large")));
+            return Err(WireError::Protocol(format!(
+                "nar of {nar_size} bytes is too large"
+            )));
         }
         let mut nar = vec![0u8; nar_size as usize];
         self.stream.read_exact(&mut nar)?;
@@ -310,7 +318,11 @@ impl WorkerClient {
                         "daemon sent {code:#x}, which protocol 1.34 never uses for these ops"
                     )))
                 }
-                other => return Err(WireError::Protocol(format!("unknown logger message {other:#x}"))),
+                other => {
+                    return Err(WireError::Protocol(format!(
+                        "unknown logger message {other:#x}"
+                    )))
+                }
             }
         }
     }
@@ -320,7 +332,9 @@ impl WorkerClient {
         let parse = |client: &mut WorkerClient| -> Result<String> {
             let tag = client.read_string()?;
             if tag != "Error" {
-                return Err(WireError::Protocol(format!("error tag '{tag}', expected 'Error'")));
+                return Err(WireError::Protocol(format!(
+                    "error tag '{tag}', expected 'Error'"
+                )));
             }
             let _level = client.read_u64()?;
             let _name = client.read_string()?;

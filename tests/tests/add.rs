@@ -11,16 +11,27 @@ fn add_file_gives_the_same_path_as_real_nix() {
     let input = inputs::file(&f.env.dir("in"), "hello.txt", b"hello\n");
     let ward_path = f.ward.add(&[&input]).remove(0);
     let real_path = f.reference.client.add(&[&input]).remove(0);
-    assert_eq!(ward_path, real_path, "ward and real Nix disagree on the store path of {}", input.display());
+    assert_eq!(
+        ward_path,
+        real_path,
+        "ward and real Nix disagree on the store path of {}",
+        input.display()
+    );
     // Independently computed as well.
-    let (expected, _) = nar::source_path("/nix/store", "hello.txt", &nar::nar_of_file(b"hello\n", false));
+    let (expected, _) = nar::source_path(
+        "/nix/store",
+        "hello.txt",
+        &nar::nar_of_file(b"hello\n", false),
+    );
     assert_eq!(ward_path, expected);
     inputs::assert_same_tree(&f.real_path(&ward_path), &f.reference.real_path(&real_path));
 }
 
 #[test]
 fn add_tree_with_executable_and_symlink_gives_the_same_path_as_real_nix() {
-    let Some(f) = Fixture::single_user("add_tree_with_executable_and_symlink_gives_the_same_path_as_real_nix") else {
+    let Some(f) = Fixture::single_user(
+        "add_tree_with_executable_and_symlink_gives_the_same_path_as_real_nix",
+    ) else {
         return;
     };
     let input = inputs::tree(&f.env.dir("in"), "tree", "add-tree");
@@ -69,13 +80,32 @@ fn add_fixed_sha256_flat_matches_real_nix() {
         return;
     };
     let input = inputs::file(&f.env.dir("in"), "fixed.txt", b"fixed content\n");
-    let ward_path = f.ward.ok("nix-store", &["--add-fixed", "sha256", input.to_str().unwrap()]).single_line();
-    let real_path =
-        f.reference.client.ok("nix-store", &["--add-fixed", "sha256", input.to_str().unwrap()]).single_line();
+    let ward_path = f
+        .ward
+        .ok(
+            "nix-store",
+            &["--add-fixed", "sha256", input.to_str().unwrap()],
+        )
+        .single_line();
+    let real_path = f
+        .reference
+        .client
+        .ok(
+            "nix-store",
+            &["--add-fixed", "sha256", input.to_str().unwrap()],
+        )
+        .single_line();
     assert_eq!(ward_path, real_path);
     let info = f.ward.path_info_json(&ward_path);
-    let expected_ca = format!("fixed:sha256:{}", nar::nix32(&nar::sha256(b"fixed content\n")));
-    assert_eq!(info["ca"], expected_ca.as_str(), "ca of {ward_path}: {info}");
+    let expected_ca = format!(
+        "fixed:sha256:{}",
+        nar::nix32(&nar::sha256(b"fixed content\n"))
+    );
+    assert_eq!(
+        info["ca"],
+        expected_ca.as_str(),
+        "ca of {ward_path}: {info}"
+    );
     inputs::assert_same_tree(&f.real_path(&ward_path), &f.reference.real_path(&real_path));
 }
 
@@ -86,14 +116,24 @@ fn add_fixed_sha256_recursive_matches_real_nix() {
     };
     let input = inputs::tree(&f.env.dir("in"), "rtree", "recursive");
     let arg = input.to_str().unwrap();
-    let ward_path = f.ward.ok("nix-store", &["--add-fixed", "--recursive", "sha256", arg]).single_line();
-    let real_path = f.reference.client.ok("nix-store", &["--add-fixed", "--recursive", "sha256", arg]).single_line();
+    let ward_path = f
+        .ward
+        .ok("nix-store", &["--add-fixed", "--recursive", "sha256", arg])
+        .single_line();
+    let real_path = f
+        .reference
+        .client
+        .ok("nix-store", &["--add-fixed", "--recursive", "sha256", arg])
+        .single_line();
     assert_eq!(ward_path, real_path);
     // NAR + SHA-256 is exactly what `nix-store --add` does.
     let nar = nar::dump_path(&input).expect("dump");
     let (expected_path, expected_ca) = nar::source_path("/nix/store", "rtree", &nar);
     assert_eq!(ward_path, expected_path);
-    assert_eq!(f.ward.path_info_json(&ward_path)["ca"], expected_ca.as_str());
+    assert_eq!(
+        f.ward.path_info_json(&ward_path)["ca"],
+        expected_ca.as_str()
+    );
     inputs::assert_same_tree(&f.real_path(&ward_path), &f.reference.real_path(&real_path));
 }
 
@@ -109,7 +149,12 @@ fn add_fixed_with_other_algorithms_matches_real_nix() {
         &["--add-fixed", "sha1", file.to_str().unwrap()],
         &["--add-fixed", "sha512", file.to_str().unwrap()],
         &["--add-fixed", "--recursive", "sha1", tree.to_str().unwrap()],
-        &["--add-fixed", "--recursive", "sha512", tree.to_str().unwrap()],
+        &[
+            "--add-fixed",
+            "--recursive",
+            "sha512",
+            tree.to_str().unwrap(),
+        ],
     ];
     for args in cases {
         let ward_path = f.ward.ok("nix-store", args).single_line();

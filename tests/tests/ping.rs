@@ -32,11 +32,20 @@ fn raw_handshake_negotiates_protocol_1_34() {
         "daemon announces {:#x}; Nix 2.8 clients need at least 1.34",
         client.daemon_version
     );
-    let version = client.daemon_nix_version.clone().expect("version string from 1.33 on");
+    let version = client
+        .daemon_nix_version
+        .clone()
+        .expect("version string from 1.33 on");
     assert!(!version.is_empty(), "empty daemon version string");
     let missing = "/nix/store/00000000000000000000000000000000-ward-e2e-missing";
-    assert!(!client.is_valid_path(missing).expect("IsValidPath"), "{missing} reported valid");
-    assert_eq!(client.query_path_info(missing).expect("QueryPathInfo"), None);
+    assert!(
+        !client.is_valid_path(missing).expect("IsValidPath"),
+        "{missing} reported valid"
+    );
+    assert_eq!(
+        client.query_path_info(missing).expect("QueryPathInfo"),
+        None
+    );
 }
 
 #[test]
@@ -56,10 +65,14 @@ fn serves_several_connections_at_once() {
     let daemon = WardDaemon::start(DaemonOptions::single_user());
     // All connected before any of them sends an op: one slow client must not block others.
     let mut clients: Vec<WorkerClient> = (0..4)
-        .map(|i| WorkerClient::handshake(daemon.socket()).unwrap_or_else(|e| panic!("client {i}: {e}")))
+        .map(|i| {
+            WorkerClient::handshake(daemon.socket()).unwrap_or_else(|e| panic!("client {i}: {e}"))
+        })
         .collect();
     for (i, client) in clients.iter_mut().enumerate().rev() {
-        client.set_options().unwrap_or_else(|e| panic!("client {i} SetOptions: {e}"));
+        client
+            .set_options()
+            .unwrap_or_else(|e| panic!("client {i} SetOptions: {e}"));
         let valid = client
             .is_valid_path("/nix/store/00000000000000000000000000000000-x")
             .unwrap_or_else(|e| panic!("client {i} IsValidPath: {e}"));
