@@ -364,9 +364,14 @@ impl NixClient {
         paths
     }
 
-    /// `nix path-info --json PATH` as one JSON object.
+    /// `nix path-info --json PATH` as one JSON object (with `--derivation` for a `.drv`, which
+    /// would otherwise stand for its outputs).
     pub fn path_info_json(&self, path: &str) -> serde_json::Value {
-        let out = self.ok("nix", &["path-info", "--json", path]);
+        let out = if path.ends_with(".drv") {
+            self.ok("nix", &["path-info", "--json", "--derivation", path])
+        } else {
+            self.ok("nix", &["path-info", "--json", path])
+        };
         let value = out.json();
         let list = value
             .as_array()
