@@ -76,6 +76,18 @@ pub fn require_nix(test: &str) -> bool {
     }
 }
 
+/// When the tests run against real `nix-daemon` (`WARD_E2E_DAEMON=nix-daemon`) and a check
+/// demands more than Nix 2.8 does, prints `SKIPPED <check> against nix-daemon: <reason>` and
+/// returns true; the caller then skips that check. Always false against ward.
+pub fn known_nix_daemon_deviation(check: &str, reason: &str) -> bool {
+    if DaemonKind::from_env() == DaemonKind::NixDaemon {
+        notice(&format!("SKIPPED {check} against nix-daemon: {reason}"));
+        true
+    } else {
+        false
+    }
+}
+
 /// Whether this process runs as root.
 pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()

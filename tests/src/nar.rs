@@ -100,6 +100,60 @@ fn dump_node(out: &mut Vec<u8>, path: &Path, depth: usize) -> std::io::Result<()
     Ok(())
 }
 
+/// A NAR node written exactly as given: directory entries are *not* sorted or checked, so
+/// tests can build malformed archives (duplicates, misordering, bad names).
+#[derive(Debug, Clone)]
+pub enum NarNode {
+    /// A regular file.
+    File {
+        /// Its contents.
+        contents: Vec<u8>,
+        /// Whether it is executable.
+        executable: bool,
+    },
+    /// A symlink to `target`.
+    Symlink(Vec<u8>),
+    /// A directory with these entries, in this order.
+    Directory(Vec<(Vec<u8>, NarNode)>),
+}
+
+impl NarNode {
+    /// The whole archive with this node at its root.
+    pub fn to_nar(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        put_str(&mut out, b"nix-archive-1");
+        self.write(&mut out);
+        out
+    }
+
+    fn write(&self, out: &mut Vec<u8>) {
+        match self {
+            NarNode::File {
+                contents,
+                executable,
+            } => write_regular(out, contents, *executable),
+            NarNode::Symlink(target) => {
+                for token in [&b"("[..], b"type", b"symlink", b"target", target, b")"] {
+                    put_str(out, token);
+                }
+            }
+            NarNode::Directory(entries) => {
+                for token in [&b"("[..], b"type", b"directory"] {
+                    put_str(out, token);
+                }
+                for (name, node) in entries {
+                    for token in [&b"entry"[..], b"(", b"name", name, b"node"] {
+                        put_str(out, token);
+                    }
+                    node.write(out);
+                    put_str(out, b")");
+                }
+                put_str(out, b")");
+            }
+        }
+    }
+}
+
 /// SHA-256 of `data`.
 pub fn sha256(data: &[u8]) -> [u8; 32] {
     Sha256::digest(data).into()
@@ -269,6 +323,33 @@ mod tests {
             dump_path(&f).expect("dump"),
             nar_of_file(b"#!/bin/sh\n", true)
         );
+    }
+
+    #[test]
+    fn nar_node_of_a_sorted_tree_equals_dump_path() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let dir = crate::inputs::directory(tmp.path(), "d");
+        crate::inputs::file(&dir, "a", b"a\n");
+        crate::inputs::executable(&dir, "b", b"b\n");
+        std::os::unix::fs::symlink("a", dir.join("c")).expect("symlink");
+        let node = NarNode::Directory(vec![
+            (
+                b"a".to_vec(),
+                NarNode::File {
+                    contents: b"a\n".to_vec(),
+                    executable: false,
+                },
+            ),
+            (
+                b"b".to_vec(),
+                NarNode::File {
+                    contents: b"b\n".to_vec(),
+                    executable: true,
+                },
+            ),
+            (b"c".to_vec(), NarNode::Symlink(b"a".to_vec())),
+        ]);
+        assert_eq!(node.to_nar(), dump_path(&dir).expect("dump"));
     }
 
     #[test]

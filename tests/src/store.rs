@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags};
 
-use crate::daemon::StoreLayout;
+use crate::daemon::{DaemonKind, StoreLayout};
 
 /// How long a daemon may take to clean up after a failed request.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -69,11 +69,23 @@ impl StoreSnapshot {
 
     /// Panics unless the store (database and directory) is the same as `self`, waiting a
     /// little for the daemon to finish cleaning up.
+    ///
+    /// ward's design forbids leftovers in the store directory after a refused or aborted
+    /// upload (contents land under a temporary name and are renamed into place only once
+    /// verified). Real `nix-daemon` 2.8 leaves the invalid path and its `.lock` file behind,
+    /// so when the tests run against it (`WARD_E2E_DAEMON=nix-daemon`) only the database is
+    /// compared.
     pub fn assert_unchanged(&self, layout: &StoreLayout, what: &str) {
+        let database_only = DaemonKind::from_env() == DaemonKind::NixDaemon;
         let deadline = Instant::now() + SETTLE_TIMEOUT;
         loop {
             let now = StoreSnapshot::take(layout);
-            if &now == self {
+            let same = if database_only {
+                now.valid_paths == self.valid_paths && now.refs == self.refs
+            } else {
+                &now == self
+            };
+            if same {
                 return;
             }
             if Instant::now() > deadline {
