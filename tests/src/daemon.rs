@@ -288,6 +288,11 @@ impl WardDaemon {
             },
         };
 
+        if kind == DaemonKind::NixDaemon && options.mode == Mode::MultiUser {
+            // nix-daemon's "auto" store picks the daemon (itself, recursively) when the state
+            // directory does not exist yet but the socket does. ward creates its directories.
+            fs::create_dir_all(&layout.state_dir).expect("creating the state directory");
+        }
         let log_path = root.join("daemon.log");
         let log = fs::File::create(&log_path).expect("creating the daemon log");
         let mut cmd = Command::new(&program);

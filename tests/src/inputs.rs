@@ -142,10 +142,8 @@ fn compare_nodes(actual: &Path, expected: &Path, out: &mut Vec<String>, depth: u
                 ));
             }
         }
-        "file" => {
-            if fs::read(actual).ok() != fs::read(expected).ok() {
-                out.push(format!("{}: contents differ", actual.display()));
-            }
+        "file" if fs::read(actual).ok() != fs::read(expected).ok() => {
+            out.push(format!("{}: contents differ", actual.display()));
         }
         "directory" => {
             let names = |p: &Path| -> Vec<std::ffi::OsString> {
