@@ -110,7 +110,7 @@ pub fn matches(list: &[String], peer: &PeerInfo, groups: &dyn GroupMembers) -> b
             }
             return groups
                 .members(group)
-                .is_some_and(|members| members.iter().any(|m| *m == peer.user_name));
+                .is_some_and(|members| members.contains(&peer.user_name));
         }
         *entry == peer.user_name
     })

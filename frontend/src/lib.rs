@@ -3,5 +3,3 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
-pub mod cli;
-pub mod config;

@@ -18,6 +18,7 @@ pub mod ipc;
 pub mod nar;
 pub mod narinfo;
 pub mod nix32;
+pub mod path_info;
 pub mod signature;
 pub mod store_path;
 pub mod wire;

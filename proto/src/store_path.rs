@@ -107,6 +107,9 @@ impl StorePath {
         if base.len() < HASH_PART_LEN + 2 {
             return Err(StorePathError::TooShort(base.to_owned()));
         }
+        if !base.is_char_boundary(HASH_PART_LEN) {
+            return Err(StorePathError::BadHashPart(base.to_owned()));
+        }
         let (hash, rest) = base.split_at(HASH_PART_LEN);
         if !hash.bytes().all(nix32::is_symbol) {
             return Err(StorePathError::BadHashPart(base.to_owned()));

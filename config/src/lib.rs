@@ -1,9 +1,12 @@
-//! ward's configuration: Nix's `nix.conf` syntax and settings, the daemon's environment, and
+//! `ward-config`: the daemon's command line and configuration: Nix's `nix.conf` syntax and settings, the daemon's environment, and
 //! the policy for settings a client sends with SetOptions.
+#![forbid(unsafe_code)]
 
+pub mod cli;
 mod error;
 mod host;
 mod kinds;
+pub mod layout;
 mod load;
 mod overrides;
 mod parse;

@@ -145,7 +145,7 @@ macro_rules! define_settings {
     ) => {
         /// Every setting ward uses, with Nix's defaults, plus the directories Nix takes from
         /// the environment. Build it with [`Settings::defaults`] or
-        /// [`load`](crate::config::load()); change it only through [`Settings::set`].
+        /// [`load`](crate::load()); change it only through [`Settings::set`].
         #[derive(Debug, Clone, PartialEq)]
         pub struct Settings {
             /// The store directory (`NIX_STORE_DIR`), e.g. `/nix/store`.

@@ -208,7 +208,7 @@ fn filter_substituters(value: &str, settings: &mut Settings, messages: &mut Vec<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{EnvDefaults, HostInfo};
+    use crate::{EnvDefaults, HostInfo};
 
     fn daemon_settings() -> Settings {
         let env = EnvDefaults::from_env(&|_: &str| None).unwrap();

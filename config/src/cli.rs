@@ -16,7 +16,7 @@ use std::path::PathBuf;
 
 use thiserror::Error;
 
-use crate::config::{
+use crate::{
     parse_int_with_unit, setting_shape, CommandLineConfig, CommandLineSetting, IntError, Settings,
     Shape, Verbosity,
 };
@@ -449,7 +449,7 @@ impl DaemonArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{load, HostInfo};
+    use crate::{load, HostInfo};
 
     fn run(args: &[&str]) -> DaemonArgs {
         match parse_args(args.iter().copied()) {

@@ -1,0 +1,879 @@
+//! Frontend ⇄ broker: the broker's entire attack surface.
+//!
+//! The broker runs as root. [`FrontendToBroker`] is every request it will act on; a change to
+//! it is a security review by definition. The frontend is unprivileged and must be assumed
+//! compromised: nothing here lets it name a uid, a host path, a mount, a seccomp program, a
+//! capability or a command to run as root.
+//!
+//! What the frontend *does* choose, and why that is harmless:
+//! * the builder program, its arguments and environment — they run as a build user inside the
+//!   sandbox, which is what the derivation asks for anyway;
+//! * the store paths visible in the sandbox — [`StorePath`] is a base name that cannot contain
+//!   `/`, so it cannot leave the store directory, and the broker bind-mounts each one
+//!   read-only only after checking it exists there as a real file, directory or symlink;
+//! * network access for fixed-output builds — the frontend could fetch the same data itself;
+//!   the build still runs as a build user in its own namespaces.
+//!
+//! The broker picks, from its own configuration: the build user, the build directory, the
+//! sandbox paths (`sandbox-paths`), the seccomp and landlock policy, the store directory, and
+//! the limits on concurrent builds.
+//!
+//! Channel protocol:
+//! * [`Phase::Handshake`]: the frontend sends [`FrontendToBroker::Hello`], once. The broker
+//!   answers [`BrokerToFrontend::Hello`].
+//! * [`Phase::Serving`]: builds are started, queried and cancelled. Replies carry the
+//!   [`BuildId`] they concern and may arrive in any order; [`BrokerToFrontend::BuildFinished`]
+//!   arrives unasked when a build ends.
+//! * [`Phase::Draining`]: after [`FrontendToBroker::ShuttingDown`]; only status requests.
+//! * A request outside its phase, a frame error or a wrong descriptor count is a protocol
+//!   violation: the broker logs it with the frontend's pid and uid, kills the builds started
+//!   on this channel and closes it. The broker never tries to recover from a misbehaving
+//!   frontend.
+#![deny(missing_docs)]
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use super::{BuildId, IpcMessage, Phase};
+use crate::store_path::{check_name, StorePath};
+
+/// Longest builder path the broker accepts (Linux's `PATH_MAX`).
+pub const MAX_PATH_LEN: usize = 4096;
+
+/// Longest single argument or environment entry: Linux's `MAX_ARG_STRLEN` (32 pages), beyond
+/// which `execve` fails anyway.
+pub const MAX_EXEC_STRING_LEN: usize = 128 * 1024;
+
+/// A file the builder writes into the build directory before starting the build
+/// (`passAsFile` attributes, `.attrs.json`, `.attrs.sh`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildDirFile {
+    /// A single path component: no `/`, not `.` or `..`, no NUL, at most 255 bytes.
+    pub name: String,
+    /// The file's contents.
+    pub contents: Vec<u8>,
+}
+
+/// Everything the broker needs to start one build. Produced by the frontend from a derivation
+/// it parsed and validated; the broker re-checks what [`BuildRequest::check`] lists and, on
+/// the file system, what [`FrontendToBroker::StartBuild`] lists.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildRequest {
+    /// Chosen by the frontend; must not be running already on this channel.
+    pub build: BuildId,
+    /// The derivation, for logs, the process title and the build directory's name.
+    pub drv_path: StorePath,
+    /// The derivation's `system`; must be one the broker's configuration can build.
+    pub system: String,
+    /// Absolute path of the program to exec inside the sandbox.
+    pub builder: String,
+    /// Its arguments (without argv\[0\]).
+    pub args: Vec<String>,
+    /// The complete environment of the builder.
+    pub env: BTreeMap<String, String>,
+    /// The input closure: every store path made visible (read-only) in the sandbox.
+    pub input_paths: BTreeSet<StorePath>,
+    /// Output name → the store path the builder must create (for floating content-addressed
+    /// outputs, a scratch path).
+    pub outputs: BTreeMap<String, StorePath>,
+    /// A fixed-output derivation: it gets the host's network.
+    pub fixed_output: bool,
+    /// Files to place in the build directory before the build starts.
+    pub build_dir_files: Vec<BuildDirFile>,
+    /// Kill the build after this many seconds in total; 0 means the broker's own default.
+    pub timeout_secs: u64,
+}
+
+impl BuildRequest {
+    /// The checks on values alone that the broker applies before touching anything: text that
+    /// reaches `execve` or the file system has no NUL byte and bounded length, environment
+    /// names have no `=`, paths are absolute and normalised, output names follow the store
+    /// path name rules, the outputs are distinct and disjoint from the inputs, and build
+    /// directory file names are single distinct components.
+    pub fn check(&self) -> Result<(), BrokerError> {
+        let bad = |field: &str, reason: String| BrokerError::BadRequest {
+            build: self.build,
+            field: field.to_owned(),
+            reason,
+        };
+        if self.system.is_empty()
+            || self.system.len() > 64
+            || !self
+                .system
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_-".contains(&b))
+        {
+            return Err(bad(
+                "system",
+                format!("'{}' is not a system name", self.system),
+            ));
+        }
+        check_absolute_path(&self.builder).map_err(|reason| bad("builder", reason))?;
+        for arg in &self.args {
+            check_exec_string(arg).map_err(|reason| bad("args", reason))?;
+        }
+        for (name, value) in &self.env {
+            if name.is_empty() || name.contains('=') {
+                return Err(bad(
+                    "env",
+                    format!("variable name '{name}' is empty or has '='"),
+                ));
+            }
+            check_exec_string(name).map_err(|reason| bad("env", reason))?;
+            check_exec_string(value)
+                .map_err(|reason| bad("env", format!("variable '{name}': {reason}")))?;
+        }
+        if self.outputs.is_empty() {
+            return Err(bad("outputs", "a build needs at least one output".into()));
+        }
+        let mut seen = BTreeSet::new();
+        for (name, path) in &self.outputs {
+            check_name(name).map_err(|e| bad("outputs", e.to_string()))?;
+            if !seen.insert(path) {
+                return Err(bad("outputs", format!("'{path}' is named by two outputs")));
+            }
+            if self.input_paths.contains(path) {
+                return Err(bad("outputs", format!("output '{path}' is also an input")));
+            }
+        }
+        let mut names = BTreeSet::new();
+        for file in &self.build_dir_files {
+            let name = &file.name;
+            if name.is_empty()
+                || name == "."
+                || name == ".."
+                || name.len() > 255
+                || name.contains('/')
+                || name.contains('\0')
+            {
+                return Err(bad(
+                    "build_dir_files",
+                    format!("'{name}' is not a file name"),
+                ));
+            }
+            if !names.insert(name) {
+                return Err(bad("build_dir_files", format!("'{name}' is given twice")));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A string that will reach `execve`: no NUL, bounded.
+fn check_exec_string(s: &str) -> Result<(), String> {
+    if s.contains('\0') {
+        return Err("contains a NUL byte".into());
+    }
+    if s.len() > MAX_EXEC_STRING_LEN {
+        return Err(format!(
+            "is {} bytes long, more than {MAX_EXEC_STRING_LEN}",
+            s.len()
+        ));
+    }
+    Ok(())
+}
+
+/// An absolute, normalised path: starts with `/`, no empty, `.` or `..` component, no NUL.
+pub fn check_absolute_path(path: &str) -> Result<(), String> {
+    if !path.starts_with('/') {
+        return Err(format!("'{path}' is not an absolute path"));
+    }
+    if path.len() > MAX_PATH_LEN || path.contains('\0') {
+        return Err(format!(
+            "'{}' is too long or contains a NUL byte",
+            path.escape_debug()
+        ));
+    }
+    if path.len() > 1
+        && path[1..]
+            .split('/')
+            .any(|c| c.is_empty() || c == "." || c == "..")
+    {
+        return Err(format!(
+            "'{path}' is not normalised (empty, '.' or '..' component)"
+        ));
+    }
+    Ok(())
+}
+
+/// Why the frontend cancels a build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CancelReason {
+    /// The client asked, or went away.
+    Client,
+    /// No log output for `max-silent-time` (the frontend reads the log pipe, so it keeps this
+    /// timer).
+    MaxSilentTime,
+    /// Another build of the same goal failed and `keep-going` is off.
+    DependencyFailed,
+}
+
+/// Requests from the frontend to the broker. **Only the frontend sends these.** The builder
+/// and the store-writer have no channel on which they could.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FrontendToBroker {
+    /// Sent by: the frontend. Phase: handshake, first frame, once.
+    /// Re-checks: `ipc_version` equals [`super::IPC_VERSION`]; otherwise the broker replies
+    /// with [`BrokerError::VersionMismatch`] and closes the channel.
+    /// Root does: nothing. Reply: [`BrokerToFrontend::Hello`].
+    Hello {
+        /// The frontend's [`super::IPC_VERSION`].
+        ipc_version: u32,
+    },
+    /// Sent by: the frontend, when a client's build (or a build on behalf of a substitution
+    /// that needs one) is ready to run. Phase: serving.
+    ///
+    /// Re-checks, in order, before anything is created: [`BuildRequest::check`]; the build id
+    /// is not running; fewer than the configured maximum of builds run; `system` is one the
+    /// broker can build; every input path and `drv_path` exists directly in the physical store
+    /// directory (`lstat`, no following of symlinks out of it); no output path exists yet
+    /// unless it is a leftover the broker may delete (not a valid path — the broker asks
+    /// nobody and deletes nothing that is a valid path; it refuses instead); `builder` is
+    /// inside an input path or one of the configured sandbox paths.
+    ///
+    /// Root does: takes a free build user from the pool; creates a fresh build directory owned
+    /// by it under the configured build root; creates the log pipe; fork+execs the builder
+    /// program with a [`super::BrokerToBuilder::Spec`] built from this request plus the
+    /// broker's own configuration; starts the timeout.
+    ///
+    /// Why root is OK: the only privileged effects are allocating a uid from a fixed pool and
+    /// creating a directory under a fixed root; everything the frontend chose runs as that
+    /// uid inside namespaces.
+    ///
+    /// Reply: [`BrokerToFrontend::BuildStarted`] with the log pipe's read end, later
+    /// [`BrokerToFrontend::BuildFinished`]; or [`BrokerToFrontend::Error`].
+    StartBuild(Box<BuildRequest>),
+    /// Sent by: the frontend. Phase: serving or draining.
+    /// Re-checks: `build` was started on this channel and still runs.
+    /// Root does: kills the build's whole process tree (its cgroup, or its pid namespace),
+    /// waits for it, frees the build user after checking it owns no process any more, and
+    /// removes the build directory (unless `keep-failed`).
+    /// Why root is OK: it only kills processes of a build this channel started.
+    /// Reply: [`BrokerToFrontend::BuildFinished`] with [`BuildOutcome::Cancelled`], or
+    /// [`BrokerToFrontend::Error`] with [`BrokerError::UnknownBuild`].
+    CancelBuild {
+        /// The build.
+        build: BuildId,
+        /// Why, for the log and the outcome.
+        reason: CancelReason,
+    },
+    /// Sent by: the frontend. Phase: serving or draining.
+    /// Re-checks: `build` was started on this channel and still runs.
+    /// Root does: reads its own bookkeeping. Reply: [`BrokerToFrontend::BuildStatus`] or
+    /// [`BrokerToFrontend::Error`] with [`BrokerError::UnknownBuild`].
+    QueryBuild {
+        /// The build.
+        build: BuildId,
+    },
+    /// Sent by: the frontend, when it stops or restarts (SIGTERM, upgrade). Phase: serving,
+    /// once; the channel then enters the draining phase, where `StartBuild` is refused.
+    /// Re-checks: nothing. Root does: cancels every build started on this channel (nobody
+    /// would register their outputs) and reports each with `BuildFinished`, then
+    /// [`BrokerToFrontend::Drained`]. Why root is OK: as `CancelBuild`, for all of them.
+    ShuttingDown,
+    /// Sent by: the frontend. Phase: serving or draining. Health check; root does nothing.
+    /// Reply: [`BrokerToFrontend::Pong`].
+    Ping,
+}
+
+impl FrontendToBroker {
+    /// Whether this request is accepted in `phase`. The broker checks it before dispatch.
+    pub fn permitted_in(&self, phase: Phase) -> bool {
+        match self {
+            FrontendToBroker::Hello { .. } => phase == Phase::Handshake,
+            FrontendToBroker::StartBuild(_) | FrontendToBroker::ShuttingDown => {
+                phase == Phase::Serving
+            }
+            FrontendToBroker::CancelBuild { .. }
+            | FrontendToBroker::QueryBuild { .. }
+            | FrontendToBroker::Ping => matches!(phase, Phase::Serving | Phase::Draining),
+        }
+    }
+}
+
+impl IpcMessage for FrontendToBroker {
+    const NAME: &'static str = "FrontendToBroker";
+    const TAG: [u8; 4] = *b"F>BR";
+
+    /// The frontend never passes descriptors to root.
+    fn fd_count(&self) -> usize {
+        0
+    }
+
+    fn variant_name(&self) -> &'static str {
+        match self {
+            FrontendToBroker::Hello { .. } => "Hello",
+            FrontendToBroker::StartBuild(_) => "StartBuild",
+            FrontendToBroker::CancelBuild { .. } => "CancelBuild",
+            FrontendToBroker::QueryBuild { .. } => "QueryBuild",
+            FrontendToBroker::ShuttingDown => "ShuttingDown",
+            FrontendToBroker::Ping => "Ping",
+        }
+    }
+}
+
+/// How a build ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BuildOutcome {
+    /// The builder exited with this status (0 = success; outputs still need registering).
+    Exited {
+        /// The exit status.
+        code: i32,
+    },
+    /// The builder was killed by this signal.
+    Signalled {
+        /// The signal number.
+        signal: i32,
+    },
+    /// The broker killed it after `timeout_secs`.
+    TimedOut,
+    /// The frontend cancelled it.
+    Cancelled {
+        /// The reason the frontend gave.
+        reason: CancelReason,
+    },
+    /// The sandbox could not be set up; the derivation's builder never ran.
+    SetupFailed {
+        /// The step that failed.
+        step: super::builder::SetupStep,
+        /// The error, e.g. the OS error of the failing call.
+        message: String,
+    },
+}
+
+/// When a build ran and what it cost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildTimings {
+    /// Unix seconds when the builder was started.
+    pub start_time: u64,
+    /// Unix seconds when the last process of the build was gone.
+    pub stop_time: u64,
+    /// User CPU time of the whole process tree, in microseconds.
+    pub cpu_user_micros: u64,
+    /// System CPU time of the whole process tree, in microseconds.
+    pub cpu_system_micros: u64,
+}
+
+/// Replies and notices from the broker to the frontend. Sent by the broker only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BrokerToFrontend {
+    /// Answer to `Hello`: the broker's [`super::IPC_VERSION`].
+    Hello {
+        /// The broker's version.
+        ipc_version: u32,
+    },
+    /// Answer to `StartBuild`: the builder runs. Carries one descriptor: the read end of the
+    /// build's log pipe (builder stdout and stderr), which the frontend forwards and stores.
+    BuildStarted {
+        /// The build.
+        build: BuildId,
+        /// The uid the build runs as, for logs.
+        build_uid: u32,
+    },
+    /// Sent unasked when a build's last process is gone (also after `CancelBuild`).
+    BuildFinished {
+        /// The build.
+        build: BuildId,
+        /// How it ended.
+        outcome: BuildOutcome,
+        /// Times and CPU use.
+        timings: BuildTimings,
+    },
+    /// Answer to `QueryBuild` for a running build.
+    BuildStatus {
+        /// The build.
+        build: BuildId,
+        /// Seconds since it started.
+        running_secs: u64,
+    },
+    /// Answer to `ShuttingDown`, after the last `BuildFinished` of this channel.
+    Drained,
+    /// Sent unasked when the broker restarted a crashed store-writer. Carries one descriptor:
+    /// a socket to the new store-writer; the frontend replaces its old channel with it.
+    StoreWriterRestarted,
+    /// Answer to `Ping`.
+    Pong,
+    /// A request was refused or failed.
+    Error(BrokerError),
+}
+
+impl IpcMessage for BrokerToFrontend {
+    const NAME: &'static str = "BrokerToFrontend";
+    const TAG: [u8; 4] = *b"BR>F";
+
+    fn fd_count(&self) -> usize {
+        match self {
+            BrokerToFrontend::BuildStarted { .. } | BrokerToFrontend::StoreWriterRestarted => 1,
+            BrokerToFrontend::Hello { .. }
+            | BrokerToFrontend::BuildFinished { .. }
+            | BrokerToFrontend::BuildStatus { .. }
+            | BrokerToFrontend::Drained
+            | BrokerToFrontend::Pong
+            | BrokerToFrontend::Error(_) => 0,
+        }
+    }
+
+    fn variant_name(&self) -> &'static str {
+        match self {
+            BrokerToFrontend::Hello { .. } => "Hello",
+            BrokerToFrontend::BuildStarted { .. } => "BuildStarted",
+            BrokerToFrontend::BuildFinished { .. } => "BuildFinished",
+            BrokerToFrontend::BuildStatus { .. } => "BuildStatus",
+            BrokerToFrontend::Drained => "Drained",
+            BrokerToFrontend::StoreWriterRestarted => "StoreWriterRestarted",
+            BrokerToFrontend::Pong => "Pong",
+            BrokerToFrontend::Error(_) => "Error",
+        }
+    }
+}
+
+/// Why the broker refused or failed a request. Each variant names the build and the value at
+/// fault.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum BrokerError {
+    /// The frontend speaks another IPC version.
+    #[error("broker speaks ipc version {ours}, frontend sent {theirs}")]
+    VersionMismatch {
+        /// The broker's version.
+        ours: u32,
+        /// The version received.
+        theirs: u32,
+    },
+    /// A request outside its phase (the channel is closed after this reply).
+    #[error("request {request} is not permitted in the {phase} phase")]
+    NotPermitted {
+        /// The variant name.
+        request: String,
+        /// The channel's phase.
+        phase: Phase,
+    },
+    /// A field failed [`BuildRequest::check`].
+    #[error("{build}: invalid {field}: {reason}")]
+    BadRequest {
+        /// The build.
+        build: BuildId,
+        /// The field at fault.
+        field: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// `StartBuild` with the id of a running build.
+    #[error("{build} is already running")]
+    DuplicateBuild {
+        /// The build.
+        build: BuildId,
+    },
+    /// A build this channel did not start, or that has finished.
+    #[error("{build} is not running")]
+    UnknownBuild {
+        /// The build.
+        build: BuildId,
+    },
+    /// The derivation's system is not one the broker can build.
+    #[error("{build}: cannot build for system '{system}' on this machine")]
+    UnsupportedSystem {
+        /// The build.
+        build: BuildId,
+        /// The system asked for.
+        system: String,
+    },
+    /// An input path (or the derivation) is not in the store directory.
+    #[error("{build}: input '{path}' does not exist in the store")]
+    MissingInput {
+        /// The build.
+        build: BuildId,
+        /// The path.
+        path: StorePath,
+    },
+    /// An output path exists and is not a leftover the broker may remove.
+    #[error("{build}: output path '{path}' already exists")]
+    OutputExists {
+        /// The build.
+        build: BuildId,
+        /// The path.
+        path: StorePath,
+    },
+    /// The builder program is neither in the input closure nor in a sandbox path.
+    #[error("{build}: builder '{builder}' is not in the input closure or the sandbox paths")]
+    BuilderNotAvailable {
+        /// The build.
+        build: BuildId,
+        /// The builder as given.
+        builder: String,
+    },
+    /// Too many builds already run.
+    #[error("{build}: {max} builds are already running")]
+    TooManyBuilds {
+        /// The build.
+        build: BuildId,
+        /// The configured maximum.
+        max: u32,
+    },
+    /// Every build user is busy.
+    #[error("{build}: all build users are currently in use")]
+    NoBuildUser {
+        /// The build.
+        build: BuildId,
+    },
+    /// Starting the build failed before the builder program ran (fork, directory, pipe).
+    #[error("{build}: {operation} failed: {message}")]
+    StartFailed {
+        /// The build.
+        build: BuildId,
+        /// What the broker was doing.
+        operation: String,
+        /// The OS error.
+        message: String,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsFd;
+
+    use super::super::frame::{encode_frame, read_frame, FrameLimit};
+    use super::super::{builder::SetupStep, Channel, IpcError, IPC_VERSION};
+    use super::*;
+
+    fn path(base: &str) -> StorePath {
+        StorePath::from_base_name(base).unwrap()
+    }
+
+    pub(crate) fn sample_build() -> BuildRequest {
+        BuildRequest {
+            build: BuildId(1),
+            drv_path: path("7h7qgvs4kgzsn8a6rb273saxyqh4jxlz-hello.drv"),
+            system: "x86_64-linux".into(),
+            builder: "/nix/store/ab3li50xq0nl4q5lxdyinb8w8y13my9s-bash/bin/bash".into(),
+            args: vec!["-e".into(), "builder.sh".into()],
+            env: [
+                ("out".to_string(), "/nix/store/x".to_string()),
+                ("A".into(), String::new()),
+            ]
+            .into(),
+            input_paths: [path("ab3li50xq0nl4q5lxdyinb8w8y13my9s-bash")].into(),
+            outputs: [(
+                "out".to_string(),
+                path("0c7kkqq2a2r9d0a1g3g0h3sgx8rz3i5f-hello"),
+            )]
+            .into(),
+            fixed_output: false,
+            build_dir_files: vec![BuildDirFile {
+                name: ".attrs.json".into(),
+                contents: b"{}".to_vec(),
+            }],
+            timeout_secs: 3600,
+        }
+    }
+
+    fn all_requests() -> Vec<FrontendToBroker> {
+        vec![
+            FrontendToBroker::Hello {
+                ipc_version: IPC_VERSION,
+            },
+            FrontendToBroker::StartBuild(Box::new(sample_build())),
+            FrontendToBroker::CancelBuild {
+                build: BuildId(1),
+                reason: CancelReason::MaxSilentTime,
+            },
+            FrontendToBroker::QueryBuild { build: BuildId(1) },
+            FrontendToBroker::ShuttingDown,
+            FrontendToBroker::Ping,
+        ]
+    }
+
+    fn all_replies() -> Vec<BrokerToFrontend> {
+        let timings = BuildTimings {
+            start_time: 1,
+            stop_time: 2,
+            cpu_user_micros: 3,
+            cpu_system_micros: 4,
+        };
+        let b = BuildId(9);
+        let mut replies = vec![
+            BrokerToFrontend::Hello {
+                ipc_version: IPC_VERSION,
+            },
+            BrokerToFrontend::BuildStarted {
+                build: b,
+                build_uid: 30001,
+            },
+            BrokerToFrontend::BuildStatus {
+                build: b,
+                running_secs: 12,
+            },
+            BrokerToFrontend::Drained,
+            BrokerToFrontend::StoreWriterRestarted,
+            BrokerToFrontend::Pong,
+        ];
+        for outcome in [
+            BuildOutcome::Exited { code: 0 },
+            BuildOutcome::Signalled { signal: 9 },
+            BuildOutcome::TimedOut,
+            BuildOutcome::Cancelled {
+                reason: CancelReason::Client,
+            },
+            BuildOutcome::Cancelled {
+                reason: CancelReason::DependencyFailed,
+            },
+            BuildOutcome::SetupFailed {
+                step: SetupStep::Seccomp,
+                message: "EINVAL".into(),
+            },
+        ] {
+            replies.push(BrokerToFrontend::BuildFinished {
+                build: b,
+                outcome,
+                timings,
+            });
+        }
+        let p = path("ab3li50xq0nl4q5lxdyinb8w8y13my9s-bash");
+        for error in [
+            BrokerError::VersionMismatch { ours: 1, theirs: 0 },
+            BrokerError::NotPermitted {
+                request: "StartBuild".into(),
+                phase: Phase::Draining,
+            },
+            BrokerError::BadRequest {
+                build: b,
+                field: "env".into(),
+                reason: "NUL".into(),
+            },
+            BrokerError::DuplicateBuild { build: b },
+            BrokerError::UnknownBuild { build: b },
+            BrokerError::UnsupportedSystem {
+                build: b,
+                system: "mips-linux".into(),
+            },
+            BrokerError::MissingInput {
+                build: b,
+                path: p.clone(),
+            },
+            BrokerError::OutputExists { build: b, path: p },
+            BrokerError::BuilderNotAvailable {
+                build: b,
+                builder: "/bin/sh".into(),
+            },
+            BrokerError::TooManyBuilds { build: b, max: 4 },
+            BrokerError::NoBuildUser { build: b },
+            BrokerError::StartFailed {
+                build: b,
+                operation: "fork".into(),
+                message: "EAGAIN".into(),
+            },
+        ] {
+            replies.push(BrokerToFrontend::Error(error));
+        }
+        replies
+    }
+
+    #[test]
+    fn every_request_round_trips_and_none_carries_fds() {
+        let (frontend, broker) =
+            Channel::<FrontendToBroker, BrokerToFrontend>::pair(FrameLimit::DEFAULT).unwrap();
+        for request in all_requests() {
+            assert_eq!(request.fd_count(), 0);
+            frontend.send(&request, &[]).unwrap();
+            assert_eq!(broker.recv().unwrap().message, request);
+        }
+    }
+
+    #[test]
+    fn every_reply_round_trips_with_its_fds() {
+        let (frontend, broker) =
+            Channel::<FrontendToBroker, BrokerToFrontend>::pair(FrameLimit::DEFAULT).unwrap();
+        let (_r, w) = rustix::pipe::pipe().unwrap();
+        for reply in all_replies() {
+            let fds = vec![w.as_fd(); reply.fd_count()];
+            broker.send(&reply, &fds).unwrap();
+            let got = frontend.recv().unwrap();
+            assert_eq!(got.fds.len(), reply.fd_count());
+            assert_eq!(got.message, reply);
+        }
+    }
+
+    #[test]
+    fn the_broker_refuses_descriptors_from_the_frontend() {
+        let (frontend, broker) =
+            Channel::<FrontendToBroker, BrokerToFrontend>::pair(FrameLimit::DEFAULT).unwrap();
+        let (_r, w) = rustix::pipe::pipe().unwrap();
+        // The typed sender will not even try...
+        assert!(matches!(
+            frontend.send(&FrontendToBroker::Ping, &[w.as_fd()]),
+            Err(IpcError::FdCountMismatch { .. })
+        ));
+        // ...and a hostile one that does is refused by the receiver.
+        let frame = encode_frame(&FrontendToBroker::Ping, FrameLimit::DEFAULT).unwrap();
+        let mut space = [std::mem::MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(1))];
+        let mut control = rustix::net::SendAncillaryBuffer::new(&mut space);
+        let fds = [w.as_fd()];
+        assert!(control.push(rustix::net::SendAncillaryMessage::ScmRights(&fds)));
+        rustix::net::sendmsg(
+            frontend.socket(),
+            &[std::io::IoSlice::new(&frame)],
+            &mut control,
+            rustix::net::SendFlags::empty(),
+        )
+        .unwrap();
+        assert!(matches!(
+            broker.recv(),
+            Err(IpcError::FdCountMismatch { actual: 1, .. })
+        ));
+    }
+
+    #[test]
+    fn phases_are_enforced_per_variant() {
+        use FrontendToBroker as R;
+        let cases: Vec<(R, [bool; 3])> = vec![
+            // [handshake, serving, draining]
+            (R::Hello { ipc_version: 1 }, [true, false, false]),
+            (
+                R::StartBuild(Box::new(sample_build())),
+                [false, true, false],
+            ),
+            (
+                R::CancelBuild {
+                    build: BuildId(1),
+                    reason: CancelReason::Client,
+                },
+                [false, true, true],
+            ),
+            (R::QueryBuild { build: BuildId(1) }, [false, true, true]),
+            (R::ShuttingDown, [false, true, false]),
+            (R::Ping, [false, true, true]),
+        ];
+        assert_eq!(cases.len(), all_requests().len());
+        for (request, allowed) in cases {
+            for (phase, allowed) in [Phase::Handshake, Phase::Serving, Phase::Draining]
+                .into_iter()
+                .zip(allowed)
+            {
+                assert_eq!(
+                    request.permitted_in(phase),
+                    allowed,
+                    "{} in {phase}",
+                    request.variant_name()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn broker_frames_are_not_store_writer_frames() {
+        for request in all_requests() {
+            let frame = encode_frame(&request, FrameLimit::DEFAULT).unwrap();
+            assert!(matches!(
+                read_frame::<_, BrokerToFrontend>(&mut &frame[..], FrameLimit::DEFAULT),
+                Err(IpcError::WrongTag { .. })
+            ));
+            assert!(matches!(
+                read_frame::<_, super::super::FrontendToStoreWriter>(
+                    &mut &frame[..],
+                    FrameLimit::DEFAULT
+                ),
+                Err(IpcError::WrongTag { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn a_valid_build_request_passes_its_checks() {
+        sample_build().check().unwrap();
+        let mut fod = sample_build();
+        fod.fixed_output = true;
+        fod.build_dir_files.clear();
+        fod.check().unwrap();
+    }
+
+    #[test]
+    fn build_requests_with_bad_values_are_refused() {
+        type Mutation = fn(&mut BuildRequest);
+        let cases: Vec<(&str, Mutation)> = vec![
+            ("system", |r| r.system = String::new()),
+            ("system", |r| r.system = "x86_64-linux/../../etc".into()),
+            ("builder", |r| r.builder = "bin/sh".into()),
+            ("builder", |r| r.builder = "/nix/store/../../bin/sh".into()),
+            ("builder", |r| r.builder = "/nix//store/x".into()),
+            ("builder", |r| r.builder = "/bin/sh\0x".into()),
+            ("builder", |r| {
+                r.builder = format!("/{}", "a".repeat(MAX_PATH_LEN))
+            }),
+            ("args", |r| r.args.push("a\0b".into())),
+            ("args", |r| r.args.push("a".repeat(MAX_EXEC_STRING_LEN + 1))),
+            ("env", |r| {
+                r.env.insert("A=B".into(), "x".into());
+            }),
+            ("env", |r| {
+                r.env.insert(String::new(), "x".into());
+            }),
+            ("env", |r| {
+                r.env.insert("X".into(), "nul\0".into());
+            }),
+            ("outputs", |r| r.outputs.clear()),
+            ("outputs", |r| {
+                r.outputs.insert(
+                    "bad/name".into(),
+                    path("0c7kkqq2a2r9d0a1g3g0h3sgx8rz3i5f-x"),
+                );
+            }),
+            ("outputs", |r| {
+                let same = r.outputs["out"].clone();
+                r.outputs.insert("dev".into(), same);
+            }),
+            ("outputs", |r| {
+                let input = r.input_paths.iter().next().unwrap().clone();
+                r.outputs.insert("dev".into(), input);
+            }),
+            ("build_dir_files", |r| {
+                r.build_dir_files[0].name = "../escape".into()
+            }),
+            ("build_dir_files", |r| {
+                r.build_dir_files[0].name = "..".into()
+            }),
+            ("build_dir_files", |r| {
+                r.build_dir_files[0].name = String::new()
+            }),
+            ("build_dir_files", |r| {
+                let again = r.build_dir_files[0].clone();
+                r.build_dir_files.push(again);
+            }),
+        ];
+        for (field, mutate) in cases {
+            let mut request = sample_build();
+            mutate(&mut request);
+            match request.check() {
+                Err(BrokerError::BadRequest {
+                    field: f,
+                    build,
+                    reason,
+                }) => {
+                    assert_eq!(f, field, "{reason}");
+                    assert_eq!(build, BuildId(1));
+                }
+                other => panic!("{field}: expected BadRequest, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn error_messages_name_the_build_and_value() {
+        let e = BrokerError::UnsupportedSystem {
+            build: BuildId(4),
+            system: "mips-linux".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "build 4: cannot build for system 'mips-linux' on this machine"
+        );
+        let e = BrokerError::BadRequest {
+            build: BuildId(2),
+            field: "builder".into(),
+            reason: "'bin/sh' is not an absolute path".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "build 2: invalid builder: 'bin/sh' is not an absolute path"
+        );
+    }
+}

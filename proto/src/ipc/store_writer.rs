@@ -1,0 +1,1008 @@
+//! Frontend ⇄ store-writer: everything that writes the store, the database or the state
+//! directories.
+//!
+//! The store-writer is the only process that can write the store. It treats the frontend as
+//! less trusted than itself: the frontend decides *whether* a client may ask for something
+//! (trust, `allowed-users`), the store-writer decides whether the request is *well-formed and
+//! true* — it recomputes every hash it is told, re-checks names and references against the
+//! database, and never writes outside the store and its own state directories.
+//!
+//! Protocol on each channel:
+//! * Phase [`Phase::Handshake`]: the frontend sends [`FrontendToStoreWriter::Hello`] first,
+//!   once; the store-writer answers [`StoreWriterToFrontend::Hello`] or closes the channel.
+//! * Phase [`Phase::Serving`]: any other request. Requests on one channel are served one at a
+//!   time and answered in order, one reply each, either the reply the variant names or
+//!   [`StoreWriterToFrontend::Error`]. For concurrency the frontend opens more channels with
+//!   [`FrontendToStoreWriter::OpenChannel`] (one per client connection).
+//! * A request in the wrong phase, a frame error, or a wrong descriptor count is a protocol
+//!   violation: the store-writer logs it and closes the channel.
+//! * Temporary roots belong to the channel they were added on and are dropped when it closes.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use super::{BuildId, IpcMessage, Phase};
+use crate::content_address::{ContentAddress, ContentAddressMethod};
+use crate::hash::{Hash, HashAlgo};
+use crate::store_path::StorePath;
+
+/// What the store knows about a valid path; the `ValidPaths` row plus its `Refs`.
+///
+/// In a request ([`AddPathFromNar`]) every field is a *claim* the store-writer checks; in a
+/// reply it is what was registered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PathInfo {
+    /// The store path (base name; the store directory is the store-writer's own).
+    pub path: StorePath,
+    /// The derivation that produced it, if known.
+    pub deriver: Option<StorePath>,
+    /// SHA-256 of the path's NAR serialisation.
+    pub nar_hash: Hash,
+    /// Store paths the contents refer to (may include `path` itself).
+    pub references: BTreeSet<StorePath>,
+    /// Unix seconds when it became valid; 0 in a request means "now".
+    pub registration_time: u64,
+    /// Bytes in the NAR serialisation.
+    pub nar_size: u64,
+    /// Built locally (trusted without signatures).
+    pub ultimate: bool,
+    /// Signatures, each `<key name>:<base64 signature>`.
+    pub sigs: BTreeSet<String>,
+    /// Content address, when the path is content-addressed.
+    pub ca: Option<ContentAddress>,
+}
+
+/// AddToStoreNar / AddMultipleToStore: a path whose NAR the client supplies.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddPathFromNar {
+    /// What the client claims about the path.
+    pub info: PathInfo,
+    /// Replace the contents even if the path is already valid.
+    pub repair: bool,
+    /// Require a signature by a trusted key (or a content address that matches). The frontend
+    /// sets this for every untrusted client (Nix forces `dontCheckSigs` off for them).
+    pub check_sigs: bool,
+}
+
+/// AddToStore (op 7) / AddTextToStore: content the client supplies, hashed by the store-writer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddContent {
+    /// The name part of the new path.
+    pub name: String,
+    /// Text, flat file, or NAR ("recursive").
+    pub method: ContentAddressMethod,
+    /// The hash algorithm of the content address.
+    #[serde(with = "hash_algo_by_name")]
+    pub hash_algo: HashAlgo,
+    /// References of the new path (only text objects and NAR+SHA-256 may have any).
+    pub references: BTreeSet<StorePath>,
+    /// Replace the contents even if the path is already valid.
+    pub repair: bool,
+}
+
+/// What a build output is expected to be.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OutputKind {
+    /// Input-addressed: the output path is fixed by the derivation.
+    InputAddressed {
+        /// The output path.
+        path: StorePath,
+    },
+    /// Fixed-output: path and content hash are fixed by the derivation.
+    Fixed {
+        /// The output path.
+        path: StorePath,
+        /// The hash the contents must have.
+        ca: ContentAddress,
+    },
+    /// Floating content-addressed: the path follows from the contents.
+    Floating {
+        /// How the contents are hashed.
+        method: ContentAddressMethod,
+        /// With which algorithm.
+        #[serde(with = "hash_algo_by_name")]
+        hash_algo: HashAlgo,
+    },
+}
+
+/// One output of a finished build.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildOutput {
+    /// Where the build left it: a direct child of the store directory, not yet valid.
+    pub scratch_path: StorePath,
+    /// What it must turn out to be.
+    pub kind: OutputKind,
+}
+
+/// The key of a realisation: a derivation output, by the derivation's hash modulo.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrvOutputId {
+    /// `hashDerivationModulo` of the derivation (SHA-256).
+    pub drv_hash: Hash,
+    /// The output name, e.g. `out`.
+    pub output_name: String,
+}
+
+/// A realisation of a content-addressed derivation output.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Realisation {
+    /// Which derivation output.
+    pub id: DrvOutputId,
+    /// The store path it was realised as.
+    pub out_path: StorePath,
+    /// Signatures over the realisation, each `<key name>:<base64 signature>`.
+    pub signatures: BTreeSet<String>,
+    /// Realisations of the derivation outputs this one depends on.
+    pub dependent_realisations: Vec<(DrvOutputId, StorePath)>,
+}
+
+/// What CollectGarbage does (Nix's GC action).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum GcAction {
+    /// List the live paths.
+    ReturnLive,
+    /// List the dead paths.
+    ReturnDead,
+    /// Delete all dead paths (up to `max_freed` bytes).
+    DeleteDead,
+    /// Delete the given paths, each only if dead.
+    DeleteSpecific,
+}
+
+/// Requests from the frontend to the store-writer. Only the frontend sends these; every field
+/// came from a client or from the frontend's own parsing and is re-checked as documented.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FrontendToStoreWriter {
+    /// First frame on every channel, once. Checks: `ipc_version` equals
+    /// [`super::IPC_VERSION`], else the channel is closed after an error reply.
+    /// Reply: [`StoreWriterToFrontend::Hello`].
+    Hello {
+        /// The sender's [`super::IPC_VERSION`].
+        ipc_version: u32,
+    },
+    /// Serving phase. Carries one descriptor: a connected unix stream socket that becomes a
+    /// new, independent channel (starting with its own `Hello`), usually one per client
+    /// connection. The peer fields only label log lines and grant nothing.
+    /// Checks: the descriptor is a unix stream socket; at most a configured number of channels
+    /// are open. Reply: [`StoreWriterToFrontend::Done`].
+    OpenChannel {
+        /// The client's pid, for logs.
+        peer_pid: Option<i32>,
+        /// The client's uid, for logs.
+        peer_uid: Option<u32>,
+    },
+    /// Serving phase. AddToStoreNar / AddMultipleToStore / substitution: carries one
+    /// descriptor, the read end of a pipe that yields exactly one NAR.
+    /// Checks: the NAR is well-formed (bounded parser) and unpacked under a temporary name in
+    /// the store; its SHA-256 and size equal `info.nar_hash` and `info.nar_size`; every
+    /// reference other than the path itself is valid; `info.deriver`, if given, parses; with
+    /// `info.ca`, the path equals the one computed from the content address and references;
+    /// with `check_sigs` and no matching `ca`, one signature verifies against
+    /// `trusted-public-keys`; the path is not already valid unless `repair`. Then the contents
+    /// are canonicalised, renamed into place and the row committed in one transaction; a
+    /// `.drv` path also gets its `DerivationOutputs` rows from the store-writer's own parse of
+    /// the file. The path becomes a temporary root of this channel.
+    /// Reply: [`StoreWriterToFrontend::PathAdded`].
+    AddPathFromNar(Box<AddPathFromNar>),
+    /// Serving phase. AddToStore / AddTextToStore: carries one descriptor, a pipe yielding
+    /// the raw file contents (text and flat) or a NAR (recursive).
+    /// Checks: `name` passes the store path name rules; text uses SHA-256 and does not refer
+    /// to itself; fixed-output content other than NAR+SHA-256 has no references; every
+    /// reference is valid. The store-writer hashes the data itself and computes the path;
+    /// nothing about the result is taken from the frontend. A `.drv` gets its
+    /// `DerivationOutputs` rows as above. The path becomes a temporary root of this channel.
+    /// Reply: [`StoreWriterToFrontend::PathAdded`].
+    AddContent(Box<AddContent>),
+    /// Serving phase (later issue: builds). Registers the outputs a finished build left in the
+    /// store directory. No descriptors.
+    /// Checks: `drv_path` is a valid derivation; each scratch path is a direct child of the
+    /// store directory, not a symlink and not a valid path; contents are canonicalised (owner,
+    /// mode, mtime 1, no setuid/setgid, no xattrs or ACLs) before hashing; references are
+    /// found by scanning for `reference_candidates` (and the outputs) only; a fixed output's
+    /// hash must equal its `ca` (else `HashMismatch` with both hashes); an input-addressed
+    /// output must already sit at its final path. All outputs are registered in one
+    /// transaction with `deriver = drv_path` and `ultimate = true`.
+    /// Reply: [`StoreWriterToFrontend::OutputsRegistered`].
+    RegisterBuildOutputs {
+        /// The build, for logs.
+        build: BuildId,
+        /// The derivation that was built.
+        drv_path: StorePath,
+        /// Output name → where the build left it and what it must be.
+        outputs: BTreeMap<String, BuildOutput>,
+        /// Paths the outputs may refer to: the build's input closure.
+        reference_candidates: BTreeSet<StorePath>,
+    },
+    /// Serving phase. AddSignatures; the frontend sends it only for clients allowed to add
+    /// signatures. Checks: `path` is valid; each signature is `<name>:<base64 of 64 bytes>`;
+    /// they are merged with the existing ones. Reply: [`StoreWriterToFrontend::Done`].
+    AddSignatures {
+        /// The path to sign.
+        path: StorePath,
+        /// New signatures.
+        sigs: BTreeSet<String>,
+    },
+    /// Serving phase. AddTempRoot: keeps `path` alive for as long as this channel is open
+    /// (the store-writer owns the `temproots/` files). Checks: none beyond the path's syntax;
+    /// the path need not be valid yet. Reply: [`StoreWriterToFrontend::Done`].
+    AddTempRoot {
+        /// The path to keep.
+        path: StorePath,
+    },
+    /// Serving phase. AddIndirectRoot: creates `gcroots/auto/<hash of link>` pointing to
+    /// `link`. Checks: `link` is absolute, normalised (no `.`, `..`, `//`), without NUL, at
+    /// most 4096 bytes; the store-writer creates only the symlink in `gcroots/auto/` and
+    /// never opens or follows `link`. Reply: [`StoreWriterToFrontend::Done`].
+    AddIndirectRoot {
+        /// The user's symlink, an absolute path.
+        link: String,
+    },
+    /// Serving phase. AddPermRoot (trusted clients only; the frontend refuses others): makes
+    /// the symlink `gc_root` → the store path. Checks: `path` is valid; `gc_root` is absolute
+    /// and normalised and lies inside the state directory's `gcroots/` or `profiles/` tree (the
+    /// store-writer refuses any other location: it never creates files elsewhere for a
+    /// client); no component of it is a symlink; an existing `gc_root` is replaced only if it
+    /// is a symlink. Reply: [`StoreWriterToFrontend::RootAdded`] with the root's path.
+    AddPermRoot {
+        /// The store path to keep alive.
+        path: StorePath,
+        /// Where the root symlink goes.
+        gc_root: String,
+    },
+    /// Serving phase, once per client connection of a Nix ≤ 2.13 client (the frontend sends it
+    /// after reading the peer's credentials). Creates `profiles/per-user/<user>` and
+    /// `gcroots/per-user/<user>` with mode 0755 owned by `uid`. Checks: `user` is a single
+    /// path component of `[A-Za-z0-9._-]`, not `.` or `..`, at most 255 bytes; an existing
+    /// directory is left alone if owned by `uid`, and reported as an error if owned by
+    /// anyone else (never re-chowned). Reply: [`StoreWriterToFrontend::Done`].
+    CreateUserDirs {
+        /// The user's login name.
+        user: String,
+        /// The user's uid, from the peer credentials.
+        uid: u32,
+    },
+    /// Serving phase. RegisterDrvOutput (content-addressed derivations). Checks: `out_path`
+    /// and every dependent realisation's path are valid; output names pass the name rules;
+    /// the drv hash is SHA-256; signatures are well-formed. Written to `Realisations` in one
+    /// transaction. Reply: [`StoreWriterToFrontend::Done`].
+    RegisterRealisation(Box<Realisation>),
+    /// Serving phase. AddBuildLog: carries one descriptor, a pipe yielding the log text.
+    /// Checks: `drv_path` is a derivation path; the log is written (bzip2) to
+    /// `<log dir>/drvs/<2 chars>/<rest>.bz2`, replacing an older one, through a temporary file
+    /// and a rename. Reply: [`StoreWriterToFrontend::Done`].
+    AddBuildLog {
+        /// The derivation the log belongs to.
+        drv_path: StorePath,
+    },
+    /// Serving phase. CollectGarbage (the frontend refuses `ignoreLiveness` for everyone, so it
+    /// cannot be expressed). Checks: with `DeleteSpecific`, each path is refused with
+    /// `StillAlive` if it is reachable from a root; roots include every channel's temporary
+    /// roots. Takes `gc.lock` exclusively. Reply: [`StoreWriterToFrontend::GarbageCollected`].
+    CollectGarbage {
+        /// What to do.
+        action: GcAction,
+        /// The paths for `DeleteSpecific` (ignored otherwise).
+        paths: BTreeSet<StorePath>,
+        /// Stop after freeing this many bytes; 0 means no limit.
+        max_freed: u64,
+    },
+    /// Serving phase (later issue). VerifyStore; the frontend refuses `repair` for untrusted
+    /// clients. Checks the database against the store directory, and with `check_contents`
+    /// every NAR hash; with `repair`, re-fetches or re-registers what is broken.
+    /// Reply: [`StoreWriterToFrontend::Verified`].
+    VerifyStore {
+        /// Re-hash every path.
+        check_contents: bool,
+        /// Repair what is found broken.
+        repair: bool,
+    },
+    /// Serving phase (later issue). OptimiseStore: hard-links identical files through
+    /// `.links/`. Reply: [`StoreWriterToFrontend::Optimised`].
+    OptimiseStore,
+    /// Any phase after the handshake: health check. Reply: [`StoreWriterToFrontend::Pong`].
+    Ping,
+}
+
+impl FrontendToStoreWriter {
+    /// The phase in which this request is accepted.
+    pub fn phase(&self) -> Phase {
+        match self {
+            FrontendToStoreWriter::Hello { .. } => Phase::Handshake,
+            FrontendToStoreWriter::OpenChannel { .. }
+            | FrontendToStoreWriter::AddPathFromNar(_)
+            | FrontendToStoreWriter::AddContent(_)
+            | FrontendToStoreWriter::RegisterBuildOutputs { .. }
+            | FrontendToStoreWriter::AddSignatures { .. }
+            | FrontendToStoreWriter::AddTempRoot { .. }
+            | FrontendToStoreWriter::AddIndirectRoot { .. }
+            | FrontendToStoreWriter::AddPermRoot { .. }
+            | FrontendToStoreWriter::CreateUserDirs { .. }
+            | FrontendToStoreWriter::RegisterRealisation(_)
+            | FrontendToStoreWriter::AddBuildLog { .. }
+            | FrontendToStoreWriter::CollectGarbage { .. }
+            | FrontendToStoreWriter::VerifyStore { .. }
+            | FrontendToStoreWriter::OptimiseStore
+            | FrontendToStoreWriter::Ping => Phase::Serving,
+        }
+    }
+}
+
+impl IpcMessage for FrontendToStoreWriter {
+    const NAME: &'static str = "FrontendToStoreWriter";
+    const TAG: [u8; 4] = *b"F>SW";
+
+    fn fd_count(&self) -> usize {
+        match self {
+            FrontendToStoreWriter::OpenChannel { .. }
+            | FrontendToStoreWriter::AddPathFromNar(_)
+            | FrontendToStoreWriter::AddContent(_)
+            | FrontendToStoreWriter::AddBuildLog { .. } => 1,
+            FrontendToStoreWriter::Hello { .. }
+            | FrontendToStoreWriter::RegisterBuildOutputs { .. }
+            | FrontendToStoreWriter::AddSignatures { .. }
+            | FrontendToStoreWriter::AddTempRoot { .. }
+            | FrontendToStoreWriter::AddIndirectRoot { .. }
+            | FrontendToStoreWriter::AddPermRoot { .. }
+            | FrontendToStoreWriter::CreateUserDirs { .. }
+            | FrontendToStoreWriter::RegisterRealisation(_)
+            | FrontendToStoreWriter::CollectGarbage { .. }
+            | FrontendToStoreWriter::VerifyStore { .. }
+            | FrontendToStoreWriter::OptimiseStore
+            | FrontendToStoreWriter::Ping => 0,
+        }
+    }
+
+    fn variant_name(&self) -> &'static str {
+        match self {
+            FrontendToStoreWriter::Hello { .. } => "Hello",
+            FrontendToStoreWriter::OpenChannel { .. } => "OpenChannel",
+            FrontendToStoreWriter::AddPathFromNar(_) => "AddPathFromNar",
+            FrontendToStoreWriter::AddContent(_) => "AddContent",
+            FrontendToStoreWriter::RegisterBuildOutputs { .. } => "RegisterBuildOutputs",
+            FrontendToStoreWriter::AddSignatures { .. } => "AddSignatures",
+            FrontendToStoreWriter::AddTempRoot { .. } => "AddTempRoot",
+            FrontendToStoreWriter::AddIndirectRoot { .. } => "AddIndirectRoot",
+            FrontendToStoreWriter::AddPermRoot { .. } => "AddPermRoot",
+            FrontendToStoreWriter::CreateUserDirs { .. } => "CreateUserDirs",
+            FrontendToStoreWriter::RegisterRealisation(_) => "RegisterRealisation",
+            FrontendToStoreWriter::AddBuildLog { .. } => "AddBuildLog",
+            FrontendToStoreWriter::CollectGarbage { .. } => "CollectGarbage",
+            FrontendToStoreWriter::VerifyStore { .. } => "VerifyStore",
+            FrontendToStoreWriter::OptimiseStore => "OptimiseStore",
+            FrontendToStoreWriter::Ping => "Ping",
+        }
+    }
+}
+
+/// Replies from the store-writer, one per request, in request order. No descriptors.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StoreWriterToFrontend {
+    /// Answer to `Hello`: the store-writer's [`super::IPC_VERSION`]. The frontend closes the
+    /// channel if it differs from its own.
+    Hello {
+        /// The store-writer's version.
+        ipc_version: u32,
+    },
+    /// Answer to `AddPathFromNar` and `AddContent`: the path as registered (also when it was
+    /// already valid and nothing was written).
+    PathAdded(Box<PathInfo>),
+    /// Answer to `RegisterBuildOutputs`: output name → the registered path.
+    OutputsRegistered {
+        /// Every output, as registered.
+        outputs: BTreeMap<String, PathInfo>,
+    },
+    /// Answer to `AddPermRoot`: the root's path, as Nix returns it.
+    RootAdded {
+        /// The symlink created.
+        gc_root: String,
+    },
+    /// Answer to `CollectGarbage`.
+    GarbageCollected {
+        /// Live or dead paths (`ReturnLive`/`ReturnDead`) or the paths deleted.
+        paths: BTreeSet<StorePath>,
+        /// Bytes freed by deleting.
+        bytes_freed: u64,
+    },
+    /// Answer to `VerifyStore`.
+    Verified {
+        /// Whether anything was found broken (and, without repair, left so).
+        errors_found: bool,
+    },
+    /// Answer to `OptimiseStore`.
+    Optimised {
+        /// Bytes saved by hard-linking.
+        bytes_freed: u64,
+        /// Files replaced by links.
+        files_linked: u64,
+    },
+    /// Answer to requests that return nothing else.
+    Done,
+    /// Answer to `Ping`.
+    Pong,
+    /// The request was refused or failed; nothing was registered.
+    Error(StoreWriterError),
+}
+
+impl IpcMessage for StoreWriterToFrontend {
+    const NAME: &'static str = "StoreWriterToFrontend";
+    const TAG: [u8; 4] = *b"SW>F";
+
+    fn fd_count(&self) -> usize {
+        0
+    }
+
+    fn variant_name(&self) -> &'static str {
+        match self {
+            StoreWriterToFrontend::Hello { .. } => "Hello",
+            StoreWriterToFrontend::PathAdded(_) => "PathAdded",
+            StoreWriterToFrontend::OutputsRegistered { .. } => "OutputsRegistered",
+            StoreWriterToFrontend::RootAdded { .. } => "RootAdded",
+            StoreWriterToFrontend::GarbageCollected { .. } => "GarbageCollected",
+            StoreWriterToFrontend::Verified { .. } => "Verified",
+            StoreWriterToFrontend::Optimised { .. } => "Optimised",
+            StoreWriterToFrontend::Done => "Done",
+            StoreWriterToFrontend::Pong => "Pong",
+            StoreWriterToFrontend::Error(_) => "Error",
+        }
+    }
+}
+
+/// Why the store-writer refused or failed a request. Each variant names the path or value at
+/// fault; the messages are meant to be shown to the client (with the store directory added to
+/// base names by the frontend where Nix prints full paths).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum StoreWriterError {
+    /// The peer speaks another IPC version.
+    #[error("store-writer speaks ipc version {ours}, frontend sent {theirs}")]
+    VersionMismatch {
+        /// The store-writer's version.
+        ours: u32,
+        /// The version received.
+        theirs: u32,
+    },
+    /// The contents do not hash to what was claimed or expected.
+    #[error(
+        "hash mismatch importing path '{path}';\n  specified: {}\n  got:       {}",
+        expected.to_prefixed_nix32(),
+        actual.to_prefixed_nix32()
+    )]
+    HashMismatch {
+        /// The path being added.
+        path: StorePath,
+        /// The claimed or expected hash.
+        expected: Hash,
+        /// The hash of what arrived.
+        actual: Hash,
+    },
+    /// The NAR is not as long as claimed.
+    #[error(
+        "size mismatch importing path '{path}';\n  specified: {expected}\n  got:       {actual}"
+    )]
+    SizeMismatch {
+        /// The path being added.
+        path: StorePath,
+        /// The claimed size.
+        expected: u64,
+        /// The size that arrived.
+        actual: u64,
+    },
+    /// The NAR could not be parsed.
+    #[error("malformed nar for path '{path}': {reason}")]
+    MalformedNar {
+        /// The path being added.
+        path: StorePath,
+        /// What the NAR parser refused.
+        reason: String,
+    },
+    /// The data pipe ended before the data did.
+    #[error("data for path '{path}' ended early")]
+    DataTruncated {
+        /// The path (or name) being added.
+        path: String,
+    },
+    /// A reference is not a valid path.
+    #[error(
+        "cannot add path '{path}' because it references path '{reference}', which is not valid"
+    )]
+    InvalidReference {
+        /// The path being added.
+        path: StorePath,
+        /// The reference that is not valid.
+        reference: StorePath,
+    },
+    /// A name breaks the store path name rules.
+    #[error("invalid store path name '{name}': {reason}")]
+    BadName {
+        /// The name given.
+        name: String,
+        /// Which rule it broke.
+        reason: String,
+    },
+    /// A content-addressed path is not the path its content address gives.
+    #[error("path '{claimed}' does not match its content address, which gives '{computed}'")]
+    PathMismatch {
+        /// The path claimed.
+        claimed: StorePath,
+        /// The path computed.
+        computed: StorePath,
+    },
+    /// A content address that cannot apply (text with another hash, fixed output with
+    /// references, text referring to itself...).
+    #[error("invalid content address for '{path}': {reason}")]
+    BadContentAddress {
+        /// The path or name at fault.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Signatures were required and none verified.
+    #[error("cannot add path '{path}' because it lacks a signature by a trusted key")]
+    SignatureMissing {
+        /// The path being added.
+        path: StorePath,
+    },
+    /// A signature is not `<name>:<base64 of 64 bytes>`.
+    #[error("malformed signature '{signature}' for path '{path}'")]
+    BadSignature {
+        /// The path being signed.
+        path: StorePath,
+        /// The signature as given.
+        signature: String,
+    },
+    /// The path is not valid (but must be).
+    #[error("path '{path}' is not valid")]
+    NotValid {
+        /// The path.
+        path: StorePath,
+    },
+    /// The path is already valid and `repair` was not asked for (for requests where that
+    /// matters; adding an identical valid path is not an error).
+    #[error("path '{path}' is already valid")]
+    AlreadyValid {
+        /// The path.
+        path: StorePath,
+    },
+    /// A build output is missing, a symlink, or not where it should be.
+    #[error("output '{output}' of '{drv_path}' is missing or malformed: {reason}")]
+    BadOutput {
+        /// The derivation.
+        drv_path: StorePath,
+        /// The output name.
+        output: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// DeleteSpecific on a live path.
+    #[error("cannot delete path '{path}' since it is still alive")]
+    StillAlive {
+        /// The path.
+        path: StorePath,
+    },
+    /// A root location or target the store-writer refuses.
+    #[error("refusing gc root '{root}': {reason}")]
+    BadRoot {
+        /// The root path as given.
+        root: String,
+        /// Why.
+        reason: String,
+    },
+    /// A user name that cannot name a per-user directory, or a directory owned by another uid.
+    #[error("cannot create per-user directories for '{user}': {reason}")]
+    BadUser {
+        /// The user name as given.
+        user: String,
+        /// Why.
+        reason: String,
+    },
+    /// A request not allowed in the channel's current phase (the channel is closed after this
+    /// reply).
+    #[error("request {request} is not permitted in the {phase} phase")]
+    NotPermitted {
+        /// The variant name.
+        request: String,
+        /// The channel's phase.
+        phase: Phase,
+    },
+    /// A file system operation in the store or state directory failed.
+    #[error("{operation} '{path}' failed: {message}")]
+    Io {
+        /// What was being done (`renaming`, `writing`...).
+        operation: String,
+        /// The file system path.
+        path: String,
+        /// The OS error.
+        message: String,
+    },
+    /// The database refused or failed.
+    #[error("store database error: {message}")]
+    Database {
+        /// SQLite's message.
+        message: String,
+    },
+}
+
+/// Serialises a [`HashAlgo`] by its Nix name (`sha256`), refusing unknown names on input.
+mod hash_algo_by_name {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use crate::hash::HashAlgo;
+
+    pub(super) fn serialize<S: Serializer>(algo: &HashAlgo, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(algo.name())
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<HashAlgo, D::Error> {
+        let name = String::deserialize(d)?;
+        HashAlgo::from_name(&name).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsFd;
+
+    use super::super::frame::{encode_frame, tests::raw_frame, FrameLimit};
+    use super::super::{broker::FrontendToBroker, Channel, IpcError, IPC_VERSION};
+    use super::*;
+    use crate::content_address::FileIngestionMethod;
+
+    fn path(base: &str) -> StorePath {
+        StorePath::from_base_name(base).unwrap()
+    }
+
+    fn sample_info() -> PathInfo {
+        PathInfo {
+            path: path("ab3li50xq0nl4q5lxdyinb8w8y13my9s-f"),
+            deriver: Some(path("7h7qgvs4kgzsn8a6rb273saxyqh4jxlz-f.drv")),
+            nar_hash: Hash::compute(HashAlgo::Sha256, b"nar bytes"),
+            references: [path("ab3li50xq0nl4q5lxdyinb8w8y13my9s-f")].into(),
+            registration_time: 1_700_000_000,
+            nar_size: 120,
+            ultimate: false,
+            sigs: ["cache.example.org-1:c2ln".to_string()].into(),
+            ca: Some(ContentAddress {
+                method: ContentAddressMethod::Fixed(FileIngestionMethod::Recursive),
+                hash: Hash::compute(HashAlgo::Sha256, b"content"),
+            }),
+        }
+    }
+
+    pub(crate) fn all_requests() -> Vec<FrontendToStoreWriter> {
+        let drv = path("7h7qgvs4kgzsn8a6rb273saxyqh4jxlz-f.drv");
+        let out = path("ab3li50xq0nl4q5lxdyinb8w8y13my9s-f");
+        let id = DrvOutputId {
+            drv_hash: Hash::compute(HashAlgo::Sha256, b"drv"),
+            output_name: "out".into(),
+        };
+        vec![
+            FrontendToStoreWriter::Hello {
+                ipc_version: IPC_VERSION,
+            },
+            FrontendToStoreWriter::OpenChannel {
+                peer_pid: Some(42),
+                peer_uid: Some(1000),
+            },
+            FrontendToStoreWriter::AddPathFromNar(Box::new(AddPathFromNar {
+                info: sample_info(),
+                repair: false,
+                check_sigs: true,
+            })),
+            FrontendToStoreWriter::AddContent(Box::new(AddContent {
+                name: "hello.txt".into(),
+                method: ContentAddressMethod::Text,
+                hash_algo: HashAlgo::Sha256,
+                references: [out.clone()].into(),
+                repair: true,
+            })),
+            FrontendToStoreWriter::RegisterBuildOutputs {
+                build: BuildId(3),
+                drv_path: drv.clone(),
+                outputs: [
+                    (
+                        "out".to_string(),
+                        BuildOutput {
+                            scratch_path: out.clone(),
+                            kind: OutputKind::InputAddressed { path: out.clone() },
+                        },
+                    ),
+                    (
+                        "dev".to_string(),
+                        BuildOutput {
+                            scratch_path: out.clone(),
+                            kind: OutputKind::Floating {
+                                method: ContentAddressMethod::Fixed(FileIngestionMethod::Recursive),
+                                hash_algo: HashAlgo::Sha512,
+                            },
+                        },
+                    ),
+                    (
+                        "src".to_string(),
+                        BuildOutput {
+                            scratch_path: out.clone(),
+                            kind: OutputKind::Fixed {
+                                path: out.clone(),
+                                ca: sample_info().ca.unwrap(),
+                            },
+                        },
+                    ),
+                ]
+                .into(),
+                reference_candidates: [drv.clone(), out.clone()].into(),
+            },
+            FrontendToStoreWriter::AddSignatures {
+                path: out.clone(),
+                sigs: ["k:AAAA".to_string()].into(),
+            },
+            FrontendToStoreWriter::AddTempRoot { path: out.clone() },
+            FrontendToStoreWriter::AddIndirectRoot {
+                link: "/home/u/result".into(),
+            },
+            FrontendToStoreWriter::AddPermRoot {
+                path: out.clone(),
+                gc_root: "/nix/var/nix/gcroots/x".into(),
+            },
+            FrontendToStoreWriter::CreateUserDirs {
+                user: "alice".into(),
+                uid: 1000,
+            },
+            FrontendToStoreWriter::RegisterRealisation(Box::new(Realisation {
+                id: id.clone(),
+                out_path: out.clone(),
+                signatures: BTreeSet::new(),
+                dependent_realisations: vec![(id, out.clone())],
+            })),
+            FrontendToStoreWriter::AddBuildLog { drv_path: drv },
+            FrontendToStoreWriter::CollectGarbage {
+                action: GcAction::DeleteSpecific,
+                paths: [out].into(),
+                max_freed: 0,
+            },
+            FrontendToStoreWriter::VerifyStore {
+                check_contents: true,
+                repair: false,
+            },
+            FrontendToStoreWriter::OptimiseStore,
+            FrontendToStoreWriter::Ping,
+        ]
+    }
+
+    fn all_replies() -> Vec<StoreWriterToFrontend> {
+        let out = path("ab3li50xq0nl4q5lxdyinb8w8y13my9s-f");
+        vec![
+            StoreWriterToFrontend::Hello {
+                ipc_version: IPC_VERSION,
+            },
+            StoreWriterToFrontend::PathAdded(Box::new(sample_info())),
+            StoreWriterToFrontend::OutputsRegistered {
+                outputs: [("out".to_string(), sample_info())].into(),
+            },
+            StoreWriterToFrontend::RootAdded {
+                gc_root: "/nix/var/nix/gcroots/x".into(),
+            },
+            StoreWriterToFrontend::GarbageCollected {
+                paths: [out].into(),
+                bytes_freed: 4096,
+            },
+            StoreWriterToFrontend::Verified { errors_found: true },
+            StoreWriterToFrontend::Optimised {
+                bytes_freed: 10,
+                files_linked: 2,
+            },
+            StoreWriterToFrontend::Done,
+            StoreWriterToFrontend::Pong,
+        ]
+        .into_iter()
+        .chain(all_errors().into_iter().map(StoreWriterToFrontend::Error))
+        .collect()
+    }
+
+    fn all_errors() -> Vec<StoreWriterError> {
+        let p = path("ab3li50xq0nl4q5lxdyinb8w8y13my9s-f");
+        let h1 = Hash::compute(HashAlgo::Sha256, b"1");
+        let h2 = Hash::compute(HashAlgo::Sha256, b"2");
+        vec![
+            StoreWriterError::VersionMismatch { ours: 1, theirs: 2 },
+            StoreWriterError::HashMismatch {
+                path: p.clone(),
+                expected: h1,
+                actual: h2,
+            },
+            StoreWriterError::SizeMismatch {
+                path: p.clone(),
+                expected: 1,
+                actual: 2,
+            },
+            StoreWriterError::MalformedNar {
+                path: p.clone(),
+                reason: "bad magic".into(),
+            },
+            StoreWriterError::DataTruncated { path: "x".into() },
+            StoreWriterError::InvalidReference {
+                path: p.clone(),
+                reference: p.clone(),
+            },
+            StoreWriterError::BadName {
+                name: "a/b".into(),
+                reason: "slash".into(),
+            },
+            StoreWriterError::PathMismatch {
+                claimed: p.clone(),
+                computed: p.clone(),
+            },
+            StoreWriterError::BadContentAddress {
+                path: "x".into(),
+                reason: "refs".into(),
+            },
+            StoreWriterError::SignatureMissing { path: p.clone() },
+            StoreWriterError::BadSignature {
+                path: p.clone(),
+                signature: "nocolon".into(),
+            },
+            StoreWriterError::NotValid { path: p.clone() },
+            StoreWriterError::AlreadyValid { path: p.clone() },
+            StoreWriterError::BadOutput {
+                drv_path: p.clone(),
+                output: "out".into(),
+                reason: "missing".into(),
+            },
+            StoreWriterError::StillAlive { path: p.clone() },
+            StoreWriterError::BadRoot {
+                root: "/etc/x".into(),
+                reason: "outside".into(),
+            },
+            StoreWriterError::BadUser {
+                user: "..".into(),
+                reason: "dots".into(),
+            },
+            StoreWriterError::NotPermitted {
+                request: "Ping".into(),
+                phase: Phase::Handshake,
+            },
+            StoreWriterError::Io {
+                operation: "renaming".into(),
+                path: "/nix/store/x".into(),
+                message: "no space".into(),
+            },
+            StoreWriterError::Database {
+                message: "locked".into(),
+            },
+        ]
+    }
+
+    #[test]
+    fn every_request_round_trips_through_a_channel_with_its_fds() {
+        let (frontend, writer) =
+            Channel::<FrontendToStoreWriter, StoreWriterToFrontend>::pair(FrameLimit::DEFAULT)
+                .unwrap();
+        let (_r, w) = rustix::pipe::pipe().unwrap();
+        for request in all_requests() {
+            let fds = vec![w.as_fd(); request.fd_count()];
+            frontend.send(&request, &fds).unwrap();
+            let got = writer.recv().unwrap();
+            assert_eq!(got.fds.len(), request.fd_count());
+            assert_eq!(got.message, request);
+        }
+    }
+
+    #[test]
+    fn every_reply_round_trips_through_a_channel() {
+        let (frontend, writer) =
+            Channel::<FrontendToStoreWriter, StoreWriterToFrontend>::pair(FrameLimit::DEFAULT)
+                .unwrap();
+        for reply in all_replies() {
+            writer.send(&reply, &[]).unwrap();
+            assert_eq!(frontend.recv().unwrap().message, reply);
+        }
+    }
+
+    #[test]
+    fn only_hello_belongs_to_the_handshake() {
+        for request in all_requests() {
+            let expected = if matches!(request, FrontendToStoreWriter::Hello { .. }) {
+                Phase::Handshake
+            } else {
+                Phase::Serving
+            };
+            assert_eq!(request.phase(), expected, "{}", request.variant_name());
+        }
+    }
+
+    #[test]
+    fn a_request_frame_is_not_a_reply_nor_a_broker_request() {
+        for request in all_requests() {
+            let frame = encode_frame(&request, FrameLimit::DEFAULT).unwrap();
+            assert!(matches!(
+                super::super::frame::read_frame::<_, StoreWriterToFrontend>(
+                    &mut &frame[..],
+                    FrameLimit::DEFAULT
+                ),
+                Err(IpcError::WrongTag { .. })
+            ));
+            assert!(matches!(
+                super::super::frame::read_frame::<_, FrontendToBroker>(
+                    &mut &frame[..],
+                    FrameLimit::DEFAULT
+                ),
+                Err(IpcError::WrongTag { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn field_parsers_refuse_bad_values_inside_frames() {
+        // AddTempRoot (variant 6) with a store path that has a '/' in its name.
+        let mut body = vec![6];
+        let bad = "ab3li50xq0nl4q5lxdyinb8w8y13my9s-../etc";
+        body.push(bad.len() as u8);
+        body.extend_from_slice(bad.as_bytes());
+        let frame = raw_frame(b"F>SW", &body);
+        let err = super::super::frame::read_frame::<_, FrontendToStoreWriter>(
+            &mut &frame[..],
+            FrameLimit::DEFAULT,
+        )
+        .unwrap_err();
+        assert!(matches!(err, IpcError::Decode { .. }), "{err:?}");
+        assert!(err.to_string().contains("invalid"), "{err}");
+        // The same frame with a good path decodes, so the refusal above was the path's.
+        let good = "ab3li50xq0nl4q5lxdyinb8w8y13my9s-f";
+        let mut body = vec![6, good.len() as u8];
+        body.extend_from_slice(good.as_bytes());
+        let frame = raw_frame(b"F>SW", &body);
+        assert_eq!(
+            super::super::frame::read_frame::<_, FrontendToStoreWriter>(
+                &mut &frame[..],
+                FrameLimit::DEFAULT
+            )
+            .unwrap(),
+            FrontendToStoreWriter::AddTempRoot { path: path(good) }
+        );
+    }
+
+    #[test]
+    fn unknown_hash_algorithm_names_are_refused() {
+        let request = FrontendToStoreWriter::AddContent(Box::new(AddContent {
+            name: "x".into(),
+            method: ContentAddressMethod::Fixed(FileIngestionMethod::Flat),
+            hash_algo: HashAlgo::Sha1,
+            references: BTreeSet::new(),
+            repair: false,
+        }));
+        let mut frame = encode_frame(&request, FrameLimit::DEFAULT).unwrap();
+        let at = frame.windows(4).position(|w| w == b"sha1").unwrap();
+        frame[at..at + 4].copy_from_slice(b"shaX");
+        assert!(matches!(
+            super::super::frame::decode_payload::<FrontendToStoreWriter>(
+                &frame[4..],
+                FrameLimit::DEFAULT
+            ),
+            Err(IpcError::Decode { .. })
+        ));
+    }
+
+    #[test]
+    fn error_messages_name_what_is_at_fault() {
+        let p = path("ab3li50xq0nl4q5lxdyinb8w8y13my9s-f");
+        let e = StoreWriterError::SizeMismatch {
+            path: p.clone(),
+            expected: 120,
+            actual: 7,
+        };
+        assert_eq!(
+            e.to_string(),
+            "size mismatch importing path 'ab3li50xq0nl4q5lxdyinb8w8y13my9s-f';\n  specified: 120\n  got:       7"
+        );
+        let e = StoreWriterError::InvalidReference {
+            path: p.clone(),
+            reference: path("7h7qgvs4kgzsn8a6rb273saxyqh4jxlz-g"),
+        };
+        assert!(e
+            .to_string()
+            .contains("'7h7qgvs4kgzsn8a6rb273saxyqh4jxlz-g'"));
+        for e in all_errors() {
+            let text = e.to_string();
+            assert!(!text.ends_with('.'), "{text}");
+            assert!(text.starts_with(|c: char| !c.is_uppercase()), "{text}");
+        }
+    }
+}
