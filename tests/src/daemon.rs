@@ -340,6 +340,9 @@ impl WardDaemon {
                     .env("NIX_DAEMON_SOCKET_PATH", &layout.socket);
             }
         }
+        if std::env::var_os("WARD_E2E_DEBUG").is_some_and(|v| !v.is_empty()) {
+            cmd.arg("--debug");
+        }
         cmd.args(&options.args);
         let child = cmd
             .spawn()
