@@ -281,6 +281,18 @@ impl WorkerClient {
         self.process_stderr()
     }
 
+    /// Writes raw bytes (for malformed requests).
+    pub fn send_raw(&mut self, bytes: &[u8]) -> Result<()> {
+        self.stream.write_all(bytes)?;
+        Ok(())
+    }
+
+    /// Changes how long a read may wait.
+    pub fn set_read_timeout(&mut self, timeout: Duration) -> Result<()> {
+        self.stream.set_read_timeout(Some(timeout))?;
+        Ok(())
+    }
+
     /// Closes the connection at once (both directions).
     pub fn hang_up(self) {
         let _ = self.stream.shutdown(std::net::Shutdown::Both);

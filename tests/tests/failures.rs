@@ -318,3 +318,80 @@ fn client_hanging_up_mid_upload_leaves_the_store_unchanged() {
         .is_valid_path(&path)
         .expect("the first connection still works"));
 }
+
+/// Whether `result` shows the daemon refused promptly: an error message or a closed
+/// connection, not a read that timed out.
+fn refused_promptly(result: Result<(), WireError>) -> Result<String, String> {
+    match result {
+        Err(WireError::Daemon { message }) => Ok(message),
+        Err(WireError::Io(e))
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::UnexpectedEof
+                    | std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::BrokenPipe
+            ) =>
+        {
+            Ok(format!("connection closed ({e})"))
+        }
+        Err(other) => Err(format!("no prompt refusal: {other}")),
+        Ok(()) => Err("the request was accepted".into()),
+    }
+}
+
+#[test]
+fn garbage_from_clients_does_not_take_the_daemon_down() {
+    let daemon = WardDaemon::start(DaemonOptions::single_user());
+    let mut setup = WorkerClient::connect(daemon.socket()).expect("connect");
+    let valid = populate_over_the_wire(&mut setup);
+    let before = StoreSnapshot::take(daemon.layout());
+
+    // A wrong magic number: the daemon hangs up.
+    {
+        use std::io::{Read, Write};
+        let mut stream = std::os::unix::net::UnixStream::connect(daemon.socket()).expect("connect");
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .expect("timeout");
+        stream
+            .write_all(&0xdead_beef_u64.to_le_bytes())
+            .expect("write");
+        let mut reply = Vec::new();
+        match stream.read_to_end(&mut reply) {
+            Ok(_) => assert!(
+                reply.len() <= 16,
+                "answered a bad magic with {} bytes",
+                reply.len()
+            ),
+            Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
+        }
+    }
+    // An unknown op code, and a string length no daemon should try to allocate.
+    let cases: [(&str, Vec<u8>); 2] = [
+        ("an unknown op code", 9999u64.to_le_bytes().to_vec()),
+        ("a 2^62-byte store path", {
+            let mut bytes = 1u64.to_le_bytes().to_vec(); // IsValidPath
+            bytes.extend_from_slice(&(1u64 << 62).to_le_bytes());
+            bytes.extend_from_slice(b"/nix/sto");
+            bytes
+        }),
+    ];
+    for (what, bytes) in cases {
+        let mut client = WorkerClient::connect(daemon.socket()).expect("connect");
+        client
+            .set_read_timeout(std::time::Duration::from_secs(10))
+            .expect("timeout");
+        client.send_raw(&bytes).expect("sending the request");
+        if let Err(why) = refused_promptly(client.process_stderr()) {
+            panic!("{what}: {why}");
+        }
+    }
+    let mut daemon = daemon;
+    assert!(daemon.is_running(), "the daemon died of a client's garbage");
+    let mut client = WorkerClient::connect(daemon.socket()).expect("a new client afterwards");
+    assert!(client.is_valid_path(&valid).expect("IsValidPath"));
+    assert!(setup
+        .is_valid_path(&valid)
+        .expect("the first connection still works"));
+    before.assert_unchanged(daemon.layout(), "garbage from clients");
+}

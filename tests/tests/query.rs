@@ -238,3 +238,21 @@ fn signatures_added_with_nix_store_sign_match_real_nix() {
         ],
     );
 }
+
+#[test]
+fn path_info_all_lists_exactly_the_valid_paths() {
+    let Some(f) = Fixture::single_user("path_info_all_lists_exactly_the_valid_paths") else {
+        return;
+    };
+    let dir = f.env.dir("in");
+    let file = inputs::file(&dir, "all.txt", b"listed\n");
+    let tree = inputs::tree(&dir, "alltree", "all");
+    let mut expected = f.ward.add(&[&file, &tree]);
+    let g = ImportedGraph::new(&dir, "/nix/store", "all");
+    g.import(&f.ward);
+    expected.extend([g.a.clone(), g.b.clone(), g.c.clone()]);
+    expected.sort();
+    // What the daemon says (QueryAllValidPaths) and what its database holds.
+    assert_eq!(f.ward.all_valid_paths(), expected, "nix path-info --all");
+    assert_eq!(f.snapshot().paths(), expected, "ValidPaths in db.sqlite");
+}
