@@ -19,8 +19,12 @@ use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 use tempfile::TempDir;
 
-/// How long a daemon may take to accept connections after it was started.
-const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+use crate::wire::WorkerClient;
+
+/// How long a daemon may take to serve its first handshake after it was started.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long one readiness probe waits for the daemon's side of the handshake.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a daemon gets to exit after SIGTERM before it is killed.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// How much of the end of the daemon log is printed when a test fails.
@@ -224,11 +228,9 @@ impl WardDaemon {
             DaemonKind::Ward => ward_bin(),
             DaemonKind::NixDaemon => PathBuf::from("nix-daemon"),
         };
+        // As root, `ward daemon` itself creates its users (ward-frontend, ward-store) and group.
         if options.mode == Mode::MultiUser {
             assert!(crate::is_root(), "a multi-user daemon needs root");
-            if kind == DaemonKind::Ward {
-                ensure_ward_users(&program);
-            }
         }
         let tmp = tempfile::Builder::new()
             .prefix("ward-e2e-")
@@ -295,7 +297,15 @@ impl WardDaemon {
         }
         let log_path = root.join("daemon.log");
         let log = fs::File::create(&log_path).expect("creating the daemon log");
-        let mut cmd = Command::new(&program);
+        // setpriv --pdeathsig: should the test process die without dropping the daemon (a
+        // killed `cargo test`), the daemon dies with it instead of lingering.
+        let mut cmd = if setpriv_available() {
+            let mut cmd = Command::new("setpriv");
+            cmd.args(["--pdeathsig", "KILL"]).arg(&program);
+            cmd
+        } else {
+            Command::new(&program)
+        };
         cmd.env_clear()
             .env(
                 "PATH",
@@ -374,12 +384,23 @@ impl WardDaemon {
                     );
                 }
             }
-            if UnixStream::connect(&self.layout.socket).is_ok() {
-                return;
-            }
+            // Ready means serving: a client gets through the handshake, not just connect().
+            let last_error = match UnixStream::connect(&self.layout.socket) {
+                Ok(_) => {
+                    match WorkerClient::handshake_with_timeout(&self.layout.socket, PROBE_TIMEOUT) {
+                        Ok(client) => {
+                            client.hang_up();
+                            return;
+                        }
+                        Err(e) => format!("handshake: {e}"),
+                    }
+                }
+                Err(e) => format!("connect: {e}"),
+            };
             if Instant::now() > deadline {
                 panic!(
-                    "the daemon's socket {} did not accept connections within {:?}; its log:\n{}",
+                    "the daemon on {} did not serve a handshake within {:?} (last attempt: \
+                     {last_error}); its log:\n{}",
                     self.layout.socket.display(),
                     STARTUP_TIMEOUT,
                     self.log_tail()
@@ -498,6 +519,15 @@ impl Drop for WardDaemon {
     }
 }
 
+fn setpriv_available() -> bool {
+    Command::new("setpriv")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 fn signal_tree(group_leader: u32, pids: &[u32], signal: Signal) {
     if let Ok(pid) = i32::try_from(group_leader) {
         let _ = killpg(Pid::from_raw(pid), signal);
@@ -555,28 +585,6 @@ pub fn descendants(root: u32) -> Vec<u32> {
     }
     found.retain(|pid| Path::new(&format!("/proc/{pid}")).exists());
     found
-}
-
-/// ward's multi-user mode runs its processes as `ward-frontend` and `ward-store` (group
-/// `ward`), which `ward install` creates. Runs it when they are missing.
-fn ensure_ward_users(ward: &Path) {
-    let have = |name: &str| matches!(nix::unistd::User::from_name(name), Ok(Some(_)));
-    if have("ward-frontend") && have("ward-store") {
-        return;
-    }
-    let out = Command::new(ward)
-        .arg("install")
-        .output()
-        .unwrap_or_else(|e| panic!("running '{} install': {e}", ward.display()));
-    assert!(
-        out.status.success() && have("ward-frontend") && have("ward-store"),
-        "'{} install' did not create the users ward-frontend and ward-store (exit {}):\n\
-         stdout: {}\nstderr: {}",
-        ward.display(),
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 #[cfg(test)]

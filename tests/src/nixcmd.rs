@@ -19,8 +19,8 @@ use tempfile::TempDir;
 
 use crate::daemon::WardDaemon;
 
-/// How long one Nix command may run before the test fails.
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long one Nix command may run before the test fails (the largest input here is 1 MiB).
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 /// How much of a command's stdout is quoted in a failure message.
 const QUOTE_BYTES: usize = 8 * 1024;
 

@@ -142,9 +142,14 @@ impl WorkerClient {
 
     /// Connects and does the handshake only.
     pub fn handshake(socket: &Path) -> Result<WorkerClient> {
+        WorkerClient::handshake_with_timeout(socket, IO_TIMEOUT)
+    }
+
+    /// Connects and does the handshake, waiting at most `timeout` for each read or write.
+    pub fn handshake_with_timeout(socket: &Path, timeout: Duration) -> Result<WorkerClient> {
         let stream = UnixStream::connect(socket)?;
-        stream.set_read_timeout(Some(IO_TIMEOUT))?;
-        stream.set_write_timeout(Some(IO_TIMEOUT))?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
         let mut client = WorkerClient {
             stream,
             daemon_version: 0,
@@ -172,6 +177,8 @@ impl WorkerClient {
             client.daemon_nix_version = Some(client.read_string()?);
         }
         client.process_stderr()?;
+        client.stream.set_read_timeout(Some(IO_TIMEOUT))?;
+        client.stream.set_write_timeout(Some(IO_TIMEOUT))?;
         Ok(client)
     }
 
