@@ -509,6 +509,7 @@ impl WardDaemon {
 impl Drop for WardDaemon {
     fn drop(&mut self) {
         self.stop();
+        crate::make_removable(self.tmp.path());
         if std::thread::panicking() {
             eprintln!(
                 "---- daemon log ({}) ----\n{}\n---- end of daemon log ----",

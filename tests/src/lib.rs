@@ -311,3 +311,50 @@ impl SigningKey {
         self.secret_file.to_str().expect("utf-8 path")
     }
 }
+
+/// Adds the owner-write bit to every directory under `root` (not following symlinks), so that
+/// a temporary directory holding a store (whose directories are read-only, mode 0555) can be
+/// removed by an unprivileged user. Errors are ignored: this only helps clean-up.
+pub(crate) fn make_removable(root: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let mut stack = vec![(root.to_path_buf(), 0usize)];
+    while let Some((dir, depth)) = stack.pop() {
+        let Ok(meta) = std::fs::symlink_metadata(&dir) else {
+            continue;
+        };
+        if !meta.is_dir() || depth > 256 {
+            continue;
+        }
+        let mode = meta.permissions().mode();
+        if mode & 0o700 != 0o700 {
+            let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode | 0o700));
+        }
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for entry in entries.flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    stack.push((entry.path(), depth + 1));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn make_removable_opens_read_only_directories() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let dir = tmp.path().join("store/sub");
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        for d in [&dir, &tmp.path().join("store")] {
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o555)).expect("chmod");
+        }
+        super::make_removable(tmp.path());
+        for d in [&dir, &tmp.path().join("store")] {
+            let mode = std::fs::metadata(d).expect("stat").permissions().mode();
+            assert_eq!(mode & 0o700, 0o700, "{} has mode {mode:o}", d.display());
+        }
+    }
+}

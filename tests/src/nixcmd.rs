@@ -140,6 +140,13 @@ impl TestEnv {
     }
 }
 
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        // Reference stores keep read-only directories; let the TempDir remove them.
+        crate::make_removable(self.tmp.path());
+    }
+}
+
 /// Real Nix's own local store: what ward must agree with.
 #[derive(Debug, Clone)]
 pub struct ReferenceStore {
