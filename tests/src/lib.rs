@@ -43,22 +43,43 @@ pub fn notice(line: &str) {
     let _ = writeln!(err, "{line}");
 }
 
-/// Whether the Nix 2.8 client programs are installed and run.
+/// Whether the Nix client programs are installed: `Err` names the one missing. A program
+/// that is installed but fails to run is a broken machine, not a reason to skip: that panics.
+/// The probe runs in an isolated environment, like every Nix command of the tests, so the
+/// machine's own `/nix` and `nix.conf` do not matter.
 fn nix_available() -> Result<(), String> {
-    for program in ["nix-store", "nix", "nix-instantiate"] {
-        match Command::new(program).arg("--version").output() {
-            Ok(out) if out.status.success() => {}
-            Ok(out) => {
-                return Err(format!(
-                    "'{program} --version' failed with {}: {}",
-                    out.status,
-                    String::from_utf8_lossy(&out.stderr).trim()
-                ))
+    static PROBE: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    PROBE
+        .get_or_init(|| {
+            let scratch = tempfile::tempdir().expect("creating a temporary directory");
+            for program in ["nix-store", "nix", "nix-instantiate"] {
+                let out = Command::new(program)
+                    .arg("--version")
+                    .env_clear()
+                    .env(
+                        "PATH",
+                        std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()),
+                    )
+                    .env("HOME", scratch.path())
+                    .env("NIX_CONF_DIR", scratch.path())
+                    .env("NIX_REMOTE", scratch.path().join("store"))
+                    .output();
+                match out {
+                    Ok(out) if out.status.success() => {}
+                    Ok(out) => panic!(
+                        "'{program} --version' is installed but failed with {}: {}",
+                        out.status,
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    ),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        return Err(format!("'{program}' is not installed"));
+                    }
+                    Err(e) => panic!("'{program} --version' could not be run: {e}"),
+                }
             }
-            Err(e) => return Err(format!("'{program}' cannot be run: {e}")),
-        }
-    }
-    Ok(())
+            Ok(())
+        })
+        .clone()
 }
 
 /// Returns false (after printing `SKIPPED <test>: needs the Nix client …`) when Debian's Nix
