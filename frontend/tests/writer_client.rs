@@ -184,7 +184,7 @@ fn to_ipc(info: &ValidPathInfo) -> PathInfo {
 
 fn refusal(e: ClientError) -> StoreWriterError {
     match e {
-        ClientError::Refused(e) => e,
+        ClientError::Refused(e) => *e,
         other => panic!("expected a refusal, got: {other}"),
     }
 }
