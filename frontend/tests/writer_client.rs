@@ -570,3 +570,16 @@ async fn the_client_waits_for_a_store_writer_that_is_still_starting() {
     let e = client.ping().await.unwrap_err();
     assert!(matches!(e, ClientError::Ipc(_)), "{e}");
 }
+
+#[tokio::test]
+async fn require_sigs_false_turns_the_signature_check_off() {
+    let writer = Writer::start("require-sigs = false\n");
+    let mut client = writer.client().await;
+    let nar = tree_nar("eight");
+    let unsigned = plain_claim("eight", "tree", &nar);
+    client
+        .add_path_from_nar(to_ipc(&unsigned), false, true, &nar[..])
+        .await
+        .unwrap();
+    assert!(writer.db().is_valid(&unsigned.path).unwrap());
+}
