@@ -67,7 +67,7 @@ impl From<ClientError> for OpError {
 /// A store-writer failure as the Nix client sees it.
 fn writer_message(store_dir: &ward_proto::store_path::StoreDir, e: &ClientError) -> String {
     match e {
-        ClientError::Refused(e) => e.to_client_message(store_dir),
+        ClientError::Store(e) => e.to_client_message(store_dir),
         other => format!("ward's store-writer is unavailable: {other}"),
     }
 }
@@ -396,7 +396,7 @@ impl Connection {
                     .writer()
                     .await?
                     .add_content(
-                        &r.name,
+                        r.name,
                         ContentAddressMethod::Text,
                         HashAlgo::Sha256,
                         r.references,
@@ -428,7 +428,7 @@ impl Connection {
                 };
                 self.writer()
                     .await?
-                    .register_realisation(to_ipc_realisation(realisation))
+                    .register_realisation(realisation)
                     .await?;
                 self.reply(Reply::RegisterDrvOutput).await
             }
@@ -721,7 +721,7 @@ impl Connection {
                     }
                 };
                 let result = writer
-                    .add_content(&name, method, algo, references, repair, &mut framed)
+                    .add_content(name, method, algo, references, repair, &mut framed)
                     .await;
                 framed.drain().await.map_err(wire_fatal)?;
                 let info = from_ipc_info(result?);
@@ -752,7 +752,7 @@ impl Connection {
                     .writer()
                     .await?
                     .add_content(
-                        &base_name,
+                        base_name,
                         ContentAddressMethod::Fixed(method),
                         algo,
                         BTreeSet::new(),
@@ -1016,27 +1016,6 @@ pub fn from_ipc_info(info: PathInfo) -> ValidPathInfo {
         ultimate: info.ultimate,
         sigs: info.sigs,
         ca: info.ca,
-    }
-}
-
-/// A realisation, as the store-writer takes it.
-fn to_ipc_realisation(
-    r: ward_proto::path_info::Realisation,
-) -> ward_proto::ipc::store_writer::Realisation {
-    use ward_proto::ipc::store_writer::DrvOutputId;
-    let id = |d: ward_proto::path_info::DrvOutput| DrvOutputId {
-        drv_hash: d.drv_hash,
-        output_name: d.output,
-    };
-    ward_proto::ipc::store_writer::Realisation {
-        id: id(r.id),
-        out_path: r.out_path,
-        signatures: r.signatures,
-        dependent_realisations: r
-            .dependent_realisations
-            .into_iter()
-            .map(|(k, v)| (id(k), v))
-            .collect(),
     }
 }
 

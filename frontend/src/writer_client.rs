@@ -7,7 +7,7 @@
 //! it answers, or answers early (and closes its end) when it refuses the request outright.
 //!
 //! Errors are split so the caller can tell a refusal meant for the Nix client
-//! ([`ClientError::Refused`], e.g. a hash mismatch) from a broken channel or a failed data
+//! ([`ClientError::Store`], e.g. a hash mismatch) from a broken channel or a failed data
 //! source. After an IPC failure, an abandoned transfer or a request future dropped half-way,
 //! the client refuses further requests with [`ClientError::Broken`]; open a new one.
 
@@ -22,8 +22,8 @@ use tokio::net::unix::pipe::Sender;
 use ward_proto::content_address::ContentAddressMethod;
 use ward_proto::hash::HashAlgo;
 use ward_proto::ipc::store_writer::{
-    AddContent, AddPathFromNar, FrontendToStoreWriter, PathInfo, Realisation, StoreWriterError,
-    StoreWriterToFrontend,
+    AddContent, AddPathFromNar, DrvOutputId, FrontendToStoreWriter, PathInfo, Realisation,
+    StoreWriterError, StoreWriterToFrontend,
 };
 use ward_proto::ipc::{FrameLimit, FrontendStoreWriterChannel, IpcError, IpcMessage, IPC_VERSION};
 use ward_proto::store_path::StorePath;
@@ -41,7 +41,7 @@ pub enum ClientError {
     /// The store-writer refused or failed the request; the message is meant for the Nix
     /// client. The channel stays usable (unless the refusal was of the handshake).
     #[error("{0}")]
-    Refused(Box<StoreWriterError>),
+    Store(Box<StoreWriterError>),
     /// The channel failed (the store-writer went away, or a frame was malformed).
     #[error("store-writer channel failed: {0}")]
     Ipc(#[from] IpcError),
@@ -94,7 +94,7 @@ impl ClientError {
     /// The store-writer's refusal, if that is what this is (to be shown to the Nix client).
     pub fn refusal(&self) -> Option<&StoreWriterError> {
         match self {
-            ClientError::Refused(e) => Some(e),
+            ClientError::Store(e) => Some(e),
             _ => None,
         }
     }
@@ -102,7 +102,7 @@ impl ClientError {
 
 impl From<StoreWriterError> for ClientError {
     fn from(e: StoreWriterError) -> Self {
-        ClientError::Refused(Box::new(e))
+        ClientError::Store(Box::new(e))
     }
 }
 
@@ -243,7 +243,7 @@ impl WriterClient {
         WriterClient::handshake(channel).await
     }
 
-    /// Sends a request and waits for its reply; refusals become [`ClientError::Refused`].
+    /// Sends a request and waits for its reply; refusals become [`ClientError::Store`].
     async fn exchange(
         &mut self,
         request: &FrontendToStoreWriter,
@@ -350,7 +350,7 @@ impl WriterClient {
     /// contents for text and flat, a NAR for recursive). Returns the path as registered.
     pub async fn add_content(
         &mut self,
-        name: &str,
+        name: String,
         method: ContentAddressMethod,
         hash_algo: HashAlgo,
         references: BTreeSet<StorePath>,
@@ -364,7 +364,7 @@ impl WriterClient {
             )
         );
         let request = FrontendToStoreWriter::AddContent(Box::new(AddContent {
-            name: name.to_owned(),
+            name,
             method,
             hash_algo,
             references,
@@ -429,11 +429,25 @@ impl WriterClient {
             .await
     }
 
-    /// RegisterDrvOutput: records a realisation.
+    /// RegisterDrvOutput: records a realisation (as the worker protocol carries it).
     pub async fn register_realisation(
         &mut self,
-        realisation: Realisation,
+        realisation: ward_proto::path_info::Realisation,
     ) -> Result<(), ClientError> {
+        let to_id = |id: ward_proto::path_info::DrvOutput| DrvOutputId {
+            drv_hash: id.drv_hash,
+            output_name: id.output,
+        };
+        let realisation = Realisation {
+            id: to_id(realisation.id),
+            out_path: realisation.out_path,
+            signatures: realisation.signatures,
+            dependent_realisations: realisation
+                .dependent_realisations
+                .into_iter()
+                .map(|(id, path)| (to_id(id), path))
+                .collect(),
+        };
         self.call_done(FrontendToStoreWriter::RegisterRealisation(Box::new(
             realisation,
         )))
@@ -456,7 +470,7 @@ impl WriterClient {
     }
 
     /// Any request without descriptors (e.g. those of later issues), returning the raw reply;
-    /// refusals are still [`ClientError::Refused`].
+    /// refusals are still [`ClientError::Store`].
     pub async fn call(
         &mut self,
         request: FrontendToStoreWriter,
@@ -695,7 +709,7 @@ mod tests {
         });
         let e = client
             .add_content(
-                "f",
+                "f".into(),
                 ContentAddressMethod::Text,
                 HashAlgo::Sha256,
                 BTreeSet::new(),

@@ -184,7 +184,7 @@ fn to_ipc(info: &ValidPathInfo) -> PathInfo {
 
 fn refusal(e: ClientError) -> StoreWriterError {
     match e {
-        ClientError::Refused(e) => *e,
+        ClientError::Store(e) => *e,
         other => panic!("expected a refusal, got: {other}"),
     }
 }
@@ -431,7 +431,7 @@ async fn content_is_hashed_by_the_store_writer() {
     let text = b"hello, ward\n";
     let added = client
         .add_content(
-            "greeting",
+            "greeting".into(),
             ContentAddressMethod::Text,
             HashAlgo::Sha256,
             BTreeSet::new(),
@@ -455,7 +455,7 @@ async fn content_is_hashed_by_the_store_writer() {
     // A text referring to it.
     let referrer = client
         .add_content(
-            "referrer",
+            "referrer".into(),
             ContentAddressMethod::Text,
             HashAlgo::Sha256,
             [expected.clone()].into(),
@@ -470,7 +470,7 @@ async fn content_is_hashed_by_the_store_writer() {
     let e = refusal(
         client
             .add_content(
-                "dangling",
+                "dangling".into(),
                 ContentAddressMethod::Text,
                 HashAlgo::Sha256,
                 [missing.clone()].into(),
@@ -484,7 +484,7 @@ async fn content_is_hashed_by_the_store_writer() {
     let e = refusal(
         client
             .add_content(
-                "bad/name",
+                "bad/name".into(),
                 ContentAddressMethod::Fixed(FileIngestionMethod::Flat),
                 HashAlgo::Sha256,
                 BTreeSet::new(),

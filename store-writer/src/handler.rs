@@ -32,14 +32,21 @@ type WriterChannel = Channel<StoreWriterToFrontend, FrontendToStoreWriter>;
 /// Why a request produced no ordinary reply.
 #[derive(Debug)]
 enum Failure {
-    /// Refused or failed: the reply is this error, and the channel goes on.
-    Refused(StoreWriterError),
+    /// Refused or failed: the reply is this error, and the channel goes on. (Boxed:
+    /// `StoreWriterError` is large and this is the rare path.)
+    Refused(Box<StoreWriterError>),
     /// The peer closed the channel mid-request: no reply, the channel ends.
     PeerGone,
 }
 
 impl From<StoreWriterError> for Failure {
     fn from(e: StoreWriterError) -> Self {
+        Failure::Refused(Box::new(e))
+    }
+}
+
+impl From<Box<StoreWriterError>> for Failure {
+    fn from(e: Box<StoreWriterError>) -> Self {
         Failure::Refused(e)
     }
 }
@@ -100,8 +107,8 @@ pub fn serve(slot: ChannelSlot, socket: UnixStream) {
             Ok(reply) => (reply, false),
             Err(Failure::Refused(e)) => {
                 tracing::info!(channel = id, request = name, error = %e, "request refused");
-                let close = matches!(e, StoreWriterError::VersionMismatch { .. });
-                (StoreWriterToFrontend::Error(e), close)
+                let close = matches!(*e, StoreWriterError::VersionMismatch { .. });
+                (StoreWriterToFrontend::Error(*e), close)
             }
             Err(Failure::PeerGone) => {
                 tracing::info!(
@@ -134,7 +141,7 @@ fn temp_root_error(e: TempRootError) -> StoreWriterError {
 
 /// The typed reply for an operation ward does not implement yet.
 fn not_implemented(operation: &str, path: String) -> Failure {
-    Failure::Refused(StoreWriterError::Io {
+    Failure::from(StoreWriterError::Io {
         operation: operation.to_owned(),
         path,
         message: "not implemented yet in ward".to_owned(),
@@ -144,7 +151,7 @@ fn not_implemented(operation: &str, path: String) -> Failure {
 fn spool_failure(e: SpoolError, shown: &str) -> Failure {
     match e {
         SpoolError::PeerGone(_) => Failure::PeerGone,
-        SpoolError::Read(e) => Failure::Refused(StoreWriterError::Io {
+        SpoolError::Read(e) => Failure::from(StoreWriterError::Io {
             operation: "reading the data of".into(),
             path: shown.to_owned(),
             message: e.to_string(),
@@ -153,7 +160,7 @@ fn spool_failure(e: SpoolError, shown: &str) -> Failure {
             action,
             path,
             source,
-        } => Failure::Refused(StoreWriterError::Io {
+        } => Failure::from(StoreWriterError::Io {
             operation: format!("{action} spool file for {shown} in"),
             path: path.display().to_string(),
             message: source.to_string(),
@@ -238,7 +245,7 @@ impl ChannelState {
     /// The descriptor a request carries (present: the frame layer checked the count).
     fn take_pipe(fd: Option<OwnedFd>, shown: &str) -> Result<OwnedFd, Failure> {
         let bad = |message: String| {
-            Failure::Refused(StoreWriterError::Io {
+            Failure::from(StoreWriterError::Io {
                 operation: "reading the data of".into(),
                 path: shown.to_owned(),
                 message,
@@ -256,7 +263,7 @@ impl ChannelState {
         peer_uid: Option<u32>,
     ) -> Outcome {
         let refuse = |message: String| {
-            Failure::Refused(StoreWriterError::Io {
+            Failure::from(StoreWriterError::Io {
                 operation: "opening a channel on".into(),
                 path: "the passed socket".into(),
                 message,
@@ -495,7 +502,7 @@ impl ChannelState {
             realisation.id.output_name
         );
         let bad = |reason: String| {
-            Failure::Refused(StoreWriterError::BadContentAddress {
+            Failure::from(StoreWriterError::BadContentAddress {
                 path: id_shown.clone(),
                 reason,
             })

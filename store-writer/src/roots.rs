@@ -23,24 +23,25 @@ pub const MAX_USER_LEN: usize = 255;
 /// Makes temporary symlink names unique within this process.
 static NEXT_TEMP: AtomicU64 = AtomicU64::new(0);
 
-fn bad_root(root: &str, reason: impl Into<String>) -> StoreWriterError {
-    StoreWriterError::BadRoot {
+// Errors are boxed: `StoreWriterError` is large and these are the rare path.
+fn bad_root(root: &str, reason: impl Into<String>) -> Box<StoreWriterError> {
+    Box::new(StoreWriterError::BadRoot {
         root: root.to_owned(),
         reason: reason.into(),
-    }
+    })
 }
 
-fn io_error(operation: &str, path: &Path, e: impl std::fmt::Display) -> StoreWriterError {
-    StoreWriterError::Io {
+fn io_error(operation: &str, path: &Path, e: impl std::fmt::Display) -> Box<StoreWriterError> {
+    Box::new(StoreWriterError::Io {
         operation: operation.to_owned(),
         path: path.display().to_string(),
         message: e.to_string(),
-    }
+    })
 }
 
 /// Checks that `root` is an absolute, normalised path (no `.`, `..`, empty components or
 /// trailing slash), without NUL, at most [`MAX_ROOT_LEN`] bytes.
-pub fn check_root_path(root: &str) -> Result<(), StoreWriterError> {
+pub fn check_root_path(root: &str) -> Result<(), Box<StoreWriterError>> {
     if root.len() > MAX_ROOT_LEN {
         return Err(bad_root(
             root,
@@ -72,7 +73,7 @@ fn replace_symlink_at(
     name: &str,
     target: &str,
     shown: &Path,
-) -> Result<(), StoreWriterError> {
+) -> Result<(), Box<StoreWriterError>> {
     let temp = format!(
         "{name}.tmp-{}-{}",
         std::process::id(),
@@ -87,7 +88,7 @@ fn replace_symlink_at(
     Ok(())
 }
 
-fn open_dir(path: &Path) -> Result<OwnedFd, StoreWriterError> {
+fn open_dir(path: &Path) -> Result<OwnedFd, Box<StoreWriterError>> {
     rustix::fs::open(
         path,
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
@@ -102,7 +103,7 @@ pub fn indirect_root_name(link: &str) -> String {
 }
 
 /// AddIndirectRoot: `gcroots/auto/<nix32 sha1 of link>` → `link`.
-pub fn add_indirect_root(layout: &StoreLayout, link: &str) -> Result<(), StoreWriterError> {
+pub fn add_indirect_root(layout: &StoreLayout, link: &str) -> Result<(), Box<StoreWriterError>> {
     check_root_path(link)?;
     let auto = layout.gcroots_dir().join("auto");
     let dir = open_dir(&auto)?;
@@ -119,7 +120,7 @@ pub fn add_perm_root(
     layout: &StoreLayout,
     target: &str,
     gc_root: &str,
-) -> Result<(), StoreWriterError> {
+) -> Result<(), Box<StoreWriterError>> {
     check_root_path(gc_root)?;
     let state = layout.state_dir();
     let outside = || {
@@ -178,7 +179,7 @@ fn open_or_make_dir(
     name: &str,
     shown: &Path,
     gc_root: &str,
-) -> Result<OwnedFd, StoreWriterError> {
+) -> Result<OwnedFd, Box<StoreWriterError>> {
     let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     let refuse = || {
         bad_root(
@@ -202,16 +203,16 @@ fn open_or_make_dir(
     })
 }
 
-fn bad_user(user: &str, reason: impl Into<String>) -> StoreWriterError {
-    StoreWriterError::BadUser {
+fn bad_user(user: &str, reason: impl Into<String>) -> Box<StoreWriterError> {
+    Box::new(StoreWriterError::BadUser {
         user: user.to_owned(),
         reason: reason.into(),
-    }
+    })
 }
 
 /// Checks a user name for `profiles/per-user/<user>`: one path component of
 /// `[A-Za-z0-9._-]`, not `.` or `..`, at most [`MAX_USER_LEN`] bytes.
-pub fn check_user_name(user: &str) -> Result<(), StoreWriterError> {
+pub fn check_user_name(user: &str) -> Result<(), Box<StoreWriterError>> {
     if user.is_empty() || user.len() > MAX_USER_LEN {
         return Err(bad_user(
             user,
@@ -241,7 +242,7 @@ pub fn create_user_dirs(
     layout: &StoreLayout,
     user: &str,
     uid: u32,
-) -> Result<(), StoreWriterError> {
+) -> Result<(), Box<StoreWriterError>> {
     check_user_name(user)?;
     let euid = rustix::process::geteuid();
     let egid = rustix::process::getegid();
@@ -345,7 +346,7 @@ mod tests {
             "/a\0b",
         ] {
             let e = check_root_path(bad).unwrap_err();
-            assert!(matches!(e, StoreWriterError::BadRoot { .. }), "{bad:?}");
+            assert!(matches!(*e, StoreWriterError::BadRoot { .. }), "{bad:?}");
         }
         let long = format!("/{}", "a".repeat(MAX_ROOT_LEN));
         assert!(check_root_path(&long)
@@ -382,7 +383,7 @@ mod tests {
             1
         );
         assert!(matches!(
-            add_indirect_root(&layout, "relative"),
+            add_indirect_root(&layout, "relative").map_err(|e| *e),
             Err(StoreWriterError::BadRoot { .. })
         ));
     }
@@ -448,7 +449,10 @@ mod tests {
         check_user_name("alice.b-c_1").unwrap();
         for bad in ["", ".", "..", "a/b", "a b", "ü", "a\0"] {
             assert!(
-                matches!(check_user_name(bad), Err(StoreWriterError::BadUser { .. })),
+                matches!(
+                    check_user_name(bad).map_err(|e| *e),
+                    Err(StoreWriterError::BadUser { .. })
+                ),
                 "{bad:?}"
             );
         }
