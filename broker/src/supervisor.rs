@@ -20,7 +20,7 @@ use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow, Signal};
-use nix::sys::signalfd::SignalFd;
+use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{ForkResult, Gid, Group, Pid, Uid, User};
 use ward_ipc::broker::{BrokerError, BrokerToFrontend, FrontendToBroker};
@@ -440,7 +440,10 @@ pub fn run(args: &BrokerArgs) -> Result<(), SupervisorError> {
         mask.add(s);
     }
     sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None).map_err(sys_err("blocking signals"))?;
-    let signals = SignalFd::new(&mask).map_err(sys_err("signalfd"))?;
+    // Non-blocking: the loop below drains it after every poll and must not wait there for
+    // the next signal (that would stall restarts and the frontend's requests).
+    let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+        .map_err(sys_err("signalfd"))?;
 
     let mut frontend: Option<FrontendLink> = None;
     let mut children: Vec<Child> = specs
