@@ -169,6 +169,14 @@ impl Connection {
                 Err(OpError::Writer(e)) => {
                     let msg = writer_message(&self.ctx.store_dir, &e);
                     debug!(?op, "failed: {msg}");
+                    // A dead or out-of-sync channel (the store-writer was restarted) is
+                    // dropped, so the connection's next request reaches the new one.
+                    if matches!(
+                        e,
+                        ClientError::Ipc(_) | ClientError::UnexpectedReply { .. }
+                    ) {
+                        self.writer = None;
+                    }
                     self.queue_error(&msg);
                     self.flush().await?;
                 }

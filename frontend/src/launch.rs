@@ -7,7 +7,7 @@
 
 use std::ffi::{OsStr, OsString};
 use std::io;
-use std::os::fd::{AsRawFd, IntoRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, IntoRawFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -197,11 +197,25 @@ fn serve_stdio(
         .try_clone()
         .map_err(io_err("dup", Path::new("--stdio")))?;
     let mut from_daemon = ours;
+    let mut stdin = std::fs::File::from(
+        io::stdin()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(io_err("dup", Path::new("stdin")))?,
+    );
+    // Straight to fd 1: `io::stdout()` is line-buffered and would hold back replies that
+    // contain no newline byte until its buffer filled.
+    let mut stdout = std::fs::File::from(
+        io::stdout()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(io_err("dup", Path::new("stdout")))?,
+    );
     let upstream = std::thread::spawn(move || {
-        let _ = io::copy(&mut io::stdin().lock(), &mut to_daemon);
+        pump(&mut stdin, &mut to_daemon);
         let _ = to_daemon.shutdown(std::net::Shutdown::Write);
     });
-    let _ = io::copy(&mut from_daemon, &mut io::stdout().lock());
+    pump(&mut from_daemon, &mut stdout);
     drop(upstream);
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX)),
@@ -209,6 +223,25 @@ fn serve_stdio(
     );
     let _ = child.wait();
     Ok(ExitCode::SUCCESS)
+}
+
+/// Copies `from` to `to` until end of input or an error, passing on whatever each read
+/// returns at once. (`io::copy` is not used: on Linux it splices, and a blocking splice out of a
+/// socket waits for more data than the client's request holds, stalling the protocol.)
+fn pump(from: &mut impl io::Read, to: &mut impl io::Write) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match from.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => {
+                if to.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return,
+        }
+    }
 }
 
 /// The command line of the broker for this set-up; the listener (or the stdio socket) is

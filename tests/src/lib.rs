@@ -20,6 +20,7 @@
 
 pub mod daemon;
 pub mod inputs;
+pub mod lifecycle;
 pub mod nar;
 pub mod nixcmd;
 pub mod store;
