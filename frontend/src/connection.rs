@@ -173,7 +173,9 @@ impl Connection {
                     // dropped, so the connection's next request reaches the new one.
                     if matches!(
                         e,
-                        ClientError::Ipc(_) | ClientError::UnexpectedReply { .. }
+                        ClientError::Ipc(_)
+                            | ClientError::UnexpectedReply { .. }
+                            | ClientError::Broken
                     ) {
                         self.writer = None;
                     }
@@ -245,6 +247,9 @@ impl Connection {
     }
 
     async fn writer(&mut self) -> OpResult<&mut WriterClient> {
+        if self.writer.as_ref().is_some_and(WriterClient::is_closed) {
+            self.writer = None;
+        }
         if self.writer.is_none() {
             let client = WriterClient::connect(&self.shared.ipc_dir, WRITER_CONNECT_TIMEOUT)
                 .await
@@ -997,6 +1002,9 @@ async fn connect_writer<'a>(
     slot: &'a mut Option<WriterClient>,
     shared: &Shared,
 ) -> OpResult<&'a mut WriterClient> {
+    if slot.as_ref().is_some_and(WriterClient::is_closed) {
+        *slot = None;
+    }
     if slot.is_none() {
         let client = WriterClient::connect(&shared.ipc_dir, WRITER_CONNECT_TIMEOUT).await?;
         *slot = Some(client);

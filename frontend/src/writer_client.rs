@@ -13,7 +13,7 @@
 
 use std::collections::BTreeSet;
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -213,6 +213,23 @@ impl WriterClient {
                 .into())
             }
             other => Err(unexpected(&hello, &other)),
+        }
+    }
+
+    /// Whether this channel can no longer carry a request: an earlier one failed, or the
+    /// store-writer closed it (it exited or was restarted). Between requests the store-writer
+    /// sends nothing, so end-of-file or any pending byte means the channel is finished.
+    pub fn is_closed(&self) -> bool {
+        use nix::sys::socket::{recv, MsgFlags};
+        if self.unusable {
+            return true;
+        }
+        let mut probe = [0u8; 1];
+        let fd = self.channel.socket().as_raw_fd();
+        match recv(fd, &mut probe, MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT) {
+            Err(nix::errno::Errno::EAGAIN) => false,
+            Err(nix::errno::Errno::EINTR) => false,
+            Ok(_) | Err(_) => true,
         }
     }
 
@@ -544,6 +561,17 @@ mod tests {
 
     fn path() -> StorePath {
         StorePath::from_base_name("ab3li50xq0nl4q5lxdyinb8w8y13my9s-f").unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_channel_the_store_writer_closed_reads_as_closed() {
+        let (client, fake) = pair().await;
+        assert!(!client.is_closed(), "an idle, open channel is usable");
+        drop(fake);
+        assert!(client.is_closed(), "the store-writer went away");
+        let (mut client, _fake) = pair().await;
+        client.unusable = true;
+        assert!(client.is_closed(), "a channel left mid-request is not reused");
     }
 
     #[tokio::test]
