@@ -51,11 +51,14 @@ fn parse_args(args: Vec<OsString>) -> Result<FrontendArgs, String> {
 
 /// Sets up tracing on stderr as the daemon's `-v`/`--debug`/`--quiet`/`--log-format` ask.
 pub fn init_logging(setup: &DaemonSetup) {
+    use std::io::IsTerminal;
     use ward_config::Verbosity as V;
+    // Nix shows a message when its level is at most the verbosity; ward's `info!` lines are
+    // Nix's info level, so `--quiet` (notice) hides them.
     let level = match setup.args.verbosity {
         V::Error => "error",
-        V::Warn => "warn",
-        V::Notice | V::Info => "info",
+        V::Warn | V::Notice => "warn",
+        V::Info => "info",
         V::Talkative | V::Chatty => "debug",
         V::Debug | V::Vomit => "trace",
     };
@@ -63,11 +66,82 @@ pub fn init_logging(setup: &DaemonSetup) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     let _ = match setup.args.log_format {
-        Some(LogFormat::InternalJson) => builder.json().try_init(),
+        Some(LogFormat::InternalJson) => builder.event_format(NixJsonFormat).try_init(),
         _ => builder.with_target(false).try_init(),
     };
+}
+
+/// `--log-format internal-json` as Nix writes it: one `@nix {"action":"msg","level":N,
+/// "msg":"..."}` line per message, N being Nix's verbosity number.
+struct NixJsonFormat;
+
+impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for NixJsonFormat
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        _ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let level = match *event.metadata().level() {
+            tracing::Level::ERROR => 0,
+            tracing::Level::WARN => 1,
+            tracing::Level::INFO => 3,
+            tracing::Level::DEBUG => 4,
+            tracing::Level::TRACE => 7,
+        };
+        let mut text = MessageText::default();
+        event.record(&mut text);
+        writeln!(
+            writer,
+            "@nix {{\"action\":\"msg\",\"level\":{level},\"msg\":\"{}\"}}",
+            json_escape(&text.0)
+        )
+    }
+}
+
+/// The message of an event followed by its other fields as ` name=value`.
+#[derive(Default)]
+struct MessageText(String);
+
+impl tracing::field::Visit for MessageText {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        self.record_debug(field, &format_args!("{value}"));
+    }
+
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        use std::fmt::Write;
+        if field.name() == "message" {
+            let rest = std::mem::take(&mut self.0);
+            let _ = write!(self.0, "{value:?}");
+            self.0.push_str(&rest);
+        } else {
+            let _ = write!(self.0, " {}={value:?}", field.name());
+        }
+    }
+}
+
+/// Escapes text for a JSON string literal.
+fn json_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if u32::from(c) < 0x20 => out.push_str(&format!("\\u{:04x}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// Runs the frontend.
@@ -152,4 +226,48 @@ pub fn run(args: Vec<OsString>) -> Result<(), String> {
         server::serve_listener(listener, shared).await;
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_escape_handles_quotes_backslashes_and_controls() {
+        assert_eq!(json_escape("plain"), "plain");
+        assert_eq!(json_escape(r#"a "b" \c"#), r#"a \"b\" \\c"#);
+        assert_eq!(json_escape("x\ny\t\u{1}"), "x\\ny\\t\\u0001");
+    }
+
+    #[test]
+    fn nix_json_lines_carry_level_and_message_with_fields() {
+        use std::sync::{Arc, Mutex};
+        #[derive(Clone, Default)]
+        struct Sink(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Sink {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let sink = Sink::default();
+        let writer = sink.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .event_format(NixJsonFormat)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            info!(socket = "/s", "ward \"frontend\" ready");
+            tracing::warn!("careful");
+        });
+        let text = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(
+            text,
+            "@nix {\"action\":\"msg\",\"level\":3,\"msg\":\"ward \\\"frontend\\\" ready socket=/s\"}\n\
+             @nix {\"action\":\"msg\",\"level\":1,\"msg\":\"careful\"}\n"
+        );
+    }
 }

@@ -83,8 +83,9 @@ fn parse_command_line(args: Vec<OsString>) -> Result<CommandLine, CommandLineErr
 fn log_level(verbosity: Verbosity) -> tracing::Level {
     match verbosity {
         Verbosity::Error => tracing::Level::ERROR,
-        Verbosity::Warn => tracing::Level::WARN,
-        Verbosity::Notice | Verbosity::Info => tracing::Level::INFO,
+        // Nix hides info messages at notice (`--quiet`).
+        Verbosity::Warn | Verbosity::Notice => tracing::Level::WARN,
+        Verbosity::Info => tracing::Level::INFO,
         Verbosity::Talkative | Verbosity::Chatty | Verbosity::Debug => tracing::Level::DEBUG,
         Verbosity::Vomit => tracing::Level::TRACE,
     }
@@ -183,5 +184,6 @@ mod tests {
         assert_eq!(log_level(Verbosity::Debug), tracing::Level::DEBUG);
         assert_eq!(log_level(Verbosity::Error), tracing::Level::ERROR);
         assert_eq!(log_level(Verbosity::Vomit), tracing::Level::TRACE);
+        assert_eq!(log_level(Verbosity::Notice), tracing::Level::WARN);
     }
 }
