@@ -27,6 +27,9 @@ pub struct BrokerArgs {
     pub ipc_dir: PathBuf,
     /// The store's state directory (for per-user directories).
     pub state_dir: PathBuf,
+    /// `--parent-pid PID` (`ward daemon --stdio`): the broker serves one session for that
+    /// process and exits when it does.
+    pub parent_pid: Option<i32>,
     /// Arguments passed verbatim to both children after their own.
     pub passthrough: Vec<OsString>,
 }
@@ -46,6 +49,9 @@ pub enum ArgsError {
     /// `--listen-fd` was not a small non-negative number.
     #[error("option '--listen-fd' wants a descriptor number, got '{0}'")]
     BadFd(String),
+    /// `--parent-pid` was not a positive number.
+    #[error("option '--parent-pid' wants a process id, got '{0}'")]
+    BadPid(String),
 }
 
 impl BrokerArgs {
@@ -60,6 +66,7 @@ impl BrokerArgs {
         let mut shared_group = None;
         let mut ipc_dir = None;
         let mut state_dir = None;
+        let mut parent_pid = None;
         let mut passthrough = Vec::new();
         while let Some(arg) = args.next() {
             let flag = arg.to_string_lossy().into_owned();
@@ -89,6 +96,16 @@ impl BrokerArgs {
                 "--group" => shared_group = Some(value()?.to_string_lossy().into_owned()),
                 "--ipc-dir" => ipc_dir = Some(PathBuf::from(value()?)),
                 "--state-dir" => state_dir = Some(PathBuf::from(value()?)),
+                "--parent-pid" => {
+                    let v = value()?;
+                    let text = v.to_string_lossy();
+                    let pid = text
+                        .parse::<i32>()
+                        .ok()
+                        .filter(|pid| *pid > 0)
+                        .ok_or_else(|| ArgsError::BadPid(text.into_owned()))?;
+                    parent_pid = Some(pid);
+                }
                 _ => return Err(ArgsError::Unknown(flag)),
             }
         }
@@ -101,6 +118,7 @@ impl BrokerArgs {
             shared_group,
             ipc_dir: ipc_dir.ok_or(ArgsError::Required("--ipc-dir"))?,
             state_dir: state_dir.ok_or(ArgsError::Required("--state-dir"))?,
+            parent_pid,
             passthrough,
         })
     }
@@ -142,6 +160,32 @@ mod tests {
         assert_eq!(a.listen_fd, 3);
         assert_eq!(a.frontend_user.as_deref(), Some("ward-frontend"));
         assert_eq!(a.passthrough, vec!["--store", "/x", "--debug"]);
+        assert_eq!(a.parent_pid, None);
+    }
+
+    #[test]
+    fn parent_pid_is_a_positive_number() {
+        let base = [
+            "--listen-fd",
+            "3",
+            "--frontend",
+            "/f",
+            "--store-writer",
+            "/s",
+            "--ipc-dir",
+            "/i",
+            "--state-dir",
+            "/d",
+        ];
+        let with = |pid: &str| {
+            let mut args = base.to_vec();
+            args.extend(["--parent-pid", pid]);
+            parse(&args)
+        };
+        assert_eq!(with("4242").unwrap().parent_pid, Some(4242));
+        assert_eq!(with("0"), Err(ArgsError::BadPid("0".into())));
+        assert_eq!(with("-5"), Err(ArgsError::BadPid("-5".into())));
+        assert_eq!(with("x"), Err(ArgsError::BadPid("x".into())));
     }
 
     #[test]

@@ -20,8 +20,12 @@ fn main() -> ExitCode {
             return ExitCode::from(64);
         }
     };
-    if let Err(e) =
-        supervisor::check_listen_fd(args.listen_fd).and_then(|()| supervisor::run(&args))
+    if let Err(e) = supervisor::check_listen_fd(args.listen_fd)
+        .and_then(|()| match args.parent_pid {
+            Some(parent) => supervisor::exit_with_parent(parent),
+            None => Ok(()),
+        })
+        .and_then(|()| supervisor::run(&args))
     {
         eprintln!("ward-broker: {e}");
         return ExitCode::FAILURE;

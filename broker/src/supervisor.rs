@@ -595,6 +595,21 @@ fn prepare_ipc_dir(args: &BrokerArgs) -> Result<(), SupervisorError> {
     Ok(())
 }
 
+/// For `ward daemon --stdio`: ends the broker (SIGTERM, handled like a shutdown, which stops
+/// both children) when `parent`, the process relaying the session, exits, so a session torn
+/// down with SIGKILL leaves nothing behind. Fails if `parent` is already gone.
+pub fn exit_with_parent(parent: i32) -> Result<(), SupervisorError> {
+    nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).map_err(sys_err("pdeathsig"))?;
+    // The parent may have died before the request above took effect.
+    if nix::unistd::getppid() != Pid::from_raw(parent) {
+        return Err(SupervisorError::Sys {
+            what: format!("the --stdio session (pid {parent}) already ended"),
+            errno: Errno::ESRCH,
+        });
+    }
+    Ok(())
+}
+
 /// The listening descriptor must be valid before children are started with it.
 pub fn check_listen_fd(fd: RawFd) -> Result<(), SupervisorError> {
     fcntl(fd, FcntlArg::F_GETFD)

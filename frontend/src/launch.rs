@@ -171,7 +171,7 @@ fn start(setup: &DaemonSetup, raw_args: Vec<OsString>) -> Result<ExitCode, Launc
         Some(fd) => fd,
         None => bind_socket(&setup.layout.socket_path)?.into_raw_fd(),
     };
-    let err = broker_command(setup, listener_fd, raw_args, multi_user)?.exec();
+    let err = broker_command(setup, listener_fd, raw_args, multi_user, None)?.exec();
     Err(LaunchError::Io {
         what: "exec",
         path: sibling_binary("ward-broker")?,
@@ -189,7 +189,8 @@ fn serve_stdio(
 ) -> Result<ExitCode, LaunchError> {
     let (ours, theirs) =
         UnixStream::pair().map_err(io_err("socketpair for", Path::new("--stdio")))?;
-    let mut child = broker_command(setup, theirs.as_raw_fd(), raw_args, multi_user)?
+    let session = Some(std::process::id());
+    let mut child = broker_command(setup, theirs.as_raw_fd(), raw_args, multi_user, session)?
         .spawn()
         .map_err(io_err("starting", Path::new("ward-broker")))?;
     drop(theirs);
@@ -245,12 +246,13 @@ fn pump(from: &mut impl io::Read, to: &mut impl io::Write) {
 }
 
 /// The command line of the broker for this set-up; the listener (or the stdio socket) is
-/// inherited as `fd`.
+/// inherited as `fd`. `stdio_session` is the pid of the `--stdio` relay the broker ends with.
 fn broker_command(
     setup: &DaemonSetup,
     fd: RawFd,
     raw_args: Vec<OsString>,
     multi_user: bool,
+    stdio_session: Option<u32>,
 ) -> Result<Command, LaunchError> {
     fcntl(fd, FcntlArg::F_SETFD(FdFlag::empty())).map_err(|e| LaunchError::Io {
         what: "clearing close-on-exec of",
@@ -277,6 +279,10 @@ fn broker_command(
             "--group",
             WARD_GROUP,
         ]);
+    }
+    if let Some(pid) = stdio_session {
+        // The broker ends with this relay, also when it is killed.
+        cmd.arg("--parent-pid").arg(pid.to_string());
     }
     cmd.arg("--").args(raw_args);
     for var in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {

@@ -489,6 +489,55 @@ fn stdio_serves_one_client_on_its_pipes() {
 }
 
 #[test]
+fn stdio_daemon_killed_mid_session_leaves_no_processes() {
+    // An SSH session that is torn down kills `ward daemon --stdio`; the broker, frontend and
+    // store-writer it started must not linger.
+    let h = HandStarted::new("stdio-killed", BASE_CONF);
+    let relay = h.scratch.path().join("relay.sock");
+    let daemon = StdioDaemon::spawn(
+        h.ward(&["daemon", "--stdio", "--store", h.store_arg()]),
+        &relay,
+        &h.scratch.path().join("stdio.log"),
+    );
+    let mut client = WorkerClient::connect(&relay).expect("handshake over --stdio");
+    assert!(!client
+        .is_valid_path("/nix/store/00000000000000000000000000000000-x")
+        .expect("IsValidPath"));
+    let launcher = daemon.pid();
+    let tree = descendants(launcher);
+    for name in [BROKER, FRONTEND, STORE_WRITER] {
+        assert!(
+            tree.iter()
+                .any(|&p| ward_e2e_tests::lifecycle::program_name(p).as_deref() == Some(name)),
+            "no {name} under ward daemon --stdio: {tree:?}"
+        );
+    }
+    kill_9(launcher);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while tree.iter().any(|&p| is_alive(p)) && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(20));
+    }
+    let left: Vec<(u32, Option<String>)> = tree
+        .iter()
+        .copied()
+        .filter(|&p| is_alive(p))
+        .map(|p| (p, ward_e2e_tests::lifecycle::program_name(p)))
+        .collect();
+    // Clean up before failing, so nothing outlives the test either way.
+    for (pid, _) in &left {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(*pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    assert!(
+        left.is_empty(),
+        "5 s after ward daemon --stdio was killed, these still run: {left:?}; stderr:\n{}",
+        daemon.log()
+    );
+}
+
+#[test]
 fn nix_daemon_argv0_behaves_as_ward_daemon() {
     let test = "nix_daemon_argv0_behaves_as_ward_daemon";
     let h = HandStarted::new("argv0", BASE_CONF);
