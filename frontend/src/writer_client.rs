@@ -571,7 +571,10 @@ mod tests {
         assert!(client.is_closed(), "the store-writer went away");
         let (mut client, _fake) = pair().await;
         client.unusable = true;
-        assert!(client.is_closed(), "a channel left mid-request is not reused");
+        assert!(
+            client.is_closed(),
+            "a channel left mid-request is not reused"
+        );
     }
 
     #[tokio::test]

@@ -399,7 +399,11 @@ impl Running {
     pub fn wait_serving(&mut self, socket: &Path) {
         let deadline = Instant::now() + STARTUP_TIMEOUT;
         loop {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 panic!(
                     "{} exited with {status} before serving on {}; its log:\n{}",
                     self.description,
@@ -487,9 +491,7 @@ impl StdioDaemon {
     pub fn spawn(mut cmd: Command, relay_socket: &Path, log_path: &Path) -> StdioDaemon {
         let description = describe(&cmd);
         let log = fs::File::create(log_path).expect("creating the daemon log");
-        cmd.stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(log);
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(log);
         let mut child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("could not start {description}: {e}"));
@@ -578,18 +580,60 @@ fn copy_until_closed(from: &mut impl Read, to: &mut impl Write) {
     }
 }
 
-/// Runs a Nix program with exactly `args` (nothing appended) in an isolated environment:
-/// `HOME` = `home`, `NIX_CONF_DIR` = `conf_dir`, `NIX_REMOTE` = `store_url`, plus `extra_env`;
-/// as `user` through `setpriv` when given.
-pub fn run_nix(
-    program: &str,
-    args: &[&str],
-    home: &Path,
-    conf_dir: &Path,
-    store_url: &str,
-    user: Option<&nix::unistd::User>,
-) -> CmdOutput {
-    let mut cmd = match user {
+/// How to run the Nix client for [`run_nix`]: its own `HOME` and `NIX_CONF_DIR`, the store
+/// URL, extra environment (a multi-user store's `NIX_STORE_DIR` ...), and optionally another
+/// user (through `setpriv`; root only).
+#[derive(Debug, Clone)]
+pub struct NixEnv {
+    /// `HOME` (and the XDG directories under it).
+    pub home: PathBuf,
+    /// `NIX_CONF_DIR`.
+    pub conf_dir: PathBuf,
+    /// `NIX_REMOTE`.
+    pub store_url: String,
+    /// Further variables.
+    pub extra_env: Vec<(String, String)>,
+    /// Run as this user instead of the test's own.
+    pub user: Option<nix::unistd::User>,
+}
+
+impl NixEnv {
+    /// A client environment in `dir/home` and `dir/conf` (with `conf` as its nix.conf) for
+    /// `store_url`; both directories are given to `user` when one is named.
+    pub fn new(
+        dir: &Path,
+        conf: &str,
+        store_url: &str,
+        extra_env: Vec<(String, String)>,
+        user: Option<nix::unistd::User>,
+    ) -> NixEnv {
+        let home = dir.join("home");
+        let conf_dir = dir.join("conf");
+        for d in [dir, &home, &conf_dir] {
+            fs::create_dir_all(d).unwrap_or_else(|e| panic!("mkdir {}: {e}", d.display()));
+            fs::set_permissions(d, fs::Permissions::from_mode(0o755)).expect("chmod");
+        }
+        fs::write(conf_dir.join("nix.conf"), conf).expect("writing the client's nix.conf");
+        if let Some(user) = &user {
+            for path in [&home, &conf_dir, &conf_dir.join("nix.conf")] {
+                std::os::unix::fs::chown(path, Some(user.uid.as_raw()), Some(user.gid.as_raw()))
+                    .unwrap_or_else(|e| panic!("chown {} to {}: {e}", path.display(), user.name));
+            }
+        }
+        NixEnv {
+            home,
+            conf_dir,
+            store_url: store_url.to_string(),
+            extra_env,
+            user,
+        }
+    }
+}
+
+/// Runs a Nix program with exactly `args` (nothing appended) in the isolated environment
+/// `env`.
+pub fn run_nix(program: &str, args: &[&str], env: &NixEnv) -> CmdOutput {
+    let mut cmd = match &env.user {
         None => Command::new(program),
         Some(user) => {
             let mut cmd = Command::new("setpriv");
@@ -601,6 +645,7 @@ pub fn run_nix(
         }
     };
     let path: OsString = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
+    let home = &env.home;
     cmd.args(args)
         .env_clear()
         .env("PATH", path)
@@ -609,11 +654,12 @@ pub fn run_nix(
         .env("XDG_CONFIG_HOME", home.join(".config"))
         .env("XDG_DATA_HOME", home.join(".local/share"))
         .env("XDG_STATE_HOME", home.join(".local/state"))
-        .env("NIX_CONF_DIR", conf_dir)
-        .env("NIX_REMOTE", store_url)
+        .env("NIX_CONF_DIR", &env.conf_dir)
+        .env("NIX_REMOTE", &env.store_url)
         .env("TERM", "dumb")
+        .envs(env.extra_env.iter().map(|(k, v)| (k, v)))
         .current_dir(home);
-    if let Some(user) = user {
+    if let Some(user) = &env.user {
         cmd.env("USER", &user.name).env("LOGNAME", &user.name);
     }
     run_to_exit(cmd, Duration::from_secs(30))

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use ward_e2e_tests::daemon::{descendants, ward_bin};
 use ward_e2e_tests::lifecycle::{
     chroot_socket, chroot_url, is_alive, isolated_command, kill_9, processes_named, run_nix,
-    run_to_exit, single_process_named, wait_for_log_text, wait_for_process, Rng, Running,
+    run_to_exit, single_process_named, wait_for_log_text, wait_for_process, NixEnv, Rng, Running,
     Scratch, StdioDaemon, BROKER, FRONTEND, STORE_WRITER,
 };
 use ward_e2e_tests::wire::{PathInfo, WorkerClient};
@@ -395,16 +395,14 @@ impl HandStarted {
 
     /// A Nix client of the default socket, with a config of its own.
     fn nix(&self, program: &str, args: &[&str]) -> CmdOutput {
-        let conf = self.scratch.conf_dir("client-conf", BASE_CONF);
-        let home = self.scratch.dir("client-home");
-        run_nix(
-            program,
-            args,
-            &home,
-            &conf,
+        let env = NixEnv::new(
+            &self.scratch.path().join("client"),
+            BASE_CONF,
             &chroot_url(&self.socket(), &self.store),
+            Vec::new(),
             None,
-        )
+        );
+        run_nix(program, args, &env)
     }
 }
 
@@ -429,7 +427,11 @@ fn stdio_serves_one_client_on_its_pipes() {
     let (info, nar) = ca_nar("stdio.txt", b"added through ward daemon --stdio\n");
     let mut client = WorkerClient::connect(&relay)
         .unwrap_or_else(|e| panic!("handshake over --stdio: {e}; stderr:\n{}", daemon.log()));
-    assert!(client.daemon_version & 0xff >= 34, "{:#x}", client.daemon_version);
+    assert!(
+        client.daemon_version & 0xff >= 34,
+        "{:#x}",
+        client.daemon_version
+    );
     assert!(!client.is_valid_path(&info.path).expect("IsValidPath"));
     client
         .add_to_store_nar(&info, &nar, 64 * 1024, false)
@@ -474,7 +476,10 @@ fn stdio_serves_one_client_on_its_pipes() {
         thread::sleep(Duration::from_millis(20));
     }
     let left: Vec<u32> = tree.iter().copied().filter(|&p| is_alive(p)).collect();
-    assert!(left.is_empty(), "processes left after --stdio ended: {left:?}");
+    assert!(
+        left.is_empty(),
+        "processes left after --stdio ended: {left:?}"
+    );
     drop(daemon);
 
     // The path persists: a second --stdio session on the same store sees it.
@@ -651,7 +656,12 @@ fn config_errors_stop_the_daemon_before_it_binds() {
     out.assert_stderr_contains("nix.conf:2");
     out.assert_stderr_contains("this line has no equals sign");
     // A boolean that is not one.
-    let out = refused_config("bad-bool", "substituters =\nrequire-sigs = maybe\n", &[], &[]);
+    let out = refused_config(
+        "bad-bool",
+        "substituters =\nrequire-sigs = maybe\n",
+        &[],
+        &[],
+    );
     out.assert_stderr_contains("nix.conf:2");
     out.assert_stderr_contains("require-sigs");
     out.assert_stderr_contains("maybe");
@@ -737,7 +747,10 @@ fn log_names_each_connections_pid_and_user() {
     let line = connect_once(&daemon);
     let log = wait_for_log_text(|| strip_ansi(&daemon.log()), &line, Duration::from_secs(5));
     let uid = nix::unistd::getuid().as_raw();
-    let entry = log.lines().find(|l| l.contains(&line)).expect("found above");
+    let entry = log
+        .lines()
+        .find(|l| l.contains(&line))
+        .expect("found above");
     if !known_nix_daemon_deviation(
         "uid in the connection log line",
         "nix-daemon names the user only",
@@ -751,8 +764,11 @@ fn log_names_each_connections_pid_and_user() {
 
 #[test]
 fn log_format_internal_json_is_nix_json() {
-    let daemon =
-        WardDaemon::start(DaemonOptions::single_user().arg("--log-format").arg("internal-json"));
+    let daemon = WardDaemon::start(
+        DaemonOptions::single_user()
+            .arg("--log-format")
+            .arg("internal-json"),
+    );
     let line = connect_once(&daemon);
     let log = wait_for_log_text(|| daemon.log(), &line, Duration::from_secs(5));
     // Nix's internal-json: one `@nix {json}` per message, with an action and a level.
