@@ -6,6 +6,7 @@
 //! `ward-store-writer`. Tests that kill one of those skip against real `nix-daemon`, which has
 //! no such processes.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -16,7 +17,7 @@ use ward_e2e_tests::lifecycle::{
     run_to_exit, single_process_named, wait_for_log_text, wait_for_process, NixEnv, Rng, Running,
     Scratch, StdioDaemon, BROKER, FRONTEND, STORE_WRITER,
 };
-use ward_e2e_tests::wire::{PathInfo, WorkerClient};
+use ward_e2e_tests::wire::{PathInfo, WireError, WorkerClient};
 use ward_e2e_tests::{
     current_user_name, inputs, known_nix_daemon_deviation, nar, require_nix, CmdOutput,
     DaemonOptions, NixClient, StoreLayout, StoreSnapshot, TestEnv, WardDaemon,
@@ -53,11 +54,24 @@ fn wait_child(daemon: &WardDaemon, name: &str, other_than: Option<u32>) -> u32 {
     })
 }
 
-/// Checks every valid path of the store on disk: its files exist and their NAR (serialised
-/// here, independently of ward) has the recorded hash and size. Returns the valid paths.
-fn assert_valid_paths_complete(layout: &StoreLayout, context: &str) -> Vec<String> {
+/// Checks every valid path of the store on disk that is not in `checked` yet: its files exist
+/// and their NAR (serialised here, independently of ward) has the recorded hash and size. A
+/// path this test uploaded (in `known`, with its NAR) is compared byte for byte with that NAR,
+/// whose hash was computed once, instead of being hashed again (hashing 4 MiB takes a quarter
+/// of a second in a debug build). A valid path never changes, so each is checked once;
+/// `nix-store --verify-path` re-checks them all each round. Returns the valid paths.
+fn assert_valid_paths_complete(
+    layout: &StoreLayout,
+    known: &[&PathInfo],
+    known_nars: &[&[u8]],
+    checked: &mut BTreeSet<(String, String)>,
+    context: &str,
+) -> Vec<String> {
     let snapshot = StoreSnapshot::take(layout);
     for row in &snapshot.valid_paths {
+        if !checked.insert((row.path.clone(), row.hash.clone())) {
+            continue;
+        }
         let real = layout.real_path(&row.path);
         let nar = nar::dump_path(&real).unwrap_or_else(|e| {
             panic!(
@@ -66,7 +80,18 @@ fn assert_valid_paths_complete(layout: &StoreLayout, context: &str) -> Vec<Strin
                 real.display()
             )
         });
-        let actual = format!("sha256:{}", nar::base16(&nar::sha256(&nar)));
+        let uploaded = known.iter().position(|info| info.path == row.path);
+        let actual = match uploaded {
+            Some(i) if nar == known_nars[i] => format!("sha256:{}", known[i].nar_hash),
+            Some(_) => panic!(
+                "{context}: '{}' is registered valid but its files differ from what was \
+                 uploaded ({} bytes of NAR on disk, {} uploaded)",
+                row.path,
+                nar.len(),
+                known_nars[uploaded.unwrap_or_default()].len()
+            ),
+            None => format!("sha256:{}", nar::base16(&nar::sha256(&nar))),
+        };
         assert_eq!(
             row.hash, actual,
             "{context}: '{}' is registered valid with a NAR hash its files do not have",
@@ -93,9 +118,43 @@ fn assert_verify_path(client: &NixClient, paths: &[String], context: &str) {
     assert!(out.status.success(), "{context}: {out}");
 }
 
-/// One daemon's share of the kill test: `KILLS_PER_DAEMON` rounds of "start a 4 MiB
-/// `nix-store --add`, wait 0–50 ms, kill -9 the store-writer".
-fn kill_store_writer_during_adds(index: usize, seed: u64) {
+/// A 4 MiB upload (AddToStoreNar of a file's NAR, content-addressed as `nix-store --add`
+/// would make it) started on its own connection: the arguments and the first quarter (or all)
+/// of the NAR are sent before this returns, so the store-writer is receiving (or processing)
+/// it; a thread sends the rest and reads the answer.
+struct Upload {
+    info: PathInfo,
+    nar: Vec<u8>,
+    sender: thread::JoinHandle<Result<(), WireError>>,
+}
+
+impl Upload {
+    /// `whole`: send all of the NAR before returning, so the kill falls while the
+    /// store-writer verifies and registers it rather than while it receives it.
+    fn start(socket: &Path, name: &str, contents: &[u8], whole: bool) -> Upload {
+        let (info, nar) = ca_nar(name, contents);
+        let mut client = WorkerClient::connect(socket).expect("connect");
+        client
+            .set_read_timeout(Duration::from_secs(20))
+            .expect("read timeout");
+        let split = if whole { nar.len() } else { nar.len() / 4 };
+        client
+            .begin_add_to_store_nar(&info, false)
+            .and_then(|()| client.send_frames(&nar[..split], 64 * 1024))
+            .expect("sending the first quarter of the upload");
+        let rest = nar[split..].to_vec();
+        let sender = thread::spawn(move || {
+            client.send_frames(&rest, 64 * 1024)?;
+            client.end_frames()?;
+            client.process_stderr()
+        });
+        Upload { info, nar, sender }
+    }
+}
+
+/// One daemon's share of the kill test: `KILLS_PER_DAEMON` rounds of "start a 4 MiB upload,
+/// wait 0–50 ms, kill -9 the store-writer". Returns how many uploads the kill cut short.
+fn kill_store_writer_during_adds(index: usize, seed: u64) -> usize {
     let env = TestEnv::new(&format!("kill-writer-{index}"));
     let daemon = WardDaemon::start(DaemonOptions::single_user());
     let client = env.client(&daemon);
@@ -103,33 +162,27 @@ fn kill_store_writer_during_adds(index: usize, seed: u64) {
     let mut writer = wait_child(&daemon, STORE_WRITER, None);
     let inputs_dir = env.dir("inputs");
     let mut rng = Rng::new(seed);
-    let mut added: Vec<(PathBuf, String)> = Vec::new();
+    let mut added: Vec<(Upload, PathBuf)> = Vec::new();
+    let mut checked = BTreeSet::new();
+    let mut interrupted = 0;
     for round in 0..KILLS_PER_DAEMON {
         let context = format!("daemon {index}, round {round} (seed {seed})");
         let name = format!("big-{index}-{round}");
         let contents = rng.bytes(UPLOAD_BYTES);
         let file = inputs::file(&inputs_dir, &name, &contents);
-        let (expected, _) =
-            nar::source_path("/nix/store", &name, &nar::nar_of_file(&contents, false));
-        let upload = {
-            let client = client.clone();
-            let file = file.clone();
-            thread::spawn(move || client.run("nix-store", &["--add", file.to_str().unwrap()]))
-        };
-        let delay = Duration::from_millis(rng.below(51));
-        thread::sleep(delay);
+        let whole = rng.below(3) == 0;
+        let mut upload = Upload::start(daemon.socket(), &name, &contents, whole);
+        thread::sleep(Duration::from_millis(rng.below(51)));
         kill_9(writer);
-        let out: CmdOutput = upload.join().expect("the upload thread panicked");
-        // Finished before the kill or refused because of it: both are fine, but a success
-        // must name the right path.
-        if out.status.success() {
-            assert_eq!(out.single_line(), expected, "{context}: {out}");
-        } else {
-            assert!(
-                out.status.code().is_some(),
-                "{context}: the client was killed by a signal: {out}"
-            );
-        }
+        let sender = std::mem::replace(&mut upload.sender, thread::spawn(|| Ok(())));
+        let started = Instant::now();
+        let result = sender.join().expect("the upload thread panicked");
+        // The client must hear about it promptly, whichever way it went.
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{context}: the upload took {:?} to end after the kill",
+            started.elapsed()
+        );
         let replacement = wait_child(&daemon, STORE_WRITER, Some(writer));
         assert!(
             !is_alive(writer),
@@ -142,20 +195,69 @@ fn kill_store_writer_during_adds(index: usize, seed: u64) {
             "{context}: the frontend must survive the store-writer's death; log:\n{}",
             daemon.log_tail()
         );
-        let valid = assert_valid_paths_complete(daemon.layout(), &context);
+        let known: Vec<&PathInfo> = added
+            .iter()
+            .map(|(u, _)| &u.info)
+            .chain([&upload.info])
+            .collect();
+        let known_nars: Vec<&[u8]> = added
+            .iter()
+            .map(|(u, _)| u.nar.as_slice())
+            .chain([upload.nar.as_slice()])
+            .collect();
+        let valid = assert_valid_paths_complete(
+            daemon.layout(),
+            &known,
+            &known_nars,
+            &mut checked,
+            &context,
+        );
+        match result {
+            // Finished before the kill: the path is valid (and checked above).
+            Ok(()) => assert!(
+                valid.contains(&upload.info.path),
+                "{context}: the upload succeeded but {} is not valid",
+                upload.info.path
+            ),
+            // Cut short: refused with an error, or the connection closed. Nothing
+            // half-written may be valid.
+            Err(e) => {
+                interrupted += 1;
+                assert!(
+                    !matches!(e, WireError::Protocol(_)),
+                    "{context}: the daemon answered the cut-short upload with garbage: {e}"
+                );
+            }
+        }
         assert_verify_path(&client, &valid, &context);
-        added.push((file, expected));
+        added.push((upload, file));
     }
-    // The same adds again, now without interruption: each succeeds with its path.
-    for (file, expected) in &added {
-        let path = client.add(&[file]).remove(0);
-        assert_eq!(&path, expected, "retrying the add of {}", file.display());
+    // The same adds again, now without interruption: each succeeds, and the real client
+    // adding the same file gets the same path.
+    let mut retry = WorkerClient::connect(daemon.socket()).expect("connect");
+    for (upload, _) in &added {
+        retry
+            .add_to_store_nar(&upload.info, &upload.nar, 64 * 1024, false)
+            .unwrap_or_else(|e| panic!("retrying the add of {}: {e}", upload.info.path));
     }
-    let valid = assert_valid_paths_complete(daemon.layout(), "after the retries");
-    for (_, expected) in &added {
+    // One of them through the real client too (each costs a full upload).
+    let (upload, file) = &added[0];
+    let path = client.add(&[file]).remove(0);
+    assert_eq!(path, upload.info.path, "nix-store --add {}", file.display());
+    let known: Vec<&PathInfo> = added.iter().map(|(u, _)| &u.info).collect();
+    let known_nars: Vec<&[u8]> = added.iter().map(|(u, _)| u.nar.as_slice()).collect();
+    let valid = assert_valid_paths_complete(
+        daemon.layout(),
+        &known,
+        &known_nars,
+        &mut checked,
+        "after the retries",
+    );
+    for (upload, _) in &added {
         assert!(
-            valid.contains(expected),
-            "{expected} is not valid after its retried add"
+            valid.contains(&upload.info.path),
+            "{} is not valid after its retried add",
+            upload.info.path
         );
     }
     assert_verify_path(&client, &valid, "after the retries");
@@ -166,6 +268,7 @@ fn kill_store_writer_during_adds(index: usize, seed: u64) {
         daemon.log_tail()
     );
     client.ok("nix", &["store", "ping"]);
+    interrupted
 }
 
 #[test]
@@ -183,14 +286,18 @@ fn store_writer_killed_during_adds_registers_nothing_incomplete() {
         })
         .collect();
     let mut failures = Vec::new();
+    let mut interrupted = 0;
     for (index, worker) in workers.into_iter().enumerate() {
-        if let Err(panic) = worker.join() {
-            let message = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_default();
-            failures.push(format!("daemon {index}: {message}"));
+        match worker.join() {
+            Ok(count) => interrupted += count,
+            Err(panic) => {
+                let message = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default();
+                failures.push(format!("daemon {index}: {message}"));
+            }
         }
     }
     assert!(
@@ -198,6 +305,17 @@ fn store_writer_killed_during_adds_registers_nothing_incomplete() {
         "seed {}:\n{}",
         seeds.seed,
         failures.join("\n")
+    );
+    // Uploads take far longer than 50 ms; if none was cut short, nothing was tested.
+    assert!(
+        interrupted > 0,
+        "seed {}: all {} uploads finished before their kill",
+        seeds.seed,
+        KILL_DAEMONS * KILLS_PER_DAEMON
+    );
+    eprintln!(
+        "{interrupted} of {} uploads were interrupted",
+        KILL_DAEMONS * KILLS_PER_DAEMON
     );
 }
 
