@@ -85,14 +85,13 @@ pub async fn serve(stream: UnixStream, shared: Arc<Shared>, peer: PeerInfo, trus
         ctx: WireContext::new(store_dir, ward_proto::worker::PROTOCOL_VERSION),
         settings: Arc::new(shared.settings.clone()),
         shared,
-        peer,
         trust,
         verbosity: Verbosity::Info,
         writer: None,
     };
     match conn.run().await {
-        Ok(()) => debug!("client closed the connection"),
-        Err(e) => info!("connection ended: {e}"),
+        Ok(()) => debug!(user = %peer.user_name, "client closed the connection"),
+        Err(e) => info!(user = %peer.user_name, "connection ended: {e}"),
     }
 }
 
@@ -105,7 +104,6 @@ struct Connection {
     shared: Arc<Shared>,
     /// This connection's settings (the daemon's, changed by SetOptions).
     settings: Arc<Settings>,
-    peer: PeerInfo,
     trust: Trust,
     verbosity: Verbosity,
     /// The channel to the store-writer, opened by the first op that changes the store; temporary

@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod broker_client;
 pub mod confine;
 pub mod connection;
 pub mod launch;

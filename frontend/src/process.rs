@@ -85,10 +85,9 @@ pub fn run(args: Vec<OsString>) -> Result<(), String> {
         .map_err(|e| format!("starting the async runtime: {e}"))?;
     runtime.block_on(async move {
         // The store-writer creates the DB and its WAL files; wait for it before reading.
-        let first = WriterClient::connect(&args.ipc_dir, STORE_WRITER_WAIT)
+        let _ = WriterClient::connect(&args.ipc_dir, STORE_WRITER_WAIT)
             .await
             .map_err(|e| format!("connecting to the store-writer: {e}"))?;
-        drop(first);
         let layout = &setup.layout;
         let store_dir =
             StoreDir::new(&layout.store_dir).map_err(|e| format!("store directory: {e}"))?;
@@ -101,7 +100,25 @@ pub fn run(args: Vec<OsString>) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
         let store = StoreView::open(store_layout)
             .map_err(|e| format!("opening the store database read-only: {e}"))?;
+        let broker = match listen.take_custom::<std::os::unix::net::UnixStream>(
+            1,
+            libc::AF_UNIX,
+            libc::SOCK_STREAM,
+            "unix stream socket",
+        ) {
+            Ok(Some(socket)) => {
+                let channel = ward_proto::ipc::FrontendBrokerChannel::from_std(
+                    socket,
+                    ward_proto::ipc::FrameLimit::DEFAULT,
+                )
+                .map_err(|e| format!("broker channel: {e}"))?;
+                Some(crate::broker_client::BrokerClient::connect(channel).await?)
+            }
+            Ok(None) => None,
+            Err(e) => return Err(format!("fd 4: {e}")),
+        };
         let shared = Arc::new(Shared {
+            broker,
             policy: Shared::policy_from(&setup.settings),
             settings: setup.settings.clone(),
             store,

@@ -30,6 +30,8 @@ pub struct Shared {
     pub policy: AccessPolicy,
     /// `--force-trusted` / `--force-untrusted`: replaces the credential check entirely.
     pub trust_override: Option<TrustOverride>,
+    /// The channel to the broker (absent when the frontend runs without one, e.g. in tests).
+    pub broker: Option<crate::broker_client::BrokerClient>,
 }
 
 impl Shared {
@@ -123,6 +125,17 @@ async fn accept_one(stream: UnixStream, shared: Arc<Shared>) {
         }
     };
     let span = connection_span(&peer, trust);
+    if let Some(broker) = &shared.broker {
+        if peer.user_known && peer.uid != 0 {
+            if let Err(e) = broker
+                .ensure_user_dirs(peer.uid)
+                .instrument(span.clone())
+                .await
+            {
+                span.in_scope(|| warn!("per-user directories for uid {}: {e}", peer.uid));
+            }
+        }
+    }
     span.in_scope(|| {
         info!(
             "accepted connection from pid {}, user {}{}",
