@@ -796,6 +796,11 @@ def render_report(run, rows_md):
         os.cpu_count() or 0, " ".join("%.2f" % x for x in (run.start_load or []))))
     lines.append("")
     lines.append(rows_md)
+    if not any(size == ADD_TARGET_SIZE_MB for size, _r, _w in run.profile["add"]):
+        lines.append("")
+        lines.append("AddToStoreNar of %s (target ≥ %g× nix-daemon) runs only in the full run; the "
+                     "peak-RSS rows above cover smaller adds." % (fmt_size(ADD_TARGET_SIZE_MB),
+                                                                 ADD_1GIB_RATIO_TARGET))
     errors = []
     for key, per_side in run.workloads.items():
         for side, rec in per_side.items():
