@@ -362,6 +362,8 @@ class Run:
         self.sides = [s for s in SIDES if s in args.sides]
         self.side_info = {s: {} for s in SIDES}
         self.side_error = {}  # side -> why it cannot run at all
+        self.crashes = []  # daemons found dead at the end of a phase
+        self.interrupted = False
         self.workloads = {}  # key -> side -> record
         self.peak_rss = {}
         self.daemons = {}
@@ -405,8 +407,8 @@ class Run:
             d.stop()
             self.side_info[side].setdefault("logs", {})[phase] = file_tail(d.log_path, 200)
             if not still_up and side not in self.side_error:
-                self.side_error[side] = ("%s died during the %s phase; its log ends with:\n%s"
-                                         % (SIDE_TITLES[side], phase, file_tail(d.log_path)))
+                # reported under the table; the next phase starts a fresh daemon all the same
+                self.crashes.append({"side": side, "phase": phase, "log_tail": file_tail(d.log_path)})
             remove_tree(d.store_root)
         self.daemons = {}
 
@@ -460,7 +462,10 @@ class Run:
             rec["error"] = "not run: " + first_line(self.side_error[side])
             return None
         if side not in self.daemons or not self.daemons[side].running():
-            rec["error"] = "not run: the daemon is not running"
+            d = self.daemons.get(side)
+            rec["error"] = "not run: %s is not running%s" % (
+                SIDE_TITLES[side], "" if d is None or d.proc is None
+                else " (it exited with status %s)" % d.proc.returncode)
             return None
         log("%-16s %s" % (key, SIDE_TITLES[side]))
         try:
@@ -480,7 +485,7 @@ class Run:
     def phase_protocol(self):
         """Fresh daemons and stores: ping, idle memory, connect, populate, query."""
         p = self.profile
-        self.start_phase("a")
+        self.start_phase("protocol")
         for side in self.sides:
             res = self.workload("ping", side, lambda side=side: self.wirebench_json(side, ["ping"]))
             if res:
@@ -520,12 +525,12 @@ class Run:
                     "-k", ",".join(map(str, q["concurrency"])),
                     "--paths-file", str(pop_files[side][kind])])
             self.each_side("query_" + kind, query)
-        self.stop_phase("a")
+        self.stop_phase("protocol")
 
     def phase_data(self):
         """Fresh daemons and stores: AddToStoreNar of growing sizes, peak RSS, NarFromPath."""
         p = self.profile
-        self.start_phase("b")
+        self.start_phase("data")
         sampler = PeakSampler(list(self.daemons.values()))
         sampler.start()
         try:
@@ -553,7 +558,7 @@ class Run:
         n = p["narfrom"]
         self.each_side("narfrom", lambda side: self.wirebench_json(side, [
             "narfrom", "-s", str(n["size_mb"]), "-r", str(n["reps"]), "--no-cleanup"]))
-        self.stop_phase("b")
+        self.stop_phase("data")
 
 
 def kill_group(proc):
@@ -781,7 +786,8 @@ def _any_error(run, side):
 def render_report(run, rows_md):
     lines = []
     mode = "quick" if run.args.quick else "full"
-    lines.append("## ward vs nix-daemon (%s run, %s)" % (mode, time.strftime("%Y-%m-%d %H:%M:%S")))
+    lines.append("## ward vs nix-daemon (%s run, %s%s)" % (
+        mode, time.strftime("%Y-%m-%d %H:%M:%S"), ", INTERRUPTED" if run.interrupted else ""))
     lines.append("")
     for side in run.sides:
         info = run.side_info[side]
@@ -806,6 +812,10 @@ def render_report(run, rows_md):
         for side, rec in per_side.items():
             if "error" in rec and not rec["error"].startswith("not run:"):
                 errors.append("### %s on %s\n\n```\n%s\n```" % (key, SIDE_TITLES[side], rec["error"]))
+    for crash in run.crashes:
+        errors.append("### %s died during the %s phase\n\nits log ends with:\n\n```\n%s\n```"
+                      % (SIDE_TITLES[crash["side"]],
+                         crash["phase"], crash["log_tail"]))
     for side, err in run.side_error.items():
         errors.append("### %s could not run\n\n```\n%s\n```" % (SIDE_TITLES[side], err))
     if errors:
@@ -865,6 +875,8 @@ def main(argv=None):
     args = parse_args(argv)
     wirebench = find_wirebench(args.wirebench)
     raise_fd_limit()
+    # explicitly: a shell starting us in the background leaves SIGINT ignored
+    signal.signal(signal.SIGINT, on_terminate)
     signal.signal(signal.SIGTERM, on_terminate)
     signal.signal(signal.SIGHUP, on_terminate)
 
@@ -894,9 +906,12 @@ def main(argv=None):
         run.phase_protocol()
         run.phase_data()
     except KeyboardInterrupt:
-        interrupted = True
+        interrupted = run.interrupted = True
         log("interrupted; stopping daemons and printing what was measured")
     finally:
+        # a second Ctrl-C must not cut the clean-up short
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
         run.stop_all()
         if args.keep:
             log("kept %s" % tmp)
@@ -922,6 +937,7 @@ def main(argv=None):
         "sides": {s: dict(run.side_info[s], error=run.side_error.get(s)) for s in run.sides},
         "table": records,
         "peak_rss": run.peak_rss,
+        "crashes": run.crashes,
         "workloads": run.workloads,
     }
     json_out.write_text(json.dumps(doc, indent=2, default=str) + "\n")
@@ -930,7 +946,7 @@ def main(argv=None):
     log("raw results: %s (table: %s)" % (json_out, json_out.with_suffix(".md")))
     if interrupted:
         return 130
-    failed = bool(run.side_error) or any("error" in rec for per in run.workloads.values()
+    failed = bool(run.side_error) or bool(run.crashes) or any("error" in rec for per in run.workloads.values()
                                          for rec in per.values())
     return 1 if failed else 0
 
