@@ -134,6 +134,11 @@ def build_ward():
     return ward
 
 
+def describe_log(path):
+    text = file_tail(path)
+    return "its log ends with:\n%s" % text if text else "it printed nothing"
+
+
 def tail(text, lines):
     parts = (text or "").rstrip().splitlines()
     return "\n".join(parts[-lines:])
@@ -282,16 +287,15 @@ class Daemon:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise BenchError("%s exited with status %d before accepting connections; "
-                                 "its log (%s) ends with:\n%s"
-                                 % (SIDE_TITLES[self.side], self.proc.returncode, self.log_path,
-                                    file_tail(self.log_path)))
+                raise BenchError("%s exited with status %d before accepting connections; %s"
+                                 % (SIDE_TITLES[self.side], self.proc.returncode,
+                                    describe_log(self.log_path)))
             if self._accepts():
                 return
             time.sleep(0.05)
-        raise BenchError("%s did not accept connections on %s within %.0f s; its log ends with:\n%s"
+        raise BenchError("%s did not accept connections on %s within %.0f s; %s"
                          % (SIDE_TITLES[self.side], self.socket_path, timeout,
-                            file_tail(self.log_path)))
+                            describe_log(self.log_path)))
 
     def _accepts(self):
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -403,12 +407,13 @@ class Run:
 
     def stop_phase(self, phase):
         for side, d in list(self.daemons.items()):
-            still_up = d.running()
+            exit_status = d.proc.poll()
             d.stop()
             self.side_info[side].setdefault("logs", {})[phase] = file_tail(d.log_path, 200)
-            if not still_up and side not in self.side_error:
+            if exit_status is not None and side not in self.side_error:
                 # reported under the table; the next phase starts a fresh daemon all the same
-                self.crashes.append({"side": side, "phase": phase, "log_tail": file_tail(d.log_path)})
+                self.crashes.append({"side": side, "phase": phase, "exit_status": exit_status,
+                                     "log_tail": file_tail(d.log_path)})
             remove_tree(d.store_root)
         self.daemons = {}
 
@@ -435,18 +440,18 @@ class Run:
         except subprocess.TimeoutExpired:
             kill_group(proc)
             out, err = proc.communicate()
-            raise BenchError("wirebench %s timed out after %d s; stderr:\n%s\n%s log ends with:\n%s"
+            raise BenchError("wirebench %s timed out after %d s; stderr:\n%s\n%s: %s"
                              % (sub_argv[0], timeout or self.timeout, tail(err, 20),
-                                SIDE_TITLES[side], file_tail(d.log_path)))
+                                SIDE_TITLES[side], describe_log(d.log_path)))
         finally:
             self.live_client = None
         if proc.returncode != 0:
-            raise BenchError("wirebench %s exited with status %d; stderr:\n%s\n%s %s; log ends with:\n%s"
+            raise BenchError("wirebench %s exited with status %d; stderr:\n%s\n%s %s; %s"
                              % (" ".join(sub_argv), proc.returncode, tail(err, 20),
                                 SIDE_TITLES[side],
                                 "is still running" if d.running() else
                                 "has exited (status %s)" % d.proc.returncode,
-                                file_tail(d.log_path)))
+                                describe_log(d.log_path)))
         try:
             doc = json.loads(out)
         except ValueError as e:
@@ -813,9 +818,9 @@ def render_report(run, rows_md):
             if "error" in rec and not rec["error"].startswith("not run:"):
                 errors.append("### %s on %s\n\n```\n%s\n```" % (key, SIDE_TITLES[side], rec["error"]))
     for crash in run.crashes:
-        errors.append("### %s died during the %s phase\n\nits log ends with:\n\n```\n%s\n```"
-                      % (SIDE_TITLES[crash["side"]],
-                         crash["phase"], crash["log_tail"]))
+        errors.append("### %s exited (status %s) during the %s phase\n\nits log ends with:\n\n"
+                      "```\n%s\n```" % (SIDE_TITLES[crash["side"]], crash["exit_status"],
+                                         crash["phase"], crash["log_tail"]))
     for side, err in run.side_error.items():
         errors.append("### %s could not run\n\n```\n%s\n```" % (SIDE_TITLES[side], err))
     if errors:
