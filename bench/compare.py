@@ -21,6 +21,7 @@ import resource
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -34,25 +35,26 @@ SIDE_TITLES = {"nix": "nix-daemon", "ward": "ward"}
 KIB = 1024
 MIB = 1024 * 1024
 
-# Workload sizes. "add" entries are (size in MiB, timed repetitions, warm-up repetitions).
+# Workload sizes. Measured workloads run in rounds (see Run.rounds): "add" entries are
+# (size in MiB, rounds), one timed add per side per round after one warm-up add per side.
 PROFILES = {
     "quick": {
-        "connect": {"count": 100, "reps": 3},
+        "connect": {"count": 100, "rounds": 3},
         "populate": 1000,
         "hot_paths": 16,
-        "query": {"ops": 2000, "reps": 2, "concurrency": [1, 8]},
-        "add": [(1, 5, 1), (64, 2, 1)],
-        "narfrom": {"size_mb": 64, "reps": 2},
+        "query": {"ops": 2000, "rounds": 2, "concurrency": [1, 8]},
+        "add": [(1, 5), (64, 2)],
+        "narfrom": {"size_mb": 64, "rounds": 2, "reps": 3},
         "idle": {"connections": [1, 100, 1000], "settle": 0.5},
         "timeout": 300,
     },
     "full": {
-        "connect": {"count": 200, "reps": 7},
+        "connect": {"count": 200, "rounds": 7},
         "populate": 5000,
         "hot_paths": 16,
-        "query": {"ops": 5000, "reps": 5, "concurrency": [1, 8]},
-        "add": [(1, 10, 1), (64, 5, 1), (256, 3, 1), (1024, 3, 1)],
-        "narfrom": {"size_mb": 64, "reps": 5},
+        "query": {"ops": 5000, "rounds": 5, "concurrency": [1, 8]},
+        "add": [(1, 10), (64, 5), (256, 3), (1024, 3)],
+        "narfrom": {"size_mb": 64, "rounds": 5, "reps": 3},
         "idle": {"connections": [1, 100, 1000], "settle": 1.0},
         "timeout": 1800,
     },
@@ -459,18 +461,24 @@ class Run:
         doc["wall_s"] = time.monotonic() - t0
         return doc
 
-    def workload(self, key, side, fn):
-        """Run one side of one workload, recording its result or its error."""
-        rec = {"loadavg_before": loadavg()}
-        self.workloads.setdefault(key, {})[side] = rec
+    def cannot_run(self, side):
+        """Why a side cannot run a workload now, or None."""
         if side in self.side_error:
-            rec["error"] = "not run: " + first_line(self.side_error[side])
-            return None
-        if side not in self.daemons or not self.daemons[side].running():
-            d = self.daemons.get(side)
-            rec["error"] = "not run: %s is not running%s" % (
+            return "not run: " + first_line(self.side_error[side])
+        d = self.daemons.get(side)
+        if d is None or not d.running():
+            return "not run: %s is not running%s" % (
                 SIDE_TITLES[side], "" if d is None or d.proc is None
                 else " (it exited with status %s)" % d.proc.returncode)
+        return None
+
+    def once(self, key, side, fn):
+        """One side of a one-shot workload (ping, idle, populate): its document or its error."""
+        rec = {"loadavg_before": loadavg()}
+        self.workloads.setdefault(key, {})[side] = rec
+        why = self.cannot_run(side)
+        if why:
+            rec["error"] = why
             return None
         log("%-16s %s" % (key, SIDE_TITLES[side]))
         try:
@@ -481,9 +489,45 @@ class Run:
             log("%s failed on %s:\n%s" % (key, SIDE_TITLES[side], indent(str(e))))
             return None
 
-    def each_side(self, key, fn):
+    def rounds(self, key, count, argv_for, samples_of, before=None):
+        """A measured workload, interleaved: every round runs each side once, the order flipping
+        from round to round, so drifting background load hits both sides alike.
+
+        argv_for(side, round) -> wirebench arguments; samples_of(side, doc) -> {metric: [values]};
+        before(side) runs untimed ahead of each run. The row value is the median of all samples."""
+        recs = {}
         for side in self.sides:
-            self.workload(key, side, lambda side=side: fn(side))
+            rec = {"loadavg_before": loadavg(), "runs": [], "samples": {}}
+            why = self.cannot_run(side)
+            if why:
+                rec["error"] = why
+            self.workloads.setdefault(key, {})[side] = rec
+            recs[side] = rec
+        for i in range(count):
+            order = self.sides if i % 2 == 0 else list(reversed(self.sides))
+            for side in order:
+                rec = recs[side]
+                if "error" in rec:
+                    continue
+                why = self.cannot_run(side)
+                if why:
+                    rec["error"] = why
+                    continue
+                log("%-16s %s (round %d/%d)" % (key, SIDE_TITLES[side], i + 1, count))
+                try:
+                    if before:
+                        before(side)
+                    doc = self.wirebench_json(side, argv_for(side, i))
+                    samples = samples_of(side, doc)
+                except BenchError as e:
+                    rec["error"] = "round %d: %s" % (i + 1, e)
+                    log("%s failed on %s:\n%s" % (key, SIDE_TITLES[side], indent(rec["error"])))
+                    continue
+                rec["runs"].append(doc)
+                for metric, values in samples.items():
+                    rec["samples"].setdefault(metric, []).extend(values)
+        for rec in recs.values():
+            rec["summary"] = {m: summarize(v) for m, v in rec["samples"].items()}
 
     # ---- phases
 
@@ -492,20 +536,23 @@ class Run:
         p = self.profile
         self.start_phase("protocol")
         for side in self.sides:
-            res = self.workload("ping", side, lambda side=side: self.wirebench_json(side, ["ping"]))
+            res = self.once("ping", side, lambda side=side: self.wirebench_json(side, ["ping"]))
             if res:
                 r = res["result"]
                 self.side_info[side].update({"daemon_nix_version": r.get("daemon_nix_version"),
                                              "daemon_proto": r.get("daemon_proto"),
                                              "negotiated_proto": r.get("negotiated_proto"),
                                              "trusted": r.get("trusted")})
+        # idle first: "at rest" is then a freshly started daemon with an empty store
         idle = p["idle"]
-        self.each_side("idle", lambda side: self.wirebench_json(side, [
-            "idle", "-c", ",".join(map(str, idle["connections"])), "--settle", str(idle["settle"]),
-            "--daemon-pid", str(self.daemons[side].pid)]))
+        for side in self.sides:
+            self.once("idle", side, lambda side=side: self.wirebench_json(side, [
+                "idle", "-c", ",".join(map(str, idle["connections"])),
+                "--settle", str(idle["settle"]), "--daemon-pid", str(self.daemons[side].pid)]))
         c = p["connect"]
-        self.each_side("connect", lambda side: self.wirebench_json(side, [
-            "connect", "-n", str(c["count"]), "-r", str(c["reps"]), "--set-options"]))
+        self.rounds("connect", c["rounds"],
+                    lambda side, i: ["connect", "-n", str(c["count"]), "-r", "1", "--set-options"],
+                    lambda side, doc: {"conn_per_s": doc["result"]["per_rep_connections_per_s"]})
         pop_files = {}
 
         def populate(side):
@@ -519,17 +566,20 @@ class Run:
             pop_files[side] = {"distinct": out, "hot": hot}
             return doc
 
-        self.each_side("populate", populate)
+        for side in self.sides:
+            self.once("populate", side, lambda side=side: populate(side))
         q = p["query"]
         for kind in ("hot", "distinct"):
-            def query(side, kind=kind):
+            def query_argv(side, _round, kind=kind):
                 if side not in pop_files:
                     raise BenchError("skipped: populate failed on this side")
-                return self.wirebench_json(side, [
-                    "query", "-n", str(q["ops"]), "-r", str(q["reps"]),
-                    "-k", ",".join(map(str, q["concurrency"])),
-                    "--paths-file", str(pop_files[side][kind])])
-            self.each_side("query_" + kind, query)
+                return ["query", "-n", str(q["ops"]), "-r", "1",
+                        "-k", ",".join(map(str, q["concurrency"])),
+                        "--paths-file", str(pop_files[side][kind])]
+
+            self.rounds("query_" + kind, q["rounds"], query_argv,
+                        lambda side, doc: {name: r["per_rep_ops_per_s"]
+                                           for name, r in doc["result"]["results"].items()})
         self.stop_phase("protocol")
 
     def phase_data(self):
@@ -539,15 +589,16 @@ class Run:
         sampler = PeakSampler(list(self.daemons.values()))
         sampler.start()
         try:
-            for size_mb, reps, warmup in p["add"]:
-                def add(side, size_mb=size_mb, reps=reps, warmup=warmup):
-                    os.sync()  # the other side's dirty pages must not be written back during this one
-                    argv = ["add", "-s", str(size_mb), "-r", str(reps), "--warmup", str(warmup),
-                            "--no-cleanup", "--no-cleanup-each"]
-                    if size_mb >= 64:
-                        argv += ["--sync-between", "0.1"]
-                    return self.wirebench_json(side, argv)
-                self.each_side("add_%d" % size_mb, add)
+            for size_mb, count in p["add"]:
+                self.rounds(
+                    "add_%d" % size_mb, count,
+                    # one warm-up add per side in the first round; --no-cleanup*: ward has no GC yet
+                    lambda side, i, size_mb=size_mb: [
+                        "add", "-s", str(size_mb), "-r", "1", "--warmup", "1" if i == 0 else "0",
+                        "--no-cleanup", "--no-cleanup-each"],
+                    lambda side, doc: {"MB_per_s": doc["result"]["per_rep_MB_per_s"]},
+                    # the other side's dirty pages must not be written back during this run
+                    before=lambda side: os.sync())
         finally:
             sampler.stop()
         for side in self.sides:
@@ -561,9 +612,28 @@ class Run:
                     for pid, v in sorted(sampler.peaks[side].items())],
             }
         n = p["narfrom"]
-        self.each_side("narfrom", lambda side: self.wirebench_json(side, [
-            "narfrom", "-s", str(n["size_mb"]), "-r", str(n["reps"]), "--no-cleanup"]))
+        narfrom_paths = {}
+
+        def narfrom_argv(side, _round):
+            argv = ["narfrom", "-s", str(n["size_mb"]), "-r", str(n["reps"]), "--no-cleanup"]
+            if side in narfrom_paths:  # the first round added the path; later rounds reuse it
+                argv += ["--path", narfrom_paths[side]]
+            return argv
+
+        def narfrom_samples(side, doc):
+            narfrom_paths[side] = doc["result"]["params"]["path"]
+            return {"MB_per_s": [doc["result"]["MB_per_s"]["median"]]}
+
+        self.rounds("narfrom", n["rounds"], narfrom_argv, narfrom_samples)
         self.stop_phase("data")
+
+
+def summarize(values):
+    v = sorted(values)
+    if not v:
+        return {}
+    return {"n": len(v), "median": statistics.median(v), "min": v[0], "max": v[-1]}
+
 
 
 def kill_group(proc):
@@ -643,6 +713,14 @@ def result_of(run, key, side):
     return rec["result"]["result"]
 
 
+def median_of(run, key, side, metric):
+    """Median of a rounds workload's samples; None when the side failed or has none."""
+    rec = run.workloads.get(key, {}).get(side)
+    if not rec or "error" in rec:
+        return None
+    return rec.get("summary", {}).get(metric, {}).get("median")
+
+
 def dig(d, *path):
     for p in path:
         if not isinstance(d, dict) or p not in d or d[p] is None:
@@ -655,15 +733,13 @@ def build_rows(run):
     p = run.profile
     rows = []
 
-    def val(key, *path, scale=1.0):
+    def val(key, metric):
         def get(side):
-            v = dig(result_of(run, key, side), *path)
-            return None if v is None else v * scale
+            return median_of(run, key, side, metric)
         return get
 
     rows.append(Row("connect + handshake + SetOptions, sequential", "conn/s",
-                    val("connect", "connections_per_s", "median"),
-                    ratio_at_least(CONNECT_RATIO_TARGET)))
+                    val("connect", "conn_per_s"), ratio_at_least(CONNECT_RATIO_TARGET)))
     for kind, label in (("hot", "%d hot paths" % p["hot_paths"]),
                         ("distinct", "%d distinct paths" % p["populate"])):
         for op, opname in (("qpi", "QueryPathInfo"), ("valid", "IsValidPath")):
@@ -671,17 +747,16 @@ def build_rows(run):
                 target = ratio_at_least(QUERY_PATH_INFO_RATIO_TARGET) if op == "qpi" else None
                 rows.append(Row("%s, %d conn%s, %s" % (opname, k, "" if k == 1 else "s", label),
                                 "ops/s",
-                                val("query_" + kind, "results", "%s/k=%d" % (op, k),
-                                    "ops_per_s", "median"), target))
+                                val("query_" + kind, "%s/k=%d" % (op, k)), target))
     rows.append(Row("populate: AddToStoreNar of tiny paths, 1 conn", "adds/s",
-                    val("populate", "adds_per_s")))
-    for size_mb, _reps, _warmup in p["add"]:
+                    lambda side: dig(result_of(run, "populate", side), "adds_per_s")))
+    for size_mb, _rounds in p["add"]:
         target = ratio_at_least(ADD_1GIB_RATIO_TARGET) if size_mb == ADD_TARGET_SIZE_MB else None
         rows.append(Row("AddToStoreNar %s" % fmt_size(size_mb), "MB/s",
-                        val("add_%d" % size_mb, "MB_per_s", "median"), target))
+                        val("add_%d" % size_mb, "MB_per_s"), target))
     rows.extend(peak_rss_rows(run))
     rows.append(Row("NarFromPath %s" % fmt_size(p["narfrom"]["size_mb"]), "MB/s",
-                    val("narfrom", "MB_per_s", "median")))
+                    val("narfrom", "MB_per_s")))
     rows.extend(idle_rows(run))
     return rows
 
@@ -692,7 +767,7 @@ def fmt_size(size_mb):
 
 def peak_rss_rows(run):
     """One row per ward process: its VmHWM after the adds, against nix-daemon's largest."""
-    largest_add = fmt_size(max(s for s, _r, _w in run.profile["add"]))
+    largest_add = fmt_size(max(s for s, _rounds in run.profile["add"]))
     nix = run.peak_rss.get("nix", {}).get("sampled_during_add") or []
     nix_peak = max((p["hwm_kb"] for p in nix), default=None)
     ward = run.peak_rss.get("ward", {}).get("after_add")
@@ -805,9 +880,15 @@ def render_report(run, rows_md):
                 info.get("daemon_proto"), info.get("negotiated_proto")))
     lines.append("- machine: %d CPUs, load average at start %s" % (
         os.cpu_count() or 0, " ".join("%.2f" % x for x in (run.start_load or []))))
+    busy = [x for x in (run.start_load or [])[:1] + (loadavg() or [])[:1] if x > (os.cpu_count() or 1)]
+    if busy:
+        lines.append("- **the machine was busy** (1-minute load average %s on %d CPUs at the start "
+                     "or the end): other work competed with both daemons; ratios of a few tens of "
+                     "percent either way are noise" % (" / ".join("%.1f" % x for x in busy),
+                                                        os.cpu_count() or 1))
     lines.append("")
     lines.append(rows_md)
-    if not any(size == ADD_TARGET_SIZE_MB for size, _r, _w in run.profile["add"]):
+    if not any(size == ADD_TARGET_SIZE_MB for size, _rounds in run.profile["add"]):
         lines.append("")
         lines.append("AddToStoreNar of %s (target ≥ %g× nix-daemon) runs only in the full run; the "
                      "peak-RSS rows above cover smaller adds." % (fmt_size(ADD_TARGET_SIZE_MB),
