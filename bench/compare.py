@@ -373,7 +373,6 @@ class Run:
         self.workloads = {}  # key -> side -> record
         self.peak_rss = {}
         self.daemons = {}
-        self.live_client = None
         self.start_load = loadavg()
 
     # ---- daemons
@@ -420,9 +419,6 @@ class Run:
         self.daemons = {}
 
     def stop_all(self):
-        if self.live_client is not None:
-            kill_group(self.live_client)
-            self.live_client = None
         for d in list(self.daemons.values()):
             d.stop()
         self.daemons = {}
@@ -436,7 +432,6 @@ class Run:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True, start_new_session=True,
                                 cwd=self.tmp)
-        self.live_client = proc
         try:
             out, err = proc.communicate(timeout=timeout or self.timeout)
         except subprocess.TimeoutExpired:
@@ -445,8 +440,9 @@ class Run:
             raise BenchError("wirebench %s timed out after %d s; stderr:\n%s\n%s: %s"
                              % (sub_argv[0], timeout or self.timeout, tail(err, 20),
                                 SIDE_TITLES[side], describe_log(d.log_path)))
-        finally:
-            self.live_client = None
+        except BaseException:
+            kill_group(proc)  # Ctrl-C or SIGTERM: the client and its workers go too
+            raise
         if proc.returncode != 0:
             raise BenchError("wirebench %s exited with status %d; stderr:\n%s\n%s %s; %s"
                              % (" ".join(sub_argv), proc.returncode, tail(err, 20),
