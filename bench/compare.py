@@ -22,6 +22,7 @@ import shutil
 import signal
 import socket
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -59,6 +60,10 @@ PROFILES = {
         "timeout": 1800,
     },
 }
+
+# Worker protocol greeting (Nix 2.8 worker-protocol.hh), for the readiness probe only.
+WORKER_MAGIC_1 = 0x6E697863
+WORKER_MAGIC_2 = 0x6478696F
 
 # The issue's targets.
 CONNECT_RATIO_TARGET = 2.0
@@ -300,10 +305,20 @@ class Daemon:
                             describe_log(self.log_path)))
 
     def _accepts(self):
+        """Ready means serving: the daemon answers the first step of the handshake."""
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(2.0)
         try:
             s.connect(str(self.socket_path))
-            return True
+            s.sendall(struct.pack("<Q", WORKER_MAGIC_1))
+            reply = b""
+            while len(reply) < 16:
+                chunk = s.recv(16 - len(reply))
+                if not chunk:
+                    return False
+                reply += chunk
+            magic, version = struct.unpack("<QQ", reply)
+            return magic == WORKER_MAGIC_2 and version >> 8 == 1
         except OSError:
             return False
         finally:
@@ -381,15 +396,38 @@ class Run:
         root = self.tmp / ("%s-%s-root" % (side, phase))
         sock = self.tmp / ("%s-%s.sock" % (side, phase))
         logp = self.tmp / ("%s-%s.log" % (side, phase))
-        env = dict(os.environ)
-        env.pop("NIX_REMOTE", None)
+        env = self.daemon_env()
         if side == "nix":
             env["NIX_DAEMON_SOCKET_PATH"] = str(sock)
             argv = [self.args.nix_daemon, "--store", str(root), "--option", "sandbox", "false"]
         else:
             argv = [str(self.side_info["ward"]["bin"]), "daemon", "--store", str(root),
                     "--socket-path", str(sock)] + list(self.args.ward_arg or [])
+        setpriv = shutil.which("setpriv")
+        if setpriv:
+            # should compare.py itself be killed outright, the daemon dies with it
+            argv = [setpriv, "--pdeathsig", "KILL"] + argv
         return Daemon(side, argv, env, sock, root, logp)
+
+    def daemon_env(self):
+        """The same small environment for both daemons: no host or user nix.conf, no NIX_REMOTE."""
+        home = self.tmp / "home"
+        conf = self.tmp / "conf"
+        for d in (home / ".config", home / ".cache", conf):
+            d.mkdir(parents=True, exist_ok=True)
+        (conf / "nix.conf").write_text("sandbox = false\n")
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": str(home),
+            "XDG_CONFIG_HOME": str(home / ".config"),
+            "XDG_CONFIG_DIRS": str(conf),
+            "XDG_CACHE_HOME": str(home / ".cache"),
+            "NIX_CONF_DIR": str(conf),
+        }
+        for name in ("RUST_LOG", "RUST_BACKTRACE"):
+            if name in os.environ:
+                env[name] = os.environ[name]
+        return env
 
     def start_phase(self, phase):
         for side in self.sides:
