@@ -64,6 +64,8 @@ PROFILES = {
 # Worker protocol greeting (Nix 2.8 worker-protocol.hh), for the readiness probe only.
 WORKER_MAGIC_1 = 0x6E697863
 WORKER_MAGIC_2 = 0x6478696F
+STDERR_LAST = 0x616C7473
+PROBE_CLIENT_VERSION = (1 << 8) | 34
 
 # The issue's targets.
 CONNECT_RATIO_TARGET = 2.0
@@ -305,21 +307,35 @@ class Daemon:
                             describe_log(self.log_path)))
 
     def _accepts(self):
-        """Ready means serving: the daemon answers the first step of the handshake."""
+        """Ready means serving: the daemon completes a protocol 1.34 handshake."""
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         s.settimeout(2.0)
+
+        def read_exact(n):
+            data = b""
+            while len(data) < n:
+                chunk = s.recv(n - len(data))
+                if not chunk:
+                    raise EOFError("the daemon hung up")
+                data += chunk
+            return data
+
+        def read_u64():
+            return struct.unpack("<Q", read_exact(8))[0]
+
         try:
             s.connect(str(self.socket_path))
             s.sendall(struct.pack("<Q", WORKER_MAGIC_1))
-            reply = b""
-            while len(reply) < 16:
-                chunk = s.recv(16 - len(reply))
-                if not chunk:
-                    return False
-                reply += chunk
-            magic, version = struct.unpack("<QQ", reply)
-            return magic == WORKER_MAGIC_2 and version >> 8 == 1
-        except OSError:
+            if read_u64() != WORKER_MAGIC_2 or read_u64() >> 8 != 1:
+                return False
+            # our version, then the obsolete CPU-affinity and reserveSpace flags
+            s.sendall(struct.pack("<QQQ", PROBE_CLIENT_VERSION, 0, 0))
+            length = read_u64()  # the daemon's Nix version string, sent from 1.33 on
+            if length > 4096:
+                return False
+            read_exact(length + (-length) % 8)
+            return read_u64() == STDERR_LAST
+        except (OSError, EOFError):
             return False
         finally:
             s.close()
