@@ -685,7 +685,6 @@ def summarize(values):
     return {"n": len(v), "median": statistics.median(v), "min": v[0], "max": v[-1]}
 
 
-
 def kill_group(proc):
     """SIGKILL a wirebench client and the workers it forked (its own session)."""
     try:
