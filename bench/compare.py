@@ -93,7 +93,8 @@ def git_main_checkout():
     """The main checkout of this repository when running from a linked worktree, else None."""
     try:
         out = subprocess.run(
-            ["git", "-C", str(REPO_ROOT), "rev-parse", "--path-format=absolute", "--git-common-dir"],
+            ["git", "-C", str(REPO_ROOT), "rev-parse", "--path-format=absolute",
+             "--git-common-dir"],
             capture_output=True, text=True, check=True,
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
@@ -507,7 +508,8 @@ class Run:
         try:
             doc = json.loads(out)
         except ValueError as e:
-            raise BenchError("wirebench %s printed no JSON (%s): %s" % (sub_argv[0], e, tail(out, 5)))
+            raise BenchError("wirebench %s printed no JSON (%s): %s"
+                             % (sub_argv[0], e, tail(out, 5)))
         doc["wall_s"] = time.monotonic() - t0
         return doc
 
@@ -607,10 +609,12 @@ class Run:
 
         def populate(side):
             out = self.tmp / ("%s-paths.txt" % side)
-            doc = self.wirebench_json(side, ["populate", "-p", str(p["populate"]), "--out", str(out)])
+            doc = self.wirebench_json(
+                side, ["populate", "-p", str(p["populate"]), "--out", str(out)])
             lines = [l for l in out.read_text().splitlines() if l.strip()]
             if len(lines) != p["populate"]:
-                raise BenchError("populate wrote %d paths, expected %d" % (len(lines), p["populate"]))
+                raise BenchError("populate wrote %d paths, expected %d"
+                                 % (len(lines), p["populate"]))
             hot = self.tmp / ("%s-hot.txt" % side)
             hot.write_text("\n".join(lines[:p["hot_paths"]]) + "\n")
             pop_files[side] = {"distinct": out, "hot": hot}
@@ -888,7 +892,10 @@ def render_table(run, rows):
         if row.target:
             target_text, check = row.target
             met = check(nix, ward)
-        met_text = "—" if row.target is None else ("yes" if met else "NO" if met is False else "n/a")
+        if row.target is None:
+            met_text = "—"
+        else:
+            met_text = "yes" if met else "NO" if met is False else "n/a"
         unit = " " + row.unit if row.unit else ""
         out.append("| %s | %s | %s | %s | %s | %s |" % (
             row.workload + ("" if not row.unit else " (%s)" % row.unit),
@@ -929,7 +936,8 @@ def render_report(run, rows_md):
                 info.get("daemon_proto"), info.get("negotiated_proto")))
     lines.append("- machine: %d CPUs, load average at start %s" % (
         os.cpu_count() or 0, " ".join("%.2f" % x for x in (run.start_load or []))))
-    busy = [x for x in (run.start_load or [])[:1] + (loadavg() or [])[:1] if x > (os.cpu_count() or 1)]
+    one_minute_loads = (run.start_load or [])[:1] + (loadavg() or [])[:1]
+    busy = [x for x in one_minute_loads if x > (os.cpu_count() or 1)]
     if busy:
         lines.append("- **the machine was busy** (1-minute load average %s on %d CPUs at the start "
                      "or the end): other work competed with both daemons; ratios of a few tens of "
@@ -939,14 +947,15 @@ def render_report(run, rows_md):
     lines.append(rows_md)
     if not any(size == ADD_TARGET_SIZE_MB for size, _rounds in run.profile["add"]):
         lines.append("")
-        lines.append("AddToStoreNar of %s (target ≥ %g× nix-daemon) runs only in the full run; the "
-                     "peak-RSS rows above cover smaller adds." % (fmt_size(ADD_TARGET_SIZE_MB),
+        lines.append("AddToStoreNar of %s (target ≥ %g× nix-daemon) runs only in the full run; "
+                     "the peak-RSS rows above cover smaller adds." % (fmt_size(ADD_TARGET_SIZE_MB),
                                                                  ADD_1GIB_RATIO_TARGET))
     errors = []
     for key, per_side in run.workloads.items():
         for side, rec in per_side.items():
             if "error" in rec and not rec["error"].startswith("not run:"):
-                errors.append("### %s on %s\n\n```\n%s\n```" % (key, SIDE_TITLES[side], rec["error"]))
+                errors.append("### %s on %s\n\n```\n%s\n```"
+                              % (key, SIDE_TITLES[side], rec["error"]))
     for crash in run.crashes:
         errors.append("### %s exited (status %s) during the %s phase\n\nits log ends with:\n\n"
                       "```\n%s\n```" % (SIDE_TITLES[crash["side"]], crash["exit_status"],
@@ -1022,7 +1031,8 @@ def main(argv=None):
     if "nix" in run.sides:
         run.side_info["nix"]["bin"] = args.nix_daemon
         if not (os.path.isfile(args.nix_daemon) and os.access(args.nix_daemon, os.X_OK)):
-            run.side_error["nix"] = "nix-daemon not found at %s (pass --nix-daemon)" % args.nix_daemon
+            run.side_error["nix"] = ("nix-daemon not found at %s (pass --nix-daemon)"
+                                     % args.nix_daemon)
     try:
         if "ward" in run.sides:
             if args.ward_bin:
@@ -1081,8 +1091,8 @@ def main(argv=None):
     log("raw results: %s (table: %s)" % (json_out, json_out.with_suffix(".md")))
     if interrupted:
         return 130
-    failed = bool(run.side_error) or bool(run.crashes) or any("error" in rec for per in run.workloads.values()
-                                         for rec in per.values())
+    failed = (bool(run.side_error) or bool(run.crashes)
+              or any("error" in rec for per in run.workloads.values() for rec in per.values()))
     return 1 if failed else 0
 
 
