@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cli;
+pub mod daemon;
 mod error;
 mod host;
 mod kinds;

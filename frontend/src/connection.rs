@@ -23,7 +23,10 @@ use ward_proto::nar;
 use ward_proto::path_info::{UnkeyedPathInfo, ValidPathInfo};
 use ward_proto::store_path::StorePath;
 use ward_proto::wire::{FramedReader, Limits, WireError, WireReader, WireWriter};
-use ward_proto::worker::types::{DerivedPath, MissingInfo, OutputsSpec, TrustFlag};
+use ward_proto::worker::types::{
+    placeholder_drv_output, BuildResult, BuildStatus, DerivedPath, KeyedBuildResult, MissingInfo,
+    OutputsSpec, TrustFlag,
+};
 use ward_proto::worker::{
     read_op, AddToStore, AddToStoreReply, ClientHandshakeInfo, DaemonError, Op, QueryRealisation,
     RealisationReply, RegisterDrvOutput, Reply, Request, ServerHandshake, StderrMessage, Upload,
@@ -51,14 +54,21 @@ enum OpError {
     Client(String),
     /// The stream is out of sync or gone: send the error if possible and close.
     Fatal(String),
+    /// The store-writer refused or failed; shown to the client, the connection goes on.
+    Writer(ClientError),
 }
 
 impl From<ClientError> for OpError {
     fn from(e: ClientError) -> OpError {
-        match e {
-            ClientError::Store(e) => OpError::Client(e.to_string()),
-            other => OpError::Client(format!("ward's store-writer is unavailable: {other}")),
-        }
+        OpError::Writer(e)
+    }
+}
+
+/// A store-writer failure as the Nix client sees it.
+fn writer_message(store_dir: &ward_proto::store_path::StoreDir, e: &ClientError) -> String {
+    match e {
+        ClientError::Store(e) => e.to_client_message(store_dir),
+        other => format!("ward's store-writer is unavailable: {other}"),
     }
 }
 
@@ -156,6 +166,12 @@ impl Connection {
             debug!(?op, "operation");
             match self.handle(request).await {
                 Ok(()) => {}
+                Err(OpError::Writer(e)) => {
+                    let msg = writer_message(&self.ctx.store_dir, &e);
+                    debug!(?op, "failed: {msg}");
+                    self.queue_error(&msg);
+                    self.flush().await?;
+                }
                 Err(OpError::Client(msg)) => {
                     debug!(?op, "failed: {msg}");
                     self.queue_error(&msg);
@@ -454,7 +470,12 @@ impl Connection {
             }
             R::BuildPathsWithResults(r) => {
                 self.check_build_mode(r.mode)?;
-                Err(not_yet(Op::BuildPathsWithResults))
+                let results = r
+                    .paths
+                    .into_iter()
+                    .map(|target| self.result_without_building(target))
+                    .collect::<OpResult<Vec<_>>>()?;
+                self.reply(Reply::BuildPathsWithResults(results)).await
             }
             R::BuildDerivation(r) => {
                 let fixed = r.drv.outputs.values().all(|o| !o.hash_algo.is_empty());
@@ -481,6 +502,72 @@ impl Connection {
                 "operation {:?} is not supported on this connection",
                 other.op()
             ))),
+        }
+    }
+
+    /// The result of a build target when nothing may be built (builds come with a later
+    /// issue): AlreadyValid with every requested output listed (Nix 2.8 clients read the
+    /// output paths only from `builtOutputs`), or a failure naming what is missing.
+    fn result_without_building(&self, target: DerivedPath) -> OpResult<KeyedBuildResult> {
+        let failed = |target: DerivedPath, msg: String| KeyedBuildResult {
+            path: target,
+            result: BuildResult::new(BuildStatus::MiscFailure, msg),
+        };
+        match &target {
+            DerivedPath::Opaque(path) => {
+                if self.is_valid(path)? {
+                    let result = BuildResult::new(BuildStatus::AlreadyValid, "");
+                    return Ok(KeyedBuildResult {
+                        path: target,
+                        result,
+                    });
+                }
+                let msg = format!(
+                    "path '{}' is not valid and cannot be substituted",
+                    self.print(path)
+                );
+                Ok(failed(target, msg))
+            }
+            DerivedPath::Built { drv_path, outputs } => {
+                if !self.is_valid(drv_path)? {
+                    let msg = format!("derivation '{}' is not valid", self.print(drv_path));
+                    return Ok(failed(target, msg));
+                }
+                let known = self.derivation_outputs(drv_path)?;
+                let names: Vec<String> = match outputs {
+                    OutputsSpec::All => known.keys().cloned().collect(),
+                    OutputsSpec::Names(names) => names.iter().cloned().collect(),
+                };
+                let mut built = BTreeMap::new();
+                for name in names {
+                    match known.get(&name) {
+                        Some(Some(out)) if self.is_valid(out)? => {
+                            built.insert(
+                                name.clone(),
+                                ward_proto::path_info::Realisation {
+                                    id: placeholder_drv_output(name),
+                                    out_path: out.clone(),
+                                    signatures: BTreeSet::new(),
+                                    dependent_realisations: BTreeMap::new(),
+                                },
+                            );
+                        }
+                        _ => {
+                            let msg = format!(
+                                "building '{}' is not implemented by ward yet",
+                                self.print(drv_path)
+                            );
+                            return Ok(failed(target, msg));
+                        }
+                    }
+                }
+                let mut result = BuildResult::new(BuildStatus::AlreadyValid, "");
+                result.built_outputs = built;
+                Ok(KeyedBuildResult {
+                    path: target,
+                    result,
+                })
+            }
         }
     }
 

@@ -18,29 +18,14 @@ use std::process::{Command, ExitCode};
 use nix::fcntl::{fcntl, FcntlArg, FdFlag};
 use ward_config::cli::{self, DaemonArgs};
 use ward_config::layout::{self, StoreLayout};
-use ward_config::{HostInfo, Settings};
 
-/// The system users and group multi-user mode runs under.
-pub const FRONTEND_USER: &str = "ward-frontend";
-/// The store owner, the store-writer's user.
-pub const STORE_USER: &str = "ward-store";
-/// The group both belong to; it may read the DB and reach the store-writer's socket.
-pub const WARD_GROUP: &str = "ward";
+pub use ward_config::daemon::{
+    load_setup, parse_passthrough, DaemonSetup, FRONTEND_USER, STORE_USER, WARD_GROUP,
+};
 
 /// Exit code for a bad command line or configuration (sysexits EX_USAGE / EX_CONFIG).
 const EX_USAGE: u8 = 64;
 const EX_CONFIG: u8 = 78;
-
-/// Everything the daemon's processes agree on, read the same way by each of them.
-#[derive(Debug)]
-pub struct DaemonSetup {
-    /// The parsed command line.
-    pub args: DaemonArgs,
-    /// The loaded settings.
-    pub settings: Settings,
-    /// Where the store is.
-    pub layout: StoreLayout,
-}
 
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +39,9 @@ pub enum LaunchError {
     /// A store ward cannot serve.
     #[error("{0}")]
     Layout(#[from] layout::LayoutError),
+    /// The command line, settings or layout could not be read.
+    #[error("{0}")]
+    Daemon(#[from] ward_config::daemon::DaemonError),
     /// An I/O step failed; names the path.
     #[error("{what} '{path}': {source}")]
     Io {
@@ -74,39 +62,6 @@ fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> L
         what,
         path: path.to_path_buf(),
         source,
-    }
-}
-
-/// Parses and loads exactly as every ward process does; prints configuration warnings.
-pub fn load_setup(args: DaemonArgs, print_warnings: bool) -> Result<DaemonSetup, LaunchError> {
-    let host = HostInfo::detect();
-    let loaded = ward_config::load(&ward_config::process_env, &host, &args.config)?;
-    if print_warnings {
-        for warning in &loaded.warnings {
-            eprintln!("warning: {warning}");
-        }
-    }
-    args.check_experimental_features(&loaded.settings)?;
-    let socket_from_env = std::env::var_os("NIX_DAEMON_SOCKET_PATH").map(PathBuf::from);
-    let layout = layout::resolve(
-        &loaded.settings,
-        args.socket_path.as_deref(),
-        socket_from_env.as_deref(),
-    )?;
-    Ok(DaemonSetup {
-        args,
-        settings: loaded.settings,
-        layout,
-    })
-}
-
-/// Parses the daemon command line that follows `--` in a child's argv.
-pub fn parse_passthrough(args: Vec<OsString>) -> Result<DaemonArgs, LaunchError> {
-    match cli::parse_args(args)? {
-        cli::Command::Run(args) => Ok(args),
-        cli::Command::Help | cli::Command::Version => Err(LaunchError::Setup(
-            "--help/--version reached a child process".into(),
-        )),
     }
 }
 

@@ -537,7 +537,7 @@ pub enum StoreWriterError {
         reason: String,
     },
     /// Signatures were required and none verified.
-    #[error("cannot add path '{path}' because it lacks a signature by a trusted key")]
+    #[error("cannot add path '{path}' because it lacks a valid signature")]
     SignatureMissing {
         /// The path being added.
         path: StorePath,
@@ -635,6 +635,48 @@ mod hash_algo_by_name {
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<HashAlgo, D::Error> {
         let name = String::deserialize(d)?;
         HashAlgo::from_name(&name).map_err(serde::de::Error::custom)
+    }
+}
+
+impl StoreWriterError {
+    /// The store paths this error names.
+    fn named_paths(&self) -> Vec<&StorePath> {
+        use StoreWriterError as E;
+        match self {
+            E::HashMismatch { path, .. }
+            | E::SizeMismatch { path, .. }
+            | E::MalformedNar { path, .. }
+            | E::SignatureMissing { path }
+            | E::BadSignature { path, .. }
+            | E::NotValid { path }
+            | E::AlreadyValid { path }
+            | E::StillAlive { path } => vec![path],
+            E::InvalidReference { path, reference } => vec![path, reference],
+            E::PathMismatch { claimed, computed } => vec![claimed, computed],
+            E::BadOutput { drv_path, .. } => vec![drv_path],
+            E::VersionMismatch { .. }
+            | E::DataTruncated { .. }
+            | E::BadName { .. }
+            | E::BadContentAddress { .. }
+            | E::BadRoot { .. }
+            | E::BadUser { .. }
+            | E::NotPermitted { .. }
+            | E::Io { .. }
+            | E::Database { .. } => vec![],
+        }
+    }
+
+    /// The message for a Nix client: as [`Display`](std::fmt::Display), with every quoted store
+    /// path printed in full (`'/nix/store/<hash>-<name>'`), as Nix prints them.
+    pub fn to_client_message(&self, store_dir: &crate::store_path::StoreDir) -> String {
+        let mut text = self.to_string();
+        for path in self.named_paths() {
+            text = text.replace(
+                &format!("'{path}'"),
+                &format!("'{}'", store_dir.print(path)),
+            );
+        }
+        text
     }
 }
 

@@ -1,0 +1,592 @@
+//! One channel: the handshake, then requests served one at a time, in order, one reply each.
+//!
+//! A request in the wrong phase gets a `NotPermitted` reply and the channel is closed; a frame
+//! error closes it at once (the stream position is then unknown). A peer that closes the
+//! channel while a request's data is still being read tears the channel down without a reply,
+//! and nothing is registered. The channel's temporary roots file is removed when it ends.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+
+use ward_proto::hash::HashAlgo;
+use ward_proto::ipc::store_writer::{
+    AddContent, AddPathFromNar, FrontendToStoreWriter, Realisation, StoreWriterError,
+    StoreWriterToFrontend,
+};
+use ward_proto::ipc::{Channel, FrameLimit, IpcError, IpcMessage, Phase, IPC_VERSION};
+use ward_proto::signature::Signature;
+use ward_proto::store_path::{check_name, StorePath};
+use ward_store::{AddOptions, AddOutcome};
+
+use crate::buildlog::{self, BuildLogError};
+use crate::errors::{self, AddContext};
+use crate::roots;
+use crate::server::{self, ChannelSlot, Shared};
+use crate::spool::{self, is_peer_gone, SpoolError, Spooled, WatchedPipe};
+use crate::temproots::{TempRootError, TempRoots};
+
+/// The store-writer's end of one channel.
+type WriterChannel = Channel<StoreWriterToFrontend, FrontendToStoreWriter>;
+
+/// Why a request produced no ordinary reply.
+#[derive(Debug)]
+enum Failure {
+    /// Refused or failed: the reply is this error, and the channel goes on. (Boxed:
+    /// `StoreWriterError` is large and this is the rare path.)
+    Refused(Box<StoreWriterError>),
+    /// The peer closed the channel mid-request: no reply, the channel ends.
+    PeerGone,
+}
+
+impl From<StoreWriterError> for Failure {
+    fn from(e: StoreWriterError) -> Self {
+        Failure::Refused(Box::new(e))
+    }
+}
+
+impl From<Box<StoreWriterError>> for Failure {
+    fn from(e: Box<StoreWriterError>) -> Self {
+        Failure::Refused(e)
+    }
+}
+
+type Outcome = Result<StoreWriterToFrontend, Failure>;
+
+/// State of one channel.
+struct ChannelState {
+    shared: Arc<Shared>,
+    id: u64,
+    phase: Phase,
+    temp_roots: TempRoots,
+}
+
+/// Serves one channel until the peer closes it or breaks the protocol.
+pub fn serve(slot: ChannelSlot, socket: UnixStream) {
+    let shared = Arc::clone(slot.shared());
+    let id = slot.id;
+    let temp_roots = TempRoots::new(
+        shared.layout.state_dir(),
+        shared.store_dir().clone(),
+        &format!("{}-{id}", std::process::id()),
+    );
+    let mut state = ChannelState {
+        shared,
+        id,
+        phase: Phase::Handshake,
+        temp_roots,
+    };
+    let channel = WriterChannel::new(socket, FrameLimit::DEFAULT);
+    loop {
+        let received = match channel.recv() {
+            Ok(received) => received,
+            Err(IpcError::PeerClosed) => break,
+            Err(e) => {
+                tracing::warn!(channel = id, error = %e, "protocol violation; closing the channel");
+                break;
+            }
+        };
+        let request = received.message;
+        let name = request.variant_name();
+        if request.phase() != state.phase {
+            tracing::warn!(
+                channel = id,
+                request = name,
+                phase = %state.phase,
+                "request in the wrong phase; closing the channel"
+            );
+            let reply = StoreWriterToFrontend::Error(StoreWriterError::NotPermitted {
+                request: name.to_owned(),
+                phase: state.phase,
+            });
+            let _ = channel.send(&reply, &[]);
+            break;
+        }
+        tracing::debug!(channel = id, request = name, "request");
+        let (reply, close) = match state.handle(request, received.fds, &channel) {
+            Ok(reply) => (reply, false),
+            Err(Failure::Refused(e)) => {
+                tracing::info!(channel = id, request = name, error = %e, "request refused");
+                let close = matches!(*e, StoreWriterError::VersionMismatch { .. });
+                (StoreWriterToFrontend::Error(*e), close)
+            }
+            Err(Failure::PeerGone) => {
+                tracing::info!(
+                    channel = id,
+                    request = name,
+                    "the frontend closed the channel during the request; nothing was registered"
+                );
+                break;
+            }
+        };
+        if let Err(e) = channel.send(&reply, &[]) {
+            tracing::info!(channel = id, error = %e, "cannot reply; closing the channel");
+            break;
+        }
+        if close {
+            break;
+        }
+    }
+    tracing::debug!(channel = id, "channel closed");
+    // `state` (and with it the temporary roots file) and `slot` drop here.
+}
+
+fn temp_root_error(e: TempRootError) -> StoreWriterError {
+    StoreWriterError::Io {
+        operation: e.action.to_owned(),
+        path: e.path.display().to_string(),
+        message: e.source.to_string(),
+    }
+}
+
+/// The typed reply for an operation ward does not implement yet.
+fn not_implemented(operation: &str, path: String) -> Failure {
+    Failure::from(StoreWriterError::Io {
+        operation: operation.to_owned(),
+        path,
+        message: "not implemented yet in ward".to_owned(),
+    })
+}
+
+fn spool_failure(e: SpoolError, shown: &str) -> Failure {
+    match e {
+        SpoolError::PeerGone(_) => Failure::PeerGone,
+        SpoolError::Read(e) => Failure::from(StoreWriterError::Io {
+            operation: "reading the data of".into(),
+            path: shown.to_owned(),
+            message: e.to_string(),
+        }),
+        SpoolError::Write {
+            action,
+            path,
+            source,
+        } => Failure::from(StoreWriterError::Io {
+            operation: format!("{action} spool file for {shown} in"),
+            path: path.display().to_string(),
+            message: source.to_string(),
+        }),
+    }
+}
+
+impl ChannelState {
+    fn handle(
+        &mut self,
+        request: FrontendToStoreWriter,
+        fds: Vec<OwnedFd>,
+        channel: &WriterChannel,
+    ) -> Outcome {
+        // The frame layer already checked that exactly `fd_count()` descriptors came.
+        let fd = fds.into_iter().next();
+        match request {
+            FrontendToStoreWriter::Hello { ipc_version } => {
+                if ipc_version != IPC_VERSION {
+                    return Err(StoreWriterError::VersionMismatch {
+                        ours: IPC_VERSION,
+                        theirs: ipc_version,
+                    }
+                    .into());
+                }
+                self.phase = Phase::Serving;
+                Ok(StoreWriterToFrontend::Hello {
+                    ipc_version: IPC_VERSION,
+                })
+            }
+            FrontendToStoreWriter::Ping => Ok(StoreWriterToFrontend::Pong),
+            FrontendToStoreWriter::OpenChannel { peer_pid, peer_uid } => {
+                self.open_channel(fd, peer_pid, peer_uid)
+            }
+            FrontendToStoreWriter::AddPathFromNar(request) => {
+                self.add_path_from_nar(*request, fd, channel)
+            }
+            FrontendToStoreWriter::AddContent(request) => self.add_content(*request, fd, channel),
+            FrontendToStoreWriter::AddSignatures { path, sigs } => {
+                self.add_signatures(&path, &sigs)
+            }
+            FrontendToStoreWriter::AddTempRoot { path } => {
+                self.temp_roots.add(&path).map_err(temp_root_error)?;
+                Ok(StoreWriterToFrontend::Done)
+            }
+            FrontendToStoreWriter::AddIndirectRoot { link } => {
+                roots::add_indirect_root(&self.shared.layout, &link)?;
+                Ok(StoreWriterToFrontend::Done)
+            }
+            FrontendToStoreWriter::AddPermRoot { path, gc_root } => {
+                self.add_perm_root(&path, gc_root)
+            }
+            FrontendToStoreWriter::CreateUserDirs { user, uid } => {
+                roots::create_user_dirs(&self.shared.layout, &user, uid)?;
+                Ok(StoreWriterToFrontend::Done)
+            }
+            FrontendToStoreWriter::RegisterRealisation(realisation) => {
+                self.register_realisation(&realisation)
+            }
+            FrontendToStoreWriter::AddBuildLog { drv_path } => {
+                self.add_build_log(&drv_path, fd, channel)
+            }
+            FrontendToStoreWriter::RegisterBuildOutputs { drv_path, .. } => Err(not_implemented(
+                "registering the outputs of",
+                self.shared.print(&drv_path),
+            )),
+            FrontendToStoreWriter::CollectGarbage { .. } => Err(not_implemented(
+                "garbage collection of",
+                self.shared.store_dir().to_string(),
+            )),
+            FrontendToStoreWriter::VerifyStore { .. } => Err(not_implemented(
+                "verifying",
+                self.shared.store_dir().to_string(),
+            )),
+            FrontendToStoreWriter::OptimiseStore => Err(not_implemented(
+                "optimising",
+                self.shared.store_dir().to_string(),
+            )),
+        }
+    }
+
+    /// The descriptor a request carries (present: the frame layer checked the count).
+    fn take_pipe(fd: Option<OwnedFd>, shown: &str) -> Result<OwnedFd, Failure> {
+        let bad = |message: String| {
+            Failure::from(StoreWriterError::Io {
+                operation: "reading the data of".into(),
+                path: shown.to_owned(),
+                message,
+            })
+        };
+        let fd = fd.ok_or_else(|| bad("no data pipe came with the request".into()))?;
+        spool::check_is_pipe(&fd).map_err(|e| bad(e.to_string()))?;
+        Ok(fd)
+    }
+
+    fn open_channel(
+        &self,
+        fd: Option<OwnedFd>,
+        peer_pid: Option<i32>,
+        peer_uid: Option<u32>,
+    ) -> Outcome {
+        let refuse = |message: String| {
+            Failure::from(StoreWriterError::Io {
+                operation: "opening a channel on".into(),
+                path: "the passed socket".into(),
+                message,
+            })
+        };
+        let fd = fd.ok_or_else(|| refuse("no socket came with the request".into()))?;
+        let is_unix_stream = rustix::net::sockopt::socket_type(&fd)
+            .is_ok_and(|kind| kind == rustix::net::SocketType::STREAM)
+            && rustix::net::sockopt::socket_domain(&fd)
+                .is_ok_and(|domain| domain == rustix::net::AddressFamily::UNIX);
+        if !is_unix_stream {
+            return Err(refuse("the descriptor is not a unix stream socket".into()));
+        }
+        let origin = format!(
+            "OpenChannel on channel {} for client pid {peer_pid:?} uid {peer_uid:?}",
+            self.id
+        );
+        if !server::spawn_channel(&self.shared, UnixStream::from(fd), &origin) {
+            return Err(refuse(format!(
+                "too many open channels (at most {})",
+                server::MAX_CHANNELS
+            )));
+        }
+        Ok(StoreWriterToFrontend::Done)
+    }
+
+    fn registered_info(&self, path: &StorePath) -> Outcome {
+        let shown = self.shared.print(path);
+        let info = self
+            .shared
+            .store()
+            .db()
+            .query_path_info(path)
+            .map_err(|e| errors::db_error(e, &shown))?
+            .ok_or_else(|| StoreWriterError::NotValid { path: path.clone() })?;
+        Ok(StoreWriterToFrontend::PathAdded(Box::new(
+            errors::to_ipc_path_info(info),
+        )))
+    }
+
+    fn add_path_from_nar(
+        &mut self,
+        request: AddPathFromNar,
+        fd: Option<OwnedFd>,
+        channel: &WriterChannel,
+    ) -> Outcome {
+        let shared = Arc::clone(&self.shared);
+        let mut info = errors::to_valid_path_info(&request.info);
+        let path = info.path.clone();
+        let shown = shared.print(&path);
+        let pipe = Self::take_pipe(fd, &shown)?;
+        check_name(path.name()).map_err(|e| StoreWriterError::BadName {
+            name: path.name().to_owned(),
+            reason: errors::name_reason(&e),
+        })?;
+        if info.nar_hash.algo() != HashAlgo::Sha256 {
+            return Err(StoreWriterError::MalformedNar {
+                path,
+                reason: format!(
+                    "the claimed nar hash uses {}; nar hashes are sha256",
+                    info.nar_hash.algo()
+                ),
+            }
+            .into());
+        }
+        if request.check_sigs {
+            // Only trusted clients may vouch for a path themselves.
+            info.ultimate = false;
+            if shared.require_sigs && !info.has_enough_signatures(shared.store_dir(), &shared.keys)
+            {
+                return Err(StoreWriterError::SignatureMissing { path }.into());
+            }
+        }
+        self.temp_roots.add(&path).map_err(temp_root_error)?;
+        let source = WatchedPipe::new(pipe, channel.socket().as_fd());
+        let Spooled {
+            file,
+            total,
+            sha256,
+        } = spool::spool(source, &shared.spool, Some(info.nar_size))
+            .map_err(|e| spool_failure(e, &shown))?;
+        if total > info.nar_size {
+            // Only `nar_size` bytes were kept; report as Nix would (hash first, then size).
+            return Err(if sha256 != info.nar_hash {
+                StoreWriterError::HashMismatch {
+                    path,
+                    expected: info.nar_hash,
+                    actual: sha256,
+                }
+            } else {
+                StoreWriterError::SizeMismatch {
+                    path,
+                    expected: info.nar_size,
+                    actual: total,
+                }
+            }
+            .into());
+        }
+        let options = AddOptions {
+            repair: request.repair,
+        };
+        let added = shared.store().add_path(&info, file, options);
+        match added {
+            Ok(outcome) => {
+                if outcome == AddOutcome::Added {
+                    tracing::info!(channel = self.id, path = %shown, "added path");
+                }
+                self.registered_info(&path)
+            }
+            Err(e) => Err(errors::add_error(
+                e,
+                &AddContext {
+                    store_dir: shared.store_dir(),
+                    claimed: Some(&info),
+                    shown,
+                    data_sha256: sha256,
+                },
+            )
+            .into()),
+        }
+    }
+
+    fn add_content(
+        &mut self,
+        request: AddContent,
+        fd: Option<OwnedFd>,
+        channel: &WriterChannel,
+    ) -> Outcome {
+        let shared = Arc::clone(&self.shared);
+        let pipe = Self::take_pipe(fd, &request.name)?;
+        check_name(&request.name).map_err(|e| StoreWriterError::BadName {
+            name: request.name.clone(),
+            reason: errors::name_reason(&e),
+        })?;
+        {
+            let store = shared.store();
+            for reference in &request.references {
+                let valid = store
+                    .db()
+                    .is_valid(reference)
+                    .map_err(|e| errors::db_error(e, &request.name))?;
+                if !valid {
+                    return Err(StoreWriterError::NotValid {
+                        path: reference.clone(),
+                    }
+                    .into());
+                }
+            }
+        }
+        let source = WatchedPipe::new(pipe, channel.socket().as_fd());
+        let Spooled { file, sha256, .. } = spool::spool(source, &shared.spool, None)
+            .map_err(|e| spool_failure(e, &request.name))?;
+        let options = AddOptions {
+            repair: request.repair,
+        };
+        let added = shared.store().add_from_content(
+            &request.name,
+            request.method,
+            request.hash_algo,
+            &request.references,
+            file,
+            options,
+        );
+        match added {
+            Ok((info, outcome)) => {
+                if outcome == AddOutcome::Added {
+                    tracing::info!(channel = self.id, path = %shared.print(&info.path), "added path");
+                }
+                self.temp_roots.add(&info.path).map_err(temp_root_error)?;
+                self.registered_info(&info.path)
+            }
+            Err(e) => Err(errors::add_error(
+                e,
+                &AddContext {
+                    store_dir: shared.store_dir(),
+                    claimed: None,
+                    shown: request.name.clone(),
+                    data_sha256: sha256,
+                },
+            )
+            .into()),
+        }
+    }
+
+    fn add_signatures(
+        &self,
+        path: &StorePath,
+        sigs: &std::collections::BTreeSet<String>,
+    ) -> Outcome {
+        for sig in sigs {
+            if Signature::parse(sig).is_err() {
+                return Err(StoreWriterError::BadSignature {
+                    path: path.clone(),
+                    signature: sig.clone(),
+                }
+                .into());
+            }
+        }
+        let shown = self.shared.print(path);
+        let mut store = self.shared.store();
+        if !store
+            .db()
+            .is_valid(path)
+            .map_err(|e| errors::db_error(e, &shown))?
+        {
+            return Err(StoreWriterError::NotValid { path: path.clone() }.into());
+        }
+        store
+            .db_mut()
+            .add_signatures(path, sigs)
+            .map_err(|e| errors::db_error(e, &shown))?;
+        Ok(StoreWriterToFrontend::Done)
+    }
+
+    fn add_perm_root(&mut self, path: &StorePath, gc_root: String) -> Outcome {
+        let shown = self.shared.print(path);
+        let valid = self
+            .shared
+            .store()
+            .db()
+            .is_valid(path)
+            .map_err(|e| errors::db_error(e, &shown))?;
+        if !valid {
+            return Err(StoreWriterError::NotValid { path: path.clone() }.into());
+        }
+        // As Nix: keep the path alive while the root is being made.
+        self.temp_roots.add(path).map_err(temp_root_error)?;
+        roots::add_perm_root(&self.shared.layout, &shown, &gc_root)?;
+        Ok(StoreWriterToFrontend::RootAdded { gc_root })
+    }
+
+    fn register_realisation(&self, realisation: &Realisation) -> Outcome {
+        let id_shown = format!(
+            "{}!{}",
+            realisation.id.drv_hash.to_prefixed_base16(),
+            realisation.id.output_name
+        );
+        let bad = |reason: String| {
+            Failure::from(StoreWriterError::BadContentAddress {
+                path: id_shown.clone(),
+                reason,
+            })
+        };
+        if realisation.id.drv_hash.algo() != HashAlgo::Sha256 {
+            return Err(bad(format!(
+                "the derivation hash uses {}, not sha256",
+                realisation.id.drv_hash.algo()
+            )));
+        }
+        let ids = std::iter::once(&realisation.id)
+            .chain(realisation.dependent_realisations.iter().map(|(id, _)| id));
+        for id in ids {
+            check_name(&id.output_name).map_err(|e| StoreWriterError::BadName {
+                name: id.output_name.clone(),
+                reason: errors::name_reason(&e),
+            })?;
+        }
+        for sig in &realisation.signatures {
+            if Signature::parse(sig).is_err() {
+                return Err(StoreWriterError::BadSignature {
+                    path: realisation.out_path.clone(),
+                    signature: sig.clone(),
+                }
+                .into());
+            }
+        }
+        let mut store = self.shared.store();
+        let paths = std::iter::once(&realisation.out_path)
+            .chain(realisation.dependent_realisations.iter().map(|(_, p)| p));
+        for path in paths {
+            let valid = store
+                .db()
+                .is_valid(path)
+                .map_err(|e| errors::db_error(e, &id_shown))?;
+            if !valid {
+                return Err(StoreWriterError::NotValid { path: path.clone() }.into());
+            }
+        }
+        store
+            .db_mut()
+            .register_realisation(&errors::to_db_realisation(realisation))
+            .map_err(|e| errors::db_error(e, &id_shown))?;
+        Ok(StoreWriterToFrontend::Done)
+    }
+
+    fn add_build_log(
+        &self,
+        drv_path: &StorePath,
+        fd: Option<OwnedFd>,
+        channel: &WriterChannel,
+    ) -> Outcome {
+        let shown = self.shared.print(drv_path);
+        let pipe = Self::take_pipe(fd, &shown)?;
+        let source = WatchedPipe::new(pipe, channel.socket().as_fd());
+        match buildlog::write_build_log(
+            self.shared.layout.log_dir(),
+            drv_path,
+            self.shared.compress_build_log,
+            source,
+        ) {
+            Ok(_) => Ok(StoreWriterToFrontend::Done),
+            Err(BuildLogError::NotADerivation(_)) => Err(StoreWriterError::BadName {
+                name: drv_path.name().to_owned(),
+                reason: format!("'{shown}' is not a derivation, so it has no build log"),
+            }
+            .into()),
+            Err(BuildLogError::Read(e)) if is_peer_gone(&e) => Err(Failure::PeerGone),
+            Err(BuildLogError::Read(e)) => Err(StoreWriterError::Io {
+                operation: "reading the build log of".into(),
+                path: shown,
+                message: e.to_string(),
+            }
+            .into()),
+            Err(BuildLogError::Write {
+                action,
+                path,
+                source,
+            }) => Err(StoreWriterError::Io {
+                operation: format!("storing the build log of {shown}: {action}"),
+                path: path.display().to_string(),
+                message: source.to_string(),
+            }
+            .into()),
+        }
+    }
+}

@@ -1,0 +1,448 @@
+//! A minimal Nix worker-protocol client (protocol 1.34, as Nix 2.8 speaks it) for what the
+//! Nix CLI cannot do on purpose: claim a NAR hash that does not match the data, or hang up in
+//! the middle of an upload. Blocking `std` I/O with timeouts, so a hung daemon fails the test
+//! instead of hanging it.
+
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+/// First word a client sends.
+pub const WORKER_MAGIC_1: u64 = 0x6e69_7863;
+/// First word the daemon answers.
+pub const WORKER_MAGIC_2: u64 = 0x6478_696f;
+/// Protocol 1.34 (Nix 2.8).
+pub const CLIENT_VERSION: u64 = (1 << 8) | 34;
+
+const STDERR_NEXT: u64 = 0x6f6c_6d67;
+const STDERR_READ: u64 = 0x6461_7461;
+const STDERR_WRITE: u64 = 0x6461_7416;
+const STDERR_LAST: u64 = 0x616c_7473;
+const STDERR_ERROR: u64 = 0x6378_7470;
+const STDERR_START_ACTIVITY: u64 = 0x5354_5254;
+const STDERR_STOP_ACTIVITY: u64 = 0x5354_4f50;
+const STDERR_RESULT: u64 = 0x5253_4c54;
+
+/// Worker operation numbers used here.
+pub mod op {
+    /// IsValidPath.
+    pub const IS_VALID_PATH: u64 = 1;
+    /// SetOptions.
+    pub const SET_OPTIONS: u64 = 19;
+    /// QueryPathInfo.
+    pub const QUERY_PATH_INFO: u64 = 26;
+    /// NarFromPath.
+    pub const NAR_FROM_PATH: u64 = 38;
+    /// AddToStoreNar.
+    pub const ADD_TO_STORE_NAR: u64 = 39;
+}
+
+/// Longest string this client accepts from a daemon.
+const MAX_STRING: u64 = 64 << 20;
+/// Most list elements this client accepts from a daemon.
+const MAX_LIST: u64 = 1 << 20;
+/// Read and write timeout on the socket.
+const IO_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What went wrong talking to a daemon.
+#[derive(Debug)]
+pub enum WireError {
+    /// The socket failed or closed.
+    Io(io::Error),
+    /// The daemon answered with `STDERR_ERROR`.
+    Daemon {
+        /// The error message.
+        message: String,
+    },
+    /// The daemon sent something this client does not understand.
+    Protocol(String),
+}
+
+impl fmt::Display for WireError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WireError::Io(e) => write!(f, "i/o error: {e}"),
+            WireError::Daemon { message } => write!(f, "daemon error: {message}"),
+            WireError::Protocol(what) => write!(f, "protocol error: {what}"),
+        }
+    }
+}
+
+impl std::error::Error for WireError {}
+
+impl From<io::Error> for WireError {
+    fn from(e: io::Error) -> WireError {
+        WireError::Io(e)
+    }
+}
+
+type Result<T> = std::result::Result<T, WireError>;
+
+/// Metadata of a store path, as AddToStoreNar sends it and QueryPathInfo returns it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathInfo {
+    /// The store path.
+    pub path: String,
+    /// Deriver, or "".
+    pub deriver: String,
+    /// NAR SHA-256 in lowercase base16, no prefix.
+    pub nar_hash: String,
+    /// References (full store paths).
+    pub references: Vec<String>,
+    /// Registration time (0 = unknown).
+    pub registration_time: u64,
+    /// NAR size in bytes.
+    pub nar_size: u64,
+    /// Ultimate-trust flag.
+    pub ultimate: bool,
+    /// Signatures.
+    pub sigs: Vec<String>,
+    /// Content address, or "".
+    pub ca: String,
+}
+
+impl PathInfo {
+    /// Metadata of a path with no references, deriver or signatures whose NAR is `nar`.
+    pub fn for_nar(path: &str, nar: &[u8]) -> PathInfo {
+        PathInfo {
+            path: path.to_string(),
+            deriver: String::new(),
+            nar_hash: crate::nar::base16(&crate::nar::sha256(nar)),
+            references: Vec::new(),
+            registration_time: 0,
+            nar_size: nar.len() as u64,
+            ultimate: false,
+            sigs: Vec::new(),
+            ca: String::new(),
+        }
+    }
+}
+
+/// One connection to a daemon, after the handshake.
+#[derive(Debug)]
+pub struct WorkerClient {
+    stream: UnixStream,
+    /// Protocol version the daemon announced.
+    pub daemon_version: u64,
+    /// The daemon's Nix version string (sent from 1.33 on).
+    pub daemon_nix_version: Option<String>,
+    /// Log lines (`STDERR_NEXT`) received so far.
+    pub log: Vec<String>,
+}
+
+impl WorkerClient {
+    /// Connects, does the 1.34 handshake and sends SetOptions like Nix 2.8 does.
+    pub fn connect(socket: &Path) -> Result<WorkerClient> {
+        let mut client = WorkerClient::handshake(socket)?;
+        client.set_options()?;
+        Ok(client)
+    }
+
+    /// Connects and does the handshake only.
+    pub fn handshake(socket: &Path) -> Result<WorkerClient> {
+        WorkerClient::handshake_with_timeout(socket, IO_TIMEOUT)
+    }
+
+    /// Connects and does the handshake, waiting at most `timeout` for each read or write.
+    pub fn handshake_with_timeout(socket: &Path, timeout: Duration) -> Result<WorkerClient> {
+        let stream = UnixStream::connect(socket)?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
+        let mut client = WorkerClient {
+            stream,
+            daemon_version: 0,
+            daemon_nix_version: None,
+            log: Vec::new(),
+        };
+        client.write_u64(WORKER_MAGIC_1)?;
+        let magic = client.read_u64()?;
+        if magic != WORKER_MAGIC_2 {
+            return Err(WireError::Protocol(format!(
+                "daemon magic {magic:#x}, expected {WORKER_MAGIC_2:#x}"
+            )));
+        }
+        client.daemon_version = client.read_u64()?;
+        if client.daemon_version >> 8 != 1 || client.daemon_version & 0xff < 10 {
+            return Err(WireError::Protocol(format!(
+                "daemon protocol version {:#x} is not 1.x with x >= 10",
+                client.daemon_version
+            )));
+        }
+        client.write_u64(CLIENT_VERSION)?;
+        client.write_u64(0)?; // no CPU affinity
+        client.write_u64(0)?; // reserveSpace
+        if client.negotiated_minor() >= 33 {
+            client.daemon_nix_version = Some(client.read_string()?);
+        }
+        client.process_stderr()?;
+        client.stream.set_read_timeout(Some(IO_TIMEOUT))?;
+        client.stream.set_write_timeout(Some(IO_TIMEOUT))?;
+        Ok(client)
+    }
+
+    /// The minor protocol version both sides speak.
+    pub fn negotiated_minor(&self) -> u64 {
+        (self.daemon_version & 0xff).min(CLIENT_VERSION & 0xff)
+    }
+
+    /// SetOptions with Nix 2.8's defaults and no overrides.
+    pub fn set_options(&mut self) -> Result<()> {
+        self.write_u64(op::SET_OPTIONS)?;
+        // keepFailed, keepGoing, tryFallback, verbosity (Info), maxBuildJobs, maxSilentTime,
+        // useBuildHook, verboseBuild, logType, printBuildTrace, buildCores, useSubstitutes.
+        for value in [0, 0, 0, 3, 1, 0, 1, 0, 0, 0, 1, 0] {
+            self.write_u64(value)?;
+        }
+        self.write_u64(0)?; // no overrides
+        self.process_stderr()
+    }
+
+    /// IsValidPath.
+    pub fn is_valid_path(&mut self, path: &str) -> Result<bool> {
+        self.write_u64(op::IS_VALID_PATH)?;
+        self.write_string(path.as_bytes())?;
+        self.process_stderr()?;
+        Ok(self.read_u64()? != 0)
+    }
+
+    /// QueryPathInfo; `None` when the path is not valid.
+    pub fn query_path_info(&mut self, path: &str) -> Result<Option<PathInfo>> {
+        self.write_u64(op::QUERY_PATH_INFO)?;
+        self.write_string(path.as_bytes())?;
+        self.process_stderr()?;
+        if self.read_u64()? == 0 {
+            return Ok(None);
+        }
+        Ok(Some(PathInfo {
+            path: path.to_string(),
+            deriver: self.read_string()?,
+            nar_hash: self.read_string()?,
+            references: self.read_strings()?,
+            registration_time: self.read_u64()?,
+            nar_size: self.read_u64()?,
+            ultimate: self.read_u64()? != 0,
+            sigs: self.read_strings()?,
+            ca: self.read_string()?,
+        }))
+    }
+
+    /// NarFromPath; the daemon sends a bare NAR, read here as exactly `nar_size` bytes.
+    pub fn nar_from_path(&mut self, path: &str, nar_size: u64) -> Result<Vec<u8>> {
+        self.write_u64(op::NAR_FROM_PATH)?;
+        self.write_string(path.as_bytes())?;
+        self.process_stderr()?;
+        if nar_size > MAX_STRING {
+            return Err(WireError::Protocol(format!(
+                "nar of {nar_size} bytes is too large"
+            )));
+        }
+        let mut nar = vec![0u8; nar_size as usize];
+        self.stream.read_exact(&mut nar)?;
+        Ok(nar)
+    }
+
+    /// Sends AddToStoreNar's op code and arguments, not yet the data.
+    pub fn begin_add_to_store_nar(&mut self, info: &PathInfo, dont_check_sigs: bool) -> Result<()> {
+        self.write_u64(op::ADD_TO_STORE_NAR)?;
+        self.write_string(info.path.as_bytes())?;
+        self.write_string(info.deriver.as_bytes())?;
+        self.write_string(info.nar_hash.as_bytes())?;
+        self.write_strings(&info.references)?;
+        self.write_u64(info.registration_time)?;
+        self.write_u64(info.nar_size)?;
+        self.write_u64(u64::from(info.ultimate))?;
+        self.write_strings(&info.sigs)?;
+        self.write_string(info.ca.as_bytes())?;
+        self.write_u64(0)?; // repair
+        self.write_u64(u64::from(dont_check_sigs))
+    }
+
+    /// Sends `data` as frames of at most `chunk` bytes, without the terminating empty frame.
+    pub fn send_frames(&mut self, data: &[u8], chunk: usize) -> Result<()> {
+        for piece in data.chunks(chunk.max(1)) {
+            self.write_u64(piece.len() as u64)?;
+            self.stream.write_all(piece)?;
+        }
+        Ok(())
+    }
+
+    /// Sends the empty frame that ends a framed stream.
+    pub fn end_frames(&mut self) -> Result<()> {
+        self.write_u64(0)
+    }
+
+    /// A whole AddToStoreNar: arguments, the NAR in frames of `chunk` bytes, the end frame,
+    /// then the daemon's answer.
+    pub fn add_to_store_nar(
+        &mut self,
+        info: &PathInfo,
+        nar: &[u8],
+        chunk: usize,
+        dont_check_sigs: bool,
+    ) -> Result<()> {
+        self.begin_add_to_store_nar(info, dont_check_sigs)?;
+        self.send_frames(nar, chunk)?;
+        self.end_frames()?;
+        self.process_stderr()
+    }
+
+    /// Writes raw bytes (for malformed requests).
+    pub fn send_raw(&mut self, bytes: &[u8]) -> Result<()> {
+        self.stream.write_all(bytes)?;
+        Ok(())
+    }
+
+    /// Changes how long a read may wait.
+    pub fn set_read_timeout(&mut self, timeout: Duration) -> Result<()> {
+        self.stream.set_read_timeout(Some(timeout))?;
+        Ok(())
+    }
+
+    /// Closes the connection at once (both directions).
+    pub fn hang_up(self) {
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+    }
+
+    /// Reads logger messages until `STDERR_LAST` (Ok) or `STDERR_ERROR` (Err).
+    pub fn process_stderr(&mut self) -> Result<()> {
+        loop {
+            match self.read_u64()? {
+                STDERR_LAST => return Ok(()),
+                STDERR_NEXT => {
+                    let line = self.read_string()?;
+                    self.log.push(line);
+                }
+                STDERR_ERROR => return Err(self.read_error()),
+                STDERR_START_ACTIVITY => {
+                    let _id = self.read_u64()?;
+                    let _level = self.read_u64()?;
+                    let _kind = self.read_u64()?;
+                    let text = self.read_string()?;
+                    self.read_fields()?;
+                    let _parent = self.read_u64()?;
+                    self.log.push(text);
+                }
+                STDERR_STOP_ACTIVITY => {
+                    let _id = self.read_u64()?;
+                }
+                STDERR_RESULT => {
+                    let _id = self.read_u64()?;
+                    let _kind = self.read_u64()?;
+                    self.read_fields()?;
+                }
+                code @ (STDERR_READ | STDERR_WRITE) => {
+                    return Err(WireError::Protocol(format!(
+                        "daemon sent {code:#x}, which protocol 1.34 never uses for these ops"
+                    )))
+                }
+                other => {
+                    return Err(WireError::Protocol(format!(
+                        "unknown logger message {other:#x}"
+                    )))
+                }
+            }
+        }
+    }
+
+    fn read_error(&mut self) -> WireError {
+        // Protocol >= 1.26: "Error", level, "Error", message, position 0, traces.
+        let parse = |client: &mut WorkerClient| -> Result<String> {
+            let tag = client.read_string()?;
+            if tag != "Error" {
+                return Err(WireError::Protocol(format!(
+                    "error tag '{tag}', expected 'Error'"
+                )));
+            }
+            let _level = client.read_u64()?;
+            let _name = client.read_string()?;
+            let mut message = client.read_string()?;
+            let _position = client.read_u64()?;
+            let traces = client.read_u64()?;
+            if traces > MAX_LIST {
+                return Err(WireError::Protocol(format!("{traces} error traces")));
+            }
+            for _ in 0..traces {
+                let _position = client.read_u64()?;
+                let trace = client.read_string()?;
+                message.push_str("\n… ");
+                message.push_str(&trace);
+            }
+            Ok(message)
+        };
+        match parse(self) {
+            Ok(message) => WireError::Daemon { message },
+            Err(e) => e,
+        }
+    }
+
+    fn read_fields(&mut self) -> Result<()> {
+        let count = self.read_u64()?;
+        if count > MAX_LIST {
+            return Err(WireError::Protocol(format!("{count} activity fields")));
+        }
+        for _ in 0..count {
+            match self.read_u64()? {
+                0 => {
+                    self.read_u64()?;
+                }
+                1 => {
+                    self.read_string()?;
+                }
+                tag => return Err(WireError::Protocol(format!("activity field type {tag}"))),
+            }
+        }
+        Ok(())
+    }
+
+    fn write_u64(&mut self, value: u64) -> Result<()> {
+        self.stream.write_all(&value.to_le_bytes())?;
+        Ok(())
+    }
+
+    fn write_string(&mut self, bytes: &[u8]) -> Result<()> {
+        self.write_u64(bytes.len() as u64)?;
+        self.stream.write_all(bytes)?;
+        let pad = (8 - bytes.len() % 8) % 8;
+        self.stream.write_all(&[0u8; 8][..pad])?;
+        Ok(())
+    }
+
+    fn write_strings(&mut self, items: &[String]) -> Result<()> {
+        self.write_u64(items.len() as u64)?;
+        for item in items {
+            self.write_string(item.as_bytes())?;
+        }
+        Ok(())
+    }
+
+    fn read_u64(&mut self) -> Result<u64> {
+        let mut buf = [0u8; 8];
+        self.stream.read_exact(&mut buf)?;
+        Ok(u64::from_le_bytes(buf))
+    }
+
+    fn read_string(&mut self) -> Result<String> {
+        let len = self.read_u64()?;
+        if len > MAX_STRING {
+            return Err(WireError::Protocol(format!("string of {len} bytes")));
+        }
+        let padded = len.div_ceil(8) * 8;
+        let mut buf = vec![0u8; padded as usize];
+        self.stream.read_exact(&mut buf)?;
+        if buf[len as usize..].iter().any(|&b| b != 0) {
+            return Err(WireError::Protocol("non-zero string padding".into()));
+        }
+        buf.truncate(len as usize);
+        String::from_utf8(buf).map_err(|_| WireError::Protocol("string is not UTF-8".into()))
+    }
+
+    fn read_strings(&mut self) -> Result<Vec<String>> {
+        let count = self.read_u64()?;
+        if count > MAX_LIST {
+            return Err(WireError::Protocol(format!("list of {count} strings")));
+        }
+        (0..count).map(|_| self.read_string()).collect()
+    }
+}
