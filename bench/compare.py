@@ -1025,6 +1025,8 @@ def main(argv=None):
     signal.signal(signal.SIGHUP, on_terminate)
 
     tmp = Path(tempfile.mkdtemp(prefix="ward-bench-", dir=args.tmpdir))
+    # ward's unprivileged users must be able to reach their store and socket inside it
+    os.chmod(tmp, 0o711)
     run = Run(args, wirebench, tmp)
     started = time.time()
     interrupted = False
