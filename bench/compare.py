@@ -67,6 +67,14 @@ WORKER_MAGIC_2 = 0x6478696F
 STDERR_LAST = 0x616C7473
 PROBE_CLIENT_VERSION = (1 << 8) | 34
 
+QUERY_OPS = ("qpi", "valid")
+QUERY_OP_NAMES = {"qpi": "QueryPathInfo", "valid": "IsValidPath"}
+
+
+def query_key(kind, op, k):
+    return "query_%s_%s_k%d" % (kind, op, k)
+
+
 # The issue's targets.
 CONNECT_RATIO_TARGET = 2.0
 QUERY_PATH_INFO_RATIO_TARGET = 2.0
@@ -223,6 +231,34 @@ def tree_peaks(root):
             out.append({"pid": pid, "name": process_name(pid), "hwm_kb": status["hwm_kb"],
                         "rss_kb": status["rss_kb"]})
     return out
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_seconds(root):
+    """User + system CPU time of root's tree, reaped children included; and its process count.
+
+    nix-daemon reaps its per-connection children, so their time lands in its cutime/cstime."""
+    ticks = 0
+    pids = process_tree(root)
+    for pid in pids:
+        try:
+            with open("/proc/%d/stat" % pid) as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        ticks += sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
+    return ticks / CLOCK_TICKS, len(pids)
+
+
+def settle_tree(root, count, timeout=3.0):
+    """Wait until per-connection processes have exited and been reaped (their CPU time then
+    shows up in the parent's cutime/cstime)."""
+    deadline = time.monotonic() + timeout
+    while len(process_tree(root)) > count and time.monotonic() < deadline:
+        time.sleep(0.02)
 
 
 def loadavg():
@@ -541,15 +577,18 @@ class Run:
             log("%s failed on %s:\n%s" % (key, SIDE_TITLES[side], indent(str(e))))
             return None
 
-    def rounds(self, key, count, argv_for, samples_of, before=None):
+    def rounds(self, key, count, argv_for, samples_of, work_of=None, before=None):
         """A measured workload, interleaved: every round runs each side once, the order flipping
         from round to round, so drifting background load hits both sides alike.
 
         argv_for(side, round) -> wirebench arguments; samples_of(side, doc) -> {metric: [values]};
-        before(side) runs untimed ahead of each run. The row value is the median of all samples."""
+        work_of(doc) -> units of work done (ops, connections, MiB) for the daemon-CPU figure;
+        before(side) runs untimed ahead of each run. A row's value is the median of all samples;
+        the CPU figure is all rounds' daemon CPU time over all rounds' work."""
         recs = {}
         for side in self.sides:
-            rec = {"loadavg_before": loadavg(), "runs": [], "samples": {}}
+            rec = {"loadavg_before": loadavg(), "runs": [], "samples": {}, "cpu_s": [],
+                   "work": []}
             why = self.cannot_run(side)
             if why:
                 rec["error"] = why
@@ -565,11 +604,15 @@ class Run:
                 if why:
                     rec["error"] = why
                     continue
-                log("%-16s %s (round %d/%d)" % (key, SIDE_TITLES[side], i + 1, count))
+                log("%-24s %s (round %d/%d)" % (key, SIDE_TITLES[side], i + 1, count))
+                daemon = self.daemons[side]
                 try:
                     if before:
                         before(side)
+                    cpu_before, pids_before = tree_cpu_seconds(daemon.pid)
                     doc = self.wirebench_json(side, argv_for(side, i))
+                    settle_tree(daemon.pid, pids_before)
+                    cpu_after, _ = tree_cpu_seconds(daemon.pid)
                     samples = samples_of(side, doc)
                 except BenchError as e:
                     rec["error"] = "round %d: %s" % (i + 1, e)
@@ -578,8 +621,13 @@ class Run:
                 rec["runs"].append(doc)
                 for metric, values in samples.items():
                     rec["samples"].setdefault(metric, []).extend(values)
+                if work_of:
+                    rec["cpu_s"].append(cpu_after - cpu_before)
+                    rec["work"].append(work_of(doc))
         for rec in recs.values():
             rec["summary"] = {m: summarize(v) for m, v in rec["samples"].items()}
+            if rec["work"] and sum(rec["work"]) > 0:
+                rec["cpu_per_unit_s"] = sum(rec["cpu_s"]) / sum(rec["work"])
 
     # ---- phases
 
@@ -604,7 +652,8 @@ class Run:
         c = p["connect"]
         self.rounds("connect", c["rounds"],
                     lambda side, i: ["connect", "-n", str(c["count"]), "-r", "1", "--set-options"],
-                    lambda side, doc: {"conn_per_s": doc["result"]["per_rep_connections_per_s"]})
+                    lambda side, doc: {"conn_per_s": doc["result"]["per_rep_connections_per_s"]},
+                    work_of=lambda doc: doc["result"]["params"]["count"])
         pop_files = {}
 
         def populate(side):
@@ -623,17 +672,24 @@ class Run:
         for side in self.sides:
             self.once("populate", side, lambda side=side: populate(side))
         q = p["query"]
+        # one wirebench run per (op, connections), so the daemon's CPU time is attributable
         for kind in ("hot", "distinct"):
-            def query_argv(side, _round, kind=kind):
-                if side not in pop_files:
-                    raise BenchError("skipped: populate failed on this side")
-                return ["query", "-n", str(q["ops"]), "-r", "1",
-                        "-k", ",".join(map(str, q["concurrency"])),
-                        "--paths-file", str(pop_files[side][kind])]
+            for op in QUERY_OPS:
+                for k in q["concurrency"]:
+                    def query_argv(side, _round, kind=kind, op=op, k=k):
+                        if side not in pop_files:
+                            raise BenchError("skipped: populate failed on this side")
+                        return ["query", "-n", str(q["ops"]), "-r", "1", "-k", str(k),
+                                "--ops-kind", op, "--paths-file", str(pop_files[side][kind])]
 
-            self.rounds("query_" + kind, q["rounds"], query_argv,
-                        lambda side, doc: {name: r["per_rep_ops_per_s"]
-                                           for name, r in doc["result"]["results"].items()})
+                    self.rounds(
+                        query_key(kind, op, k), q["rounds"], query_argv,
+                        lambda side, doc: {"ops_per_s": [
+                            v for r in doc["result"]["results"].values()
+                            for v in r["per_rep_ops_per_s"]]},
+                        work_of=lambda doc: sum(
+                            doc["result"]["params"]["ops_per_worker"] * k
+                            for k in doc["result"]["params"]["concurrency"]))
         self.stop_phase("protocol")
 
     def phase_data(self):
@@ -651,6 +707,9 @@ class Run:
                         "add", "-s", str(size_mb), "-r", "1", "--warmup", "1" if i == 0 else "0",
                         "--no-cleanup", "--no-cleanup-each"],
                     lambda side, doc: {"MB_per_s": doc["result"]["per_rep_MB_per_s"]},
+                    # MiB received, the warm-up add included
+                    work_of=lambda doc: doc["result"]["params"]["nar_bytes"] / MIB * (
+                        doc["result"]["params"]["reps"] + doc["result"]["params"]["warmup"]),
                     # the other side's dirty pages must not be written back during this run
                     before=lambda side: os.sync())
         finally:
@@ -668,17 +727,27 @@ class Run:
         n = p["narfrom"]
         narfrom_paths = {}
 
+        def add_narfrom_path(side):
+            doc = self.wirebench_json(side, [
+                "add", "-s", str(n["size_mb"]), "-r", "1", "--warmup", "0", "--name",
+                "wirebench-narfrom", "--no-cleanup", "--no-cleanup-each"])
+            narfrom_paths[side] = doc["result"]["paths"][0]
+            return doc
+
+        # the path to download is added beforehand, outside the timed and CPU-counted runs
+        for side in self.sides:
+            self.once("narfrom_setup", side, lambda side=side: add_narfrom_path(side))
+
         def narfrom_argv(side, _round):
-            argv = ["narfrom", "-s", str(n["size_mb"]), "-r", str(n["reps"]), "--no-cleanup"]
-            if side in narfrom_paths:  # the first round added the path; later rounds reuse it
-                argv += ["--path", narfrom_paths[side]]
-            return argv
+            if side not in narfrom_paths:
+                raise BenchError("skipped: adding the path to download failed on this side")
+            return ["narfrom", "--path", narfrom_paths[side], "-r", str(n["reps"]),
+                    "--no-cleanup"]
 
-        def narfrom_samples(side, doc):
-            narfrom_paths[side] = doc["result"]["params"]["path"]
-            return {"MB_per_s": [doc["result"]["MB_per_s"]["median"]]}
-
-        self.rounds("narfrom", n["rounds"], narfrom_argv, narfrom_samples)
+        self.rounds("narfrom", n["rounds"], narfrom_argv,
+                    lambda side, doc: {"MB_per_s": [doc["result"]["MB_per_s"]["median"]]},
+                    work_of=lambda doc: doc["result"]["params"]["nar_bytes"] / MIB
+                    * doc["result"]["params"]["reps"])
         self.stop_phase("data")
 
 
@@ -793,14 +862,9 @@ def build_rows(run):
 
     rows.append(Row("connect + handshake + SetOptions, sequential", "conn/s",
                     val("connect", "conn_per_s"), ratio_at_least(CONNECT_RATIO_TARGET)))
-    for kind, label in (("hot", "%d hot paths" % p["hot_paths"]),
-                        ("distinct", "%d distinct paths" % p["populate"])):
-        for op, opname in (("qpi", "QueryPathInfo"), ("valid", "IsValidPath")):
-            for k in p["query"]["concurrency"]:
-                target = ratio_at_least(QUERY_PATH_INFO_RATIO_TARGET) if op == "qpi" else None
-                rows.append(Row("%s, %d conn%s, %s" % (opname, k, "" if k == 1 else "s", label),
-                                "ops/s",
-                                val("query_" + kind, "%s/k=%d" % (op, k)), target))
+    for kind, op, k, label in query_variants(p):
+        target = ratio_at_least(QUERY_PATH_INFO_RATIO_TARGET) if op == "qpi" else None
+        rows.append(Row(label, "ops/s", val(query_key(kind, op, k), "ops_per_s"), target))
     rows.append(Row("populate: AddToStoreNar of tiny paths, 1 conn", "adds/s",
                     lambda side: dig(result_of(run, "populate", side), "adds_per_s")))
     for size_mb, _rounds in p["add"]:
@@ -811,6 +875,41 @@ def build_rows(run):
     rows.append(Row("NarFromPath %s" % fmt_size(p["narfrom"]["size_mb"]), "MB/s",
                     val("narfrom", "MB_per_s")))
     rows.extend(idle_rows(run))
+    return rows
+
+
+def query_variants(profile):
+    """(kind, op, connections, label) of every query row."""
+    out = []
+    for kind, paths in (("hot", "%d hot paths" % profile["hot_paths"]),
+                        ("distinct", "%d distinct paths" % profile["populate"])):
+        for op in QUERY_OPS:
+            for k in profile["query"]["concurrency"]:
+                out.append((kind, op, k, "%s, %d conn%s, %s" % (
+                    QUERY_OP_NAMES[op], k, "" if k == 1 else "s", paths)))
+    return out
+
+
+def build_cpu_rows(run):
+    """Daemon CPU time per unit of work: what the daemon itself spends, whatever the client."""
+    p = run.profile
+
+    def cpu(key, scale):
+        def get(side):
+            rec = run.workloads.get(key, {}).get(side)
+            if not rec or "error" in rec or "cpu_per_unit_s" not in rec:
+                return None
+            return rec["cpu_per_unit_s"] * scale
+        return get
+
+    rows = [Row("connect + handshake + SetOptions", "ms/conn", cpu("connect", 1e3))]
+    for kind, op, k, label in query_variants(p):
+        rows.append(Row(label, "µs/op", cpu(query_key(kind, op, k), 1e6)))
+    for size_mb, _rounds in p["add"]:
+        rows.append(Row("AddToStoreNar %s" % fmt_size(size_mb), "ms/MiB",
+                        cpu("add_%d" % size_mb, 1e3)))
+    rows.append(Row("NarFromPath %s" % fmt_size(p["narfrom"]["size_mb"]), "ms/MiB",
+                    cpu("narfrom", 1e3)))
     return rows
 
 
@@ -881,9 +980,13 @@ def idle_rows(run):
     return rows
 
 
-def render_table(run, rows):
-    out = ["| workload | nix-daemon | ward | ward/nix | target | met |",
-           "|---|---:|---:|---:|---|---|"]
+def render_table(run, rows, targets=True):
+    if targets:
+        out = ["| workload | nix-daemon | ward | ward/nix | target | met |",
+               "|---|---:|---:|---:|---|---|"]
+    else:
+        out = ["| daemon CPU time per unit of work | nix-daemon | ward | ward/nix |",
+               "|---|---:|---:|---:|"]
     records = []
     for row in rows:
         nix, ward = row.value("nix"), row.value("ward")
@@ -897,10 +1000,12 @@ def render_table(run, rows):
         else:
             met_text = "yes" if met else "NO" if met is False else "n/a"
         unit = " " + row.unit if row.unit else ""
-        out.append("| %s | %s | %s | %s | %s | %s |" % (
-            row.workload + ("" if not row.unit else " (%s)" % row.unit),
-            cell(run, row, "nix", nix), cell(run, row, "ward", ward),
-            "—" if ratio is None else "%.2f×" % ratio, target_text, met_text))
+        cells = [row.workload + ("" if not row.unit else " (%s)" % row.unit),
+                 cell(run, row, "nix", nix), cell(run, row, "ward", ward),
+                 "—" if ratio is None else "%.2f×" % ratio]
+        if targets:
+            cells += [target_text, met_text]
+        out.append("| %s |" % " | ".join(cells))
         records.append({"workload": row.workload, "unit": unit.strip(), "nix": nix, "ward": ward,
                         "ratio_ward_over_nix": ratio, "target": None if row.target is None
                         else target_text, "met": met})
@@ -919,7 +1024,7 @@ def _any_error(run, side):
     return any("error" in recs.get(side, {}) for recs in run.workloads.values())
 
 
-def render_report(run, rows_md):
+def render_report(run, rows_md, cpu_md):
     lines = []
     mode = "quick" if run.args.quick else "full"
     lines.append("## ward vs nix-daemon (%s run, %s%s)" % (
@@ -945,6 +1050,13 @@ def render_report(run, rows_md):
                                                         os.cpu_count() or 1))
     lines.append("")
     lines.append(rows_md)
+    lines.append("")
+    lines.append("Daemon CPU time (user + system, every process of the daemon's tree, nix-daemon's "
+                 "reaped per-connection children included) per unit of work: what the daemon "
+                 "itself spends, independent of the Python client's speed and far less sensitive "
+                 "to other load than the throughputs above.")
+    lines.append("")
+    lines.append(cpu_md)
     if not any(size == ADD_TARGET_SIZE_MB for size, _rounds in run.profile["add"]):
         lines.append("")
         lines.append("AddToStoreNar of %s (target ≥ %g× nix-daemon) runs only in the full run; "
@@ -1065,9 +1177,9 @@ def main(argv=None):
         else:
             remove_tree(tmp)
 
-    rows = build_rows(run)
-    table, records = render_table(run, rows)
-    report = render_report(run, table)
+    table, records = render_table(run, build_rows(run))
+    cpu_table, cpu_records = render_table(run, build_cpu_rows(run), targets=False)
+    report = render_report(run, table, cpu_table)
     json_out = Path(args.json_out) if args.json_out else (
         REPO_ROOT / "target" / "bench" / time.strftime("compare-%Y%m%d-%H%M%S.json"))
     json_out.parent.mkdir(parents=True, exist_ok=True)
@@ -1083,6 +1195,7 @@ def main(argv=None):
         "wirebench": str(wirebench),
         "sides": {s: dict(run.side_info[s], error=run.side_error.get(s)) for s in run.sides},
         "table": records,
+        "cpu_table": cpu_records,
         "peak_rss": run.peak_rss,
         "crashes": run.crashes,
         "workloads": run.workloads,
