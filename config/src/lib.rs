@@ -6,6 +6,7 @@ pub mod cli;
 mod error;
 mod host;
 mod kinds;
+pub mod layout;
 mod load;
 mod overrides;
 mod parse;

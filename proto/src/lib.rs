@@ -17,7 +17,7 @@ pub mod hash;
 pub mod ipc;
 pub mod nar;
 pub mod narinfo;
-pub mod nix32;
+pub use ward_ipc::nix32;
 pub mod path_info;
 pub mod signature;
 pub mod store_path;

@@ -642,7 +642,16 @@ mod hash_algo_by_name {
 mod tests {
     use std::os::fd::AsFd;
 
-    use super::super::frame::{encode_frame, tests::raw_frame, FrameLimit};
+    use super::super::frame::{encode_frame, FrameLimit};
+
+    /// A frame with the given tag and body, bypassing the encoder.
+    fn raw_frame(tag: &[u8; 4], body: &[u8]) -> Vec<u8> {
+        let len = u32::try_from(tag.len() + body.len()).unwrap();
+        let mut frame = len.to_le_bytes().to_vec();
+        frame.extend_from_slice(tag);
+        frame.extend_from_slice(body);
+        frame
+    }
     use super::super::{broker::FrontendToBroker, Channel, IpcError, IPC_VERSION};
     use super::*;
     use crate::content_address::FileIngestionMethod;

@@ -22,6 +22,7 @@ use std::io::{self, Read, Write};
 
 use bincode::config::{Configuration, LittleEndian, NoLimit, Varint};
 use serde::de::DeserializeOwned;
+#[cfg(feature = "async")]
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::{IpcError, IpcMessage};
@@ -207,6 +208,7 @@ pub fn read_frame<R: Read, M: IpcMessage>(
     Ok(message)
 }
 
+#[cfg(feature = "async")]
 /// Writes one frame to an async stream.
 pub async fn write_frame_async<W: AsyncWrite + Unpin, M: IpcMessage>(
     writer: &mut W,
@@ -219,6 +221,7 @@ pub async fn write_frame_async<W: AsyncWrite + Unpin, M: IpcMessage>(
     writer.flush().await.map_err(map_write_error)
 }
 
+#[cfg(feature = "async")]
 /// Reads one frame from an async stream. Not cancel-safe (see [`super::AsyncChannel`]).
 pub async fn read_frame_async<R: AsyncRead + Unpin, M: IpcMessage>(
     reader: &mut R,
@@ -281,6 +284,7 @@ fn read_full<R: Read>(reader: &mut R, buf: &mut [u8]) -> io::Result<usize> {
     Ok(filled)
 }
 
+#[cfg(feature = "async")]
 async fn read_full_async<R: AsyncRead + Unpin>(
     reader: &mut R,
     buf: &mut [u8],
@@ -406,6 +410,7 @@ pub(crate) mod tests {
         ));
     }
 
+    #[cfg(feature = "async")]
     #[tokio::test]
     async fn frame_round_trip_over_tokio_socket() {
         let (mut a, mut b) = tokio::net::UnixStream::pair().unwrap();
@@ -445,6 +450,7 @@ pub(crate) mod tests {
         assert_eq!(reader.taken, LENGTH_PREFIX_LEN, "payload bytes were read");
     }
 
+    #[cfg(feature = "async")]
     #[tokio::test]
     async fn oversized_prefix_from_a_tokio_peer_is_refused() {
         let (mut a, mut b) = tokio::net::UnixStream::pair().unwrap();
@@ -508,6 +514,7 @@ pub(crate) mod tests {
         }
     }
 
+    #[cfg(feature = "async")]
     #[tokio::test]
     async fn truncated_frame_from_a_tokio_peer() {
         let (mut a, mut b) = tokio::net::UnixStream::pair().unwrap();

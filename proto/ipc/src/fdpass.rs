@@ -22,6 +22,7 @@ use rustix::net::{
     RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendAncillaryBuffer,
     SendAncillaryMessage, SendFlags,
 };
+#[cfg(feature = "async")]
 use tokio::io::Interest;
 
 use super::frame::{self, FrameLimit, LENGTH_PREFIX_LEN};
@@ -250,6 +251,7 @@ pub fn recv_frame_with_fds<M: IpcMessage>(
     }
 }
 
+#[cfg(feature = "async")]
 /// Sends one frame with `fds` beside it over a tokio socket.
 pub async fn send_frame_with_fds_async<M: IpcMessage>(
     socket: &tokio::net::UnixStream,
@@ -276,6 +278,7 @@ pub async fn send_frame_with_fds_async<M: IpcMessage>(
     Ok(())
 }
 
+#[cfg(feature = "async")]
 /// Receives one frame and its descriptors from a tokio socket. Not cancel-safe.
 pub async fn recv_frame_with_fds_async<M: IpcMessage>(
     socket: &tokio::net::UnixStream,
@@ -306,7 +309,9 @@ mod tests {
 
     use super::super::frame::tests::{raw_frame, samples, TestMessage};
     use super::super::frame::DEFAULT_MAX_FRAME_LEN;
-    use super::super::{AsyncChannel, Channel};
+    #[cfg(feature = "async")]
+    use super::super::AsyncChannel;
+    use super::super::Channel;
     use super::*;
 
     fn pipe() -> (File, File) {
@@ -420,6 +425,7 @@ mod tests {
         }
     }
 
+    #[cfg(feature = "async")]
     #[tokio::test]
     async fn async_fd_round_trip() {
         let (a, b) = tokio::net::UnixStream::pair().unwrap();
@@ -480,6 +486,7 @@ mod tests {
         assert_eq!(ours.limit(), FrameLimit::DEFAULT);
     }
 
+    #[cfg(feature = "async")]
     #[tokio::test]
     async fn typed_async_channels_round_trip() {
         let (ours, theirs) =
@@ -615,6 +622,7 @@ mod tests {
         }
     }
 
+    #[cfg(feature = "async")]
     #[tokio::test]
     async fn oversized_prefix_from_an_async_socket_peer_is_refused() {
         let (a, b) = tokio::net::UnixStream::pair().unwrap();
@@ -648,6 +656,7 @@ mod tests {
         }
     }
 
+    #[cfg(feature = "async")]
     #[tokio::test]
     async fn truncated_frame_with_its_fd_over_an_async_socket() {
         let (a, b) = tokio::net::UnixStream::pair().unwrap();

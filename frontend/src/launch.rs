@@ -1,0 +1,508 @@
+//! `ward daemon` (and `nix-daemon`, by argv0): read the command line and configuration, fail
+//! before binding anything if either is wrong, take or bind the listening socket, and exec the
+//! broker, which starts the frontend and the store-writer.
+//!
+//! This process runs as whoever started the daemon (root in multi-user mode) but reads no
+//! client bytes: it only ever sees the admin's command line and nix.conf.
+
+use std::ffi::{OsStr, OsString};
+use std::io;
+use std::os::fd::{AsRawFd, IntoRawFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+use ward_config::cli::{self, DaemonArgs};
+use ward_config::layout::{self, StoreLayout};
+use ward_config::{HostInfo, Settings};
+
+/// The system users and group multi-user mode runs under.
+pub const FRONTEND_USER: &str = "ward-frontend";
+/// The store owner, the store-writer's user.
+pub const STORE_USER: &str = "ward-store";
+/// The group both belong to; it may read the DB and reach the store-writer's socket.
+pub const WARD_GROUP: &str = "ward";
+
+/// Exit code for a bad command line or configuration (sysexits EX_USAGE / EX_CONFIG).
+const EX_USAGE: u8 = 64;
+const EX_CONFIG: u8 = 78;
+
+/// Everything the daemon's processes agree on, read the same way by each of them.
+#[derive(Debug)]
+pub struct DaemonSetup {
+    /// The parsed command line.
+    pub args: DaemonArgs,
+    /// The loaded settings.
+    pub settings: Settings,
+    /// Where the store is.
+    pub layout: StoreLayout,
+}
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    /// Bad command line.
+    #[error("{0}")]
+    Cli(#[from] cli::CliError),
+    /// Bad configuration.
+    #[error("{0}")]
+    Config(#[from] ward_config::ConfigError),
+    /// A store ward cannot serve.
+    #[error("{0}")]
+    Layout(#[from] layout::LayoutError),
+    /// An I/O step failed; names the path.
+    #[error("{what} '{path}': {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The path involved.
+        path: PathBuf,
+        /// The error.
+        source: io::Error,
+    },
+    /// A command run during set-up failed.
+    #[error("{0}")]
+    Setup(String),
+}
+
+fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> LaunchError + 'a {
+    move |source| LaunchError::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Parses and loads exactly as every ward process does; prints configuration warnings.
+pub fn load_setup(args: DaemonArgs, print_warnings: bool) -> Result<DaemonSetup, LaunchError> {
+    let host = HostInfo::detect();
+    let loaded = ward_config::load(&ward_config::process_env, &host, &args.config)?;
+    if print_warnings {
+        for warning in &loaded.warnings {
+            eprintln!("warning: {warning}");
+        }
+    }
+    args.check_experimental_features(&loaded.settings)?;
+    let socket_from_env = std::env::var_os("NIX_DAEMON_SOCKET_PATH").map(PathBuf::from);
+    let layout = layout::resolve(
+        &loaded.settings,
+        args.socket_path.as_deref(),
+        socket_from_env.as_deref(),
+    )?;
+    Ok(DaemonSetup {
+        args,
+        settings: loaded.settings,
+        layout,
+    })
+}
+
+/// Parses the daemon command line that follows `--` in a child's argv.
+pub fn parse_passthrough(args: Vec<OsString>) -> Result<DaemonArgs, LaunchError> {
+    match cli::parse_args(args)? {
+        cli::Command::Run(args) => Ok(args),
+        cli::Command::Help | cli::Command::Version => Err(LaunchError::Setup(
+            "--help/--version reached a child process".into(),
+        )),
+    }
+}
+
+/// Entry point of the `ward` binary.
+pub fn ward_main() -> ExitCode {
+    let mut argv = std::env::args_os();
+    let argv0 = argv.next().unwrap_or_else(|| OsString::from("ward"));
+    let invoked_as = Path::new(&argv0)
+        .file_name()
+        .unwrap_or(OsStr::new("ward"))
+        .to_owned();
+    let rest: Vec<OsString> = argv.collect();
+    if invoked_as == "nix-daemon" {
+        return daemon_main("nix-daemon", rest);
+    }
+    match rest.first().map(|a| a.as_bytes()) {
+        Some(b"daemon") => daemon_main("ward daemon", rest[1..].to_vec()),
+        Some(b"install") => match install_main() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Some(b"--version") => {
+            println!(
+                "ward {} (Nix worker protocol 1.21–1.38)",
+                env!("CARGO_PKG_VERSION")
+            );
+            ExitCode::SUCCESS
+        }
+        Some(b"--help") | None => {
+            println!("{WARD_HELP}");
+            ExitCode::SUCCESS
+        }
+        Some(_) => {
+            eprintln!(
+                "error: unknown command '{}'; try 'ward --help'",
+                rest[0].to_string_lossy()
+            );
+            ExitCode::from(EX_USAGE)
+        }
+    }
+}
+
+const WARD_HELP: &str = "\
+ward: a privilege-separated Nix daemon
+
+Usage:
+  ward daemon [nix-daemon options]   serve the Nix worker protocol (see 'ward daemon --help')
+  ward install                       as root: create ward's users, group and directories
+  ward --version | --help
+
+Invoked as 'nix-daemon', ward behaves as 'ward daemon'.";
+
+fn daemon_main(name: &str, args: Vec<OsString>) -> ExitCode {
+    // The children re-read the same command line, so it is passed on as given.
+    let raw_args = args.clone();
+    let args = match cli::parse_args(args) {
+        Ok(cli::Command::Run(args)) => args,
+        Ok(cli::Command::Help) => {
+            println!("{}", cli::HELP);
+            return ExitCode::SUCCESS;
+        }
+        Ok(cli::Command::Version) => {
+            println!("{name} (ward {}) 2.8.0", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("error: {e}\nTry '{name} --help' for more information.");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    let setup = match load_setup(args, true) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EX_CONFIG);
+        }
+    };
+    match start(&setup, raw_args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// Takes the listener from systemd, or binds the socket, then runs the broker.
+fn start(setup: &DaemonSetup, raw_args: Vec<OsString>) -> Result<ExitCode, LaunchError> {
+    let multi_user = is_root();
+    if multi_user {
+        ensure_system_setup(&setup.layout)?;
+    } else {
+        create_dir_all(&setup.layout.state_dir, 0o755)?;
+    }
+    if setup.args.stdio {
+        return serve_stdio(setup, raw_args, multi_user);
+    }
+    // The listener must stay open across exec: its descriptor is deliberately leaked here.
+    let listener_fd = match systemd_listener()? {
+        Some(fd) => fd,
+        None => bind_socket(&setup.layout.socket_path)?.into_raw_fd(),
+    };
+    let err = broker_command(setup, listener_fd, raw_args, multi_user)?.exec();
+    Err(LaunchError::Io {
+        what: "exec",
+        path: sibling_binary("ward-broker")?,
+        source: err,
+    })
+}
+
+/// `--stdio`: one client on stdin/stdout. The broker tree serves one end of a socketpair and
+/// this process copies bytes between it and stdin/stdout, so no process that reads the
+/// client's bytes keeps this process's privileges.
+fn serve_stdio(
+    setup: &DaemonSetup,
+    raw_args: Vec<OsString>,
+    multi_user: bool,
+) -> Result<ExitCode, LaunchError> {
+    let (ours, theirs) =
+        UnixStream::pair().map_err(io_err("socketpair for", Path::new("--stdio")))?;
+    let mut child = broker_command(setup, theirs.as_raw_fd(), raw_args, multi_user)?
+        .spawn()
+        .map_err(io_err("starting", Path::new("ward-broker")))?;
+    drop(theirs);
+    let mut to_daemon = ours
+        .try_clone()
+        .map_err(io_err("dup", Path::new("--stdio")))?;
+    let mut from_daemon = ours;
+    let upstream = std::thread::spawn(move || {
+        let _ = io::copy(&mut io::stdin().lock(), &mut to_daemon);
+        let _ = to_daemon.shutdown(std::net::Shutdown::Write);
+    });
+    let _ = io::copy(&mut from_daemon, &mut io::stdout().lock());
+    drop(upstream);
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX)),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = child.wait();
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The command line of the broker for this set-up; the listener (or the stdio socket) is
+/// inherited as `fd`.
+fn broker_command(
+    setup: &DaemonSetup,
+    fd: RawFd,
+    raw_args: Vec<OsString>,
+    multi_user: bool,
+) -> Result<Command, LaunchError> {
+    fcntl(fd, FcntlArg::F_SETFD(FdFlag::empty())).map_err(|e| LaunchError::Io {
+        what: "clearing close-on-exec of",
+        path: setup.layout.socket_path.clone(),
+        source: e.into(),
+    })?;
+    let mut cmd = Command::new(sibling_binary("ward-broker")?);
+    cmd.arg("--listen-fd")
+        .arg(fd.to_string())
+        .arg("--frontend")
+        .arg(sibling_binary("ward-frontend")?)
+        .arg("--store-writer")
+        .arg(sibling_binary("ward-store-writer")?)
+        .arg("--ipc-dir")
+        .arg(setup.layout.ipc_dir());
+    if multi_user {
+        cmd.args([
+            "--frontend-user",
+            FRONTEND_USER,
+            "--store-user",
+            STORE_USER,
+            "--group",
+            WARD_GROUP,
+        ]);
+    }
+    cmd.arg("--").args(raw_args);
+    for var in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
+        cmd.env_remove(var);
+    }
+    Ok(cmd)
+}
+
+/// ward's helper binaries sit beside the `ward` binary.
+fn sibling_binary(name: &str) -> Result<PathBuf, LaunchError> {
+    let exe = std::env::current_exe().map_err(io_err("finding", Path::new("/proc/self/exe")))?;
+    let path = exe.with_file_name(name);
+    if !path.exists() {
+        return Err(LaunchError::Setup(format!(
+            "'{}' is missing: ward's binaries must be installed side by side",
+            path.display()
+        )));
+    }
+    Ok(path)
+}
+
+/// The socket systemd passed (LISTEN_PID/LISTEN_FDS, fd 3; with several, the one named
+/// `nix-daemon.socket`), checked as sd_listen_fds does. The descriptor stays where systemd put
+/// it; only its number is passed on.
+fn systemd_listener() -> Result<Option<RawFd>, LaunchError> {
+    let Some(pid) = std::env::var_os("LISTEN_PID") else {
+        return Ok(None);
+    };
+    if pid.to_str().and_then(|p| p.parse::<u32>().ok()) != Some(std::process::id()) {
+        return Ok(None);
+    }
+    let count: usize = std::env::var("LISTEN_FDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .filter(|n| *n >= 1)
+        .ok_or_else(|| LaunchError::Setup("LISTEN_FDS is not a positive number".into()))?;
+    let index = match std::env::var("LISTEN_FDNAMES") {
+        Ok(names) => {
+            let names: Vec<&str> = names.split(':').collect();
+            if names.len() != count {
+                return Err(LaunchError::Setup(format!(
+                    "LISTEN_FDNAMES names {} sockets but LISTEN_FDS is {count}",
+                    names.len()
+                )));
+            }
+            names
+                .iter()
+                .position(|n| *n == "nix-daemon.socket")
+                .unwrap_or(0)
+        }
+        Err(_) => 0,
+    };
+    let fd = 3 + RawFd::try_from(index).unwrap_or(0);
+    fcntl(fd, FcntlArg::F_GETFD).map_err(|e| LaunchError::Io {
+        what: "checking the socket systemd passed as",
+        path: PathBuf::from(format!("fd {fd}")),
+        source: e.into(),
+    })?;
+    Ok(Some(fd))
+}
+
+/// Binds the daemon socket: parent directories 0755, a stale socket replaced, mode 0666
+/// (access is decided by peer credentials, as in Nix).
+fn bind_socket(path: &Path) -> Result<UnixListener, LaunchError> {
+    if let Some(parent) = path.parent() {
+        create_dir_all(parent, 0o755)?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            std::fs::remove_file(path).map_err(io_err("removing the stale socket", path))?;
+        }
+        Ok(_) => {
+            return Err(LaunchError::Setup(format!(
+                "'{}' exists and is not a socket; refusing to replace it",
+                path.display()
+            )))
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err("checking", path)(e)),
+    }
+    let listener = UnixListener::bind(path).map_err(io_err("binding the daemon socket", path))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))
+        .map_err(io_err("chmod", path))?;
+    Ok(listener)
+}
+
+fn create_dir_all(path: &Path, mode: u32) -> Result<(), LaunchError> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(path)
+        .map_err(io_err("creating directory", path))
+}
+
+/// `ward install`: creates ward's users and group and the directories of the store named by the
+/// environment (or `--store`), with the owners multi-user mode needs.
+fn install_main() -> Result<(), LaunchError> {
+    if !is_root() {
+        return Err(LaunchError::Setup("'ward install' must run as root".into()));
+    }
+    let setup = load_setup(DaemonArgs::default(), true)?;
+    ensure_system_setup(&setup.layout)?;
+    println!(
+        "ward: users '{FRONTEND_USER}' and '{STORE_USER}', group '{WARD_GROUP}', store '{}' ready",
+        setup.layout.real_store_dir.display()
+    );
+    Ok(())
+}
+
+fn run_tool(program: &str, args: &[&str]) -> Result<(), LaunchError> {
+    let status = Command::new(program)
+        .args(args)
+        .status()
+        .map_err(|e| LaunchError::Setup(format!("running {program}: {e}")))?;
+    if !status.success() {
+        return Err(LaunchError::Setup(format!(
+            "{program} {} failed: {status}",
+            args.join(" ")
+        )));
+    }
+    Ok(())
+}
+
+/// Creates (once) the system group and users, and gives the store owner the top directories of
+/// the store. Existing contents made by a root Nix daemon stay root-owned and readable; the DB
+/// directory and the store directory itself must be the store owner's.
+pub fn ensure_system_setup(layout: &StoreLayout) -> Result<(), LaunchError> {
+    if nix::unistd::Group::from_name(WARD_GROUP)
+        .ok()
+        .flatten()
+        .is_none()
+    {
+        run_tool("groupadd", &["--system", WARD_GROUP])?;
+    }
+    for user in [STORE_USER, FRONTEND_USER] {
+        if nix::unistd::User::from_name(user).ok().flatten().is_none() {
+            run_tool(
+                "useradd",
+                &[
+                    "--system",
+                    "--gid",
+                    WARD_GROUP,
+                    "--no-create-home",
+                    "--home-dir",
+                    "/var/empty",
+                    "--shell",
+                    "/usr/sbin/nologin",
+                    user,
+                ],
+            )?;
+        }
+    }
+    let owner = nix::unistd::User::from_name(STORE_USER)
+        .ok()
+        .flatten()
+        .ok_or_else(|| LaunchError::Setup(format!("user '{STORE_USER}' is missing")))?;
+    let group = nix::unistd::Group::from_name(WARD_GROUP)
+        .ok()
+        .flatten()
+        .ok_or_else(|| LaunchError::Setup(format!("group '{WARD_GROUP}' is missing")))?;
+    let db_dir = layout.state_dir.join("db");
+    for dir in [
+        &layout.real_store_dir,
+        &layout.state_dir,
+        &layout.log_dir,
+        &db_dir,
+        &layout.ipc_dir(),
+    ] {
+        create_dir_all(dir, 0o755)?;
+        nix::unistd::chown(dir.as_path(), Some(owner.uid), Some(group.gid)).map_err(|e| {
+            LaunchError::Io {
+                what: "chown",
+                path: dir.clone(),
+                source: e.into(),
+            }
+        })?;
+    }
+    // The DB files a root nix-daemon left behind: the store owner must write them, the
+    // frontend (group) read them.
+    if let Ok(entries) = std::fs::read_dir(&db_dir) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let meta = std::fs::symlink_metadata(&path).map_err(io_err("checking", &path))?;
+            if meta.is_file() {
+                nix::unistd::chown(path.as_path(), Some(owner.uid), Some(group.gid)).map_err(
+                    |e| LaunchError::Io {
+                        what: "chown",
+                        path: path.clone(),
+                        source: e.into(),
+                    },
+                )?;
+            }
+        }
+    }
+    check_reachable(&layout.real_store_dir)?;
+    check_reachable(&layout.state_dir)?;
+    Ok(())
+}
+
+/// ward's users must be able to walk down to `dir`: every ancestor needs the search bit for
+/// others (they are neither root nor in root's group).
+fn check_reachable(dir: &Path) -> Result<(), LaunchError> {
+    let mut current = Some(dir);
+    while let Some(path) = current {
+        let meta = std::fs::metadata(path).map_err(io_err("checking", path))?;
+        let mode = meta.permissions().mode();
+        if meta.is_dir() && mode & 0o001 == 0 && path != dir {
+            return Err(LaunchError::Setup(format!(
+                "'{}' (mode {:o}) is not searchable by ward's users '{FRONTEND_USER}' and \
+                 '{STORE_USER}'; allow it with 'chmod o+x {}'",
+                path.display(),
+                mode & 0o7777,
+                path.display()
+            )));
+        }
+        current = path.parent();
+    }
+    Ok(())
+}

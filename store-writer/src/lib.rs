@@ -1,0 +1,23 @@
+//! `ward_store`: the store-writer's library, the only code in ward that writes the Nix store
+//! directory and its database.
+//!
+//! * [`layout`]: where a store keeps its files, and creating the tree Nix creates.
+//! * [`lock`]: per-path and big locks with Nix's `flock` semantics.
+//! * [`store`]: an open store (layout, database, staging directory) and crash recovery.
+//! * [`add`]: adding paths atomically from a NAR stream or from raw content.
+//! * [`db`]: the SQLite database, opened and written as Nix 2.8 does.
+//! * [`fsutil`]: descriptor-based tree walks (canonicalise, remove) that never follow symlinks.
+#![forbid(unsafe_code)]
+
+pub use add::{AddError, AddOptions, AddOutcome};
+pub use store::{Store, StoreError};
+
+pub mod add;
+pub mod db;
+pub mod fsutil;
+pub mod layout;
+pub mod lock;
+pub mod store;
+
+#[cfg(test)]
+mod test_support;
