@@ -88,8 +88,26 @@ CA: text:sha256:04zwf782yjwnh3q6hz5izfd6jyip8kgw6g6yj43fiqhbyhdd0dqw
 NARINFO
 seed_file narinfo "$test_data"/libstore-tests/data/nar-info/json-*/*.json
 
-# ---- derivations (target added once the parser is merged) ------------------------------------
-seed_file derivation "$test_data"/libstore-tests/data/derivation/*.drv \
-    "$test_data"/libstore-tests/data/derivation/*/*.drv
+# ---- derivations: Nix's .drv files, each prefixed with its name and a newline ------------------
+for f in "$test_data"/libstore-tests/data/derivation/*.drv \
+    "$test_data"/libstore-tests/data/derivation/*/*.drv; do
+    [ -f "$f" ] || continue
+    # Some entries are git symlinks stored as a file holding the link target: not a .drv.
+    case "$(head -c 3 "$f")" in ../) continue ;; esac
+    json="${f%.drv}.json"
+    name=""
+    if [ -f "$json" ]; then
+        name=$(grep -o '"name": *"[^"]*"' "$json" | head -1 | sed 's/.*"\([^"]*\)"$/\1/' || true)
+    fi
+    if [ -z "$name" ]; then
+        name=$(grep -o '("name","[^"]*")' "$f" | head -1 | sed 's/("name","\(.*\)")/\1/' || true)
+    fi
+    [ -n "$name" ] || name=fuzz
+    { printf '%s\n' "$name"; cat "$f"; } |
+        seed derivation "$(basename "$(dirname "$f")")-$(basename "$f")"
+done
+
+# ---- worker protocol: what real Nix 2.8 clients sent, handshake included ---------------------
+seed_file worker_op "$traces"/*.client.bin
 
 echo "make-seeds: $(find "$corpus" -name 'seed-*' | wc -l) seeds in $corpus"
