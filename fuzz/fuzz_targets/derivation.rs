@@ -37,7 +37,9 @@ fuzz_target!(|data: &[u8]| {
         }
     };
 
-    let printed = drv.to_aterm(&store_dir).expect("a parsed derivation prints");
+    let printed = drv
+        .to_aterm(&store_dir)
+        .expect("a parsed derivation prints");
     let again = Derivation::parse(&printed, &store_dir, name).expect("printed text parses");
     assert_eq!(again, drv, "print/parse round trip changed the derivation");
     assert_eq!(again.to_aterm(&store_dir).expect("prints again"), printed);
@@ -58,7 +60,11 @@ fuzz_target!(|data: &[u8]| {
     let leaf = |path: &StorePath| -> Result<Derivation, Infallible> {
         let mut input = drv.clone();
         input.input_drvs.clear();
-        input.name = path.name().strip_suffix(".drv").unwrap_or(path.name()).to_owned();
+        input.name = path
+            .name()
+            .strip_suffix(".drv")
+            .unwrap_or(path.name())
+            .to_owned();
         Ok(input)
     };
     for mask in [false, true] {
@@ -66,11 +72,17 @@ fuzz_target!(|data: &[u8]| {
     }
     let cyclic = |path: &StorePath| -> Result<Derivation, Infallible> {
         let mut input = drv.clone();
-        input.name = path.name().strip_suffix(".drv").unwrap_or(path.name()).to_owned();
+        input.name = path
+            .name()
+            .strip_suffix(".drv")
+            .unwrap_or(path.name())
+            .to_owned();
         Ok(input)
     };
     match drv.hash_modulo(&store_dir, false, &cyclic, &mut HashModuloCache::new()) {
-        Err(ward_proto::derivation::HashModuloError::Derivation(DerivationError::Cycle { .. })) => {
+        Err(ward_proto::derivation::HashModuloError::Derivation(DerivationError::Cycle {
+            ..
+        })) => {
             assert!(!drv.input_drvs.is_empty())
         }
         other => {

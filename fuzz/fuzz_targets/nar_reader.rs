@@ -8,7 +8,9 @@
 
 use libfuzzer_sys::fuzz_target;
 use sha2::{Digest, Sha256};
-use ward_proto::nar::{copy_nar, hash_and_size, Event, NarError, NarReader, NarWriter, ParseOptions};
+use ward_proto::nar::{
+    copy_nar, hash_and_size, Event, NarError, NarReader, NarWriter, ParseOptions,
+};
 
 /// Parses `data` event by event, reading file contents in `chunk`-byte pieces and leaving every
 /// third file partly unread (the reader must skip the rest), and re-serialises the events.
@@ -38,12 +40,14 @@ fn parse_and_rewrite(
             path.is_root(),
             matches!(event, Event::DirectoryEnd { .. }),
         ) {
-            w.entry(path.file_name()).expect("an entry name the reader accepted");
+            w.entry(path.file_name())
+                .expect("an entry name the reader accepted");
         }
         match event {
             Event::Directory { .. } => {
                 if let Some(w) = writer.as_mut() {
-                    w.directory().expect("a directory where the reader found one");
+                    w.directory()
+                        .expect("a directory where the reader found one");
                 }
             }
             Event::DirectoryEnd { .. } => {
@@ -53,7 +57,8 @@ fn parse_and_rewrite(
             }
             Event::Symlink { target, .. } => {
                 if let Some(w) = writer.as_mut() {
-                    w.symlink(target).expect("a symlink target the reader accepted");
+                    w.symlink(target)
+                        .expect("a symlink target the reader accepted");
                 }
             }
             Event::File {
@@ -63,7 +68,7 @@ fn parse_and_rewrite(
                 ..
             } => {
                 files += 1;
-                let read_all = files % 3 != 0;
+                let read_all = !files.is_multiple_of(3);
                 let mut got = 0u64;
                 let mut sink = match writer.as_mut() {
                     Some(w) if read_all => Some(w.begin_file(executable, size).expect("file")),
@@ -76,7 +81,8 @@ fn parse_and_rewrite(
                     }
                     got += n as u64;
                     if let Some(s) = sink.as_mut() {
-                        s.write_chunk(&buf[..n]).expect("no more than the declared size");
+                        s.write_chunk(&buf[..n])
+                            .expect("no more than the declared size");
                     }
                     if !read_all {
                         break;
@@ -139,6 +145,10 @@ fuzz_target!(|data: &[u8]| {
         require_eof: true,
     };
     if let Ok((size, _)) = parse_and_rewrite(data, tight, chunk) {
-        assert_eq!(size as usize, data.len(), "require_eof accepts only the whole input");
+        assert_eq!(
+            size as usize,
+            data.len(),
+            "require_eof accepts only the whole input"
+        );
     }
 });

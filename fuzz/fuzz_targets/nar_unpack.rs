@@ -20,13 +20,20 @@ fuzz_target!(|data: &[u8]| {
             let mut dumped = Vec::new();
             let dumped_size = dump_path(&dest, &mut dumped).expect("dumping the unpacked tree");
             assert_eq!(dumped_size, size);
-            assert_eq!(dumped.as_slice(), &data[..size as usize], "unpack/dump round trip");
+            assert_eq!(
+                dumped.as_slice(),
+                &data[..size as usize],
+                "unpack/dump round trip"
+            );
         }
         Err(e) => {
             let _ = e.to_string();
             // Filesystem errors (a name too long for the path limit, say) are not parse errors.
             if !matches!(e, ward_proto::nar::NarError::Fs { .. }) {
-                assert!(hashed.is_err(), "unpack refused a nar hash_and_size accepts: {e}");
+                assert!(
+                    hashed.is_err(),
+                    "unpack refused a nar hash_and_size accepts: {e}"
+                );
             }
         }
     }

@@ -13,7 +13,9 @@ fuzz_target!(|data: &[u8]| {
     let store_dir = StoreDir::new("/nix/store").expect("the default store dir");
     match NarInfo::parse(&store_dir, data) {
         Ok(narinfo) => {
-            let text = narinfo.to_text(&store_dir).expect("a parsed narinfo prints");
+            let text = narinfo
+                .to_text(&store_dir)
+                .expect("a parsed narinfo prints");
             let again = NarInfo::parse(&store_dir, text.as_bytes()).expect("printed text parses");
             assert_eq!(again.to_text(&store_dir).expect("prints again"), text);
             let _ = narinfo.to_nix28_json(&store_dir, Some((1, 2)));

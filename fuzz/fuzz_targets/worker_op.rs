@@ -121,10 +121,14 @@ async fn serve(input: &[u8]) {
     let mut replies = tokio::io::sink();
     let mut r = WireReader::new(input);
     let negotiated = match ServerHandshake::default()
-        .accept(&mut r, &mut replies, &ClientHandshakeInfo {
-            daemon_nix_version: Some("2.8.0".to_owned()),
-            trust: None,
-        })
+        .accept(
+            &mut r,
+            &mut replies,
+            &ClientHandshakeInfo {
+                daemon_nix_version: Some("2.8.0".to_owned()),
+                trust: None,
+            },
+        )
         .await
     {
         Ok(n) => n,
@@ -134,7 +138,8 @@ async fn serve(input: &[u8]) {
         }
     };
     let store_dir = StoreDir::new("/nix/store").expect("the default store dir");
-    let ctx = WireContext::with_features(store_dir.clone(), negotiated.version, negotiated.features);
+    let ctx =
+        WireContext::with_features(store_dir.clone(), negotiated.version, negotiated.features);
 
     // `rest` is the input from the start of the next op on.
     let mut rest = &input[consumed(input, &r)..];
