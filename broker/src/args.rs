@@ -25,6 +25,8 @@ pub struct BrokerArgs {
     pub shared_group: Option<String>,
     /// Directory of the private frontend⇄store-writer socket.
     pub ipc_dir: PathBuf,
+    /// The store's state directory (for per-user directories).
+    pub state_dir: PathBuf,
     /// Arguments passed verbatim to both children after their own.
     pub passthrough: Vec<OsString>,
 }
@@ -57,6 +59,7 @@ impl BrokerArgs {
         let mut store_user = None;
         let mut shared_group = None;
         let mut ipc_dir = None;
+        let mut state_dir = None;
         let mut passthrough = Vec::new();
         while let Some(arg) = args.next() {
             let flag = arg.to_string_lossy().into_owned();
@@ -85,6 +88,7 @@ impl BrokerArgs {
                 "--store-user" => store_user = Some(value()?.to_string_lossy().into_owned()),
                 "--group" => shared_group = Some(value()?.to_string_lossy().into_owned()),
                 "--ipc-dir" => ipc_dir = Some(PathBuf::from(value()?)),
+                "--state-dir" => state_dir = Some(PathBuf::from(value()?)),
                 _ => return Err(ArgsError::Unknown(flag)),
             }
         }
@@ -96,6 +100,7 @@ impl BrokerArgs {
             store_user,
             shared_group,
             ipc_dir: ipc_dir.ok_or(ArgsError::Required("--ipc-dir"))?,
+            state_dir: state_dir.ok_or(ArgsError::Required("--state-dir"))?,
             passthrough,
         })
     }
@@ -126,6 +131,8 @@ mod tests {
             "ward",
             "--ipc-dir",
             "/run/ward",
+            "--state-dir",
+            "/nix/var/nix",
             "--",
             "--store",
             "/x",

@@ -8,6 +8,7 @@
 mod args;
 mod supervisor;
 mod sys;
+mod user_dirs;
 
 use std::process::ExitCode;
 

@@ -11,8 +11,9 @@
 //! 6. exec the child's binary (a fresh address space; it applies its own seccomp/landlock).
 
 use std::ffi::CString;
-use std::os::fd::{AsFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -22,6 +23,8 @@ use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::SignalFd;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{ForkResult, Gid, Group, Pid, Uid, User};
+use ward_ipc::broker::{BrokerError, BrokerToFrontend, FrontendToBroker};
+use ward_ipc::{BrokerFrontendChannel, FrameLimit, IpcMessage, Phase, IPC_VERSION};
 
 use crate::args::BrokerArgs;
 use crate::sys;
@@ -72,6 +75,8 @@ pub struct ChildSpec {
     identity: Option<Identity>,
     /// (descriptor in the broker, number it gets in the child)
     fds: Vec<(RawFd, RawFd)>,
+    /// Environment changes: set to `Some(value)` or remove with `None`.
+    env: Vec<(&'static str, Option<&'static str>)>,
 }
 
 #[derive(Debug)]
@@ -171,18 +176,33 @@ pub fn child_specs(args: &BrokerArgs) -> Result<Vec<ChildSpec>, SupervisorError>
             argv: writer_argv,
             identity: identity(&args.store_user)?,
             fds: vec![],
+            env: vec![
+                ("LISTEN_FDS", None),
+                ("LISTEN_PID", None),
+                ("LISTEN_FDNAMES", None),
+            ],
         },
         ChildSpec {
             role: Role::Frontend,
             argv: frontend_argv,
             identity: identity(&args.frontend_user)?,
             fds: vec![(args.listen_fd, 3)],
+            // The socket-activation convention (fds from 3, no pid check) tells the frontend
+            // where its sockets are: 3 = clients, 4 = this broker.
+            env: vec![
+                ("LISTEN_FDS", Some("1")),
+                ("LISTEN_PID", None),
+                ("LISTEN_FDNAMES", None),
+            ],
         },
     ])
 }
 
 /// Runs in the forked child; returns only on failure.
-fn become_child(spec: &ChildSpec) -> Result<std::convert::Infallible, (&'static str, Errno)> {
+fn become_child(
+    spec: &ChildSpec,
+    extra_fds: &[(RawFd, RawFd)],
+) -> Result<std::convert::Infallible, (&'static str, Errno)> {
     sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
         .map_err(|e| ("unblocking signals", e))?;
     sys::default_sigpipe().map_err(|e| ("resetting SIGPIPE", e))?;
@@ -191,6 +211,7 @@ fn become_child(spec: &ChildSpec) -> Result<std::convert::Infallible, (&'static 
     let parked: Vec<(RawFd, RawFd)> = spec
         .fds
         .iter()
+        .chain(extra_fds)
         .map(|&(src, dst)| fcntl(src, FcntlArg::F_DUPFD_CLOEXEC(100)).map(|p| (p, dst)))
         .collect::<Result<_, _>>()
         .map_err(|e| ("parking descriptors", e))?;
@@ -214,19 +235,26 @@ fn become_child(spec: &ChildSpec) -> Result<std::convert::Infallible, (&'static 
         Ok(()) | Err(Errno::EINVAL) => {}
         Err(e) => return Err(("clearing ambient capabilities", e)),
     }
+    // The child is single-threaded right after fork, so changing the environment is sound.
+    for (name, value) in &spec.env {
+        match value {
+            Some(v) => std::env::set_var(name, v),
+            None => std::env::remove_var(name),
+        }
+    }
     nix::sys::prctl::set_no_new_privs().map_err(|e| ("no_new_privs", e))?;
     nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).map_err(|e| ("pdeathsig", e))?;
     nix::unistd::execv(&spec.argv[0], &spec.argv).map_err(|e| ("exec", e))
 }
 
-fn spawn(spec: &ChildSpec) -> Result<Pid, SupervisorError> {
+fn spawn(spec: &ChildSpec, extra_fds: &[(RawFd, RawFd)]) -> Result<Pid, SupervisorError> {
     match sys::fork_process().map_err(sys_err("fork"))? {
         ForkResult::Parent { child } => {
             eprintln!("ward-broker: started {} as pid {child}", spec.role.name());
             Ok(child)
         }
         ForkResult::Child => {
-            let Err((what, errno)) = become_child(spec);
+            let Err((what, errno)) = become_child(spec, extra_fds);
             eprintln!(
                 "ward-broker: starting {} failed at {what}: {errno}",
                 spec.role.name()
@@ -271,6 +299,96 @@ fn forget_pid(children: &mut [Child], pid: Option<Pid>) {
         .find(|c| c.pid.is_some() && c.pid == pid)
     {
         child.pid = None;
+    }
+}
+
+/// The broker's end of its channel to the running frontend.
+struct FrontendLink {
+    channel: BrokerFrontendChannel,
+    phase: Phase,
+}
+
+impl std::fmt::Debug for FrontendLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "FrontendLink({})", self.phase)
+    }
+}
+
+impl FrontendLink {
+    fn new(socket: UnixStream) -> Option<FrontendLink> {
+        // A frontend that sends half a frame must not stall the supervisor.
+        socket.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        Some(FrontendLink {
+            channel: BrokerFrontendChannel::new(socket, FrameLimit::DEFAULT),
+            phase: Phase::Handshake,
+        })
+    }
+
+    /// Answers one request. Returns false when the channel must be closed: the frontend went
+    /// away or broke the protocol (a less-privileged peer's violation is never recovered from).
+    fn serve_one(&mut self, state_dir: &std::path::Path) -> bool {
+        let request = match self.channel.recv() {
+            Ok(received) => received.message,
+            Err(e) => {
+                eprintln!("ward-broker: closing the frontend channel: {e}");
+                return false;
+            }
+        };
+        if !request.permitted_in(self.phase) {
+            let error = BrokerError::NotPermitted {
+                request: request.variant_name().to_owned(),
+                phase: self.phase,
+            };
+            eprintln!("ward-broker: frontend protocol violation: {error}");
+            let _ = self.channel.send(&BrokerToFrontend::Error(error), &[]);
+            return false;
+        }
+        let reply = match request {
+            FrontendToBroker::Hello { ipc_version } => {
+                if ipc_version != IPC_VERSION {
+                    let error = BrokerError::VersionMismatch {
+                        ours: IPC_VERSION,
+                        theirs: ipc_version,
+                    };
+                    let _ = self.channel.send(&BrokerToFrontend::Error(error), &[]);
+                    return false;
+                }
+                self.phase = Phase::Serving;
+                BrokerToFrontend::Hello {
+                    ipc_version: IPC_VERSION,
+                }
+            }
+            FrontendToBroker::CreateUserDirs { uid } => {
+                match crate::user_dirs::create_user_dirs(state_dir, uid) {
+                    Ok(user) => BrokerToFrontend::UserDirsReady { user },
+                    Err(reason) => BrokerToFrontend::Error(BrokerError::UserDirs { uid, reason }),
+                }
+            }
+            FrontendToBroker::Ping => BrokerToFrontend::Pong,
+            FrontendToBroker::ShuttingDown => {
+                self.phase = Phase::Draining;
+                BrokerToFrontend::Drained
+            }
+            // Builds arrive with a later issue.
+            FrontendToBroker::StartBuild(request) => {
+                BrokerToFrontend::Error(BrokerError::StartFailed {
+                    build: request.build,
+                    operation: "starting a build".into(),
+                    message: "builds are not implemented yet".into(),
+                })
+            }
+            FrontendToBroker::CancelBuild { build, .. }
+            | FrontendToBroker::QueryBuild { build } => {
+                BrokerToFrontend::Error(BrokerError::UnknownBuild { build })
+            }
+        };
+        match self.channel.send(&reply, &[]) {
+            Ok(()) => true,
+            Err(e) => {
+                eprintln!("ward-broker: replying to the frontend: {e}");
+                false
+            }
+        }
     }
 }
 
@@ -324,6 +442,7 @@ pub fn run(args: &BrokerArgs) -> Result<(), SupervisorError> {
     sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None).map_err(sys_err("blocking signals"))?;
     let signals = SignalFd::new(&mask).map_err(sys_err("signalfd"))?;
 
+    let mut frontend: Option<FrontendLink> = None;
     let mut children: Vec<Child> = specs
         .into_iter()
         .map(|spec| Child {
@@ -341,8 +460,29 @@ pub fn run(args: &BrokerArgs) -> Result<(), SupervisorError> {
             if child.restart_at.is_some_and(|t| t <= now) {
                 child.restart_at = None;
                 child.started = now;
-                match spawn(&child.spec) {
-                    Ok(pid) => child.pid = Some(pid),
+                // The frontend gets a fresh channel to the broker at fd 4 on every start.
+                let pair = if child.spec.role == Role::Frontend {
+                    match UnixStream::pair() {
+                        Ok(pair) => Some(pair),
+                        Err(e) => {
+                            eprintln!("ward-broker: socketpair for the frontend: {e}");
+                            None
+                        }
+                    }
+                } else {
+                    None
+                };
+                let extra: Vec<(RawFd, RawFd)> = pair
+                    .iter()
+                    .map(|(_, theirs)| (theirs.as_raw_fd(), 4))
+                    .collect();
+                match spawn(&child.spec, &extra) {
+                    Ok(pid) => {
+                        child.pid = Some(pid);
+                        if let Some((ours, _theirs)) = pair {
+                            frontend = FrontendLink::new(ours);
+                        }
+                    }
                     Err(e) => {
                         eprintln!("ward-broker: {e}");
                         child.delay = (child.delay * 2).min(MAX_RESTART_DELAY);
@@ -360,14 +500,33 @@ pub fn run(args: &BrokerArgs) -> Result<(), SupervisorError> {
             Some(d) => PollTimeout::try_from(d).unwrap_or(PollTimeout::MAX),
             None => PollTimeout::NONE,
         };
-        let mut fds = [PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
-        match poll(&mut fds, timeout) {
-            Ok(_) | Err(Errno::EINTR) => {}
-            Err(e) => {
-                return Err(SupervisorError::Sys {
-                    what: "poll".into(),
-                    errno: e,
-                })
+        let link_ready = {
+            let mut fds = vec![PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
+            if let Some(link) = &frontend {
+                fds.push(PollFd::new(
+                    link.channel.socket().as_fd(),
+                    PollFlags::POLLIN,
+                ));
+            }
+            match poll(&mut fds, timeout) {
+                Ok(_) | Err(Errno::EINTR) => {}
+                Err(e) => {
+                    return Err(SupervisorError::Sys {
+                        what: "poll".into(),
+                        errno: e,
+                    })
+                }
+            }
+            fds.get(1)
+                .and_then(|f| f.revents())
+                .is_some_and(|r| !r.is_empty())
+        };
+        if link_ready {
+            let keep = frontend
+                .as_mut()
+                .is_some_and(|link| link.serve_one(&args.state_dir));
+            if !keep {
+                frontend = None;
             }
         }
         while let Ok(Some(info)) = signals.read_signal() {
@@ -458,6 +617,8 @@ mod tests {
                 "/s",
                 "--ipc-dir",
                 "/tmp/x",
+                "--state-dir",
+                "/tmp/s",
                 "--",
                 "--store",
                 "/d",

@@ -277,7 +277,9 @@ fn broker_command(
         .arg("--store-writer")
         .arg(sibling_binary("ward-store-writer")?)
         .arg("--ipc-dir")
-        .arg(setup.layout.ipc_dir());
+        .arg(setup.layout.ipc_dir())
+        .arg("--state-dir")
+        .arg(&setup.layout.state_dir);
     if multi_user {
         cmd.args([
             "--frontend-user",

@@ -3,4 +3,12 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod broker_client;
+pub mod confine;
+pub mod connection;
 pub mod launch;
+pub mod process;
+pub mod roots;
+pub mod server;
+pub mod store;
+pub mod writer_client;

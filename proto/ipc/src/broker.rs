@@ -272,6 +272,32 @@ pub enum FrontendToBroker {
     /// would register their outputs) and reports each with `BuildFinished`, then
     /// [`BrokerToFrontend::Drained`]. Why root is OK: as `CancelBuild`, for all of them.
     ShuttingDown,
+    /// Sent by: the frontend, after it accepted a client connection from `uid` (Nix ≤ 2.13
+    /// clients need these directories for `nix-env`). Phase: serving.
+    ///
+    /// Re-checks: `uid` is not 0 and names a user in the user database; the user's name (from
+    /// that database, never from the frontend) is a single path component of at most 255
+    /// bytes, not `.` or `..`.
+    ///
+    /// Root does: under the state directory, opens `profiles/per-user` and `gcroots/per-user`
+    /// one component at a time with `O_NOFOLLOW | O_DIRECTORY` (a symlink anywhere fails the
+    /// request), creates `<name>` in each with mode 0755 if missing and `fchown`s the new
+    /// directory (through its descriptor) to `uid` and the broker's gid. An existing entry is
+    /// left alone: accepted if it is a directory owned by `uid`, reported otherwise (never
+    /// re-chowned).
+    ///
+    /// Why root is OK: the only effect is an empty directory owned by the very user the kernel
+    /// said is connected, at a place derived from the state directory and the user database;
+    /// a lying frontend can at most create an empty directory for another existing user, which
+    /// grants nobody anything (attack A1: the directory can never end up owned by someone
+    /// else than its user).
+    ///
+    /// Reply: [`BrokerToFrontend::UserDirsReady`] or [`BrokerToFrontend::Error`] with
+    /// [`BrokerError::UserDirs`].
+    CreateUserDirs {
+        /// The connected client's uid (from SO_PEERCRED).
+        uid: u32,
+    },
     /// Sent by: the frontend. Phase: serving or draining. Health check; root does nothing.
     /// Reply: [`BrokerToFrontend::Pong`].
     Ping,
@@ -282,9 +308,9 @@ impl FrontendToBroker {
     pub fn permitted_in(&self, phase: Phase) -> bool {
         match self {
             FrontendToBroker::Hello { .. } => phase == Phase::Handshake,
-            FrontendToBroker::StartBuild(_) | FrontendToBroker::ShuttingDown => {
-                phase == Phase::Serving
-            }
+            FrontendToBroker::StartBuild(_)
+            | FrontendToBroker::ShuttingDown
+            | FrontendToBroker::CreateUserDirs { .. } => phase == Phase::Serving,
             FrontendToBroker::CancelBuild { .. }
             | FrontendToBroker::QueryBuild { .. }
             | FrontendToBroker::Ping => matches!(phase, Phase::Serving | Phase::Draining),
@@ -308,6 +334,7 @@ impl IpcMessage for FrontendToBroker {
             FrontendToBroker::CancelBuild { .. } => "CancelBuild",
             FrontendToBroker::QueryBuild { .. } => "QueryBuild",
             FrontendToBroker::ShuttingDown => "ShuttingDown",
+            FrontendToBroker::CreateUserDirs { .. } => "CreateUserDirs",
             FrontendToBroker::Ping => "Ping",
         }
     }
@@ -394,6 +421,11 @@ pub enum BrokerToFrontend {
     StoreWriterRestarted,
     /// Answer to `Ping`.
     Pong,
+    /// Answer to `CreateUserDirs`: both directories exist and belong to the user.
+    UserDirsReady {
+        /// The user's name, as the broker found it.
+        user: String,
+    },
     /// A request was refused or failed.
     Error(BrokerError),
 }
@@ -410,6 +442,7 @@ impl IpcMessage for BrokerToFrontend {
             | BrokerToFrontend::BuildStatus { .. }
             | BrokerToFrontend::Drained
             | BrokerToFrontend::Pong
+            | BrokerToFrontend::UserDirsReady { .. }
             | BrokerToFrontend::Error(_) => 0,
         }
     }
@@ -423,6 +456,7 @@ impl IpcMessage for BrokerToFrontend {
             BrokerToFrontend::Drained => "Drained",
             BrokerToFrontend::StoreWriterRestarted => "StoreWriterRestarted",
             BrokerToFrontend::Pong => "Pong",
+            BrokerToFrontend::UserDirsReady { .. } => "UserDirsReady",
             BrokerToFrontend::Error(_) => "Error",
         }
     }
@@ -526,6 +560,14 @@ pub enum BrokerError {
         /// The OS error.
         message: String,
     },
+    /// `CreateUserDirs` was refused or failed.
+    #[error("per-user directories for uid {uid}: {reason}")]
+    UserDirs {
+        /// The uid asked for.
+        uid: u32,
+        /// What went wrong, naming the path.
+        reason: String,
+    },
 }
 
 #[cfg(test)]
@@ -579,6 +621,7 @@ mod tests {
             },
             FrontendToBroker::QueryBuild { build: BuildId(1) },
             FrontendToBroker::ShuttingDown,
+            FrontendToBroker::CreateUserDirs { uid: 1000 },
             FrontendToBroker::Ping,
         ]
     }
@@ -606,6 +649,13 @@ mod tests {
             BrokerToFrontend::Drained,
             BrokerToFrontend::StoreWriterRestarted,
             BrokerToFrontend::Pong,
+            BrokerToFrontend::UserDirsReady {
+                user: "alice".into(),
+            },
+            BrokerToFrontend::Error(BrokerError::UserDirs {
+                uid: 7,
+                reason: "x".into(),
+            }),
         ];
         for outcome in [
             BuildOutcome::Exited { code: 0 },
@@ -741,6 +791,7 @@ mod tests {
             ),
             (R::QueryBuild { build: BuildId(1) }, [false, true, true]),
             (R::ShuttingDown, [false, true, false]),
+            (R::CreateUserDirs { uid: 1000 }, [false, true, false]),
             (R::Ping, [false, true, true]),
         ];
         assert_eq!(cases.len(), all_requests().len());

@@ -1,0 +1,948 @@
+//! One client connection: the handshake, then ops until the client closes.
+//!
+//! Every op follows protocol-facts §3.1: read all arguments (a decoding error is answered with
+//! one `STDERR_ERROR` and the connection is closed, since the stream is out of sync), then the
+//! work phase (log lines, bulk data), then `STDERR_LAST` and the reply, or `STDERR_ERROR` and
+//! the next op. Uploaded data is always read to its end, even when the op fails.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::UnixStream;
+use tracing::{debug, info, warn};
+
+use ward_config::{ClientOptions, MessageLevel, Settings};
+use ward_proto::content_address::{ContentAddressMethod, FileIngestionMethod};
+use ward_proto::hash::HashAlgo;
+use ward_proto::ipc::store_writer::PathInfo;
+use ward_proto::nar;
+use ward_proto::path_info::{UnkeyedPathInfo, ValidPathInfo};
+use ward_proto::store_path::StorePath;
+use ward_proto::wire::{FramedReader, Limits, WireError, WireReader, WireWriter};
+use ward_proto::worker::types::{DerivedPath, MissingInfo, OutputsSpec, TrustFlag};
+use ward_proto::worker::{
+    read_op, AddToStore, AddToStoreReply, ClientHandshakeInfo, DaemonError, Op, QueryRealisation,
+    RealisationReply, RegisterDrvOutput, Reply, Request, ServerHandshake, StderrMessage, Upload,
+    Verbosity, WireContext,
+};
+
+use crate::auth::{PeerInfo, Trust};
+use crate::server::Shared;
+use crate::writer_client::{ClientError, WriterClient};
+
+/// The Nix version ward reports in the handshake (≥ 1.33). Clients only display it.
+pub const REPORTED_VERSION: &str = concat!("2.8.0 (ward ", env!("CARGO_PKG_VERSION"), ")");
+
+/// How long a connection waits for the store-writer before failing the op.
+const WRITER_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Largest NAR an old-protocol ImportPaths may carry: that op sends the NAR before the path it
+/// belongs to, so it has to be held in memory (clients newer than Nix 2.0 never use it).
+const MAX_IMPORT_NAR: u64 = 256 << 20;
+
+/// How an op failed.
+#[derive(Debug)]
+enum OpError {
+    /// Shown to the client as an error; the connection goes on.
+    Client(String),
+    /// The stream is out of sync or gone: send the error if possible and close.
+    Fatal(String),
+}
+
+impl From<ClientError> for OpError {
+    fn from(e: ClientError) -> OpError {
+        match e {
+            ClientError::Store(e) => OpError::Client(e.to_string()),
+            other => OpError::Client(format!("ward's store-writer is unavailable: {other}")),
+        }
+    }
+}
+
+impl From<ward_store::db::DbError> for OpError {
+    fn from(e: ward_store::db::DbError) -> OpError {
+        OpError::Client(format!("reading the store database: {e}"))
+    }
+}
+
+fn wire_fatal(e: WireError) -> OpError {
+    OpError::Fatal(e.to_string())
+}
+
+type OpResult<T = ()> = Result<T, OpError>;
+
+/// Serves one client until it closes.
+pub async fn serve(stream: UnixStream, shared: Arc<Shared>, peer: PeerInfo, trust: Trust) {
+    let (read_half, write_half) = stream.into_split();
+    let store_dir = shared.store.store_dir().clone();
+    let mut conn = Connection {
+        r: WireReader::with_limits(read_half, Limits::default()),
+        w: write_half,
+        out: WireWriter::new(),
+        ctx: WireContext::new(store_dir, ward_proto::worker::PROTOCOL_VERSION),
+        settings: Arc::new(shared.settings.clone()),
+        shared,
+        trust,
+        verbosity: Verbosity::Info,
+        writer: None,
+    };
+    match conn.run().await {
+        Ok(()) => debug!(user = %peer.user_name, "client closed the connection"),
+        Err(e) => info!(user = %peer.user_name, "connection ended: {e}"),
+    }
+}
+
+struct Connection {
+    r: WireReader<OwnedReadHalf>,
+    w: OwnedWriteHalf,
+    /// Bytes queued for the client (stderr messages, replies), flushed at the end of each op.
+    out: WireWriter,
+    ctx: WireContext,
+    shared: Arc<Shared>,
+    /// This connection's settings (the daemon's, changed by SetOptions).
+    settings: Arc<Settings>,
+    trust: Trust,
+    verbosity: Verbosity,
+    /// The channel to the store-writer, opened by the first op that changes the store; temporary
+    /// roots live as long as it does.
+    writer: Option<WriterClient>,
+}
+
+impl Connection {
+    async fn run(&mut self) -> Result<(), String> {
+        let info = ClientHandshakeInfo {
+            daemon_nix_version: Some(REPORTED_VERSION.to_owned()),
+            trust: Some(if self.trust.is_trusted() {
+                TrustFlag::Trusted
+            } else {
+                TrustFlag::NotTrusted
+            }),
+        };
+        let negotiated = ServerHandshake::default()
+            .accept(&mut self.r, &mut self.w, &info)
+            .await
+            .map_err(|e| format!("handshake: {e}"))?;
+        self.ctx = WireContext::with_features(
+            self.ctx.store_dir.clone(),
+            negotiated.version,
+            negotiated.features,
+        );
+        debug!(version = %negotiated.version, "handshake done");
+        StderrMessage::Last.write(&mut self.out, self.ctx.version);
+        self.flush().await?;
+
+        loop {
+            let op = match read_op(&mut self.r).await {
+                Ok(Some(op)) => op,
+                Ok(None) => return Ok(()),
+                Err(e) => {
+                    self.fail_and_close(&format!("reading the next operation: {e}"))
+                        .await;
+                    return Err(e.to_string());
+                }
+            };
+            let request = match Request::read(op, &mut self.r, &self.ctx).await {
+                Ok(request) => request,
+                Err(e) if e.is_eof() => return Err(format!("client went away during {op:?}")),
+                Err(e) => {
+                    let msg = format!("invalid arguments for operation {op:?}: {e}");
+                    self.fail_and_close(&msg).await;
+                    return Err(msg);
+                }
+            };
+            debug!(?op, "operation");
+            match self.handle(request).await {
+                Ok(()) => {}
+                Err(OpError::Client(msg)) => {
+                    debug!(?op, "failed: {msg}");
+                    self.queue_error(&msg);
+                    self.flush().await?;
+                }
+                Err(OpError::Fatal(msg)) => {
+                    self.fail_and_close(&msg).await;
+                    return Err(msg);
+                }
+            }
+        }
+    }
+
+    async fn flush(&mut self) -> Result<(), String> {
+        self.out
+            .flush_to(&mut self.w)
+            .await
+            .map_err(|e| format!("writing to the client: {e}"))
+    }
+
+    fn queue_error(&mut self, msg: &str) {
+        StderrMessage::Error(DaemonError::new(msg)).write(&mut self.out, self.ctx.version);
+    }
+
+    async fn fail_and_close(&mut self, msg: &str) {
+        warn!("closing connection: {msg}");
+        self.queue_error(msg);
+        let _ = self.flush().await;
+        let _ = self.w.shutdown().await;
+    }
+
+    /// Queues a log line if the client's verbosity admits it.
+    fn log(&mut self, level: Verbosity, text: &str) {
+        if level <= self.verbosity {
+            StderrMessage::Next(format!("{text}\n").into_bytes())
+                .write(&mut self.out, self.ctx.version);
+        }
+    }
+
+    /// Ends the work phase with `reply`.
+    async fn reply(&mut self, reply: Reply) -> OpResult {
+        StderrMessage::Last.write(&mut self.out, self.ctx.version);
+        reply
+            .write(&mut self.out, &self.ctx)
+            .map_err(|e| OpError::Fatal(e.to_string()))?;
+        self.flush().await.map_err(OpError::Fatal)
+    }
+
+    fn trusted(&self) -> bool {
+        self.trust.is_trusted()
+    }
+
+    fn require_trusted(&self, what: &str) -> OpResult {
+        if self.trusted() {
+            Ok(())
+        } else {
+            Err(OpError::Client(format!("you are not privileged to {what}")))
+        }
+    }
+
+    fn print(&self, path: &StorePath) -> String {
+        self.ctx.store_dir.print(path)
+    }
+
+    async fn writer(&mut self) -> OpResult<&mut WriterClient> {
+        if self.writer.is_none() {
+            let client = WriterClient::connect(&self.shared.ipc_dir, WRITER_CONNECT_TIMEOUT)
+                .await
+                .map_err(OpError::from)?;
+            self.writer = Some(client);
+        }
+        Ok(self.writer.as_mut().expect("set above"))
+    }
+
+    fn query_info(&self, path: &StorePath) -> OpResult<Option<ValidPathInfo>> {
+        Ok(self.shared.store.with_db(|db| db.query_path_info(path))?)
+    }
+
+    fn valid_info(&self, path: &StorePath) -> OpResult<ValidPathInfo> {
+        self.query_info(path)?
+            .ok_or_else(|| OpError::Client(format!("path '{}' is not valid", self.print(path))))
+    }
+
+    fn is_valid(&self, path: &StorePath) -> OpResult<bool> {
+        Ok(self.shared.store.with_db(|db| db.is_valid(path))?)
+    }
+
+    async fn handle(&mut self, request: Request) -> OpResult {
+        use Request as R;
+        let op = request.op();
+        match request {
+            R::IsValidPath(r) => {
+                let valid = self.is_valid(&r.path)?;
+                self.reply(Reply::IsValidPath(valid)).await
+            }
+            R::HasSubstitutes(_) => self.reply(Reply::HasSubstitutes(false)).await,
+            R::QueryPathHash(r) => {
+                let info = self.valid_info(&r.path)?;
+                self.reply(Reply::QueryPathHash(info.nar_hash)).await
+            }
+            R::QueryReferences(r) => {
+                let info = self.valid_info(&r.path)?;
+                self.reply(Reply::QueryReferences(info.references)).await
+            }
+            R::QueryReferrers(r) => {
+                let referrers = self
+                    .shared
+                    .store
+                    .with_db(|db| db.query_referrers(&r.path))?;
+                self.reply(Reply::QueryReferrers(referrers)).await
+            }
+            R::QueryDeriver(r) => {
+                let info = self.valid_info(&r.path)?;
+                self.reply(Reply::QueryDeriver(info.deriver)).await
+            }
+            R::QueryPathInfo(r) => match self.query_info(&r.path)? {
+                Some(info) => {
+                    self.reply(Reply::QueryPathInfo(Some(UnkeyedPathInfo::from(&info))))
+                        .await
+                }
+                None if self.ctx.at_least(17) => self.reply(Reply::QueryPathInfo(None)).await,
+                None => Err(OpError::Client(format!(
+                    "path '{}' is not valid",
+                    self.print(&r.path)
+                ))),
+            },
+            R::QueryAllValidPaths(_) => {
+                let all = self.shared.store.with_db(|db| db.query_all_valid_paths())?;
+                self.reply(Reply::QueryAllValidPaths(all)).await
+            }
+            R::QueryValidPaths(r) => {
+                let valid = self
+                    .shared
+                    .store
+                    .with_db(|db| db.query_valid_paths(&r.paths))?;
+                self.reply(Reply::QueryValidPaths(valid)).await
+            }
+            R::QueryPathFromHashPart(r) => {
+                let found = self
+                    .shared
+                    .store
+                    .with_db(|db| db.query_path_from_hash_part(&r.hash_part))?;
+                self.reply(Reply::QueryPathFromHashPart(found)).await
+            }
+            R::QueryValidDerivers(r) => {
+                let derivers = self
+                    .shared
+                    .store
+                    .with_db(|db| db.query_valid_derivers(&r.path))?;
+                self.reply(Reply::QueryValidDerivers(derivers)).await
+            }
+            R::QueryDerivationOutputs(r) => {
+                let outputs = self.derivation_outputs(&r.path)?;
+                let paths = outputs.into_values().flatten().collect();
+                self.reply(Reply::QueryDerivationOutputs(paths)).await
+            }
+            R::QueryDerivationOutputNames(r) => {
+                let outputs = self.derivation_outputs(&r.path)?;
+                self.reply(Reply::QueryDerivationOutputNames(
+                    outputs.into_keys().collect(),
+                ))
+                .await
+            }
+            R::QueryDerivationOutputMap(r) => {
+                let outputs = self.derivation_outputs(&r.path)?;
+                self.reply(Reply::QueryDerivationOutputMap(outputs)).await
+            }
+            R::QuerySubstitutablePathInfo(_) => {
+                self.reply(Reply::QuerySubstitutablePathInfo(None)).await
+            }
+            R::QuerySubstitutablePathInfos(_) => {
+                self.reply(Reply::QuerySubstitutablePathInfos(BTreeMap::new()))
+                    .await
+            }
+            R::QuerySubstitutablePaths(_) => {
+                self.reply(Reply::QuerySubstitutablePaths(BTreeSet::new()))
+                    .await
+            }
+            R::QueryMissing(r) => {
+                let missing = self.query_missing(&r.targets)?;
+                self.reply(Reply::QueryMissing(missing)).await
+            }
+            R::SetOptions(r) => {
+                self.set_options(r);
+                self.reply(Reply::SetOptions).await
+            }
+            R::EnsurePath(r) => {
+                self.valid_info(&r.path)?;
+                self.reply(Reply::EnsurePath).await
+            }
+            R::AddTempRoot(r) => {
+                self.writer().await?.add_temp_root(r.path).await?;
+                self.reply(Reply::AddTempRoot).await
+            }
+            R::AddIndirectRoot(r) => {
+                let link = r.path.to_string_lossy().into_owned();
+                self.writer().await?.add_indirect_root(link).await?;
+                self.reply(Reply::AddIndirectRoot).await
+            }
+            R::AddPermRoot(r) => {
+                self.require_trusted("add permanent GC roots")?;
+                let gc_root = r.gc_root.to_string_lossy().into_owned();
+                let made = self.writer().await?.add_perm_root(r.path, gc_root).await?;
+                self.reply(Reply::AddPermRoot(made.into())).await
+            }
+            R::SyncWithGC(_) => self.reply(Reply::SyncWithGC).await,
+            R::FindRoots(_) => {
+                let roots = crate::roots::find_roots(&self.shared, self.trusted());
+                self.reply(Reply::FindRoots(roots)).await
+            }
+            R::AddSignatures(r) => {
+                self.require_trusted("add signatures")?;
+                self.writer().await?.add_signatures(r.path, r.sigs).await?;
+                self.reply(Reply::AddSignatures).await
+            }
+            R::NarFromPath(r) => self.nar_from_path(&r.path).await,
+            R::ExportPath(r) => self.export_path(&r.path).await,
+            R::AddToStore(r) => self.add_to_store(r).await,
+            R::AddTextToStore(r) => {
+                let data: &[u8] = &r.text;
+                let info = self
+                    .writer()
+                    .await?
+                    .add_content(
+                        r.name,
+                        ContentAddressMethod::Text,
+                        HashAlgo::Sha256,
+                        r.references,
+                        false,
+                        data,
+                    )
+                    .await?;
+                self.reply(Reply::AddTextToStore(info.path)).await
+            }
+            R::AddToStoreNar(r) => self.add_to_store_nar(r).await,
+            R::AddMultipleToStore(r) => self.add_multiple(r.repair, r.dont_check_sigs).await,
+            R::ImportPaths(_) => self.import_paths().await,
+            R::RegisterDrvOutput(r) => {
+                self.require_trusted("register realisations")?;
+                let realisation = match r {
+                    RegisterDrvOutput::Json(realisation) => realisation,
+                    RegisterDrvOutput::Legacy { .. } => {
+                        return Err(OpError::Client(
+                            "RegisterDrvOutput without a realisation (protocol < 1.31) is not \
+                             supported"
+                                .into(),
+                        ))
+                    }
+                    other => {
+                        return Err(OpError::Client(format!(
+                            "unsupported RegisterDrvOutput form: {other:?}"
+                        )))
+                    }
+                };
+                self.writer()
+                    .await?
+                    .register_realisation(realisation)
+                    .await?;
+                self.reply(Reply::RegisterDrvOutput).await
+            }
+            R::QueryRealisation(r) => {
+                let QueryRealisation::Id(id) = r else {
+                    return Err(OpError::Client(
+                        "QueryRealisation by derivation path is not supported".into(),
+                    ));
+                };
+                let found = self.shared.store.with_db(|db| db.query_realisation(&id))?;
+                let reply = if self.ctx.at_least(31) {
+                    RealisationReply::Json(found)
+                } else {
+                    RealisationReply::OutPath(found.map(|r| r.out_path))
+                };
+                self.reply(Reply::QueryRealisation(reply)).await
+            }
+            R::AddBuildLog(r) => {
+                let mut framed = FramedReader::new(&mut self.r);
+                let mut log = Vec::new();
+                let read = (&mut framed).take(64 << 20).read_to_end(&mut log).await;
+                framed.drain().await.map_err(wire_fatal)?;
+                read.map_err(|e| OpError::Fatal(e.to_string()))?;
+                self.require_trusted("add build logs")?;
+                let data: &[u8] = &log;
+                self.writer().await?.add_build_log(r.drv_path, data).await?;
+                self.reply(Reply::AddBuildLog).await
+            }
+            R::VerifyStore(r) => {
+                if r.repair {
+                    self.require_trusted("repair paths")?;
+                }
+                Err(not_yet(Op::VerifyStore))
+            }
+            R::BuildPaths(r) => {
+                self.check_build_mode(r.mode)?;
+                self.ensure_valid_targets(&r.paths, Op::BuildPaths)?;
+                self.reply(Reply::BuildPaths).await
+            }
+            R::BuildPathsWithResults(r) => {
+                self.check_build_mode(r.mode)?;
+                Err(not_yet(Op::BuildPathsWithResults))
+            }
+            R::BuildDerivation(r) => {
+                let fixed = r.drv.outputs.values().all(|o| !o.hash_algo.is_empty());
+                if !self.trusted() && !fixed {
+                    return Err(OpError::Client(
+                        "you are not privileged to build input-addressed derivations".into(),
+                    ));
+                }
+                Err(not_yet(Op::BuildDerivation))
+            }
+            R::CollectGarbage(r) => {
+                if r.ignore_liveness {
+                    return Err(OpError::Client(
+                        "you are not allowed to ignore liveness".into(),
+                    ));
+                }
+                Err(not_yet(Op::CollectGarbage))
+            }
+            R::OptimiseStore(_) => Err(not_yet(Op::OptimiseStore)),
+            R::QueryFailedPaths(_) | R::ClearFailedPaths(_) => {
+                Err(OpError::Fatal(format!("invalid operation {}", op.code())))
+            }
+            other => Err(OpError::Fatal(format!(
+                "operation {:?} is not supported on this connection",
+                other.op()
+            ))),
+        }
+    }
+
+    fn check_build_mode(&self, mode: ward_proto::worker::types::BuildMode) -> OpResult {
+        if mode != ward_proto::worker::types::BuildMode::Normal && !self.trusted() {
+            return Err(OpError::Client(
+                "you are not privileged to repair paths".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Builds arrive with a later issue; until then BuildPaths succeeds when every target is
+    /// already valid (as Nix does) and fails naming the op otherwise.
+    fn ensure_valid_targets(&self, targets: &[DerivedPath], op: Op) -> OpResult {
+        let missing = self.query_missing(targets)?;
+        if let Some(path) = missing.unknown.iter().next() {
+            return Err(OpError::Client(format!(
+                "path '{}' is not valid and cannot be substituted",
+                self.print(path)
+            )));
+        }
+        if !missing.will_build.is_empty() {
+            return Err(not_yet(op));
+        }
+        Ok(())
+    }
+
+    /// Output name → path for a derivation: the DB's rows, plus outputs whose path is not known
+    /// yet (floating content-addressed), read from the `.drv` file.
+    fn derivation_outputs(&self, drv: &StorePath) -> OpResult<BTreeMap<String, Option<StorePath>>> {
+        let known = self
+            .shared
+            .store
+            .with_db(|db| db.query_derivation_outputs(drv))?;
+        let mut outputs: BTreeMap<String, Option<StorePath>> = known
+            .into_iter()
+            .map(|(name, path)| (name, Some(path)))
+            .collect();
+        if self.is_valid(drv)? {
+            if let Ok(parsed) = self.read_derivation(drv) {
+                for name in parsed.outputs.keys() {
+                    outputs.entry(name.clone()).or_insert(None);
+                }
+            }
+        }
+        Ok(outputs)
+    }
+
+    fn read_derivation(&self, drv: &StorePath) -> OpResult<ward_proto::derivation::Derivation> {
+        let file = self.shared.store.real_path(drv);
+        let bytes = std::fs::read(&file).map_err(|e| {
+            OpError::Client(format!("reading derivation '{}': {e}", self.print(drv)))
+        })?;
+        let name = ward_proto::derivation::name_from_drv_path(drv).map_err(|e| {
+            OpError::Client(format!("'{}' is not a derivation: {e}", self.print(drv)))
+        })?;
+        ward_proto::derivation::Derivation::parse(&bytes, &self.ctx.store_dir, name)
+            .map_err(|e| OpError::Client(format!("parsing derivation '{}': {e}", self.print(drv))))
+    }
+
+    fn query_missing(&self, targets: &[DerivedPath]) -> OpResult<MissingInfo> {
+        let mut missing = MissingInfo::default();
+        for target in targets {
+            match target {
+                DerivedPath::Opaque(path) => {
+                    if !self.is_valid(path)? {
+                        missing.unknown.insert(path.clone());
+                    }
+                }
+                DerivedPath::Built { drv_path, outputs } => {
+                    if !self.is_valid(drv_path)? {
+                        missing.unknown.insert(drv_path.clone());
+                        continue;
+                    }
+                    let known = self.derivation_outputs(drv_path)?;
+                    let wanted: Vec<&Option<StorePath>> = match outputs {
+                        OutputsSpec::All => known.values().collect(),
+                        OutputsSpec::Names(names) => names
+                            .iter()
+                            .map(|n| known.get(n).unwrap_or(&None))
+                            .collect(),
+                    };
+                    let mut all_valid = true;
+                    for out in wanted {
+                        match out {
+                            Some(p) if self.is_valid(p)? => {}
+                            _ => all_valid = false,
+                        }
+                    }
+                    if !all_valid {
+                        missing.will_build.insert(drv_path.clone());
+                    }
+                }
+            }
+        }
+        Ok(missing)
+    }
+
+    fn set_options(&mut self, r: ward_proto::worker::types::SetOptions) {
+        let options = ClientOptions {
+            keep_failed: r.keep_failed,
+            keep_going: r.keep_going,
+            try_fallback: r.try_fallback,
+            verbosity: config_verbosity(r.verbosity),
+            max_build_jobs: r.max_build_jobs,
+            max_silent_time: r.max_silent_time,
+            verbose_build: u64::from(r.verbose_build),
+            build_cores: r.build_cores,
+            use_substitutes: r.use_substitutes,
+            overrides: r.overrides.into_iter().collect(),
+        };
+        let outcome = ward_config::apply_client_options(self.trusted(), &options, &self.settings);
+        self.verbosity = r.verbosity;
+        for message in outcome.messages {
+            match message.level {
+                MessageLevel::Warning => {
+                    let text = format!("warning: {}", message.text);
+                    self.log(Verbosity::Warn, &text);
+                }
+                MessageLevel::Debug => debug!("{}", message.text),
+            }
+        }
+        for rejected in &r.rejected_overrides {
+            let text = format!("warning: ignoring client setting: {rejected:?}");
+            self.log(Verbosity::Warn, &text);
+        }
+        self.settings = Arc::new(outcome.settings);
+    }
+
+    /// Whether signatures must be checked for data this client uploads.
+    fn check_sigs(&self, dont_check_sigs: bool) -> bool {
+        self.settings.require_sigs && !(self.trusted() && dont_check_sigs)
+    }
+
+    async fn add_to_store(&mut self, r: AddToStore) -> OpResult {
+        match r {
+            AddToStore::Current {
+                name,
+                method,
+                references,
+                repair,
+            } => {
+                let (method, algo) = (method.method, method.algo);
+                let mut framed = FramedReader::new(&mut self.r);
+                let writer = match connect_writer(&mut self.writer, &self.shared).await {
+                    Ok(w) => w,
+                    Err(e) => {
+                        framed.drain().await.map_err(wire_fatal)?;
+                        return Err(e);
+                    }
+                };
+                let result = writer
+                    .add_content(name, method, algo, references, repair, &mut framed)
+                    .await;
+                framed.drain().await.map_err(wire_fatal)?;
+                let info = from_ipc_info(result?);
+                self.reply(Reply::AddToStore(AddToStoreReply::PathInfo(Box::new(info))))
+                    .await
+            }
+            AddToStore::Legacy {
+                base_name,
+                fixed,
+                recursive,
+                hash_algo,
+            } => {
+                let (method, algo) = if !fixed {
+                    (FileIngestionMethod::Recursive, HashAlgo::Sha256)
+                } else {
+                    let algo = HashAlgo::from_name(&hash_algo)
+                        .map_err(|e| OpError::Fatal(e.to_string()))?;
+                    let m = if recursive {
+                        FileIngestionMethod::Recursive
+                    } else {
+                        FileIngestionMethod::Flat
+                    };
+                    (m, algo)
+                };
+                let data = self.read_bare_nar(method == FileIngestionMethod::Flat)?;
+                let data: &[u8] = &data;
+                let info = self
+                    .writer()
+                    .await?
+                    .add_content(
+                        base_name,
+                        ContentAddressMethod::Fixed(method),
+                        algo,
+                        BTreeSet::new(),
+                        false,
+                        data,
+                    )
+                    .await?;
+                self.reply(Reply::AddToStore(AddToStoreReply::Path(info.path)))
+                    .await
+            }
+        }
+    }
+
+    /// Old protocols send a NAR with no framing: parse it to find its end. With `flat`, only
+    /// the single regular file's contents are kept. Held in memory: only pre-2.4 clients use it.
+    fn read_bare_nar(&mut self, flat: bool) -> OpResult<Vec<u8>> {
+        let reader = &mut self.r;
+        tokio::task::block_in_place(|| {
+            let bridge = tokio_util::io::SyncIoBridge::new(reader);
+            let mut nar_bytes = Vec::new();
+            let mut capped = std::io::Read::take(bridge, MAX_IMPORT_NAR);
+            nar::copy_nar(&mut capped, &mut nar_bytes)
+                .map_err(|e| OpError::Fatal(format!("reading the uploaded NAR: {e}")))?;
+            if !flat {
+                return Ok(nar_bytes);
+            }
+            let mut parser = nar::NarReader::new(&nar_bytes[..]);
+            match parser.next() {
+                Ok(Some(nar::Event::File { mut contents, .. })) => {
+                    let mut data = Vec::new();
+                    std::io::Read::read_to_end(&mut contents, &mut data)
+                        .map_err(|e| OpError::Client(format!("reading the uploaded file: {e}")))?;
+                    Ok(data)
+                }
+                Ok(_) => Err(OpError::Client(
+                    "regular file expected for flat (non-recursive) hashing".into(),
+                )),
+                Err(e) => Err(OpError::Client(e.to_string())),
+            }
+        })
+    }
+
+    async fn add_to_store_nar(&mut self, r: ward_proto::worker::AddToStoreNar) -> OpResult {
+        let check_sigs = self.check_sigs(r.dont_check_sigs);
+        let mut info = r.info;
+        if !self.trusted() {
+            info.ultimate = false;
+        }
+        let ipc_info = to_ipc_info(&info);
+        match Op::AddToStoreNar.upload(self.ctx.version) {
+            Upload::Framed => {
+                let mut framed = FramedReader::new(&mut self.r);
+                let writer = match connect_writer(&mut self.writer, &self.shared).await {
+                    Ok(w) => w,
+                    Err(e) => {
+                        framed.drain().await.map_err(wire_fatal)?;
+                        return Err(e);
+                    }
+                };
+                let result = writer
+                    .add_path_from_nar(ipc_info, r.repair, check_sigs, &mut framed)
+                    .await;
+                framed.drain().await.map_err(wire_fatal)?;
+                result?;
+            }
+            Upload::Tunnel => {
+                self.flush().await.map_err(OpError::Fatal)?;
+                let writer = connect_writer(&mut self.writer, &self.shared).await?;
+                let mut tunnel = ward_proto::wire::TunnelReader::new(&mut self.r, &mut self.w);
+                let result = writer
+                    .add_path_from_nar(ipc_info, r.repair, check_sigs, &mut tunnel)
+                    .await;
+                result?;
+            }
+            Upload::BareNar | Upload::None => {
+                let data = self.read_bare_nar(false)?;
+                let data: &[u8] = &data;
+                self.writer()
+                    .await?
+                    .add_path_from_nar(ipc_info, r.repair, check_sigs, data)
+                    .await?;
+            }
+        }
+        self.reply(Reply::AddToStoreNar).await
+    }
+
+    /// AddMultipleToStore: a framed stream of `count`, then per path its info (1.16 layout)
+    /// and exactly `narSize` NAR bytes. Every entry is consumed in full even when it fails or
+    /// is already valid, so the stream stays in sync; the first error is reported at the end.
+    async fn add_multiple(&mut self, repair: bool, dont_check_sigs: bool) -> OpResult {
+        let check_sigs = self.check_sigs(dont_check_sigs);
+        let store_dir = self.ctx.store_dir.clone();
+        let mut framed = FramedReader::new(&mut self.r);
+        let mut first_error: Option<OpError> = None;
+        let outcome: Result<(), OpError> = async {
+            let mut entries = WireReader::new(&mut framed);
+            let count = ward_proto::worker::read_multiple_count(&mut entries)
+                .await
+                .map_err(wire_fatal)?;
+            for _ in 0..count {
+                let mut info = ValidPathInfo::wire_read_at(
+                    &mut entries,
+                    &store_dir,
+                    ward_proto::worker::types::FULL_PATH_INFO_VERSION,
+                )
+                .await
+                .map_err(wire_fatal)?;
+                info.ultimate = false;
+                let mut nar_data = (&mut entries).take(info.nar_size);
+                if first_error.is_none() {
+                    let result = match connect_writer(&mut self.writer, &self.shared).await {
+                        Ok(writer) => writer
+                            .add_path_from_nar(
+                                to_ipc_info(&info),
+                                repair,
+                                check_sigs,
+                                &mut nar_data,
+                            )
+                            .await
+                            .map(drop)
+                            .map_err(OpError::from),
+                        Err(e) => Err(e),
+                    };
+                    if let Err(e) = result {
+                        first_error = Some(e);
+                    }
+                }
+                // Whatever the store-writer did not read still belongs to this entry.
+                tokio::io::copy(&mut nar_data, &mut tokio::io::sink())
+                    .await
+                    .map_err(|e| OpError::Fatal(format!("reading the upload: {e}")))?;
+            }
+            Ok(())
+        }
+        .await;
+        framed.drain().await.map_err(wire_fatal)?;
+        outcome?;
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        self.reply(Reply::AddMultipleToStore).await
+    }
+
+    /// ImportPaths (protocol < 1.18 only): export-format entries through STDERR_READ.
+    async fn import_paths(&mut self) -> OpResult {
+        self.flush().await.map_err(OpError::Fatal)?;
+        let ctx = self.ctx.clone();
+        let mut entries = Vec::new();
+        {
+            let mut tunnel = ward_proto::wire::TunnelReader::new(&mut self.r, &mut self.w);
+            let mut input = WireReader::new(&mut tunnel);
+            loop {
+                let more = input.read_u64("import marker").await.map_err(wire_fatal)?;
+                match more {
+                    0 => break,
+                    1 => {}
+                    n => return Err(OpError::Fatal(format!("bad import marker {n}"))),
+                }
+                let nar_bytes = tokio::task::block_in_place(|| {
+                    let bridge = tokio_util::io::SyncIoBridge::new(&mut input);
+                    let mut capped = std::io::Read::take(bridge, MAX_IMPORT_NAR);
+                    let mut nar_bytes = Vec::new();
+                    nar::copy_nar(&mut capped, &mut nar_bytes).map(|_| nar_bytes)
+                })
+                .map_err(|e| OpError::Fatal(format!("reading an imported NAR: {e}")))?;
+                let entry = ward_proto::worker::types::ExportTrailer::read(&mut input, &ctx)
+                    .await
+                    .map_err(wire_fatal)?;
+                entries.push((entry, nar_bytes));
+            }
+        }
+        let check_sigs = self.check_sigs(false);
+        let mut imported = Vec::new();
+        for (entry, nar_bytes) in entries {
+            let (hash, size) = nar::hash_and_size(&nar_bytes[..])
+                .map_err(|e| OpError::Client(format!("imported NAR: {e}")))?;
+            let mut info =
+                ValidPathInfo::new(entry.path.clone(), ward_proto::hash::Hash::sha256(hash));
+            info.nar_size = size;
+            info.references = entry.references;
+            info.deriver = entry.deriver;
+            let data: &[u8] = &nar_bytes;
+            self.writer()
+                .await?
+                .add_path_from_nar(to_ipc_info(&info), false, check_sigs, data)
+                .await?;
+            imported.push(entry.path);
+        }
+        self.reply(Reply::ImportPaths(imported)).await
+    }
+
+    /// NarFromPath: validity is checked before `STDERR_LAST`, since no error can follow it;
+    /// then the NAR is written raw.
+    async fn nar_from_path(&mut self, path: &StorePath) -> OpResult {
+        self.valid_info(path)?;
+        StderrMessage::Last.write(&mut self.out, self.ctx.version);
+        self.flush().await.map_err(OpError::Fatal)?;
+        let file = self.shared.store.real_path(path);
+        let w = &mut self.w;
+        tokio::task::block_in_place(|| {
+            let bridge = tokio_util::io::SyncIoBridge::new(w);
+            let mut out = std::io::BufWriter::with_capacity(256 * 1024, bridge);
+            nar::dump_path(&file, &mut out).map_err(|e| e.to_string())?;
+            out.flush().map_err(|e| e.to_string())
+        })
+        .map_err(|e| OpError::Fatal(format!("sending '{}': {e}", file.display())))
+    }
+
+    /// ExportPath (protocol < 1.18 clients): the export format through STDERR_WRITE chunks.
+    async fn export_path(&mut self, path: &StorePath) -> OpResult {
+        let info = self.valid_info(path)?;
+        let file = self.shared.store.real_path(path);
+        let mut nar_bytes = Vec::new();
+        nar::dump_path(&file, &mut nar_bytes)
+            .map_err(|e| OpError::Client(format!("dumping '{}': {e}", file.display())))?;
+        let mut trailer = WireWriter::new();
+        ward_proto::worker::types::ExportTrailer {
+            path: path.clone(),
+            references: info.references,
+            deriver: info.deriver,
+            legacy_signature: None,
+        }
+        .write(&mut trailer, &self.ctx);
+        nar_bytes.extend_from_slice(trailer.as_bytes());
+        for chunk in nar_bytes.chunks(64 * 1024) {
+            StderrMessage::Write(chunk.to_vec()).write(&mut self.out, self.ctx.version);
+            self.flush().await.map_err(OpError::Fatal)?;
+        }
+        self.reply(Reply::ExportPath).await
+    }
+}
+
+async fn connect_writer<'a>(
+    slot: &'a mut Option<WriterClient>,
+    shared: &Shared,
+) -> OpResult<&'a mut WriterClient> {
+    if slot.is_none() {
+        let client = WriterClient::connect(&shared.ipc_dir, WRITER_CONNECT_TIMEOUT).await?;
+        *slot = Some(client);
+    }
+    Ok(slot.as_mut().expect("set above"))
+}
+
+fn not_yet(op: Op) -> OpError {
+    OpError::Client(format!("operation {op:?} is not implemented by ward yet"))
+}
+
+fn config_verbosity(v: Verbosity) -> ward_config::Verbosity {
+    ward_config::Verbosity::from_wire(v as u64)
+}
+
+/// The store-writer's path info, as the wire carries it.
+pub fn from_ipc_info(info: PathInfo) -> ValidPathInfo {
+    ValidPathInfo {
+        path: info.path,
+        deriver: info.deriver,
+        nar_hash: info.nar_hash,
+        references: info.references,
+        registration_time: i64::try_from(info.registration_time).unwrap_or(i64::MAX),
+        nar_size: info.nar_size,
+        ultimate: info.ultimate,
+        sigs: info.sigs,
+        ca: info.ca,
+    }
+}
+
+/// A client's claim, as the store-writer takes it.
+pub fn to_ipc_info(info: &ValidPathInfo) -> PathInfo {
+    PathInfo {
+        path: info.path.clone(),
+        deriver: info.deriver.clone(),
+        nar_hash: info.nar_hash,
+        references: info.references.clone(),
+        registration_time: u64::try_from(info.registration_time).unwrap_or(0),
+        nar_size: info.nar_size,
+        ultimate: info.ultimate,
+        sigs: info.sigs.clone(),
+        ca: info.ca,
+    }
+}

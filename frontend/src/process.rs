@@ -1,0 +1,155 @@
+//! The `ward-frontend` process: read the same command line and settings as the daemon, wait
+//! for the store-writer, open the store read-only, confine itself, and serve.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tracing::info;
+
+use ward_config::cli::LogFormat;
+use ward_proto::store_path::StoreDir;
+
+use crate::launch::{load_setup, parse_passthrough, DaemonSetup};
+use crate::server::{self, Shared};
+use crate::store::StoreView;
+use crate::writer_client::WriterClient;
+
+/// How long the frontend waits for the store-writer at start-up.
+const STORE_WRITER_WAIT: Duration = Duration::from_secs(60);
+
+/// The frontend's own arguments, then `--` and the daemon's.
+#[derive(Debug)]
+struct FrontendArgs {
+    ipc_dir: PathBuf,
+    daemon_args: Vec<OsString>,
+}
+
+fn parse_args(args: Vec<OsString>) -> Result<FrontendArgs, String> {
+    let mut iter = args.into_iter();
+    let mut ipc_dir = None;
+    while let Some(arg) = iter.next() {
+        match arg.to_str() {
+            Some("--listen-fd") => {
+                // The descriptor is always 3 (socket-activation convention); the value is
+                // informational.
+                iter.next().ok_or("--listen-fd needs a value")?;
+            }
+            Some("--ipc-dir") => {
+                ipc_dir = Some(PathBuf::from(iter.next().ok_or("--ipc-dir needs a value")?));
+            }
+            Some("--") => break,
+            _ => return Err(format!("unknown argument '{}'", arg.to_string_lossy())),
+        }
+    }
+    Ok(FrontendArgs {
+        ipc_dir: ipc_dir.ok_or("--ipc-dir is required")?,
+        daemon_args: iter.collect(),
+    })
+}
+
+/// Sets up tracing on stderr as the daemon's `-v`/`--debug`/`--quiet`/`--log-format` ask.
+pub fn init_logging(setup: &DaemonSetup) {
+    use ward_config::Verbosity as V;
+    let level = match setup.args.verbosity {
+        V::Error => "error",
+        V::Warn => "warn",
+        V::Notice | V::Info => "info",
+        V::Talkative | V::Chatty => "debug",
+        V::Debug | V::Vomit => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WARD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match setup.args.log_format {
+        Some(LogFormat::InternalJson) => builder.json().try_init(),
+        _ => builder.with_target(false).try_init(),
+    };
+}
+
+/// Runs the frontend.
+pub fn run(args: Vec<OsString>) -> Result<(), String> {
+    let args = parse_args(args)?;
+    let daemon_args = parse_passthrough(args.daemon_args).map_err(|e| e.to_string())?;
+    let setup = load_setup(daemon_args, false).map_err(|e| e.to_string())?;
+    init_logging(&setup);
+
+    let mut listen = listenfd::ListenFd::from_env();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("ward-frontend")
+        .build()
+        .map_err(|e| format!("starting the async runtime: {e}"))?;
+    runtime.block_on(async move {
+        // The store-writer creates the DB and its WAL files; wait for it before reading.
+        let _ = WriterClient::connect(&args.ipc_dir, STORE_WRITER_WAIT)
+            .await
+            .map_err(|e| format!("connecting to the store-writer: {e}"))?;
+        let layout = &setup.layout;
+        let store_dir =
+            StoreDir::new(&layout.store_dir).map_err(|e| format!("store directory: {e}"))?;
+        let store_layout = ward_store::layout::StoreLayout::from_parts(
+            store_dir,
+            &layout.real_store_dir,
+            &layout.state_dir,
+            &layout.log_dir,
+        )
+        .map_err(|e| e.to_string())?;
+        let store = StoreView::open(store_layout)
+            .map_err(|e| format!("opening the store database read-only: {e}"))?;
+        let broker = match listen.take_custom::<std::os::unix::net::UnixStream>(
+            1,
+            libc::AF_UNIX,
+            libc::SOCK_STREAM,
+            "unix stream socket",
+        ) {
+            Ok(Some(socket)) => {
+                let channel = ward_proto::ipc::FrontendBrokerChannel::from_std(
+                    socket,
+                    ward_proto::ipc::FrameLimit::DEFAULT,
+                )
+                .map_err(|e| format!("broker channel: {e}"))?;
+                Some(crate::broker_client::BrokerClient::connect(channel).await?)
+            }
+            Ok(None) => None,
+            Err(e) => return Err(format!("fd 4: {e}")),
+        };
+        let shared = Arc::new(Shared {
+            broker,
+            policy: Shared::policy_from(&setup.settings),
+            settings: setup.settings.clone(),
+            store,
+            ipc_dir: args.ipc_dir.clone(),
+            trust_override: setup.args.trust_override,
+        });
+        crate::confine::confine_frontend(&setup.layout)
+            .map_err(|e| format!("confining the frontend: {e}"))?;
+        if setup.args.stdio {
+            let stream = listen
+                .take_custom::<std::os::unix::net::UnixStream>(
+                    0,
+                    libc::AF_UNIX,
+                    libc::SOCK_STREAM,
+                    "unix stream socket",
+                )
+                .map_err(|e| format!("fd 3: {e}"))?
+                .ok_or("no client socket at fd 3 (LISTEN_FDS)")?;
+            stream.set_nonblocking(true).map_err(|e| e.to_string())?;
+            let stream = tokio::net::UnixStream::from_std(stream).map_err(|e| e.to_string())?;
+            server::serve_stdio(stream, shared).await;
+            return Ok(());
+        }
+        let listener = listen
+            .take_unix_listener(0)
+            .map_err(|e| format!("fd 3: {e}"))?
+            .ok_or("no listening socket at fd 3 (LISTEN_FDS)")?;
+        listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+        let listener = tokio::net::UnixListener::from_std(listener).map_err(|e| e.to_string())?;
+        info!(socket = %setup.layout.socket_path.display(), "ward frontend ready");
+        server::serve_listener(listener, shared).await;
+        Ok(())
+    })
+}
