@@ -783,7 +783,10 @@ def remove_tree(path):
         except OSError:
             pass
     if os.path.lexists(path):
-        shutil.rmtree(path, onerror=make_writable)
+        if sys.version_info >= (3, 12):
+            shutil.rmtree(path, onexc=make_writable)
+        else:
+            shutil.rmtree(path, onerror=make_writable)
 
 
 def first_line(text):
