@@ -8,9 +8,9 @@ the shared `wirebench.py` (never copied into this repository), and prints a mark
     python3 bench/compare.py --quick        # < 2 minutes after the build
     python3 bench/compare.py                # the full run
 
-Runs are strictly sequential (the machine has 2 cores): for every workload nix-daemon goes
-first, then ward, so the two numbers of a row are measured minutes apart at most. Daemons,
-their stores and the temporary directory are removed on exit, on Ctrl-C and on errors.
+Runs are strictly sequential (the machine has 2 cores); measured workloads alternate between
+the two daemons round by round, so background load drifting over the run hits both alike.
+Daemons, their stores and the temporary directory are removed on exit, on Ctrl-C and on errors.
 See bench/README.md for what each number means.
 """
 
@@ -804,12 +804,11 @@ def indent(text, prefix="    "):
 class Row:
     """One table line. value(side) -> number or None; target -> (text, check(nix, ward))."""
 
-    def __init__(self, workload, unit, value, target=None, fmt=None):
+    def __init__(self, workload, unit, value, target=None):
         self.workload = workload
         self.unit = unit
         self.value = value
         self.target = target
-        self.fmt = fmt or fmt_number
 
 
 def fmt_number(v):
@@ -1017,7 +1016,7 @@ def render_table(run, rows, targets=True):
 
 def cell(run, row, side, value):
     if value is not None:
-        return row.fmt(value)
+        return fmt_number(value)
     if side not in run.sides:
         return "skipped"
     return "error" if run.side_error.get(side) or _any_error(run, side) else "—"
