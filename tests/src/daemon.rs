@@ -509,6 +509,14 @@ impl WardDaemon {
 impl Drop for WardDaemon {
     fn drop(&mut self) {
         self.stop();
+        if crate::keep_scratch() {
+            self.tmp.disable_cleanup(true);
+            crate::notice(&format!(
+                "kept daemon directory {}",
+                self.tmp.path().display()
+            ));
+            return;
+        }
         crate::make_removable(self.tmp.path());
         if std::thread::panicking() {
             eprintln!(

@@ -142,6 +142,14 @@ impl TestEnv {
 
 impl Drop for TestEnv {
     fn drop(&mut self) {
+        if crate::keep_scratch() {
+            self.tmp.disable_cleanup(true);
+            crate::notice(&format!(
+                "kept scratch directory {}",
+                self.tmp.path().display()
+            ));
+            return;
+        }
         // Reference stores keep read-only directories; let the TempDir remove them.
         crate::make_removable(self.tmp.path());
     }
