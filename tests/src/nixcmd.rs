@@ -39,8 +39,10 @@ impl TestEnv {
     /// A fresh scratch directory for the test `name` (readable by other users, so multi-user
     /// tests can hand inputs to the test user).
     pub fn new(name: &str) -> TestEnv {
+        // The name is shortened: sockets inside the directory must fit in sockaddr_un.
+        let short: String = name.chars().take(16).collect();
         let tmp = tempfile::Builder::new()
-            .prefix(&format!("ward-e2e-{name}-"))
+            .prefix(&format!("ward-e2e-{short}-"))
             .tempdir()
             .expect("creating a temporary directory");
         fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755))
