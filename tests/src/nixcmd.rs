@@ -243,7 +243,8 @@ impl NixClient {
         client
     }
 
-    /// Runs `program args… --option substituters ''` and returns what happened.
+    /// Runs `program args… --option substituters ''` (the option left out when `args` set
+    /// `substituters` themselves) and returns what happened.
     pub fn run(&self, program: &str, args: &[&str]) -> CmdOutput {
         self.run_with_stdin(program, args, None)
     }
@@ -251,7 +252,11 @@ impl NixClient {
     /// Like [`NixClient::run`], feeding `stdin` to the command.
     pub fn run_with_stdin(&self, program: &str, args: &[&str], stdin: Option<&[u8]>) -> CmdOutput {
         let mut all_args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        all_args.extend(["--option".into(), "substituters".into(), String::new()]);
+        // No substituters, unless the test sets them itself.
+        let sets_substituters = args.windows(2).any(|w| w == ["--option", "substituters"]);
+        if !sets_substituters {
+            all_args.extend(["--option".into(), "substituters".into(), String::new()]);
+        }
         let mut cmd = match &self.user {
             None => Command::new(program),
             Some(user) => {
