@@ -20,7 +20,7 @@ use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow, Signal};
-use nix::sys::signalfd::SignalFd;
+use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{ForkResult, Gid, Group, Pid, Uid, User};
 use ward_ipc::broker::{BrokerError, BrokerToFrontend, FrontendToBroker};
@@ -190,7 +190,7 @@ pub fn child_specs(args: &BrokerArgs) -> Result<Vec<ChildSpec>, SupervisorError>
             // The socket-activation convention (fds from 3, no pid check) tells the frontend
             // where its sockets are: 3 = clients, 4 = this broker.
             env: vec![
-                ("LISTEN_FDS", Some("1")),
+                ("LISTEN_FDS", Some("2")),
                 ("LISTEN_PID", None),
                 ("LISTEN_FDNAMES", None),
             ],
@@ -440,7 +440,9 @@ pub fn run(args: &BrokerArgs) -> Result<(), SupervisorError> {
         mask.add(s);
     }
     sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None).map_err(sys_err("blocking signals"))?;
-    let signals = SignalFd::new(&mask).map_err(sys_err("signalfd"))?;
+    // Non-blocking: after poll, the loop reads until EAGAIN and must never block in read.
+    let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+        .map_err(sys_err("signalfd"))?;
 
     let mut frontend: Option<FrontendLink> = None;
     let mut children: Vec<Child> = specs

@@ -61,9 +61,11 @@ pub fn init_logging(setup: &DaemonSetup) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("WARD_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    use std::io::IsTerminal as _;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     let _ = match setup.args.log_format {
         Some(LogFormat::InternalJson) => builder.json().try_init(),
         _ => builder.with_target(false).try_init(),
