@@ -190,7 +190,7 @@ pub fn child_specs(args: &BrokerArgs) -> Result<Vec<ChildSpec>, SupervisorError>
             // The socket-activation convention (fds from 3, no pid check) tells the frontend
             // where its sockets are: 3 = clients, 4 = this broker.
             env: vec![
-                ("LISTEN_FDS", Some("1")),
+                ("LISTEN_FDS", Some("2")),
                 ("LISTEN_PID", None),
                 ("LISTEN_FDNAMES", None),
             ],
@@ -440,8 +440,7 @@ pub fn run(args: &BrokerArgs) -> Result<(), SupervisorError> {
         mask.add(s);
     }
     sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None).map_err(sys_err("blocking signals"))?;
-    // Non-blocking: the loop below drains it after every poll and must not wait there for
-    // the next signal (that would stall restarts and the frontend's requests).
+    // Non-blocking: after poll, the loop reads until EAGAIN and must never block in read.
     let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
         .map_err(sys_err("signalfd"))?;
 

@@ -132,6 +132,10 @@ fn apply_override(
     match name {
         // Obsolete; ignored for everyone.
         "ssh-auth-sock" => {}
+        // Which store the client talks to: the client sends it whenever `--store` was given,
+        // and it means nothing to the daemon. Ignored silently for everyone, as Lix does, so
+        // untrusted users are not warned on every command.
+        "store" => {}
         // The daemon's own features decide what it does, even for trusted clients.
         "experimental-features" => {
             let wanted: std::collections::BTreeSet<&str> = tokenize(value)
@@ -407,6 +411,7 @@ mod tests {
                 trusted,
                 &options(&[
                     ("ssh-auth-sock", "/tmp/agent"),
+                    ("store", "unix:///tmp/s"),
                     ("experimental-features", "nix-command flakes ca-derivations"),
                 ]),
                 &daemon,

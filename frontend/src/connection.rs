@@ -18,7 +18,6 @@ use tracing::{debug, info, warn};
 use ward_config::{ClientOptions, MessageLevel, Settings};
 use ward_proto::content_address::{ContentAddressMethod, FileIngestionMethod};
 use ward_proto::hash::HashAlgo;
-use ward_proto::ipc::store_writer::PathInfo;
 use ward_proto::nar;
 use ward_proto::path_info::{UnkeyedPathInfo, ValidPathInfo};
 use ward_proto::store_path::StorePath;
@@ -737,7 +736,7 @@ impl Connection {
                     .add_content(name, method, algo, references, repair, &mut framed)
                     .await;
                 framed.drain().await.map_err(wire_fatal)?;
-                let info = from_ipc_info(result?);
+                let info = result?;
                 self.reply(Reply::AddToStore(AddToStoreReply::PathInfo(Box::new(info))))
                     .await
             }
@@ -814,7 +813,7 @@ impl Connection {
         if !self.trusted() {
             info.ultimate = false;
         }
-        let ipc_info = to_ipc_info(&info);
+        let ipc_info = info.clone();
         match Op::AddToStoreNar.upload(self.ctx.version) {
             Upload::Framed => {
                 let mut framed = FramedReader::new(&mut self.r);
@@ -878,12 +877,7 @@ impl Connection {
                 if first_error.is_none() {
                     let result = match connect_writer(&mut self.writer, &self.shared).await {
                         Ok(writer) => writer
-                            .add_path_from_nar(
-                                to_ipc_info(&info),
-                                repair,
-                                check_sigs,
-                                &mut nar_data,
-                            )
+                            .add_path_from_nar(info.clone(), repair, check_sigs, &mut nar_data)
                             .await
                             .map(drop)
                             .map_err(OpError::from),
@@ -950,7 +944,7 @@ impl Connection {
             let data: &[u8] = &nar_bytes;
             self.writer()
                 .await?
-                .add_path_from_nar(to_ipc_info(&info), false, check_sigs, data)
+                .add_path_from_nar(info.clone(), false, check_sigs, data)
                 .await?;
             imported.push(entry.path);
         }
@@ -1018,34 +1012,4 @@ fn not_yet(op: Op) -> OpError {
 
 fn config_verbosity(v: Verbosity) -> ward_config::Verbosity {
     ward_config::Verbosity::from_wire(v as u64)
-}
-
-/// The store-writer's path info, as the wire carries it.
-pub fn from_ipc_info(info: PathInfo) -> ValidPathInfo {
-    ValidPathInfo {
-        path: info.path,
-        deriver: info.deriver,
-        nar_hash: info.nar_hash,
-        references: info.references,
-        registration_time: i64::try_from(info.registration_time).unwrap_or(i64::MAX),
-        nar_size: info.nar_size,
-        ultimate: info.ultimate,
-        sigs: info.sigs,
-        ca: info.ca,
-    }
-}
-
-/// A client's claim, as the store-writer takes it.
-pub fn to_ipc_info(info: &ValidPathInfo) -> PathInfo {
-    PathInfo {
-        path: info.path.clone(),
-        deriver: info.deriver.clone(),
-        nar_hash: info.nar_hash,
-        references: info.references.clone(),
-        registration_time: u64::try_from(info.registration_time).unwrap_or(0),
-        nar_size: info.nar_size,
-        ultimate: info.ultimate,
-        sigs: info.sigs.clone(),
-        ca: info.ca,
-    }
 }

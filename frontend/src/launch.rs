@@ -79,6 +79,14 @@ pub fn ward_main() -> ExitCode {
     }
     match rest.first().map(|a| a.as_bytes()) {
         Some(b"daemon") => daemon_main("ward daemon", rest[1..].to_vec()),
+        Some(b"install") if rest.len() > 1 => {
+            if rest[1] == "--help" {
+                println!("{INSTALL_HELP}");
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("error: 'ward install' takes no arguments; try 'ward install --help'");
+            ExitCode::from(EX_USAGE)
+        }
         Some(b"install") => match install_main() {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -106,6 +114,15 @@ pub fn ward_main() -> ExitCode {
         }
     }
 }
+
+const INSTALL_HELP: &str = "\
+Usage: ward install
+
+As root: create ward's group 'ward' and users 'ward-store' and 'ward-frontend', and the
+directories of the store named by NIX_STORE_DIR, NIX_STATE_DIR and NIX_LOG_DIR (default
+/nix/store, /nix/var/nix, /nix/var/log/nix), handing the store owner 'ward-store' the
+directories and files it writes. Users' own per-user directories keep their owners. The
+daemon does the same on its first start as root.";
 
 const WARD_HELP: &str = "\
 ward: a privilege-separated Nix daemon
@@ -452,28 +469,63 @@ pub fn ensure_system_setup(layout: &StoreLayout) -> Result<(), LaunchError> {
         &layout.ipc_dir(),
     ] {
         create_dir_all(dir, 0o755)?;
-        nix::unistd::chown(dir.as_path(), Some(owner.uid), Some(group.gid)).map_err(|e| {
-            LaunchError::Io {
-                what: "chown",
-                path: dir.clone(),
-                source: e.into(),
-            }
-        })?;
     }
-    // The DB files a root nix-daemon left behind: the store owner must write them, the
-    // frontend (group) read them.
-    if let Ok(entries) = std::fs::read_dir(&db_dir) {
+    // Everything the store-writer writes must be the store owner's, also in a state tree a root
+    // nix-daemon made: the directories (not their users' contents, never through a symlink) and
+    // the DB files. Users' own directories under `per-user/` keep their owners.
+    let take = |path: &Path| -> Result<(), LaunchError> {
+        nix::unistd::fchownat(
+            None,
+            path,
+            Some(owner.uid),
+            Some(group.gid),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| LaunchError::Io {
+            what: "chown",
+            path: path.to_path_buf(),
+            source: e.into(),
+        })
+    };
+    let state = &layout.state_dir;
+    for dir in [
+        layout.real_store_dir.clone(),
+        state.clone(),
+        layout.log_dir.clone(),
+        layout.ipc_dir(),
+        db_dir.clone(),
+        state.join("gcroots"),
+        state.join("gcroots/auto"),
+        state.join("gcroots/per-user"),
+        state.join("profiles"),
+        state.join("profiles/per-user"),
+        state.join("temproots"),
+        state.join("userpool"),
+        layout.log_dir.join("drvs"),
+    ] {
+        match std::fs::symlink_metadata(&dir) {
+            Ok(meta) if meta.is_dir() => take(&dir)?,
+            _ => {}
+        }
+    }
+    // Files the store-writer rewrites in place: the DB and its companions, temporary roots, and
+    // the per-derivation log directories (build logs are replaced by rename).
+    for (dir, files_too) in [
+        (&db_dir, true),
+        (state, true),
+        (&state.join("temproots"), true),
+        (&layout.log_dir.join("drvs"), false),
+    ] {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            continue;
+        };
         for entry in entries.flatten() {
             let path = entry.path();
             let meta = std::fs::symlink_metadata(&path).map_err(io_err("checking", &path))?;
-            if meta.is_file() {
-                nix::unistd::chown(path.as_path(), Some(owner.uid), Some(group.gid)).map_err(
-                    |e| LaunchError::Io {
-                        what: "chown",
-                        path: path.clone(),
-                        source: e.into(),
-                    },
-                )?;
+            // Only the state dir's own files (gc.lock), not its subdirectories' trees.
+            let is_state_subdir = dir == state && meta.is_dir();
+            if (meta.is_dir() && !is_state_subdir) || (files_too && meta.is_file()) {
+                take(&path)?;
             }
         }
     }

@@ -22,8 +22,8 @@ use tokio::net::unix::pipe::Sender;
 use ward_proto::content_address::ContentAddressMethod;
 use ward_proto::hash::HashAlgo;
 use ward_proto::ipc::store_writer::{
-    AddContent, AddPathFromNar, DrvOutputId, FrontendToStoreWriter, PathInfo, Realisation,
-    StoreWriterError, StoreWriterToFrontend,
+    AddContent, AddPathFromNar, FrontendToStoreWriter, PathInfo, StoreWriterError,
+    StoreWriterToFrontend,
 };
 use ward_proto::ipc::{FrameLimit, FrontendStoreWriterChannel, IpcError, IpcMessage, IPC_VERSION};
 use ward_proto::store_path::StorePath;
@@ -451,20 +451,6 @@ impl WriterClient {
         &mut self,
         realisation: ward_proto::path_info::Realisation,
     ) -> Result<(), ClientError> {
-        let to_id = |id: ward_proto::path_info::DrvOutput| DrvOutputId {
-            drv_hash: id.drv_hash,
-            output_name: id.output,
-        };
-        let realisation = Realisation {
-            id: to_id(realisation.id),
-            out_path: realisation.out_path,
-            signatures: realisation.signatures,
-            dependent_realisations: realisation
-                .dependent_realisations
-                .into_iter()
-                .map(|(id, path)| (to_id(id), path))
-                .collect(),
-        };
         self.call_done(FrontendToStoreWriter::RegisterRealisation(Box::new(
             realisation,
         )))

@@ -169,17 +169,7 @@ fn ca_claim(name: &str, nar: &[u8]) -> ValidPathInfo {
 }
 
 fn to_ipc(info: &ValidPathInfo) -> PathInfo {
-    PathInfo {
-        path: info.path.clone(),
-        deriver: info.deriver.clone(),
-        nar_hash: info.nar_hash,
-        references: info.references.clone(),
-        registration_time: u64::try_from(info.registration_time).unwrap(),
-        nar_size: info.nar_size,
-        ultimate: info.ultimate,
-        sigs: info.sigs.clone(),
-        ca: info.ca,
-    }
+    info.clone()
 }
 
 fn refusal(e: ClientError) -> StoreWriterError {

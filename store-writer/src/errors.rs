@@ -1,68 +1,14 @@
-//! Conversions between the IPC messages and the library's types, and from the library's
-//! errors to the typed [`StoreWriterError`] replies (each naming the path at fault).
-
-use std::collections::BTreeMap;
+//! From the library's errors to the typed [`StoreWriterError`] replies (each naming the path
+//! at fault).
 
 use ward_proto::hash::Hash;
-use ward_proto::ipc::store_writer::{DrvOutputId, PathInfo, Realisation, StoreWriterError};
+use ward_proto::ipc::store_writer::StoreWriterError;
 use ward_proto::nar::NarError;
-use ward_proto::path_info::{DrvOutput, Realisation as DbRealisation, ValidPathInfo};
+use ward_proto::path_info::ValidPathInfo;
 use ward_proto::store_path::{StoreDir, StorePath, StorePathError};
 use ward_store::db::DbError;
 use ward_store::fsutil::FsError;
 use ward_store::AddError;
-
-/// The claimed info of an AddPathFromNar as the library takes it. `registration_time` 0 means
-/// "now" in both; times past what SQLite holds are clamped.
-pub fn to_valid_path_info(info: &PathInfo) -> ValidPathInfo {
-    ValidPathInfo {
-        path: info.path.clone(),
-        deriver: info.deriver.clone(),
-        nar_hash: info.nar_hash,
-        references: info.references.clone(),
-        registration_time: i64::try_from(info.registration_time).unwrap_or(i64::MAX),
-        nar_size: info.nar_size,
-        ultimate: info.ultimate,
-        sigs: info.sigs.clone(),
-        ca: info.ca,
-    }
-}
-
-/// A registered path's info as the reply carries it.
-pub fn to_ipc_path_info(info: ValidPathInfo) -> PathInfo {
-    PathInfo {
-        path: info.path,
-        deriver: info.deriver,
-        nar_hash: info.nar_hash,
-        references: info.references,
-        registration_time: u64::try_from(info.registration_time).unwrap_or(0),
-        nar_size: info.nar_size,
-        ultimate: info.ultimate,
-        sigs: info.sigs,
-        ca: info.ca,
-    }
-}
-
-fn to_drv_output(id: &DrvOutputId) -> DrvOutput {
-    DrvOutput {
-        drv_hash: id.drv_hash,
-        output: id.output_name.clone(),
-    }
-}
-
-/// A realisation as the database takes it.
-pub fn to_db_realisation(realisation: &Realisation) -> DbRealisation {
-    DbRealisation {
-        id: to_drv_output(&realisation.id),
-        out_path: realisation.out_path.clone(),
-        signatures: realisation.signatures.clone(),
-        dependent_realisations: realisation
-            .dependent_realisations
-            .iter()
-            .map(|(id, path)| (to_drv_output(id), path.clone()))
-            .collect::<BTreeMap<_, _>>(),
-    }
-}
 
 /// The rule a name broke, without repeating the name.
 pub fn name_reason(e: &StorePathError) -> String {
@@ -269,7 +215,6 @@ pub fn db_error(e: DbError, shown: &str) -> StoreWriterError {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeSet;
 
     use ward_proto::content_address::{ContentAddress, ContentAddressMethod, FileIngestionMethod};
     use ward_proto::hash::HashAlgo;
@@ -296,18 +241,6 @@ mod tests {
             shown: "/nix/store/ab3li50xq0nl4q5lxdyinb8w8y13my9s-f".into(),
             data_sha256: Hash::compute(HashAlgo::Sha256, b"actual"),
         }
-    }
-
-    #[test]
-    fn path_infos_convert_both_ways() {
-        let mut info = claimed();
-        info.registration_time = 1_700_000_000;
-        info.sigs = BTreeSet::from(["k:s".to_string()]);
-        let ipc = to_ipc_path_info(info.clone());
-        assert_eq!(to_valid_path_info(&ipc), info);
-        let mut huge = ipc;
-        huge.registration_time = u64::MAX;
-        assert_eq!(to_valid_path_info(&huge).registration_time, i64::MAX);
     }
 
     #[test]

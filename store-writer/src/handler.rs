@@ -299,9 +299,7 @@ impl ChannelState {
             .query_path_info(path)
             .map_err(|e| errors::db_error(e, &shown))?
             .ok_or_else(|| StoreWriterError::NotValid { path: path.clone() })?;
-        Ok(StoreWriterToFrontend::PathAdded(Box::new(
-            errors::to_ipc_path_info(info),
-        )))
+        Ok(StoreWriterToFrontend::PathAdded(Box::new(info)))
     }
 
     fn add_path_from_nar(
@@ -311,7 +309,7 @@ impl ChannelState {
         channel: &WriterChannel,
     ) -> Outcome {
         let shared = Arc::clone(&self.shared);
-        let mut info = errors::to_valid_path_info(&request.info);
+        let mut info = request.info.clone();
         let path = info.path.clone();
         let shown = shared.print(&path);
         let pipe = Self::take_pipe(fd, &shown)?;
@@ -499,7 +497,7 @@ impl ChannelState {
         let id_shown = format!(
             "{}!{}",
             realisation.id.drv_hash.to_prefixed_base16(),
-            realisation.id.output_name
+            realisation.id.output
         );
         let bad = |reason: String| {
             Failure::from(StoreWriterError::BadContentAddress {
@@ -513,11 +511,10 @@ impl ChannelState {
                 realisation.id.drv_hash.algo()
             )));
         }
-        let ids = std::iter::once(&realisation.id)
-            .chain(realisation.dependent_realisations.iter().map(|(id, _)| id));
+        let ids = std::iter::once(&realisation.id).chain(realisation.dependent_realisations.keys());
         for id in ids {
-            check_name(&id.output_name).map_err(|e| StoreWriterError::BadName {
-                name: id.output_name.clone(),
+            check_name(&id.output).map_err(|e| StoreWriterError::BadName {
+                name: id.output.clone(),
                 reason: errors::name_reason(&e),
             })?;
         }
@@ -532,7 +529,7 @@ impl ChannelState {
         }
         let mut store = self.shared.store();
         let paths = std::iter::once(&realisation.out_path)
-            .chain(realisation.dependent_realisations.iter().map(|(_, p)| p));
+            .chain(realisation.dependent_realisations.values());
         for path in paths {
             let valid = store
                 .db()
@@ -544,7 +541,7 @@ impl ChannelState {
         }
         store
             .db_mut()
-            .register_realisation(&errors::to_db_realisation(realisation))
+            .register_realisation(realisation)
             .map_err(|e| errors::db_error(e, &id_shown))?;
         Ok(StoreWriterToFrontend::Done)
     }

@@ -425,11 +425,11 @@ fn build_logs_signatures_and_realisations() {
     let realisation = Realisation {
         id: DrvOutputId {
             drv_hash: Hash::compute(HashAlgo::Sha256, b"drv"),
-            output_name: "out".into(),
+            output: "out".into(),
         },
         out_path: info.path.clone(),
         signatures: BTreeSet::new(),
-        dependent_realisations: Vec::new(),
+        dependent_realisations: Default::default(),
     };
     assert_eq!(
         call(

@@ -120,6 +120,7 @@ pub struct DaemonOptions {
     conf: Vec<String>,
     args: Vec<String>,
     socket_path: Option<PathBuf>,
+    store_root: Option<PathBuf>,
 }
 
 impl DaemonOptions {
@@ -130,6 +131,7 @@ impl DaemonOptions {
             conf: Vec::new(),
             args: Vec::new(),
             socket_path: None,
+            store_root: None,
         }
     }
 
@@ -161,6 +163,18 @@ impl DaemonOptions {
     /// Listens on this socket instead of the default one (`--socket-path`).
     pub fn socket_path(mut self, path: impl Into<PathBuf>) -> DaemonOptions {
         self.socket_path = Some(path.into());
+        self
+    }
+
+    /// Serves an existing chroot store at `root` (single-user) instead of a fresh one; the
+    /// store is left in place when the daemon is dropped.
+    pub fn store_root(mut self, root: impl Into<PathBuf>) -> DaemonOptions {
+        assert_eq!(
+            self.mode,
+            Mode::SingleUser,
+            "an existing store root is for single-user mode"
+        );
+        self.store_root = Some(root.into());
         self
     }
 
@@ -212,10 +226,13 @@ pub fn ward_bin() -> PathBuf {
 pub struct WardDaemon {
     child: Option<Child>,
     kind: DaemonKind,
+    program: PathBuf,
+    options: DaemonOptions,
     mode: Mode,
     layout: StoreLayout,
     log_path: PathBuf,
     conf_dir: PathBuf,
+    home: PathBuf,
     // Last field: removed after the daemon was stopped.
     tmp: TempDir,
 }
@@ -263,7 +280,10 @@ impl WardDaemon {
 
         let layout = match options.mode {
             Mode::SingleUser => {
-                let store_root = root.join("store");
+                let store_root = options
+                    .store_root
+                    .clone()
+                    .unwrap_or_else(|| root.join("store"));
                 let state_dir = store_root.join("nix/var/nix");
                 StoreLayout {
                     logical_store_dir: "/nix/store".into(),
@@ -296,29 +316,61 @@ impl WardDaemon {
             fs::create_dir_all(&layout.state_dir).expect("creating the state directory");
         }
         let log_path = root.join("daemon.log");
-        let log = fs::File::create(&log_path).expect("creating the daemon log");
+        let mut daemon = WardDaemon {
+            child: None,
+            kind,
+            program,
+            mode: options.mode,
+            options,
+            layout,
+            log_path,
+            conf_dir,
+            home,
+            tmp,
+        };
+        daemon.spawn();
+        daemon
+    }
+
+    /// Stops the daemon and starts it again on the same store, socket and configuration (the
+    /// log goes on in the same file).
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    /// Starts the daemon process and waits until it serves.
+    fn spawn(&mut self) {
+        assert!(self.child.is_none(), "the daemon is already running");
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .expect("opening the daemon log");
+        let (program, home, layout, options) =
+            (&self.program, &self.home, &self.layout, &self.options);
         // setpriv --pdeathsig: should the test process die without dropping the daemon (a
         // killed `cargo test`), the daemon dies with it instead of lingering.
         let mut cmd = if setpriv_available() {
             let mut cmd = Command::new("setpriv");
-            cmd.args(["--pdeathsig", "KILL"]).arg(&program);
+            cmd.args(["--pdeathsig", "KILL"]).arg(program);
             cmd
         } else {
-            Command::new(&program)
+            Command::new(program)
         };
         cmd.env_clear()
             .env(
                 "PATH",
                 std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()),
             )
-            .env("HOME", &home)
+            .env("HOME", home)
             .env("XDG_CONFIG_HOME", home.join(".config"))
             .env("XDG_CACHE_HOME", home.join(".cache"))
             .env("XDG_DATA_HOME", home.join(".local/share"))
             .env("XDG_STATE_HOME", home.join(".local/state"))
-            .env("NIX_CONF_DIR", &conf_dir)
+            .env("NIX_CONF_DIR", &self.conf_dir)
             .env("RUST_BACKTRACE", "1")
-            .current_dir(&root)
+            .current_dir(self.tmp.path())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log"))
             .stderr(log)
@@ -326,7 +378,7 @@ impl WardDaemon {
         if let Some(filter) = std::env::var_os("RUST_LOG") {
             cmd.env("RUST_LOG", filter);
         }
-        match (kind, options.mode) {
+        match (self.kind, options.mode) {
             (DaemonKind::Ward, Mode::SingleUser) => {
                 let chroot = layout.chroot.as_ref().expect("chroot");
                 cmd.arg("daemon").arg("--store").arg(chroot);
@@ -357,17 +409,8 @@ impl WardDaemon {
         let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("starting {}: {e}", program.display()));
-        let mut daemon = WardDaemon {
-            child: Some(child),
-            kind,
-            mode: options.mode,
-            layout,
-            log_path,
-            conf_dir,
-            tmp,
-        };
-        daemon.wait_for_socket();
-        daemon
+        self.child = Some(child);
+        self.wait_for_socket();
     }
 
     fn wait_for_socket(&mut self) {
@@ -509,6 +552,14 @@ impl WardDaemon {
 impl Drop for WardDaemon {
     fn drop(&mut self) {
         self.stop();
+        if crate::keep_scratch() {
+            self.tmp.disable_cleanup(true);
+            crate::notice(&format!(
+                "kept daemon directory {}",
+                self.tmp.path().display()
+            ));
+            return;
+        }
         crate::make_removable(self.tmp.path());
         if std::thread::panicking() {
             eprintln!(

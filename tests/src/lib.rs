@@ -334,6 +334,12 @@ impl SigningKey {
     }
 }
 
+/// Whether `WARD_E2E_KEEP` asks to keep temporary stores and scratch directories (for
+/// looking at a daemon's log and store after a run).
+pub(crate) fn keep_scratch() -> bool {
+    std::env::var_os("WARD_E2E_KEEP").is_some_and(|v| !v.is_empty())
+}
+
 /// Adds the owner-write bit to every directory under `root` (not following symlinks), so that
 /// a temporary directory holding a store (whose directories are read-only, mode 0555) can be
 /// removed by an unprivileged user. Errors are ignored: this only helps clean-up.

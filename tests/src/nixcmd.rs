@@ -39,8 +39,10 @@ impl TestEnv {
     /// A fresh scratch directory for the test `name` (readable by other users, so multi-user
     /// tests can hand inputs to the test user).
     pub fn new(name: &str) -> TestEnv {
+        // The name is shortened: sockets inside the directory must fit in sockaddr_un.
+        let short: String = name.chars().take(16).collect();
         let tmp = tempfile::Builder::new()
-            .prefix(&format!("ward-e2e-{name}-"))
+            .prefix(&format!("ward-e2e-{short}-"))
             .tempdir()
             .expect("creating a temporary directory");
         fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755))
@@ -142,6 +144,14 @@ impl TestEnv {
 
 impl Drop for TestEnv {
     fn drop(&mut self) {
+        if crate::keep_scratch() {
+            self.tmp.disable_cleanup(true);
+            crate::notice(&format!(
+                "kept scratch directory {}",
+                self.tmp.path().display()
+            ));
+            return;
+        }
         // Reference stores keep read-only directories; let the TempDir remove them.
         crate::make_removable(self.tmp.path());
     }
@@ -233,7 +243,8 @@ impl NixClient {
         client
     }
 
-    /// Runs `program args… --option substituters ''` and returns what happened.
+    /// Runs `program args… --option substituters ''` (the option left out when `args` set
+    /// `substituters` themselves) and returns what happened.
     pub fn run(&self, program: &str, args: &[&str]) -> CmdOutput {
         self.run_with_stdin(program, args, None)
     }
@@ -241,7 +252,11 @@ impl NixClient {
     /// Like [`NixClient::run`], feeding `stdin` to the command.
     pub fn run_with_stdin(&self, program: &str, args: &[&str], stdin: Option<&[u8]>) -> CmdOutput {
         let mut all_args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        all_args.extend(["--option".into(), "substituters".into(), String::new()]);
+        // No substituters, unless the test sets them itself.
+        let sets_substituters = args.windows(2).any(|w| w == ["--option", "substituters"]);
+        if !sets_substituters {
+            all_args.extend(["--option".into(), "substituters".into(), String::new()]);
+        }
         let mut cmd = match &self.user {
             None => Command::new(program),
             Some(user) => {

@@ -24,6 +24,8 @@ fn populate_over_the_wire(client: &mut WorkerClient) -> String {
 fn expect_daemon_error(result: Result<(), WireError>, what: &str, needles: &[&str]) -> String {
     match result {
         Err(WireError::Daemon { message }) => {
+            // Shown with --nocapture: what a client of the daemon would read.
+            eprintln!("{what}: the daemon said: {message}");
             for needle in needles {
                 assert!(
                     message.to_lowercase().contains(&needle.to_lowercase()),

@@ -79,3 +79,47 @@ fn serves_several_connections_at_once() {
         assert!(!valid);
     }
 }
+
+#[test]
+fn untrusted_clients_restricted_settings_are_ignored_not_fatal() {
+    use ward_e2e_tests::{inputs, Fixture};
+    let Some(f) = Fixture::start(
+        "untrusted_clients_restricted_settings_are_ignored_not_fatal",
+        DaemonOptions::single_user().untrusted(),
+    ) else {
+        return;
+    };
+    let dir = f.env.dir("in");
+    let file = inputs::file(&dir, "options.txt", b"settings from an untrusted client\n");
+    let file = file.to_str().expect("utf-8");
+    let expected = f
+        .reference
+        .client
+        .add(&[std::path::Path::new(file)])
+        .remove(0);
+    // Restricted settings (Nix 2.8 drops them silently for untrusted clients); the operation
+    // itself goes through.
+    let restricted = [
+        ["--option", "build-hook", "/nonexistent/ward-e2e-hook"],
+        ["--option", "sandbox", "false"],
+        ["--option", "build-users-group", ""],
+    ];
+    for option in restricted {
+        let mut args = vec!["--add", file];
+        args.extend(option);
+        assert_eq!(
+            f.ward.ok("nix-store", &args).single_line(),
+            expected,
+            "{option:?}"
+        );
+    }
+    // An untrusted substituter gets Nix's warning, and the add still succeeds.
+    let cache = f.env.dir("untrusted-cache");
+    let url = format!("file://{}", cache.display());
+    let out = f.ward.ok(
+        "nix-store",
+        &["--add", file, "--option", "substituters", &url],
+    );
+    assert_eq!(out.single_line(), expected);
+    out.assert_stderr_contains(&format!("ignoring untrusted substituter '{url}'"));
+}

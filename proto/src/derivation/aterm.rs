@@ -244,7 +244,8 @@ pub(crate) fn parse(input: &[u8], store_dir: &StoreDir, name: &str) -> Result<De
     })?;
 
     p.expect(b",", "','")?;
-    let (_, platform) = p.text("platform")?;
+    let (offset, platform) = p.text("platform")?;
+    check_platform(&platform).map_err(|e| e.at(offset))?;
     p.expect(b",", "','")?;
     let builder = p.string()?.1.into_owned();
 
@@ -289,6 +290,16 @@ pub(crate) fn parse(input: &[u8], store_dir: &StoreDir, name: &str) -> Result<De
 
 fn duplicate(what: &'static str, key: String) -> DerivationError {
     DerivationError::Duplicate { what, key }
+}
+
+/// Refuses a platform the printer cannot write: it is written raw, so a `"` would end the
+/// string early and a `\` would be read back as an escape.
+fn check_platform(platform: &str) -> Result<()> {
+    if platform.contains(['"', '\\']) {
+        let shown: String = platform.escape_debug().take(128).collect();
+        return Err(DerivationError::UnprintablePlatform { platform: shown });
+    }
+    Ok(())
 }
 
 /// Writes `"s"` without escaping (fields Nix never escapes).
@@ -401,6 +412,7 @@ pub(crate) fn print_with(
         push_raw(out, store_dir.print(p).as_bytes())
     });
     out.push(b',');
+    check_platform(&drv.platform)?;
     push_raw(&mut out, drv.platform.as_bytes());
     out.push(b',');
     push_escaped(&mut out, &drv.builder);

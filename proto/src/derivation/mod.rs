@@ -86,6 +86,13 @@ pub enum DerivationError {
         /// Which field.
         field: &'static str,
     },
+    /// A platform holding `"` or `\`: Nix writes the platform unescaped, so the `.drv` text
+    /// could not hold it (it would not parse back to the same derivation).
+    #[error("platform '{platform}' contains '\"' or '\\', which a .drv file cannot hold")]
+    UnprintablePlatform {
+        /// The platform (escaped for display, shortened).
+        platform: String,
+    },
     /// A path that is not a valid store path of the store directory.
     #[error("bad store path '{path}': {source}")]
     BadPath {

@@ -27,31 +27,10 @@ use crate::content_address::{ContentAddress, ContentAddressMethod};
 use crate::hash::{Hash, HashAlgo};
 use crate::store_path::StorePath;
 
-/// What the store knows about a valid path; the `ValidPaths` row plus its `Refs`.
-///
-/// In a request ([`AddPathFromNar`]) every field is a *claim* the store-writer checks; in a
-/// reply it is what was registered.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PathInfo {
-    /// The store path (base name; the store directory is the store-writer's own).
-    pub path: StorePath,
-    /// The derivation that produced it, if known.
-    pub deriver: Option<StorePath>,
-    /// SHA-256 of the path's NAR serialisation.
-    pub nar_hash: Hash,
-    /// Store paths the contents refer to (may include `path` itself).
-    pub references: BTreeSet<StorePath>,
-    /// Unix seconds when it became valid; 0 in a request means "now".
-    pub registration_time: u64,
-    /// Bytes in the NAR serialisation.
-    pub nar_size: u64,
-    /// Built locally (trusted without signatures).
-    pub ultimate: bool,
-    /// Signatures, each `<key name>:<base64 signature>`.
-    pub sigs: BTreeSet<String>,
-    /// Content address, when the path is content-addressed.
-    pub ca: Option<ContentAddress>,
-}
+/// What the store-writer takes and returns about a path: the same type the protocol and the DB
+/// use. In a request ([`AddPathFromNar`]) every field is a *claim* the store-writer checks
+/// (`registration_time` 0 means "now"); in a reply it is what was registered.
+pub type PathInfo = crate::path_info::ValidPathInfo;
 
 /// AddToStoreNar / AddMultipleToStore: a path whose NAR the client supplies.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -115,27 +94,11 @@ pub struct BuildOutput {
     pub kind: OutputKind,
 }
 
-/// The key of a realisation: a derivation output, by the derivation's hash modulo.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DrvOutputId {
-    /// `hashDerivationModulo` of the derivation (SHA-256).
-    pub drv_hash: Hash,
-    /// The output name, e.g. `out`.
-    pub output_name: String,
-}
+/// A derivation output id (`sha256:<hash modulo>!<output>`).
+pub type DrvOutputId = crate::path_info::DrvOutput;
 
 /// A realisation of a content-addressed derivation output.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Realisation {
-    /// Which derivation output.
-    pub id: DrvOutputId,
-    /// The store path it was realised as.
-    pub out_path: StorePath,
-    /// Signatures over the realisation, each `<key name>:<base64 signature>`.
-    pub signatures: BTreeSet<String>,
-    /// Realisations of the derivation outputs this one depends on.
-    pub dependent_realisations: Vec<(DrvOutputId, StorePath)>,
-}
+pub type Realisation = crate::path_info::Realisation;
 
 /// What CollectGarbage does (Nix's GC action).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -724,7 +687,7 @@ mod tests {
         let out = path("ab3li50xq0nl4q5lxdyinb8w8y13my9s-f");
         let id = DrvOutputId {
             drv_hash: Hash::compute(HashAlgo::Sha256, b"drv"),
-            output_name: "out".into(),
+            output: "out".into(),
         };
         vec![
             FrontendToStoreWriter::Hello {
@@ -801,7 +764,7 @@ mod tests {
                 id: id.clone(),
                 out_path: out.clone(),
                 signatures: BTreeSet::new(),
-                dependent_realisations: vec![(id, out.clone())],
+                dependent_realisations: [(id, out.clone())].into_iter().collect(),
             })),
             FrontendToStoreWriter::AddBuildLog { drv_path: drv },
             FrontendToStoreWriter::CollectGarbage {

@@ -1,0 +1,1217 @@
+#!/usr/bin/env python3
+"""compare.py - the same wire-level workloads against ward and Debian's nix-daemon, in one run.
+
+Starts both daemons on throw-away chroot stores under a temporary directory, drives them with
+the shared `wirebench.py` (never copied into this repository), and prints a markdown table
+(workload, nix-daemon, ward, ratio ward/nix, target, met) plus the raw JSON of every run.
+
+    python3 bench/compare.py --quick        # < 2 minutes after the build
+    python3 bench/compare.py                # the full run
+
+Runs are strictly sequential (the machine has 2 cores); measured workloads alternate between
+the two daemons round by round, so background load drifting over the run hits both alike.
+Daemons, their stores and the temporary directory are removed on exit, on Ctrl-C and on errors.
+See bench/README.md for what each number means.
+"""
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SIDES = ("nix", "ward")
+SIDE_TITLES = {"nix": "nix-daemon", "ward": "ward"}
+KIB = 1024
+MIB = 1024 * 1024
+
+# Workload sizes. Measured workloads run in rounds (see Run.rounds): "add" entries are
+# (size in MiB, rounds), one timed add per side per round after one warm-up add per side.
+PROFILES = {
+    "quick": {
+        "connect": {"count": 100, "rounds": 3},
+        "populate": 1000,
+        "hot_paths": 16,
+        "query": {"ops": 2000, "rounds": 2, "concurrency": [1, 8]},
+        "add": [(1, 5), (64, 2)],
+        "narfrom": {"size_mb": 64, "rounds": 2, "reps": 3},
+        "idle": {"connections": [1, 100, 1000], "settle": 0.5},
+        "timeout": 300,
+    },
+    "full": {
+        "connect": {"count": 200, "rounds": 7},
+        "populate": 5000,
+        "hot_paths": 16,
+        "query": {"ops": 5000, "rounds": 5, "concurrency": [1, 8]},
+        "add": [(1, 10), (64, 5), (256, 3), (1024, 3)],
+        "narfrom": {"size_mb": 64, "rounds": 5, "reps": 3},
+        "idle": {"connections": [1, 100, 1000], "settle": 1.0},
+        "timeout": 1800,
+    },
+}
+
+# Worker protocol greeting (Nix 2.8 worker-protocol.hh), for the readiness probe only.
+WORKER_MAGIC_1 = 0x6E697863
+WORKER_MAGIC_2 = 0x6478696F
+STDERR_LAST = 0x616C7473
+PROBE_CLIENT_VERSION = (1 << 8) | 34
+
+QUERY_OPS = ("qpi", "valid")
+QUERY_OP_NAMES = {"qpi": "QueryPathInfo", "valid": "IsValidPath"}
+
+
+def query_key(kind, op, k):
+    return "query_%s_%s_k%d" % (kind, op, k)
+
+
+# The issue's targets.
+CONNECT_RATIO_TARGET = 2.0
+QUERY_PATH_INFO_RATIO_TARGET = 2.0
+ADD_1GIB_RATIO_TARGET = 0.9
+ADD_TARGET_SIZE_MB = 1024
+PEAK_RSS_LIMIT_KB = 64 * KIB  # 64 MiB, in KiB as /proc reports it
+IDLE_PER_CONNECTION_LIMIT_KB = 64  # 64 KiB
+IDLE_TARGET_CONNECTIONS = 1000
+
+
+class BenchError(Exception):
+    """A failure that ends one side's workload (or the whole run) with a readable message."""
+
+
+def log(msg):
+    print("[compare] " + msg, file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------------------------
+# locating the tools
+
+
+def git_main_checkout():
+    """The main checkout of this repository when running from a linked worktree, else None."""
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(REPO_ROOT), "rev-parse", "--path-format=absolute",
+             "--git-common-dir"],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return Path(out).parent if out else None
+
+
+def find_wirebench(explicit):
+    """Locate the shared wirebench.py; refuse to run without it (it is not vendored here)."""
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file():
+            raise SystemExit("compare.py: --wirebench %s does not exist" % path)
+        return path.resolve()
+    candidates = []
+    shared = os.environ.get("WARD_SHARED_DIR")
+    if shared:
+        candidates.append(Path(shared) / "bench" / "wirebench.py")
+    candidates.append(REPO_ROOT.parent / "shared" / "bench" / "wirebench.py")
+    main = git_main_checkout()
+    if main is not None:
+        candidates.append(main.parent / "shared" / "bench" / "wirebench.py")
+    for path in candidates:
+        if path.is_file():
+            return path.resolve()
+    raise SystemExit(
+        "compare.py: cannot find wirebench.py; looked in:\n  %s\n"
+        "set WARD_SHARED_DIR to the shared directory (holding bench/wirebench.py) "
+        "or pass --wirebench PATH" % "\n  ".join(str(p) for p in candidates))
+
+
+def build_ward():
+    """cargo build --release --workspace; returns the ward binary or raises BenchError."""
+    cmd = ["cargo", "build", "--release", "--workspace"]
+    log("building ward: %s (in %s)" % (" ".join(cmd), REPO_ROOT))
+    try:
+        proc = subprocess.run(cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    except OSError as e:
+        raise BenchError("cannot run cargo: %s" % e) from e
+    if proc.returncode != 0:
+        raise BenchError("'%s' failed (exit %d):\n%s"
+                         % (" ".join(cmd), proc.returncode, tail(proc.stdout, 40)))
+    ward = REPO_ROOT / "target" / "release" / "ward"
+    if not ward.is_file():
+        raise BenchError("the build succeeded but %s does not exist" % ward)
+    return ward
+
+
+def describe_log(path):
+    text = file_tail(path)
+    return "its log ends with:\n%s" % text if text else "it printed nothing"
+
+
+def tail(text, lines):
+    parts = (text or "").rstrip().splitlines()
+    return "\n".join(parts[-lines:])
+
+
+def file_tail(path, lines=30):
+    try:
+        return tail(Path(path).read_text(errors="replace"), lines)
+    except OSError:
+        return ""
+
+
+# --------------------------------------------------------------------------------------------
+# /proc helpers
+
+
+def read_status(pid):
+    """Name, VmRSS and VmHWM (KiB) of a process, or None once it is gone."""
+    fields = {}
+    try:
+        with open("/proc/%d/status" % pid) as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key in ("Name", "VmRSS", "VmHWM"):
+                    fields[key] = value.strip()
+    except OSError:
+        return None
+    return {
+        "name": fields.get("Name", "?"),
+        "rss_kb": int(fields.get("VmRSS", "0 kB").split()[0]),
+        "hwm_kb": int(fields.get("VmHWM", "0 kB").split()[0]),
+    }
+
+
+def process_name(pid):
+    """The executable's file name (comm is cut at 15 bytes: 'ward-store-writ')."""
+    try:
+        return os.path.basename(os.readlink("/proc/%d/exe" % pid))
+    except OSError:
+        status = read_status(pid)
+        return status["name"] if status else "?"
+
+
+def process_tree(root):
+    """root and all its descendants (by parent pid)."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % entry) as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        children.setdefault(int(fields[1]), []).append(int(entry))
+    out, stack = [], [root]
+    while stack:
+        pid = stack.pop()
+        if os.path.exists("/proc/%d" % pid):
+            out.append(pid)
+        stack.extend(children.get(pid, []))
+    return out
+
+
+def tree_peaks(root):
+    """Peak and current RSS of every process in root's tree."""
+    out = []
+    for pid in process_tree(root):
+        status = read_status(pid)
+        if status:
+            out.append({"pid": pid, "name": process_name(pid), "hwm_kb": status["hwm_kb"],
+                        "rss_kb": status["rss_kb"]})
+    return out
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_seconds(root):
+    """User + system CPU time of root's tree, reaped children included; and its process count.
+
+    nix-daemon reaps its per-connection children, so their time lands in its cutime/cstime."""
+    ticks = 0
+    pids = process_tree(root)
+    for pid in pids:
+        try:
+            with open("/proc/%d/stat" % pid) as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        ticks += sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
+    return ticks / CLOCK_TICKS, len(pids)
+
+
+def settle_tree(root, count, timeout=3.0):
+    """Wait until per-connection processes have exited and been reaped (their CPU time then
+    shows up in the parent's cutime/cstime)."""
+    deadline = time.monotonic() + timeout
+    while len(process_tree(root)) > count and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def loadavg():
+    try:
+        with open("/proc/loadavg") as f:
+            return [float(x) for x in f.read().split()[:3]]
+    except OSError:
+        return None
+
+
+class PeakSampler(threading.Thread):
+    """Polls VmHWM of every process of the daemons' trees while the adds run.
+
+    ward's processes live for the whole run, so their VmHWM after the adds is exact; this
+    sampler exists for nix-daemon, whose per-connection children exit (taking their VmHWM
+    with them) as soon as each add is done."""
+
+    def __init__(self, daemons, interval=0.2):
+        super().__init__(daemon=True)
+        self.daemons = daemons
+        self.interval = interval
+        self.stop_event = threading.Event()
+        self.peaks = {d.side: {} for d in daemons}
+
+    def run(self):
+        while not self.stop_event.wait(self.interval):
+            for d in self.daemons:
+                if not d.running():
+                    continue
+                for p in tree_peaks(d.pid):
+                    seen = self.peaks[d.side].setdefault(p["pid"], {"name": p["name"], "hwm_kb": 0})
+                    seen["hwm_kb"] = max(seen["hwm_kb"], p["hwm_kb"])
+
+    def stop(self):
+        self.stop_event.set()
+        self.join()
+
+
+# --------------------------------------------------------------------------------------------
+# daemons
+
+
+class Daemon:
+    """One daemon on a fresh chroot store; stop() ends it and every process it started."""
+
+    def __init__(self, side, argv, env, socket_path, store_root, log_path):
+        self.side = side
+        self.argv = argv
+        self.env = env
+        self.socket_path = socket_path
+        self.store_root = store_root
+        self.log_path = log_path
+        self.proc = None
+        self.logf = None
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def running(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def start(self, timeout=30.0):
+        self.logf = open(self.log_path, "ab")
+        log("starting %s: %s" % (SIDE_TITLES[self.side], " ".join(map(str, self.argv))))
+        try:
+            self.proc = subprocess.Popen(self.argv, env=self.env, stdin=subprocess.DEVNULL,
+                                         stdout=self.logf, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
+        except OSError as e:
+            raise BenchError("cannot start %s: %s" % (self.argv[0], e)) from e
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise BenchError("%s exited with status %d before accepting connections; %s"
+                                 % (SIDE_TITLES[self.side], self.proc.returncode,
+                                    describe_log(self.log_path)))
+            if self._accepts():
+                return
+            time.sleep(0.05)
+        raise BenchError("%s did not accept connections on %s within %.0f s; %s"
+                         % (SIDE_TITLES[self.side], self.socket_path, timeout,
+                            describe_log(self.log_path)))
+
+    def _accepts(self):
+        """Ready means serving: the daemon completes a protocol 1.34 handshake."""
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(2.0)
+
+        def read_exact(n):
+            data = b""
+            while len(data) < n:
+                chunk = s.recv(n - len(data))
+                if not chunk:
+                    raise EOFError("the daemon hung up")
+                data += chunk
+            return data
+
+        def read_u64():
+            return struct.unpack("<Q", read_exact(8))[0]
+
+        try:
+            s.connect(str(self.socket_path))
+            s.sendall(struct.pack("<Q", WORKER_MAGIC_1))
+            if read_u64() != WORKER_MAGIC_2 or read_u64() >> 8 != 1:
+                return False
+            # our version, then the obsolete CPU-affinity and reserveSpace flags
+            s.sendall(struct.pack("<QQQ", PROBE_CLIENT_VERSION, 0, 0))
+            length = read_u64()  # the daemon's Nix version string, sent from 1.33 on
+            if length > 4096:
+                return False
+            read_exact(length + (-length) % 8)
+            return read_u64() == STDERR_LAST
+        except (OSError, EOFError):
+            return False
+        finally:
+            s.close()
+
+    def stop(self):
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            tree = process_tree(self.proc.pid)
+            self._signal_all(tree, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+            # nix-daemon's per-connection children and ward's children may outlive the parent
+            for _ in range(50):
+                left = [p for p in tree if os.path.exists("/proc/%d" % p) and not _is_zombie(p)]
+                if not left:
+                    break
+                time.sleep(0.1)
+            self._signal_all([p for p in tree if os.path.exists("/proc/%d" % p)], signal.SIGKILL)
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                log("warning: %s (pid %d) did not exit after SIGKILL"
+                    % (SIDE_TITLES[self.side], self.proc.pid))
+        if self.logf:
+            self.logf.close()
+            self.logf = None
+        self.proc = None
+
+    @staticmethod
+    def _signal_all(pids, sig):
+        for p in pids:
+            try:
+                os.kill(p, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
+def _is_zombie(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            stat = f.read()
+        return stat[stat.rindex(")") + 2] == "Z"
+    except OSError:
+        return True
+
+
+# --------------------------------------------------------------------------------------------
+# the run
+
+
+class Run:
+    def __init__(self, args, wirebench, tmp):
+        self.args = args
+        self.profile = PROFILES["quick" if args.quick else "full"]
+        self.timeout = args.timeout or self.profile["timeout"]
+        self.wirebench = wirebench
+        self.tmp = tmp
+        self.sides = [s for s in SIDES if s in args.sides]
+        self.side_info = {s: {} for s in SIDES}
+        self.side_error = {}  # side -> why it cannot run at all
+        self.crashes = []  # daemons found dead at the end of a phase
+        self.interrupted = False
+        self.workloads = {}  # key -> side -> record
+        self.peak_rss = {}
+        self.daemons = {}
+        self.start_load = loadavg()
+
+    # ---- daemons
+
+    def daemon_for(self, side, phase):
+        root = self.tmp / ("%s-%s-root" % (side, phase))
+        sock = self.tmp / ("%s-%s.sock" % (side, phase))
+        logp = self.tmp / ("%s-%s.log" % (side, phase))
+        env = self.daemon_env()
+        if side == "nix":
+            env["NIX_DAEMON_SOCKET_PATH"] = str(sock)
+            argv = [self.args.nix_daemon, "--store", str(root), "--option", "sandbox", "false"]
+        else:
+            argv = [str(self.side_info["ward"]["bin"]), "daemon", "--store", str(root),
+                    "--socket-path", str(sock)] + list(self.args.ward_arg or [])
+        setpriv = shutil.which("setpriv")
+        if setpriv:
+            # should compare.py itself be killed outright, the daemon dies with it
+            argv = [setpriv, "--pdeathsig", "KILL"] + argv
+        return Daemon(side, argv, env, sock, root, logp)
+
+    def daemon_env(self):
+        """The same small environment for both daemons: no host or user nix.conf, no NIX_REMOTE."""
+        home = self.tmp / "home"
+        conf = self.tmp / "conf"
+        for d in (home / ".config", home / ".cache", conf):
+            d.mkdir(parents=True, exist_ok=True)
+        (conf / "nix.conf").write_text("sandbox = false\n")
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": str(home),
+            "XDG_CONFIG_HOME": str(home / ".config"),
+            "XDG_CONFIG_DIRS": str(conf),
+            "XDG_CACHE_HOME": str(home / ".cache"),
+            "NIX_CONF_DIR": str(conf),
+        }
+        for name in ("RUST_LOG", "RUST_BACKTRACE"):
+            if name in os.environ:
+                env[name] = os.environ[name]
+        return env
+
+    def start_phase(self, phase):
+        for side in self.sides:
+            if side in self.side_error:
+                continue
+            d = self.daemon_for(side, phase)
+            self.daemons[side] = d
+            try:
+                d.start()
+            except BenchError as e:
+                self.side_error[side] = str(e)
+                self.side_info[side].setdefault("logs", {})[phase] = file_tail(d.log_path, 200)
+                log("%s cannot run: %s" % (SIDE_TITLES[side], e))
+                d.stop()
+                del self.daemons[side]
+
+    def stop_phase(self, phase):
+        for side, d in list(self.daemons.items()):
+            exit_status = d.proc.poll()
+            d.stop()
+            self.side_info[side].setdefault("logs", {})[phase] = file_tail(d.log_path, 200)
+            if exit_status is not None and side not in self.side_error:
+                # reported under the table; the next phase starts a fresh daemon all the same
+                self.crashes.append({"side": side, "phase": phase, "exit_status": exit_status,
+                                     "log_tail": file_tail(d.log_path)})
+            remove_tree(d.store_root)
+        self.daemons = {}
+
+    def stop_all(self):
+        for d in list(self.daemons.values()):
+            d.stop()
+        self.daemons = {}
+
+    # ---- wirebench
+
+    def wirebench_json(self, side, sub_argv, timeout=None):
+        d = self.daemons[side]
+        argv = [sys.executable, str(self.wirebench), "--socket", str(d.socket_path)] + sub_argv
+        t0 = time.monotonic()
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, start_new_session=True,
+                                cwd=self.tmp)
+        try:
+            out, err = proc.communicate(timeout=timeout or self.timeout)
+        except subprocess.TimeoutExpired:
+            kill_group(proc)
+            out, err = proc.communicate()
+            raise BenchError("wirebench %s timed out after %d s; stderr:\n%s\n%s: %s"
+                             % (sub_argv[0], timeout or self.timeout, tail(err, 20),
+                                SIDE_TITLES[side], describe_log(d.log_path)))
+        except BaseException:
+            kill_group(proc)  # Ctrl-C or SIGTERM: the client and its workers go too
+            raise
+        if proc.returncode != 0:
+            raise BenchError("wirebench %s exited with status %d; stderr:\n%s\n%s %s; %s"
+                             % (" ".join(sub_argv), proc.returncode, tail(err, 20),
+                                SIDE_TITLES[side],
+                                "is still running" if d.running() else
+                                "has exited (status %s)" % d.proc.returncode,
+                                describe_log(d.log_path)))
+        try:
+            doc = json.loads(out)
+        except ValueError as e:
+            raise BenchError("wirebench %s printed no JSON (%s): %s"
+                             % (sub_argv[0], e, tail(out, 5)))
+        doc["wall_s"] = time.monotonic() - t0
+        return doc
+
+    def cannot_run(self, side):
+        """Why a side cannot run a workload now, or None."""
+        if side in self.side_error:
+            return "not run: " + first_line(self.side_error[side])
+        d = self.daemons.get(side)
+        if d is None or not d.running():
+            return "not run: %s is not running%s" % (
+                SIDE_TITLES[side], "" if d is None or d.proc is None
+                else " (it exited with status %s)" % d.proc.returncode)
+        return None
+
+    def once(self, key, side, fn):
+        """One side of a one-shot workload (ping, idle, populate): its document or its error."""
+        rec = {"loadavg_before": loadavg()}
+        self.workloads.setdefault(key, {})[side] = rec
+        why = self.cannot_run(side)
+        if why:
+            rec["error"] = why
+            return None
+        log("%-16s %s" % (key, SIDE_TITLES[side]))
+        try:
+            rec["result"] = fn()
+            return rec["result"]
+        except BenchError as e:
+            rec["error"] = str(e)
+            log("%s failed on %s:\n%s" % (key, SIDE_TITLES[side], indent(str(e))))
+            return None
+
+    def rounds(self, key, count, argv_for, samples_of, work_of=None, before=None):
+        """A measured workload, interleaved: every round runs each side once, the order flipping
+        from round to round, so drifting background load hits both sides alike.
+
+        argv_for(side, round) -> wirebench arguments; samples_of(side, doc) -> {metric: [values]};
+        work_of(doc) -> units of work done (ops, connections, MiB) for the daemon-CPU figure;
+        before(side) runs untimed ahead of each run. A row's value is the median of all samples;
+        the CPU figure is all rounds' daemon CPU time over all rounds' work."""
+        recs = {}
+        for side in self.sides:
+            rec = {"loadavg_before": loadavg(), "runs": [], "samples": {}, "cpu_s": [],
+                   "work": []}
+            why = self.cannot_run(side)
+            if why:
+                rec["error"] = why
+            self.workloads.setdefault(key, {})[side] = rec
+            recs[side] = rec
+        for i in range(count):
+            order = self.sides if i % 2 == 0 else list(reversed(self.sides))
+            for side in order:
+                rec = recs[side]
+                if "error" in rec:
+                    continue
+                why = self.cannot_run(side)
+                if why:
+                    rec["error"] = why
+                    continue
+                log("%-24s %s (round %d/%d)" % (key, SIDE_TITLES[side], i + 1, count))
+                daemon = self.daemons[side]
+                try:
+                    if before:
+                        before(side)
+                    cpu_before, pids_before = tree_cpu_seconds(daemon.pid)
+                    doc = self.wirebench_json(side, argv_for(side, i))
+                    settle_tree(daemon.pid, pids_before)
+                    cpu_after, _ = tree_cpu_seconds(daemon.pid)
+                    samples = samples_of(side, doc)
+                except BenchError as e:
+                    rec["error"] = "round %d: %s" % (i + 1, e)
+                    log("%s failed on %s:\n%s" % (key, SIDE_TITLES[side], indent(rec["error"])))
+                    continue
+                rec["runs"].append(doc)
+                for metric, values in samples.items():
+                    rec["samples"].setdefault(metric, []).extend(values)
+                if work_of:
+                    rec["cpu_s"].append(cpu_after - cpu_before)
+                    rec["work"].append(work_of(doc))
+        for rec in recs.values():
+            rec["summary"] = {m: summarize(v) for m, v in rec["samples"].items()}
+            if rec["work"] and sum(rec["work"]) > 0:
+                rec["cpu_per_unit_s"] = sum(rec["cpu_s"]) / sum(rec["work"])
+
+    # ---- phases
+
+    def phase_protocol(self):
+        """Fresh daemons and stores: ping, idle memory, connect, populate, query."""
+        p = self.profile
+        self.start_phase("protocol")
+        for side in self.sides:
+            res = self.once("ping", side, lambda side=side: self.wirebench_json(side, ["ping"]))
+            if res:
+                r = res["result"]
+                self.side_info[side].update({"daemon_nix_version": r.get("daemon_nix_version"),
+                                             "daemon_proto": r.get("daemon_proto"),
+                                             "negotiated_proto": r.get("negotiated_proto"),
+                                             "trusted": r.get("trusted")})
+        # idle first: "at rest" is then a freshly started daemon with an empty store
+        idle = p["idle"]
+        for side in self.sides:
+            self.once("idle", side, lambda side=side: self.wirebench_json(side, [
+                "idle", "-c", ",".join(map(str, idle["connections"])),
+                "--settle", str(idle["settle"]), "--daemon-pid", str(self.daemons[side].pid)]))
+        c = p["connect"]
+        self.rounds("connect", c["rounds"],
+                    lambda side, i: ["connect", "-n", str(c["count"]), "-r", "1", "--set-options"],
+                    lambda side, doc: {"conn_per_s": doc["result"]["per_rep_connections_per_s"]},
+                    work_of=lambda doc: doc["result"]["params"]["count"])
+        pop_files = {}
+
+        def populate(side):
+            out = self.tmp / ("%s-paths.txt" % side)
+            doc = self.wirebench_json(
+                side, ["populate", "-p", str(p["populate"]), "--out", str(out)])
+            lines = [l for l in out.read_text().splitlines() if l.strip()]
+            if len(lines) != p["populate"]:
+                raise BenchError("populate wrote %d paths, expected %d"
+                                 % (len(lines), p["populate"]))
+            hot = self.tmp / ("%s-hot.txt" % side)
+            hot.write_text("\n".join(lines[:p["hot_paths"]]) + "\n")
+            pop_files[side] = {"distinct": out, "hot": hot}
+            return doc
+
+        for side in self.sides:
+            self.once("populate", side, lambda side=side: populate(side))
+        q = p["query"]
+        # one wirebench run per (op, connections), so the daemon's CPU time is attributable
+        for kind in ("hot", "distinct"):
+            for op in QUERY_OPS:
+                for k in q["concurrency"]:
+                    def query_argv(side, _round, kind=kind, op=op, k=k):
+                        if side not in pop_files:
+                            raise BenchError("skipped: populate failed on this side")
+                        return ["query", "-n", str(q["ops"]), "-r", "1", "-k", str(k),
+                                "--ops-kind", op, "--paths-file", str(pop_files[side][kind])]
+
+                    self.rounds(
+                        query_key(kind, op, k), q["rounds"], query_argv,
+                        lambda side, doc: {"ops_per_s": [
+                            v for r in doc["result"]["results"].values()
+                            for v in r["per_rep_ops_per_s"]]},
+                        work_of=lambda doc: sum(
+                            doc["result"]["params"]["ops_per_worker"] * k
+                            for k in doc["result"]["params"]["concurrency"]))
+        self.stop_phase("protocol")
+
+    def phase_data(self):
+        """Fresh daemons and stores: AddToStoreNar of growing sizes, peak RSS, NarFromPath."""
+        p = self.profile
+        self.start_phase("data")
+        sampler = PeakSampler(list(self.daemons.values()))
+        sampler.start()
+        try:
+            for size_mb, count in p["add"]:
+                self.rounds(
+                    "add_%d" % size_mb, count,
+                    # one warm-up add per side in the first round; --no-cleanup*: ward has no GC yet
+                    lambda side, i, size_mb=size_mb: [
+                        "add", "-s", str(size_mb), "-r", "1", "--warmup", "1" if i == 0 else "0",
+                        "--no-cleanup", "--no-cleanup-each"],
+                    lambda side, doc: {"MB_per_s": doc["result"]["per_rep_MB_per_s"]},
+                    # MiB received, the warm-up add included
+                    work_of=lambda doc: doc["result"]["params"]["nar_bytes"] / MIB * (
+                        doc["result"]["params"]["reps"] + doc["result"]["params"]["warmup"]),
+                    # the other side's dirty pages must not be written back during this run
+                    before=lambda side: os.sync())
+        finally:
+            sampler.stop()
+        for side in self.sides:
+            d = self.daemons.get(side)
+            if d is None or not d.running():
+                continue
+            self.peak_rss[side] = {
+                "after_add": tree_peaks(d.pid),
+                "sampled_during_add": [
+                    {"pid": pid, "name": v["name"], "hwm_kb": v["hwm_kb"]}
+                    for pid, v in sorted(sampler.peaks[side].items())],
+            }
+        n = p["narfrom"]
+        narfrom_paths = {}
+
+        def add_narfrom_path(side):
+            doc = self.wirebench_json(side, [
+                "add", "-s", str(n["size_mb"]), "-r", "1", "--warmup", "0", "--name",
+                "wirebench-narfrom", "--no-cleanup", "--no-cleanup-each"])
+            narfrom_paths[side] = doc["result"]["paths"][0]
+            return doc
+
+        # the path to download is added beforehand, outside the timed and CPU-counted runs
+        for side in self.sides:
+            self.once("narfrom_setup", side, lambda side=side: add_narfrom_path(side))
+
+        def narfrom_argv(side, _round):
+            if side not in narfrom_paths:
+                raise BenchError("skipped: adding the path to download failed on this side")
+            return ["narfrom", "--path", narfrom_paths[side], "-r", str(n["reps"]),
+                    "--no-cleanup"]
+
+        self.rounds("narfrom", n["rounds"], narfrom_argv,
+                    lambda side, doc: {"MB_per_s": [doc["result"]["MB_per_s"]["median"]]},
+                    work_of=lambda doc: doc["result"]["params"]["nar_bytes"] / MIB
+                    * doc["result"]["params"]["reps"])
+        self.stop_phase("data")
+
+
+def summarize(values):
+    v = sorted(values)
+    if not v:
+        return {}
+    return {"n": len(v), "median": statistics.median(v), "min": v[0], "max": v[-1]}
+
+
+def kill_group(proc):
+    """SIGKILL a wirebench client and the workers it forked (its own session)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+def remove_tree(path):
+    """rm -rf that also copes with the read-only directories of a store."""
+    def make_writable(func, p, _exc):
+        try:
+            os.chmod(os.path.dirname(p), 0o755)
+            os.chmod(p, 0o755)
+        except OSError:
+            pass
+        try:
+            func(p)
+        except OSError:
+            pass
+    if os.path.lexists(path):
+        if sys.version_info >= (3, 12):
+            shutil.rmtree(path, onexc=make_writable)
+        else:
+            shutil.rmtree(path, onerror=make_writable)
+
+
+def first_line(text):
+    return text.splitlines()[0] if text else text
+
+
+def indent(text, prefix="    "):
+    return "\n".join(prefix + line for line in text.splitlines())
+
+
+# --------------------------------------------------------------------------------------------
+# the table
+
+
+class Row:
+    """One table line. value(side) -> number or None; target -> (text, check(nix, ward))."""
+
+    def __init__(self, workload, unit, value, target=None):
+        self.workload = workload
+        self.unit = unit
+        self.value = value
+        self.target = target
+
+
+def fmt_number(v):
+    if v is None:
+        return "—"
+    if abs(v) >= 100:
+        return "{:,.0f}".format(v)
+    if abs(v) >= 10:
+        return "%.1f" % v
+    return "%.2f" % v
+
+
+def ratio_at_least(factor):
+    return ("≥ %g× nix-daemon" % factor,
+            lambda nix, ward: None if nix in (None, 0) or ward is None else ward / nix >= factor)
+
+
+def below(limit, unit):
+    return ("< %g %s" % (limit, unit), lambda nix, ward: None if ward is None else ward < limit)
+
+
+def result_of(run, key, side):
+    rec = run.workloads.get(key, {}).get(side)
+    if not rec or "result" not in rec:
+        return None
+    return rec["result"]["result"]
+
+
+def median_of(run, key, side, metric):
+    """Median of a rounds workload's samples; None when the side failed or has none."""
+    rec = run.workloads.get(key, {}).get(side)
+    if not rec or "error" in rec:
+        return None
+    return rec.get("summary", {}).get(metric, {}).get("median")
+
+
+def dig(d, *path):
+    for p in path:
+        if not isinstance(d, dict) or p not in d or d[p] is None:
+            return None
+        d = d[p]
+    return d
+
+
+def build_rows(run):
+    p = run.profile
+    rows = []
+
+    def val(key, metric):
+        def get(side):
+            return median_of(run, key, side, metric)
+        return get
+
+    rows.append(Row("connect + handshake + SetOptions, sequential", "conn/s",
+                    val("connect", "conn_per_s"), ratio_at_least(CONNECT_RATIO_TARGET)))
+    for kind, op, k, label in query_variants(p):
+        target = ratio_at_least(QUERY_PATH_INFO_RATIO_TARGET) if op == "qpi" else None
+        rows.append(Row(label, "ops/s", val(query_key(kind, op, k), "ops_per_s"), target))
+    rows.append(Row("populate: AddToStoreNar of tiny paths, 1 conn", "adds/s",
+                    lambda side: dig(result_of(run, "populate", side), "adds_per_s")))
+    for size_mb, _rounds in p["add"]:
+        target = ratio_at_least(ADD_1GIB_RATIO_TARGET) if size_mb == ADD_TARGET_SIZE_MB else None
+        rows.append(Row("AddToStoreNar %s" % fmt_size(size_mb), "MB/s",
+                        val("add_%d" % size_mb, "MB_per_s"), target))
+    rows.extend(peak_rss_rows(run))
+    rows.append(Row("NarFromPath %s" % fmt_size(p["narfrom"]["size_mb"]), "MB/s",
+                    val("narfrom", "MB_per_s")))
+    rows.extend(idle_rows(run))
+    return rows
+
+
+def query_variants(profile):
+    """(kind, op, connections, label) of every query row."""
+    out = []
+    for kind, paths in (("hot", "%d hot paths" % profile["hot_paths"]),
+                        ("distinct", "%d distinct paths" % profile["populate"])):
+        for op in QUERY_OPS:
+            for k in profile["query"]["concurrency"]:
+                out.append((kind, op, k, "%s, %d conn%s, %s" % (
+                    QUERY_OP_NAMES[op], k, "" if k == 1 else "s", paths)))
+    return out
+
+
+def build_cpu_rows(run):
+    """Daemon CPU time per unit of work: what the daemon itself spends, whatever the client."""
+    p = run.profile
+
+    def cpu(key, scale):
+        def get(side):
+            rec = run.workloads.get(key, {}).get(side)
+            if not rec or "error" in rec or "cpu_per_unit_s" not in rec:
+                return None
+            return rec["cpu_per_unit_s"] * scale
+        return get
+
+    rows = [Row("connect + handshake + SetOptions", "ms/conn", cpu("connect", 1e3))]
+    for kind, op, k, label in query_variants(p):
+        rows.append(Row(label, "µs/op", cpu(query_key(kind, op, k), 1e6)))
+    for size_mb, _rounds in p["add"]:
+        rows.append(Row("AddToStoreNar %s" % fmt_size(size_mb), "ms/MiB",
+                        cpu("add_%d" % size_mb, 1e3)))
+    rows.append(Row("NarFromPath %s" % fmt_size(p["narfrom"]["size_mb"]), "ms/MiB",
+                    cpu("narfrom", 1e3)))
+    return rows
+
+
+def fmt_size(size_mb):
+    return "%g GiB" % (size_mb / 1024) if size_mb >= 1024 else "%g MiB" % size_mb
+
+
+def peak_rss_rows(run):
+    """One row per ward process: its VmHWM after the adds, against nix-daemon's largest."""
+    largest_add = fmt_size(max(s for s, _rounds in run.profile["add"]))
+    nix = run.peak_rss.get("nix", {}).get("sampled_during_add") or []
+    nix_peak = max((p["hwm_kb"] for p in nix), default=None)
+    ward = run.peak_rss.get("ward", {}).get("after_add")
+    limit = below(PEAK_RSS_LIMIT_KB / KIB, "MiB")
+    if not ward:
+        return [Row("peak RSS (VmHWM) after adds up to %s, each ward process" % largest_add, "MiB",
+                    lambda side: None if side == "ward" or nix_peak is None else nix_peak / KIB,
+                    limit)]
+    rows = []
+    for proc in sorted(ward, key=lambda p: p["name"]):
+        rows.append(Row("peak RSS (VmHWM) after adds up to %s: %s" % (largest_add, proc["name"]),
+                        "MiB",
+                        lambda side, proc=proc: (proc["hwm_kb"] / KIB if side == "ward"
+                                                 else None if nix_peak is None else nix_peak / KIB),
+                        limit))
+    return rows
+
+
+def idle_rows(run):
+    rows = []
+
+    def rest(field):
+        def get(side):
+            v = dig(result_of(run, "idle", side), "at_rest", field)
+            return None if v is None else v / KIB
+        return get
+
+    rows.append(Row("memory at rest, daemon process tree RSS", "MiB", rest("rss_kb_sum")))
+    rows.append(Row("memory at rest, daemon process tree PSS", "MiB", rest("pss_kb_sum")))
+    counts = run.profile["idle"]["connections"]
+    target_count = IDLE_TARGET_CONNECTIONS if IDLE_TARGET_CONNECTIONS in counts else max(counts)
+    for count in counts:
+        def per_conn(side, field, count=count):
+            res = result_of(run, "idle", side)
+            for r in (res or {}).get("results", []):
+                if r["connections"] == count:
+                    return dig(r, "per_connection", field)
+            return None
+
+        def tree(side, field, count=count):
+            res = result_of(run, "idle", side)
+            for r in (res or {}).get("results", []):
+                if r["connections"] == count:
+                    return dig(r, "tree", field)
+            return None
+
+        target = below(IDLE_PER_CONNECTION_LIMIT_KB, "KiB") if count == target_count else None
+        rows.append(Row("%d idle conns: PSS per connection" % count, "KiB",
+                        lambda side, f=per_conn: f(side, "pss_kb"), target))
+        rows.append(Row("%d idle conns: RSS per connection" % count, "KiB",
+                        lambda side, f=per_conn: f(side, "rss_kb"), target))
+        if count == target_count:
+            rows.append(Row("%d idle conns: daemon process tree PSS" % count, "MiB",
+                            lambda side, f=tree: (lambda v: None if v is None else v / KIB)(
+                                f(side, "pss_kb_sum"))))
+            rows.append(Row("%d idle conns: processes in the daemon tree" % count, "",
+                            lambda side, f=tree: f(side, "pids")))
+    return rows
+
+
+def render_table(run, rows, targets=True):
+    if targets:
+        out = ["| workload | nix-daemon | ward | ward/nix | target | met |",
+               "|---|---:|---:|---:|---|---|"]
+    else:
+        out = ["| daemon CPU time per unit of work | nix-daemon | ward | ward/nix |",
+               "|---|---:|---:|---:|"]
+    records = []
+    for row in rows:
+        nix, ward = row.value("nix"), row.value("ward")
+        ratio = ward / nix if nix not in (None, 0) and ward is not None else None
+        target_text, met = "—", None
+        if row.target:
+            target_text, check = row.target
+            met = check(nix, ward)
+        if row.target is None:
+            met_text = "—"
+        else:
+            met_text = "yes" if met else "NO" if met is False else "n/a"
+        unit = " " + row.unit if row.unit else ""
+        cells = [row.workload + ("" if not row.unit else " (%s)" % row.unit),
+                 cell(run, row, "nix", nix), cell(run, row, "ward", ward),
+                 "—" if ratio is None else "%.2f×" % ratio]
+        if targets:
+            cells += [target_text, met_text]
+        out.append("| %s |" % " | ".join(cells))
+        records.append({"workload": row.workload, "unit": unit.strip(), "nix": nix, "ward": ward,
+                        "ratio_ward_over_nix": ratio, "target": None if row.target is None
+                        else target_text, "met": met})
+    return "\n".join(out), records
+
+
+def cell(run, row, side, value):
+    if value is not None:
+        return fmt_number(value)
+    if side not in run.sides:
+        return "skipped"
+    return "error" if run.side_error.get(side) or _any_error(run, side) else "—"
+
+
+def _any_error(run, side):
+    return any("error" in recs.get(side, {}) for recs in run.workloads.values())
+
+
+def render_report(run, rows_md, cpu_md):
+    lines = []
+    mode = "quick" if run.args.quick else "full"
+    lines.append("## ward vs nix-daemon (%s run, %s%s)" % (
+        mode, time.strftime("%Y-%m-%d %H:%M:%S"), ", INTERRUPTED" if run.interrupted else ""))
+    lines.append("")
+    for side in run.sides:
+        info = run.side_info[side]
+        if side in run.side_error:
+            lines.append("- %s: **did not run** — %s" % (SIDE_TITLES[side],
+                                                         first_line(run.side_error[side])))
+        else:
+            lines.append("- %s: %s, version %s, protocol %s (negotiated %s)" % (
+                SIDE_TITLES[side], info.get("bin"), info.get("daemon_nix_version"),
+                info.get("daemon_proto"), info.get("negotiated_proto")))
+    lines.append("- machine: %d CPUs, load average at start %s" % (
+        os.cpu_count() or 0, " ".join("%.2f" % x for x in (run.start_load or []))))
+    one_minute_loads = (run.start_load or [])[:1] + (loadavg() or [])[:1]
+    busy = [x for x in one_minute_loads if x > (os.cpu_count() or 1)]
+    if busy:
+        lines.append("- **the machine was busy** (1-minute load average %s on %d CPUs at the start "
+                     "or the end): other work competed with both daemons; ratios of a few tens of "
+                     "percent either way are noise" % (" / ".join("%.1f" % x for x in busy),
+                                                        os.cpu_count() or 1))
+    lines.append("")
+    lines.append(rows_md)
+    lines.append("")
+    lines.append("Daemon CPU time (user + system, every process of the daemon's tree, nix-daemon's "
+                 "reaped per-connection children included) per unit of work: what the daemon "
+                 "itself spends, independent of the Python client's speed and far less sensitive "
+                 "to other load than the throughputs above.")
+    lines.append("")
+    lines.append(cpu_md)
+    if not any(size == ADD_TARGET_SIZE_MB for size, _rounds in run.profile["add"]):
+        lines.append("")
+        lines.append("AddToStoreNar of %s (target ≥ %g× nix-daemon) runs only in the full run; "
+                     "the peak-RSS rows above cover smaller adds." % (fmt_size(ADD_TARGET_SIZE_MB),
+                                                                 ADD_1GIB_RATIO_TARGET))
+    errors = []
+    for key, per_side in run.workloads.items():
+        for side, rec in per_side.items():
+            if "error" in rec and not rec["error"].startswith("not run:"):
+                errors.append("### %s on %s\n\n```\n%s\n```"
+                              % (key, SIDE_TITLES[side], rec["error"]))
+    for crash in run.crashes:
+        errors.append("### %s exited (status %s) during the %s phase\n\nits log ends with:\n\n"
+                      "```\n%s\n```" % (SIDE_TITLES[crash["side"]], crash["exit_status"],
+                                         crash["phase"], crash["log_tail"]))
+    for side, err in run.side_error.items():
+        errors.append("### %s could not run\n\n```\n%s\n```" % (SIDE_TITLES[side], err))
+    if errors:
+        lines.append("")
+        lines.append("## Errors")
+        lines.append("")
+        lines.extend(errors)
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true",
+                    help="small sizes and few repetitions (< 2 minutes once ward is built)")
+    ap.add_argument("--ward-bin", help="use this ward binary instead of building one "
+                    "(cargo build --release --workspace)")
+    ap.add_argument("--ward-arg", action="append", metavar="ARG",
+                    help="extra argument for 'ward daemon' (repeatable)")
+    ap.add_argument("--nix-daemon", default=shutil.which("nix-daemon") or "/usr/bin/nix-daemon",
+                    help="nix-daemon binary (default: %(default)s)")
+    ap.add_argument("--wirebench", help="path of wirebench.py (default: "
+                    "$WARD_SHARED_DIR/bench/wirebench.py or ../shared/bench/wirebench.py)")
+    ap.add_argument("--sides", default="nix,ward",
+                    type=lambda s: [x for x in s.split(",") if x],
+                    help="which daemons to run, comma-separated (default: %(default)s)")
+    ap.add_argument("--json", dest="json_out",
+                    help="write the raw results here (default: target/bench/compare-TIME.json)")
+    ap.add_argument("--tmpdir", help="parent of the temporary directory (default: $TMPDIR or /tmp)")
+    ap.add_argument("--keep", action="store_true",
+                    help="keep the temporary directory (stores, sockets, daemon logs)")
+    ap.add_argument("--timeout", type=int,
+                    help="seconds allowed for one wirebench run (default: 300 quick, 1800 full)")
+    args = ap.parse_args(argv)
+    bad = [s for s in args.sides if s not in SIDES]
+    if bad or not args.sides:
+        ap.error("--sides takes a comma-separated subset of %s" % ",".join(SIDES))
+    return args
+
+
+def raise_fd_limit():
+    """1,000 idle connections need more descriptors than a 1,024 soft limit (inherited)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 8192 if hard == resource.RLIM_INFINITY else min(hard, 8192)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+
+def on_terminate(signum, _frame):
+    raise KeyboardInterrupt("signal %d" % signum)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    wirebench = find_wirebench(args.wirebench)
+    raise_fd_limit()
+    # explicitly: a shell starting us in the background leaves SIGINT ignored
+    signal.signal(signal.SIGINT, on_terminate)
+    signal.signal(signal.SIGTERM, on_terminate)
+    signal.signal(signal.SIGHUP, on_terminate)
+
+    tmp = Path(tempfile.mkdtemp(prefix="ward-bench-", dir=args.tmpdir))
+    # ward's unprivileged users must be able to reach their store and socket inside it
+    os.chmod(tmp, 0o711)
+    run = Run(args, wirebench, tmp)
+    started = time.time()
+    interrupted = False
+    if "nix" in run.sides:
+        run.side_info["nix"]["bin"] = args.nix_daemon
+        if not (os.path.isfile(args.nix_daemon) and os.access(args.nix_daemon, os.X_OK)):
+            run.side_error["nix"] = ("nix-daemon not found at %s (pass --nix-daemon)"
+                                     % args.nix_daemon)
+    try:
+        if "ward" in run.sides:
+            if args.ward_bin:
+                ward = Path(args.ward_bin).resolve()
+                if not ward.is_file():
+                    run.side_error["ward"] = "--ward-bin %s does not exist" % ward
+                run.side_info["ward"]["bin"] = str(ward)
+            else:
+                try:
+                    run.side_info["ward"]["bin"] = str(build_ward())
+                except BenchError as e:
+                    run.side_error["ward"] = str(e)
+                    log("ward side disabled: %s" % e)
+        log("profile %s, temporary directory %s, wirebench %s"
+            % ("quick" if args.quick else "full", tmp, wirebench))
+        run.phase_protocol()
+        run.phase_data()
+    except KeyboardInterrupt:
+        interrupted = run.interrupted = True
+        log("interrupted; stopping daemons and printing what was measured")
+    finally:
+        # a second Ctrl-C must not cut the clean-up short
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
+        run.stop_all()
+        if args.keep:
+            log("kept %s" % tmp)
+        else:
+            remove_tree(tmp)
+
+    table, records = render_table(run, build_rows(run))
+    cpu_table, cpu_records = render_table(run, build_cpu_rows(run), targets=False)
+    report = render_report(run, table, cpu_table)
+    json_out = Path(args.json_out) if args.json_out else (
+        REPO_ROOT / "target" / "bench" / time.strftime("compare-%Y%m%d-%H%M%S.json"))
+    json_out.parent.mkdir(parents=True, exist_ok=True)
+    doc = {
+        "tool": "bench/compare.py",
+        "profile": "quick" if args.quick else "full",
+        "parameters": run.profile,
+        "interrupted": interrupted,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+        "duration_s": time.time() - started,
+        "machine": {"cpus": os.cpu_count(), "loadavg_start": run.start_load,
+                    "loadavg_end": loadavg()},
+        "wirebench": str(wirebench),
+        "sides": {s: dict(run.side_info[s], error=run.side_error.get(s)) for s in run.sides},
+        "table": records,
+        "cpu_table": cpu_records,
+        "peak_rss": run.peak_rss,
+        "crashes": run.crashes,
+        "workloads": run.workloads,
+    }
+    json_out.write_text(json.dumps(doc, indent=2, default=str) + "\n")
+    json_out.with_suffix(".md").write_text(report)
+    sys.stdout.write(report)
+    log("raw results: %s (table: %s)" % (json_out, json_out.with_suffix(".md")))
+    if interrupted:
+        return 130
+    failed = (bool(run.side_error) or bool(run.crashes)
+              or any("error" in rec for per in run.workloads.values() for rec in per.values()))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
