@@ -22,6 +22,13 @@
 //! Registering a `.drv` also checks its outputs as Nix does (input-addressed output paths must
 //! be the ones hashDerivationModulo gives) and records them in `DerivationOutputs`.
 //!
+//! Steps 2 to 4 need no [`Store`]: [`Store::prepare_add_path`] (or
+//! [`Store::prepare_add_content`]) does step 1 and allocates the staging entry,
+//! [`PathAddition::stage`] (or [`ContentAddition::stage`]) reads, checks and canonicalises, and
+//! [`Store::commit_addition`] does steps 5 and 6 (checking the references again). A server
+//! holds its store only for the first and the last, so a slow client's upload blocks no other
+//! write. [`Store::add_path`] and [`Store::add_from_content`] run all three in a row.
+//!
 //! A path is valid exactly when its row is committed, and that happens after its contents are
 //! complete and on disk, so a crash at any point leaves either no row (and at most an invalid
 //! leftover that the next add replaces, or a staging entry that the next start removes) or a
