@@ -22,6 +22,13 @@
 //! Registering a `.drv` also checks its outputs as Nix does (input-addressed output paths must
 //! be the ones hashDerivationModulo gives) and records them in `DerivationOutputs`.
 //!
+//! Steps 2 to 4 need no [`Store`]: [`Store::prepare_add_path`] (or
+//! [`Store::prepare_add_content`]) does step 1 and allocates the staging entry,
+//! [`PathAddition::stage`] (or [`ContentAddition::stage`]) reads, checks and canonicalises, and
+//! [`Store::commit_addition`] does steps 5 and 6 (checking the references again). A server
+//! holds its store only for the first and the last, so a slow client's upload blocks no other
+//! write. [`Store::add_path`] and [`Store::add_from_content`] run all three in a row.
+//!
 //! A path is valid exactly when its row is committed, and that happens after its contents are
 //! complete and on disk, so a crash at any point leaves either no row (and at most an invalid
 //! leftover that the next add replaces, or a staging entry that the next start removes) or a
@@ -40,7 +47,7 @@ use ward_proto::derivation::{name_from_drv_path, Derivation, HashModuloCache, MA
 use ward_proto::hash::{Hash, HashAlgo, Hasher};
 use ward_proto::nar::{self, NarError, ParseOptions, TeeReader};
 use ward_proto::path_info::ValidPathInfo;
-use ward_proto::store_path::{check_name, StorePath, StorePathError};
+use ward_proto::store_path::{check_name, StoreDir, StorePath, StorePathError};
 
 use crate::db::{DbError, DerivationOutputs};
 use crate::fsutil::{self, FsError, PendingRoot};
@@ -263,8 +270,12 @@ fn whole_stream_options() -> ParseOptions {
     }
 }
 
-/// A staging entry: removed when dropped unless its tree was moved into the store.
+/// A staging entry, owned by one addition: removed when dropped (after a successful commit
+/// it is empty, its tree having been renamed into the store). It holds its own descriptor on
+/// the staging directory, so unpacking into it and removing it need no [`Store`].
 struct Staging {
+    /// The staging directory (a duplicate of the store's descriptor).
+    parent: OwnedFd,
     name: OsString,
     fd: OwnedFd,
     dir: PathBuf,
@@ -276,6 +287,15 @@ impl Staging {
     }
 }
 
+impl Drop for Staging {
+    fn drop(&mut self) {
+        // Logged, not failed: leftovers are cleared at the next start anyway.
+        if let Err(e) = fsutil::remove_tree_at(self.parent.as_fd(), &self.name, &self.dir) {
+            tracing::warn!(error = %e, "could not remove staging entry");
+        }
+    }
+}
+
 /// What hashing the NAR while unpacking it gave.
 struct NarDigest {
     nar_hash: Hash,
@@ -284,18 +304,119 @@ struct NarDigest {
     extra: Option<Hash>,
 }
 
+/// An addition of a path from its NAR whose checks against the store have passed
+/// ([`Store::prepare_add_path`]); [`PathAddition::stage`] reads the NAR without the store.
+#[derive(Debug)]
+pub struct PathAddition {
+    info: ValidPathInfo,
+    shown: String,
+    store_dir: StoreDir,
+    repair: bool,
+    /// `None` when the path was already valid and this is not a repair: the NAR is then only
+    /// read and checked, and nothing is written.
+    staging: Option<Staging>,
+}
+
+/// An addition of raw content ([`Store::prepare_add_content`]); [`ContentAddition::stage`]
+/// reads the content without the store.
+#[derive(Debug)]
+pub struct ContentAddition {
+    name: String,
+    method: ContentAddressMethod,
+    algo: HashAlgo,
+    references: BTreeSet<StorePath>,
+    store_dir: StoreDir,
+    repair: bool,
+    staging: Staging,
+}
+
+/// An addition whose data is staged, checked and canonicalised, ready for
+/// [`Store::commit_addition`]. Dropping it removes the staged tree.
+#[derive(Debug)]
+pub struct StagedAddition {
+    info: ValidPathInfo,
+    shown: String,
+    repair: bool,
+    /// The staged tree and its root directory's unfinished metadata; `None` when nothing was
+    /// staged because the path was already valid.
+    staged: Option<(Staging, Option<PendingRoot>)>,
+}
+
+impl StagedAddition {
+    /// The path's info (for content additions: as computed from the content).
+    pub fn info(&self) -> &ValidPathInfo {
+        &self.info
+    }
+}
+
+impl std::fmt::Debug for Staging {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Staging").field("dir", &self.dir).finish()
+    }
+}
+
+/// Makes a fresh staging entry in the store's staging directory.
+fn new_staging(store: &mut Store, shown: &str) -> Result<Staging, AddError> {
+    let fs_err = |source| AddError::Fs {
+        path: shown.to_owned(),
+        source,
+    };
+    let staging_dir = store.layout.staging_dir();
+    let parent = rustix::io::fcntl_dupfd_cloexec(&store.staging_fd, 0).map_err(|e| {
+        fs_err(fsutil::io_err("duplicating a descriptor on", &staging_dir)(
+            e,
+        ))
+    })?;
+    let (name, fd) = store.new_staging_entry().map_err(fs_err)?;
+    let dir = staging_dir.join(&name);
+    Ok(Staging {
+        parent,
+        name,
+        fd,
+        dir,
+    })
+}
+
+/// Unpacks `nar` into the staging entry, hashing what the parser consumes.
+fn unpack_into(
+    staging: &Staging,
+    nar: impl Read,
+    extra: Option<HashAlgo>,
+    shown: &str,
+) -> Result<NarDigest, AddError> {
+    let mut tee = TeeReader::new(BufReader::new(nar), NarDigester::new(extra));
+    nar::unpack_with(&mut tee, &staging.staged_path(), whole_stream_options()).map_err(
+        |source| AddError::Nar {
+            path: shown.to_owned(),
+            source,
+        },
+    )?;
+    let (_, digester) = tee.into_parts();
+    let (nar_hash, nar_size, extra) = digester.finish();
+    Ok(NarDigest {
+        nar_hash,
+        nar_size,
+        extra,
+    })
+}
+
+/// Canonicalises the staged tree (syncing every file), leaving a root directory's own
+/// metadata for after the rename.
+fn canonicalise_staged(staging: &Staging, shown: &str) -> Result<Option<PendingRoot>, AddError> {
+    fsutil::canonicalise_tree_at(
+        staging.fd.as_fd(),
+        OsStr::new(STAGED),
+        &staging.staged_path(),
+    )
+    .map_err(|source| AddError::Fs {
+        path: shown.to_owned(),
+        source,
+    })
+}
+
 impl Store {
     fn print(&self, path: &StorePath) -> String {
         self.layout.store_dir().print(path)
-    }
-
-    fn new_staging(&mut self, shown: &str) -> Result<Staging, AddError> {
-        let (name, fd) = self.new_staging_entry().map_err(|source| AddError::Fs {
-            path: shown.to_owned(),
-            source,
-        })?;
-        let dir = self.layout.staging_dir().join(&name);
-        Ok(Staging { name, fd, dir })
     }
 
     /// Checks that every reference is valid or `path` itself.
@@ -323,38 +444,27 @@ impl Store {
         Ok(())
     }
 
-    /// Unpacks `nar` into the staging entry, hashing what the parser consumes.
-    fn unpack_into(
-        &self,
-        staging: &Staging,
-        nar: impl Read,
-        extra: Option<HashAlgo>,
-        shown: &str,
-    ) -> Result<NarDigest, AddError> {
-        let mut tee = TeeReader::new(BufReader::new(nar), NarDigester::new(extra));
-        nar::unpack_with(&mut tee, &staging.staged_path(), whole_stream_options()).map_err(
-            |source| AddError::Nar {
-                path: shown.to_owned(),
-                source,
-            },
-        )?;
-        let (_, digester) = tee.into_parts();
-        let (nar_hash, nar_size, extra) = digester.finish();
-        Ok(NarDigest {
-            nar_hash,
-            nar_size,
-            extra,
-        })
-    }
-
     /// Adds a path from its NAR, checking the claimed info against what the NAR really is.
-    /// `nar` must yield exactly one NAR and then end.
+    /// `nar` must yield exactly one NAR and then end. The store is held throughout; a server
+    /// that must not let a slow stream block other writes uses [`Store::prepare_add_path`],
+    /// [`PathAddition::stage`] and [`Store::commit_addition`] instead.
     pub fn add_path(
         &mut self,
         info: &ValidPathInfo,
         nar: impl Read,
         options: AddOptions,
     ) -> Result<AddOutcome, AddError> {
+        let staged = self.prepare_add_path(info, options)?.stage(nar)?;
+        self.commit_addition(staged)
+    }
+
+    /// Step 1 of the module documentation for [`Store::add_path`], and a staging entry when
+    /// the path is to be written.
+    pub fn prepare_add_path(
+        &mut self,
+        info: &ValidPathInfo,
+        options: AddOptions,
+    ) -> Result<PathAddition, AddError> {
         let shown = self.print(&info.path);
         check_name(info.path.name()).map_err(|source| AddError::BadName {
             name: info.path.name().to_owned(),
@@ -382,78 +492,25 @@ impl Store {
                 path: shown.clone(),
                 source: Box::new(source),
             })?;
-        if already_valid && !options.repair {
-            // Nothing will be written, but the stream is still read to its end and checked,
-            // so the caller learns about a bad NAR either way.
-            let (digest, size) =
-                nar::hash_and_size_with(BufReader::new(nar), whole_stream_options()).map_err(
-                    |source| AddError::Nar {
-                        path: shown.clone(),
-                        source,
-                    },
-                )?;
-            check_nar_claim(info, &Hash::sha256(digest), size, &shown)?;
-            return Ok(AddOutcome::AlreadyValid);
-        }
-
-        let staging = self.new_staging(&shown)?;
-        let result = self.stage_and_commit_claimed(&staging, info, nar, options, &shown);
-        self.drop_staging_entry(&staging.name);
-        result
-    }
-
-    fn stage_and_commit_claimed(
-        &mut self,
-        staging: &Staging,
-        info: &ValidPathInfo,
-        nar: impl Read,
-        options: AddOptions,
-        shown: &str,
-    ) -> Result<AddOutcome, AddError> {
-        let extra = match &info.ca {
-            Some(ContentAddress {
-                method: ContentAddressMethod::Fixed(FileIngestionMethod::Recursive),
-                hash,
-            }) if hash.algo() != HashAlgo::Sha256 => Some(hash.algo()),
-            _ => None,
+        let staging = if already_valid && !options.repair {
+            None
+        } else {
+            Some(new_staging(self, &shown)?)
         };
-        let NarDigest {
-            nar_hash,
-            nar_size,
-            extra,
-        } = self.unpack_into(staging, nar, extra, shown)?;
-        check_nar_claim(info, &nar_hash, nar_size, shown)?;
-        if let Some(ca) = &info.ca {
-            let actual = match ca.method {
-                ContentAddressMethod::Fixed(FileIngestionMethod::Recursive) => {
-                    extra.unwrap_or(nar_hash)
-                }
-                ContentAddressMethod::Fixed(FileIngestionMethod::Flat)
-                | ContentAddressMethod::Text => hash_staged_file(staging, ca, shown)?,
-                ContentAddressMethod::Fixed(FileIngestionMethod::Git) => {
-                    unreachable!("refused before staging")
-                }
-            };
-            if actual != ca.hash {
-                return Err(AddError::CaHashMismatch {
-                    path: shown.to_owned(),
-                    specified: ca.hash.to_prefixed_nix32(),
-                    got: actual.to_prefixed_nix32(),
-                });
-            }
-            if !info.is_content_addressed(self.layout.store_dir()) {
-                return Err(AddError::NotContentAddressed(shown.to_owned()));
-            }
-        }
-        let pending = self.canonicalise_staged(staging, shown)?;
-        self.commit(staging, pending, info, options.repair, shown)
+        Ok(PathAddition {
+            info: info.clone(),
+            shown,
+            store_dir: self.layout.store_dir().clone(),
+            repair: options.repair,
+            staging,
+        })
     }
 
     /// Adds content given raw (AddToStore): for `Text` and `Fixed(Flat)` the stream is the
     /// file's contents, for `Fixed(Recursive)` it is a NAR. The content is hashed with `algo`,
     /// the store path computed from the resulting content address and `references`, and the
     /// path registered with that content address. Returns the path's info and whether it was
-    /// new.
+    /// new. As with [`Store::add_path`], the store is held throughout.
     pub fn add_from_content(
         &mut self,
         name: &str,
@@ -463,6 +520,23 @@ impl Store {
         content: impl Read,
         options: AddOptions,
     ) -> Result<(ValidPathInfo, AddOutcome), AddError> {
+        let staged = self
+            .prepare_add_content(name, method, algo, references, options)?
+            .stage(content)?;
+        let info = staged.info().clone();
+        let outcome = self.commit_addition(staged)?;
+        Ok((info, outcome))
+    }
+
+    /// The checks of [`Store::add_from_content`] that need the store, and a staging entry.
+    pub fn prepare_add_content(
+        &mut self,
+        name: &str,
+        method: ContentAddressMethod,
+        algo: HashAlgo,
+        references: &BTreeSet<StorePath>,
+        options: AddOptions,
+    ) -> Result<ContentAddition, AddError> {
         check_name(name).map_err(|source| AddError::BadName {
             name: name.to_owned(),
             source,
@@ -477,88 +551,35 @@ impl Store {
             _ => {}
         }
         self.check_references(None, name, references)?;
-        let staging = self.new_staging(name)?;
-        let result = self
-            .stage_and_commit_content(&staging, name, method, algo, references, content, options);
-        self.drop_staging_entry(&staging.name);
-        result
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn stage_and_commit_content(
-        &mut self,
-        staging: &Staging,
-        name: &str,
-        method: ContentAddressMethod,
-        algo: HashAlgo,
-        references: &BTreeSet<StorePath>,
-        content: impl Read,
-        options: AddOptions,
-    ) -> Result<(ValidPathInfo, AddOutcome), AddError> {
-        let (ca_hash, nar_hash, nar_size) = match method {
-            ContentAddressMethod::Fixed(FileIngestionMethod::Recursive) => {
-                let extra = (algo != HashAlgo::Sha256).then_some(algo);
-                let NarDigest {
-                    nar_hash,
-                    nar_size,
-                    extra,
-                } = self.unpack_into(staging, content, extra, name)?;
-                (extra.unwrap_or(nar_hash), nar_hash, nar_size)
-            }
-            _ => {
-                let ca_hash = write_staged_file(staging, content, algo, name)?;
-                let mut nar_digest = NarDigester::new(None);
-                nar::dump_path(&staging.staged_path(), &mut nar_digest).map_err(|source| {
-                    AddError::Nar {
-                        path: name.to_owned(),
-                        source,
-                    }
-                })?;
-                let (nar_hash, nar_size, _) = nar_digest.finish();
-                (ca_hash, nar_hash, nar_size)
-            }
-        };
-        let ca = ContentAddress {
-            method,
-            hash: ca_hash,
-        };
-        let store_dir = self.layout.store_dir().clone();
-        let info = ValidPathInfo::make_from_ca(
-            &store_dir,
-            name,
-            ca,
-            references.clone(),
-            false,
-            nar_hash,
-            nar_size,
-        )
-        .map_err(|source| AddError::MakePath {
+        let staging = new_staging(self, name)?;
+        Ok(ContentAddition {
             name: name.to_owned(),
-            source,
-        })?;
-        let shown = self.print(&info.path);
-        let pending = self.canonicalise_staged(staging, &shown)?;
-        let outcome = self.commit(staging, pending, &info, options.repair, &shown)?;
-        Ok((info, outcome))
-    }
-
-    fn canonicalise_staged(
-        &self,
-        staging: &Staging,
-        shown: &str,
-    ) -> Result<Option<PendingRoot>, AddError> {
-        fsutil::canonicalise_tree_at(
-            staging.fd.as_fd(),
-            OsStr::new(STAGED),
-            &staging.staged_path(),
-        )
-        .map_err(|source| AddError::Fs {
-            path: shown.to_owned(),
-            source,
+            method,
+            algo,
+            references: references.clone(),
+            store_dir: self.layout.store_dir().clone(),
+            repair: options.repair,
+            staging,
         })
     }
 
-    /// Steps 5 and 6 of the module documentation: lock, move into place, register.
+    /// Steps 5 and 6 of the module documentation: lock, move into place, register. The
+    /// references are checked again, as they were checked before the data was read.
+    pub fn commit_addition(&mut self, staged: StagedAddition) -> Result<AddOutcome, AddError> {
+        let StagedAddition {
+            info,
+            shown,
+            repair,
+            staged,
+        } = staged;
+        let Some((staging, pending)) = staged else {
+            return Ok(AddOutcome::AlreadyValid);
+        };
+        self.check_references(Some(&info.path), &shown, &info.references)?;
+        self.commit(&staging, pending, &info, repair, &shown)
+        // `staging` drops here, removing the (now empty) entry.
+    }
+
     fn commit(
         &mut self,
         staging: &Staging,
@@ -638,6 +659,139 @@ impl Store {
                 path: shown.to_owned(),
                 source: Box::new(source),
             })
+    }
+}
+
+impl PathAddition {
+    /// Steps 2 to 4 of the module documentation: reads the NAR (which must be exactly one NAR
+    /// and then end) into the staging entry, checks it against the claim and canonicalises
+    /// it. Needs no [`Store`], so a slow stream holds up no other write.
+    pub fn stage(self, nar: impl Read) -> Result<StagedAddition, AddError> {
+        let PathAddition {
+            info,
+            shown,
+            store_dir,
+            repair,
+            staging,
+        } = self;
+        let Some(staging) = staging else {
+            // Nothing will be written, but the stream is still read to its end and checked,
+            // so the caller learns about a bad NAR either way.
+            let (digest, size) =
+                nar::hash_and_size_with(BufReader::new(nar), whole_stream_options()).map_err(
+                    |source| AddError::Nar {
+                        path: shown.clone(),
+                        source,
+                    },
+                )?;
+            check_nar_claim(&info, &Hash::sha256(digest), size, &shown)?;
+            return Ok(StagedAddition {
+                info,
+                shown,
+                repair,
+                staged: None,
+            });
+        };
+        let extra = match &info.ca {
+            Some(ContentAddress {
+                method: ContentAddressMethod::Fixed(FileIngestionMethod::Recursive),
+                hash,
+            }) if hash.algo() != HashAlgo::Sha256 => Some(hash.algo()),
+            _ => None,
+        };
+        let NarDigest {
+            nar_hash,
+            nar_size,
+            extra,
+        } = unpack_into(&staging, nar, extra, &shown)?;
+        check_nar_claim(&info, &nar_hash, nar_size, &shown)?;
+        if let Some(ca) = &info.ca {
+            let actual = match ca.method {
+                ContentAddressMethod::Fixed(FileIngestionMethod::Recursive) => {
+                    extra.unwrap_or(nar_hash)
+                }
+                ContentAddressMethod::Fixed(FileIngestionMethod::Flat)
+                | ContentAddressMethod::Text => hash_staged_file(&staging, ca, &shown)?,
+                ContentAddressMethod::Fixed(FileIngestionMethod::Git) => {
+                    unreachable!("refused before staging")
+                }
+            };
+            if actual != ca.hash {
+                return Err(AddError::CaHashMismatch {
+                    path: shown,
+                    specified: ca.hash.to_prefixed_nix32(),
+                    got: actual.to_prefixed_nix32(),
+                });
+            }
+            if !info.is_content_addressed(&store_dir) {
+                return Err(AddError::NotContentAddressed(shown));
+            }
+        }
+        let pending = canonicalise_staged(&staging, &shown)?;
+        Ok(StagedAddition {
+            info,
+            shown,
+            repair,
+            staged: Some((staging, pending)),
+        })
+    }
+}
+
+impl ContentAddition {
+    /// Reads the content into the staging entry, computes the path from it and canonicalises
+    /// the staged tree. Needs no [`Store`].
+    pub fn stage(self, content: impl Read) -> Result<StagedAddition, AddError> {
+        let ContentAddition {
+            name,
+            method,
+            algo,
+            references,
+            store_dir,
+            repair,
+            staging,
+        } = self;
+        let (ca_hash, nar_hash, nar_size) = match method {
+            ContentAddressMethod::Fixed(FileIngestionMethod::Recursive) => {
+                let extra = (algo != HashAlgo::Sha256).then_some(algo);
+                let NarDigest {
+                    nar_hash,
+                    nar_size,
+                    extra,
+                } = unpack_into(&staging, content, extra, &name)?;
+                (extra.unwrap_or(nar_hash), nar_hash, nar_size)
+            }
+            _ => {
+                let ca_hash = write_staged_file(&staging, content, algo, &name)?;
+                let mut nar_digest = NarDigester::new(None);
+                nar::dump_path(&staging.staged_path(), &mut nar_digest).map_err(|source| {
+                    AddError::Nar {
+                        path: name.clone(),
+                        source,
+                    }
+                })?;
+                let (nar_hash, nar_size, _) = nar_digest.finish();
+                (ca_hash, nar_hash, nar_size)
+            }
+        };
+        let ca = ContentAddress {
+            method,
+            hash: ca_hash,
+        };
+        let info = ValidPathInfo::make_from_ca(
+            &store_dir, &name, ca, references, false, nar_hash, nar_size,
+        )
+        .map_err(|source| AddError::MakePath {
+            name: name.clone(),
+            source,
+        })?;
+        let shown = store_dir.print(&info.path);
+        let pending = canonicalise_staged(&staging, &shown)?;
+        Ok(StagedAddition {
+            info,
+            shown,
+            repair,
+            staged: Some((staging, pending)),
+        })
     }
 }
 

@@ -27,8 +27,6 @@ pub struct AddContext<'a> {
     pub claimed: Option<&'a ValidPathInfo>,
     /// The name of the path (AddContent) or its printed path.
     pub shown: String,
-    /// SHA-256 of the data as it arrived.
-    pub data_sha256: Hash,
 }
 
 impl AddContext<'_> {
@@ -79,13 +77,14 @@ pub fn add_error(e: AddError, ctx: &AddContext<'_>) -> StoreWriterError {
         },
         AddError::Nar { source, .. } => nar_error(source, ctx),
         AddError::Read { source, .. } => ctx.io("reading the data of", source),
-        AddError::HashMismatch { specified, got, .. } => match ctx.claimed {
-            Some(info) => StoreWriterError::HashMismatch {
+        AddError::HashMismatch { specified, got, .. } => match (ctx.claimed, parse(&got)) {
+            // `got` is the hash of the whole stream: it was parsed to its end as one NAR.
+            (Some(info), Some(actual)) => StoreWriterError::HashMismatch {
                 path: info.path.clone(),
                 expected: info.nar_hash,
-                actual: ctx.data_sha256,
+                actual,
             },
-            None => ctx.io(
+            _ => ctx.io(
                 "hashing",
                 format!("hash mismatch: specified {specified}, got {got}"),
             ),
@@ -127,6 +126,11 @@ pub fn add_error(e: AddError, ctx: &AddContext<'_>) -> StoreWriterError {
         AddError::Lock { source, .. } => ctx.io("locking", source),
         AddError::Db { source, .. } => db_error(*source, &ctx.shown),
     }
+}
+
+/// A hash as the library's errors print it (`<algo>:<nix32>`).
+fn parse(printed: &str) -> Option<Hash> {
+    Hash::parse_any_prefixed(printed).ok()
 }
 
 /// A claimed content address that does not give the claimed path: name the path it gives.
@@ -239,7 +243,6 @@ mod tests {
             store_dir,
             claimed: info,
             shown: "/nix/store/ab3li50xq0nl4q5lxdyinb8w8y13my9s-f".into(),
-            data_sha256: Hash::compute(HashAlgo::Sha256, b"actual"),
         }
     }
 
@@ -250,11 +253,12 @@ mod tests {
         let e = add_error(
             AddError::HashMismatch {
                 path: "x".into(),
-                specified: "a".into(),
-                got: "b".into(),
+                specified: info.nar_hash.to_prefixed_nix32(),
+                got: Hash::compute(HashAlgo::Sha256, b"actual").to_prefixed_nix32(),
             },
             &ctx(&store_dir, Some(&info)),
         );
+        assert!(matches!(e, StoreWriterError::HashMismatch { .. }), "{e}");
         let text = e.to_string();
         assert!(
             text.contains("ab3li50xq0nl4q5lxdyinb8w8y13my9s-f"),

@@ -23,8 +23,8 @@ use crate::buildlog::{self, BuildLogError};
 use crate::errors::{self, AddContext};
 use crate::roots;
 use crate::server::{self, ChannelSlot, Shared};
-use crate::spool::{self, is_peer_gone, SpoolError, Spooled, WatchedPipe};
 use crate::temproots::{TempRootError, TempRoots};
+use crate::upload::{self, is_peer_gone, Upload, UploadFailure, WatchedPipe};
 
 /// The store-writer's end of one channel.
 type WriterChannel = Channel<StoreWriterToFrontend, FrontendToStoreWriter>;
@@ -148,23 +148,21 @@ fn not_implemented(operation: &str, path: String) -> Failure {
     })
 }
 
-fn spool_failure(e: SpoolError, shown: &str) -> Failure {
-    match e {
-        SpoolError::PeerGone(_) => Failure::PeerGone,
-        SpoolError::Read(e) => Failure::from(StoreWriterError::Io {
+/// The reply to a refused addition: a failure to read its data comes first (that is what went
+/// wrong, whatever the NAR parser made of it), then the addition's own error.
+fn refused_addition<R: std::io::Read>(
+    upload: Upload<R>,
+    error: ward_store::AddError,
+    ctx: &AddContext<'_>,
+) -> Failure {
+    match upload.finish() {
+        Some(UploadFailure::PeerGone) => Failure::PeerGone,
+        Some(UploadFailure::Read(e)) => Failure::from(StoreWriterError::Io {
             operation: "reading the data of".into(),
-            path: shown.to_owned(),
-            message: e.to_string(),
+            path: ctx.shown.clone(),
+            message: format!("reading the data pipe: {e}"),
         }),
-        SpoolError::Write {
-            action,
-            path,
-            source,
-        } => Failure::from(StoreWriterError::Io {
-            operation: format!("{action} spool file for {shown} in"),
-            path: path.display().to_string(),
-            message: source.to_string(),
-        }),
+        None => Failure::from(errors::add_error(error, ctx)),
     }
 }
 
@@ -252,7 +250,7 @@ impl ChannelState {
             })
         };
         let fd = fd.ok_or_else(|| bad("no data pipe came with the request".into()))?;
-        spool::check_is_pipe(&fd).map_err(|e| bad(e.to_string()))?;
+        upload::check_is_pipe(&fd).map_err(|e| bad(e.to_string()))?;
         Ok(fd)
     }
 
@@ -336,34 +334,18 @@ impl ChannelState {
             }
         }
         self.temp_roots.add(&path).map_err(temp_root_error)?;
-        let source = WatchedPipe::new(pipe, channel.socket().as_fd());
-        let Spooled {
-            file,
-            total,
-            sha256,
-        } = spool::spool(source, &shared.spool, Some(info.nar_size))
-            .map_err(|e| spool_failure(e, &shown))?;
-        if total > info.nar_size {
-            // Only `nar_size` bytes were kept; report as Nix would (hash first, then size).
-            return Err(if sha256 != info.nar_hash {
-                StoreWriterError::HashMismatch {
-                    path,
-                    expected: info.nar_hash,
-                    actual: sha256,
-                }
-            } else {
-                StoreWriterError::SizeMismatch {
-                    path,
-                    expected: info.nar_size,
-                    actual: total,
-                }
-            }
-            .into());
-        }
         let options = AddOptions {
             repair: request.repair,
         };
-        let added = shared.store().add_path(&info, file, options);
+        // The store is held only to prepare and to commit; the data streams into staging
+        // without it.
+        let mut upload = Upload::new(WatchedPipe::new(pipe, channel.socket().as_fd()));
+        let prepared = shared.store().prepare_add_path(&info, options);
+        let staged = prepared.and_then(|addition| addition.stage(&mut upload));
+        let added = match staged {
+            Ok(staged) => shared.store().commit_addition(staged),
+            Err(e) => Err(e),
+        };
         match added {
             Ok(outcome) => {
                 if outcome == AddOutcome::Added {
@@ -371,16 +353,15 @@ impl ChannelState {
                 }
                 self.registered_info(&path)
             }
-            Err(e) => Err(errors::add_error(
+            Err(e) => Err(refused_addition(
+                upload,
                 e,
                 &AddContext {
                     store_dir: shared.store_dir(),
                     claimed: Some(&info),
                     shown,
-                    data_sha256: sha256,
                 },
-            )
-            .into()),
+            )),
         }
     }
 
@@ -411,20 +392,28 @@ impl ChannelState {
                 }
             }
         }
-        let source = WatchedPipe::new(pipe, channel.socket().as_fd());
-        let Spooled { file, sha256, .. } = spool::spool(source, &shared.spool, None)
-            .map_err(|e| spool_failure(e, &request.name))?;
         let options = AddOptions {
             repair: request.repair,
         };
-        let added = shared.store().add_from_content(
+        let mut upload = Upload::new(WatchedPipe::new(pipe, channel.socket().as_fd()));
+        let prepared = shared.store().prepare_add_content(
             &request.name,
             request.method,
             request.hash_algo,
             &request.references,
-            file,
             options,
         );
+        let staged = prepared.and_then(|addition| addition.stage(&mut upload));
+        let added = match staged {
+            Ok(staged) => {
+                let info = staged.info().clone();
+                shared
+                    .store()
+                    .commit_addition(staged)
+                    .map(|outcome| (info, outcome))
+            }
+            Err(e) => Err(e),
+        };
         match added {
             Ok((info, outcome)) => {
                 if outcome == AddOutcome::Added {
@@ -433,16 +422,15 @@ impl ChannelState {
                 self.temp_roots.add(&info.path).map_err(temp_root_error)?;
                 self.registered_info(&info.path)
             }
-            Err(e) => Err(errors::add_error(
+            Err(e) => Err(refused_addition(
+                upload,
                 e,
                 &AddContext {
                     store_dir: shared.store_dir(),
                     claimed: None,
                     shown: request.name.clone(),
-                    data_sha256: sha256,
                 },
-            )
-            .into()),
+            )),
         }
     }
 

@@ -9,7 +9,7 @@
 //! * [`fsutil`]: descriptor-based tree walks (canonicalise, remove) that never follow symlinks.
 #![forbid(unsafe_code)]
 
-pub use add::{AddError, AddOptions, AddOutcome};
+pub use add::{AddError, AddOptions, AddOutcome, ContentAddition, PathAddition, StagedAddition};
 pub use store::{Store, StoreError};
 
 pub mod add;

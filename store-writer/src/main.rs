@@ -12,8 +12,8 @@ mod errors;
 mod handler;
 mod roots;
 mod server;
-mod spool;
 mod temproots;
+mod upload;
 
 use std::ffi::OsString;
 use std::path::PathBuf;

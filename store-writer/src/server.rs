@@ -20,7 +20,6 @@ use ward_store::Store;
 
 use crate::confine;
 use crate::handler;
-use crate::spool::SpoolDir;
 
 /// Most channels served at once (accepted connections plus OpenChannel sockets); more are
 /// refused, so a runaway frontend costs bounded threads.
@@ -80,8 +79,6 @@ pub struct Shared {
     pub require_sigs: bool,
     /// `compress-build-log`.
     pub compress_build_log: bool,
-    /// Where spooled uploads go.
-    pub spool: SpoolDir,
     open_channels: AtomicUsize,
     next_channel: AtomicU64,
 }
@@ -365,8 +362,6 @@ pub fn run(setup: &DaemonSetup, ipc_dir: &Path) -> Result<Infallible, ServerErro
     }
     let keys = trusted_keys(&setup.settings.trusted_public_keys);
     let peers = AllowedPeers::detect();
-    let spool =
-        SpoolDir::open(&layout.staging_dir()).map_err(io_err("opening", &layout.staging_dir()))?;
     std::fs::create_dir_all(ipc_dir).map_err(io_err("creating directory", ipc_dir))?;
     let socket_path = daemon::store_writer_socket(ipc_dir);
     let listener = bind_socket(&socket_path)?;
@@ -392,7 +387,6 @@ pub fn run(setup: &DaemonSetup, ipc_dir: &Path) -> Result<Infallible, ServerErro
         keys,
         require_sigs: setup.settings.require_sigs,
         compress_build_log: setup.settings.compress_build_log,
-        spool,
         open_channels: AtomicUsize::new(0),
         next_channel: AtomicU64::new(0),
     });
@@ -504,7 +498,6 @@ mod tests {
         .unwrap();
         let shared = Arc::new(Shared {
             store: Mutex::new(store),
-            spool: SpoolDir::open(&layout.staging_dir()).unwrap(),
             layout,
             keys: PublicKeys::new(),
             require_sigs: true,

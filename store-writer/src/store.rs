@@ -143,15 +143,6 @@ impl Store {
             return Ok((name, fd));
         }
     }
-
-    /// Removes a staging entry, logging instead of failing: leftovers are cleared on the next
-    /// start anyway.
-    pub(crate) fn drop_staging_entry(&self, name: &OsStr) {
-        let shown = self.layout.staging_dir().join(name);
-        if let Err(e) = fsutil::remove_tree_at(self.staging_fd.as_fd(), name, &shown) {
-            tracing::warn!(error = %e, "could not remove staging entry");
-        }
-    }
 }
 
 /// Opens (creating it if needed) the staging directory, checks that it is ours and private,

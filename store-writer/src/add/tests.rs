@@ -823,3 +823,80 @@ fn nix_verifies_paths_added_by_ward() {
     );
     assert_eq!(nix_flat.trim(), store_dir.print(&flat_path));
 }
+
+#[test]
+fn staging_needs_no_store_and_other_adds_commit_meanwhile() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open_store(dir.path());
+    let slow_nar = nar_of(&sample_tree());
+    let slow = claim_for("slow", &slow_nar, &[]);
+    let quick_nar = nar_of(&file(b"quick\n"));
+    let quick = claim_for("quick", &quick_nar, &[]);
+    let prepared = store
+        .prepare_add_path(&slow, AddOptions::default())
+        .unwrap();
+    // The store is free while `slow` is staged on another thread.
+    let stager = std::thread::spawn(move || prepared.stage(&slow_nar[..]));
+    assert_eq!(
+        store
+            .add_path(&quick, &quick_nar[..], AddOptions::default())
+            .unwrap(),
+        AddOutcome::Added
+    );
+    let staged = stager.join().unwrap().unwrap();
+    assert_eq!(staged.info(), &slow);
+    assert!(
+        !store.db().is_valid(&slow.path).unwrap(),
+        "nothing is valid before the commit"
+    );
+    assert_eq!(store.commit_addition(staged).unwrap(), AddOutcome::Added);
+    assert!(store.db().is_valid(&slow.path).unwrap());
+    let real = store.layout().real_path(&slow.path);
+    assert_eq!(dump_hash(&real), (slow.nar_hash, slow.nar_size));
+    assert!(staging_is_empty(&store));
+}
+
+#[test]
+fn a_staged_addition_that_is_dropped_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open_store(dir.path());
+    let before = store_entries(&store);
+    let nar = nar_of(&sample_tree());
+    let info = claim_for("dropped", &nar, &[]);
+    let staged = store
+        .prepare_add_path(&info, AddOptions::default())
+        .unwrap()
+        .stage(&nar[..])
+        .unwrap();
+    assert!(!staging_is_empty(&store));
+    drop(staged);
+    assert_unchanged(&store, &before, &info.path);
+}
+
+#[test]
+fn a_path_added_by_another_channel_meanwhile_is_already_valid_at_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open_store(dir.path());
+    let nar = nar_of(&sample_tree());
+    let info = claim_for("twice", &nar, &[]);
+    let first = store
+        .prepare_add_path(&info, AddOptions::default())
+        .unwrap()
+        .stage(&nar[..])
+        .unwrap();
+    assert_eq!(
+        store
+            .add_path(&info, &nar[..], AddOptions::default())
+            .unwrap(),
+        AddOutcome::Added
+    );
+    assert_eq!(
+        store.commit_addition(first).unwrap(),
+        AddOutcome::AlreadyValid
+    );
+    assert!(staging_is_empty(&store));
+    assert_eq!(
+        dump_hash(&store.layout().real_path(&info.path)),
+        (info.nar_hash, info.nar_size)
+    );
+}
