@@ -81,7 +81,9 @@ impl Writer {
 
     fn wait_for_socket(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !self.socket().exists() {
+        // The socket file appears at bind(), a moment before listen(): wait for a connection
+        // to be accepted, not for the file.
+        while UnixStream::connect(self.socket()).is_err() {
             if let Some(status) = self.child.try_wait().unwrap() {
                 panic!("store-writer exited with {status}: {}", self.log());
             }
