@@ -422,7 +422,6 @@ impl Connection {
             R::AddMultipleToStore(r) => self.add_multiple(r.repair, r.dont_check_sigs).await,
             R::ImportPaths(_) => self.import_paths().await,
             R::RegisterDrvOutput(r) => {
-                self.require_trusted("register realisations")?;
                 let realisation = match r {
                     RegisterDrvOutput::Json(realisation) => realisation,
                     RegisterDrvOutput::Legacy { .. } => {
@@ -438,6 +437,20 @@ impl Connection {
                         )))
                     }
                 };
+                // Untrusted clients may register only realisations signed by a trusted key.
+                if !self.trusted() {
+                    let keys = ward_proto::signature::PublicKeys::parse_setting(
+                        &self.settings.trusted_public_keys.join(" "),
+                    )
+                    .map_err(|e| OpError::Client(format!("setting 'trusted-public-keys': {e}")))?;
+                    if realisation.check_signatures(&keys) == 0 {
+                        return Err(OpError::Client(format!(
+                            "cannot register realisation '{}' because it lacks a valid \
+                             signature (only trusted users may register unsigned ones)",
+                            realisation.id
+                        )));
+                    }
+                }
                 self.writer()
                     .await?
                     .register_realisation(realisation)
