@@ -431,7 +431,7 @@ impl StoreDb {
         self.conn
             .prepare_cached("select id from ValidPaths where path = ?1")
             .and_then(|mut s| s.query_row([&printed], |r| r.get(0)).optional())
-            .map_err(self.err(format!("querying path '{printed}'")))
+            .map_err(|e| self.err(format!("querying path '{printed}'"))(e))
     }
 
     /// Whether `path` has a row in `ValidPaths`.
@@ -443,7 +443,6 @@ impl StoreDb {
     pub fn query_path_info(&self, path: &StorePath) -> Result<Option<ValidPathInfo>, DbError> {
         let printed = self.print(path);
         type Row = (
-            i64,
             String,
             i64,
             Option<String>,
@@ -451,12 +450,18 @@ impl StoreDb {
             Option<i64>,
             Option<String>,
             Option<String>,
+            Option<Vec<u8>>,
         );
+        // One statement, so one read transaction (one WAL read lock) per lookup and a consistent
+        // view of the row and its references. The references come back NUL-separated: no path
+        // contains NUL, whatever the store directory is.
         let row: Option<Row> = self
             .conn
             .prepare_cached(
-                "select id, hash, registrationTime, deriver, narSize, ultimate, sigs, ca \
-                 from ValidPaths where path = ?1",
+                "select hash, registrationTime, deriver, narSize, ultimate, sigs, ca, \
+                 (select cast(group_concat(r.path, char(0)) as blob) \
+                  from Refs join ValidPaths r on reference = r.id where referrer = v.id) \
+                 from ValidPaths v where v.path = ?1",
             )
             .and_then(|mut s| {
                 s.query_row([&printed], |r| {
@@ -473,8 +478,9 @@ impl StoreDb {
                 })
                 .optional()
             })
-            .map_err(self.err(format!("querying path info of '{printed}'")))?;
-        let Some((id, hash, registration_time, deriver, nar_size, ultimate, sigs, ca)) = row else {
+            .map_err(|e| self.err(format!("querying path info of '{printed}'"))(e))?;
+        let Some((hash, registration_time, deriver, nar_size, ultimate, sigs, ca, refs)) = row
+        else {
             return Ok(None);
         };
         let bad = |reason: String| DbError::BadRow {
@@ -497,7 +503,7 @@ impl StoreDb {
             Some(ca) => ContentAddress::parse_opt(&ca).map_err(|e| bad(e.to_string()))?,
             None => None,
         };
-        let references = self.query_references_by_id(id, &printed)?;
+        let references = self.parse_reference_list(refs.as_deref().unwrap_or_default())?;
         Ok(Some(ValidPathInfo {
             path: path.clone(),
             deriver,
@@ -511,22 +517,20 @@ impl StoreDb {
         }))
     }
 
-    fn query_references_by_id(
-        &self,
-        id: i64,
-        printed: &str,
-    ) -> Result<BTreeSet<StorePath>, DbError> {
-        let rows: Vec<String> = self
-            .conn
-            .prepare_cached(
-                "select path from Refs join ValidPaths on reference = id where referrer = ?1",
-            )
-            .and_then(|mut s| {
-                s.query_map([id], |r| r.get(0))?
-                    .collect::<Result<Vec<String>, _>>()
+    /// Parses the NUL-separated reference paths that `query_path_info` selects.
+    fn parse_reference_list(&self, list: &[u8]) -> Result<BTreeSet<StorePath>, DbError> {
+        if list.is_empty() {
+            return Ok(BTreeSet::new());
+        }
+        list.split(|&b| b == 0)
+            .map(|p| match std::str::from_utf8(p) {
+                Ok(p) => self.parse(p),
+                Err(e) => Err(DbError::BadRow {
+                    path: String::from_utf8_lossy(p).into_owned(),
+                    reason: format!("reference is not UTF-8: {e}"),
+                }),
             })
-            .map_err(self.err(format!("querying references of '{printed}'")))?;
-        rows.iter().map(|p| self.parse(p)).collect()
+            .collect()
     }
 
     /// The subset of `paths` that is valid.

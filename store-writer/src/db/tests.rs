@@ -493,6 +493,29 @@ fn bad_rows_give_errors_naming_the_path() {
 }
 
 #[test]
+fn a_bad_reference_row_is_an_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_layout, mut db) = open_new(dir.path());
+    let p = test_path("p");
+    db.register_valid_paths(&[info(&p, &[])], no_drvs).unwrap();
+    let conn = db.connection();
+    conn.execute(
+        "insert into ValidPaths (path, hash, registrationTime) values ('/etc/shadow', 'x', 1)",
+        [],
+    )
+    .unwrap();
+    conn.execute(
+        "insert into Refs (referrer, reference) select a.id, b.id from ValidPaths a, ValidPaths b \
+         where a.path != '/etc/shadow' and b.path = '/etc/shadow'",
+        [],
+    )
+    .unwrap();
+    let err = db.query_path_info(&p).unwrap_err();
+    assert!(matches!(err, DbError::BadRow { .. }), "{err}");
+    assert!(err.to_string().contains("/etc/shadow"), "{err}");
+}
+
+#[test]
 fn read_only_handle_reads_and_refuses_writes() {
     let dir = tempfile::tempdir().unwrap();
     let (layout, mut writer) = open_new(dir.path());
