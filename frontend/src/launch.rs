@@ -427,16 +427,25 @@ fn run_tool(program: &str, args: &[&str]) -> Result<(), LaunchError> {
 /// the store. Existing contents made by a root Nix daemon stay root-owned and readable; the DB
 /// directory and the store directory itself must be the store owner's.
 pub fn ensure_system_setup(layout: &StoreLayout) -> Result<(), LaunchError> {
-    if nix::unistd::Group::from_name(WARD_GROUP)
-        .ok()
-        .flatten()
-        .is_none()
-    {
-        run_tool("groupadd", &["--system", WARD_GROUP])?;
+    let group_exists = || {
+        nix::unistd::Group::from_name(WARD_GROUP)
+            .ok()
+            .flatten()
+            .is_some()
+    };
+    // Another ward starting at the same moment may create them first: a failed tool is only
+    // an error if the account still does not exist.
+    if !group_exists() {
+        if let Err(e) = run_tool("groupadd", &["--system", WARD_GROUP]) {
+            if !group_exists() {
+                return Err(e);
+            }
+        }
     }
     for user in [STORE_USER, FRONTEND_USER] {
-        if nix::unistd::User::from_name(user).ok().flatten().is_none() {
-            run_tool(
+        let user_exists = || nix::unistd::User::from_name(user).ok().flatten().is_some();
+        if !user_exists() {
+            let created = run_tool(
                 "useradd",
                 &[
                     "--system",
@@ -449,7 +458,12 @@ pub fn ensure_system_setup(layout: &StoreLayout) -> Result<(), LaunchError> {
                     "/usr/sbin/nologin",
                     user,
                 ],
-            )?;
+            );
+            if let Err(e) = created {
+                if !user_exists() {
+                    return Err(e);
+                }
+            }
         }
     }
     let owner = nix::unistd::User::from_name(STORE_USER)
