@@ -2,7 +2,7 @@
 //! register any realisation; untrusted ones only realisations signed by a trusted key.
 
 use ward_e2e_tests::wire::WorkerClient;
-use ward_e2e_tests::{inputs, DaemonOptions, Fixture};
+use ward_e2e_tests::{inputs, known_nix_daemon_deviation, DaemonOptions, Fixture};
 
 fn put_u64(out: &mut Vec<u8>, v: u64) {
     out.extend_from_slice(&v.to_le_bytes());
@@ -39,6 +39,12 @@ fn fixture(test: &str, options: DaemonOptions) -> Option<(Fixture, String)> {
 #[test]
 fn untrusted_clients_cannot_register_unsigned_realisations() {
     let test = "untrusted_clients_cannot_register_unsigned_realisations";
+    if known_nix_daemon_deviation(
+        test,
+        "Nix 2.8 registers realisations from untrusted clients without checking signatures",
+    ) {
+        return;
+    }
     // Nobody is trusted, so the test process is an untrusted client.
     let Some((f, out)) = fixture(
         test,
