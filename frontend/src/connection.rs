@@ -19,7 +19,7 @@ use ward_config::{ClientOptions, MessageLevel, Settings};
 use ward_proto::content_address::{ContentAddressMethod, FileIngestionMethod};
 use ward_proto::hash::HashAlgo;
 use ward_proto::nar;
-use ward_proto::path_info::{UnkeyedPathInfo, ValidPathInfo};
+use ward_proto::path_info::ValidPathInfo;
 use ward_proto::store_path::StorePath;
 use ward_proto::wire::{FramedReader, Limits, WireError, WireReader, WireWriter};
 use ward_proto::worker::types::{
@@ -246,29 +246,20 @@ impl Connection {
     }
 
     async fn writer(&mut self) -> OpResult<&mut WriterClient> {
-        if self.writer.as_ref().is_some_and(WriterClient::is_closed) {
-            self.writer = None;
-        }
-        if self.writer.is_none() {
-            let client = WriterClient::connect(&self.shared.ipc_dir, WRITER_CONNECT_TIMEOUT)
-                .await
-                .map_err(OpError::from)?;
-            self.writer = Some(client);
-        }
-        Ok(self.writer.as_mut().expect("set above"))
+        connect_writer(&mut self.writer, &self.shared).await
     }
 
-    fn query_info(&self, path: &StorePath) -> OpResult<Option<ValidPathInfo>> {
-        Ok(self.shared.store.with_db(|db| db.query_path_info(path))?)
+    fn query_info(&self, path: &StorePath) -> OpResult<Option<Arc<ValidPathInfo>>> {
+        Ok(self.shared.store.query_path_info(path)?)
     }
 
-    fn valid_info(&self, path: &StorePath) -> OpResult<ValidPathInfo> {
+    fn valid_info(&self, path: &StorePath) -> OpResult<Arc<ValidPathInfo>> {
         self.query_info(path)?
             .ok_or_else(|| OpError::Client(format!("path '{}' is not valid", self.print(path))))
     }
 
     fn is_valid(&self, path: &StorePath) -> OpResult<bool> {
-        Ok(self.shared.store.with_db(|db| db.is_valid(path))?)
+        Ok(self.shared.store.is_valid(path)?)
     }
 
     async fn handle(&mut self, request: Request) -> OpResult {
@@ -286,7 +277,8 @@ impl Connection {
             }
             R::QueryReferences(r) => {
                 let info = self.valid_info(&r.path)?;
-                self.reply(Reply::QueryReferences(info.references)).await
+                self.reply(Reply::QueryReferences(info.references.clone()))
+                    .await
             }
             R::QueryReferrers(r) => {
                 let referrers = self
@@ -297,19 +289,22 @@ impl Connection {
             }
             R::QueryDeriver(r) => {
                 let info = self.valid_info(&r.path)?;
-                self.reply(Reply::QueryDeriver(info.deriver)).await
+                self.reply(Reply::QueryDeriver(info.deriver.clone())).await
             }
-            R::QueryPathInfo(r) => match self.query_info(&r.path)? {
-                Some(info) => {
-                    self.reply(Reply::QueryPathInfo(Some(UnkeyedPathInfo::from(&info))))
-                        .await
+            R::QueryPathInfo(r) => {
+                let info = self.query_info(&r.path)?;
+                if info.is_none() && !self.ctx.at_least(17) {
+                    return Err(OpError::Client(format!(
+                        "path '{}' is not valid",
+                        self.print(&r.path)
+                    )));
                 }
-                None if self.ctx.at_least(17) => self.reply(Reply::QueryPathInfo(None)).await,
-                None => Err(OpError::Client(format!(
-                    "path '{}' is not valid",
-                    self.print(&r.path)
-                ))),
-            },
+                // Written from the shared (cached) info without copying it.
+                StderrMessage::Last.write(&mut self.out, self.ctx.version);
+                Reply::write_query_path_info(&mut self.out, &self.ctx, info.as_deref())
+                    .map_err(|e| OpError::Fatal(e.to_string()))?;
+                self.flush().await.map_err(OpError::Fatal)
+            }
             R::QueryAllValidPaths(_) => {
                 let all = self.shared.store.with_db(|db| db.query_all_valid_paths())?;
                 self.reply(Reply::QueryAllValidPaths(all)).await
@@ -991,8 +986,8 @@ impl Connection {
         let mut trailer = WireWriter::new();
         ward_proto::worker::types::ExportTrailer {
             path: path.clone(),
-            references: info.references,
-            deriver: info.deriver,
+            references: info.references.clone(),
+            deriver: info.deriver.clone(),
             legacy_signature: None,
         }
         .write(&mut trailer, &self.ctx);
@@ -1013,7 +1008,9 @@ async fn connect_writer<'a>(
         *slot = None;
     }
     if slot.is_none() {
-        let client = WriterClient::connect(&shared.ipc_dir, WRITER_CONNECT_TIMEOUT).await?;
+        let client = WriterClient::connect(&shared.ipc_dir, WRITER_CONNECT_TIMEOUT)
+            .await?
+            .with_path_info_cache(Arc::clone(shared.store.path_info_cache()));
         *slot = Some(client);
     }
     Ok(slot.as_mut().expect("set above"))

@@ -7,6 +7,7 @@ pub mod broker_client;
 pub mod confine;
 pub mod connection;
 pub mod launch;
+pub mod path_info_cache;
 pub mod process;
 pub mod roots;
 pub mod server;

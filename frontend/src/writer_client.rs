@@ -15,6 +15,7 @@ use std::collections::BTreeSet;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
@@ -27,6 +28,8 @@ use ward_proto::ipc::store_writer::{
 };
 use ward_proto::ipc::{FrameLimit, FrontendStoreWriterChannel, IpcError, IpcMessage, IPC_VERSION};
 use ward_proto::store_path::StorePath;
+
+use crate::path_info_cache::{ChangeGuard, PathInfoCache};
 
 /// How long to wait between attempts while the store-writer's socket does not exist yet.
 const CONNECT_RETRY: Duration = Duration::from_millis(50);
@@ -148,6 +151,8 @@ pub struct WriterClient {
     channel: FrontendStoreWriterChannel,
     /// Set while a request is in flight and left set if it did not finish cleanly.
     unusable: bool,
+    /// Bypassed and emptied around requests that change recorded paths.
+    cache: Option<Arc<PathInfoCache>>,
 }
 
 impl WriterClient {
@@ -197,6 +202,7 @@ impl WriterClient {
         let mut client = WriterClient {
             channel,
             unusable: false,
+            cache: None,
         };
         let hello = FrontendToStoreWriter::Hello {
             ipc_version: IPC_VERSION,
@@ -260,6 +266,20 @@ impl WriterClient {
         WriterClient::handshake(channel).await
     }
 
+    /// Keeps `cache` coherent with what this channel changes.
+    pub fn with_path_info_cache(mut self, cache: Arc<PathInfoCache>) -> WriterClient {
+        self.cache = Some(cache);
+        self
+    }
+
+    /// Held while `request` is in flight, if it may change recorded paths.
+    fn change_guard(&self, request: &FrontendToStoreWriter) -> Option<ChangeGuard> {
+        let cache = self.cache.as_ref()?;
+        request
+            .may_change_recorded_paths()
+            .then(|| cache.begin_change())
+    }
+
     /// Sends a request and waits for its reply; refusals become [`ClientError::Store`].
     async fn exchange(
         &mut self,
@@ -269,6 +289,7 @@ impl WriterClient {
         if self.unusable {
             return Err(ClientError::Broken);
         }
+        let _guard = self.change_guard(request);
         self.unusable = true;
         self.channel.send(request, fds).await?;
         let reply = self.channel.recv().await?;
@@ -296,6 +317,7 @@ impl WriterClient {
                 .map_err(|e| setup(e.into()))?;
         let _ = rustix::pipe::fcntl_setpipe_size(&write_end, PIPE_BUFFER);
         let sender = Sender::from_owned_fd(write_end).map_err(setup)?;
+        let _guard = self.change_guard(request);
         self.unusable = true;
         self.channel.send(request, &[read_end.as_fd()]).await?;
         drop(read_end);
@@ -541,6 +563,7 @@ mod tests {
         let client = WriterClient {
             channel,
             unusable: false,
+            cache: None,
         };
         (client, fake)
     }
@@ -561,6 +584,79 @@ mod tests {
             client.is_closed(),
             "a channel left mid-request is not reused"
         );
+    }
+
+    fn cached(cache: &PathInfoCache) -> Arc<ward_proto::path_info::ValidPathInfo> {
+        let info = Arc::new(ward_proto::path_info::ValidPathInfo::new(
+            path(),
+            ward_proto::hash::Hash::compute(HashAlgo::Sha256, b"f"),
+        ));
+        cache.store(cache.ticket().unwrap(), &info);
+        assert!(cache.lookup(&path()).is_some());
+        info
+    }
+
+    #[tokio::test]
+    async fn a_change_to_recorded_paths_bypasses_and_then_empties_the_cache() {
+        let cache = Arc::new(PathInfoCache::new());
+        let (client, fake) = pair().await;
+        let mut client = client.with_path_info_cache(Arc::clone(&cache));
+        cached(&cache);
+        let (seen_tx, seen_rx) = std::sync::mpsc::channel();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let server = std::thread::spawn(move || {
+            for _ in 0..2 {
+                let request = fake.recv().unwrap();
+                seen_tx.send(request.message).unwrap();
+                go_rx.recv().unwrap();
+                fake.send(&Reply::Done, &[]).unwrap();
+            }
+        });
+        // Adding a temporary root changes nothing recorded: the cache keeps answering.
+        let call = tokio::spawn(async move {
+            client.add_temp_root(path()).await.unwrap();
+            client
+        });
+        let seen = tokio::task::spawn_blocking({
+            let seen_rx = seen_rx;
+            move || (seen_rx.recv().unwrap(), seen_rx)
+        });
+        let (message, seen_rx) = seen.await.unwrap();
+        assert!(matches!(message, FrontendToStoreWriter::AddTempRoot { .. }));
+        assert!(cache.lookup(&path()).is_some(), "not bypassed for a root");
+        go_tx.send(()).unwrap();
+        let mut client = call.await.unwrap();
+        assert!(cache.lookup(&path()).is_some(), "not emptied for a root");
+
+        // Signatures change the row: while in flight nothing is answered or stored, and
+        // afterwards the old entry is gone.
+        let call = tokio::spawn(async move {
+            client
+                .add_signatures(path(), ["k:c2ln".to_owned()].into())
+                .await
+                .unwrap();
+        });
+        let message = tokio::task::spawn_blocking(move || seen_rx.recv().unwrap())
+            .await
+            .unwrap();
+        assert!(matches!(
+            message,
+            FrontendToStoreWriter::AddSignatures { .. }
+        ));
+        assert!(cache.lookup(&path()).is_none(), "answered during a change");
+        assert!(
+            cache.ticket().is_none(),
+            "a read during a change could be stored"
+        );
+        go_tx.send(()).unwrap();
+        call.await.unwrap();
+        server.join().unwrap();
+        assert!(
+            cache.lookup(&path()).is_none(),
+            "the old signatures are still cached"
+        );
+        assert!(cache.is_empty());
+        cached(&cache);
     }
 
     #[tokio::test]

@@ -188,7 +188,7 @@ impl Hash {
     /// The digest in the given encoding, without a prefix.
     pub fn encode(&self, encoding: HashEncoding) -> String {
         match encoding {
-            HashEncoding::Base16 => hex::encode(self.digest()),
+            HashEncoding::Base16 => base16(self.digest()),
             HashEncoding::Nix32 => nix32::encode(self.digest()),
             HashEncoding::Base64 => BASE64.encode(self.digest()),
         }
@@ -301,6 +301,18 @@ impl Hash {
         }
         out
     }
+}
+
+/// Lower-case hexadecimal, as Nix prints base-16 hashes (a plain loop: QueryPathInfo prints
+/// one per reply).
+fn base16(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = Vec::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)]);
+        out.push(DIGITS[usize::from(b & 15)]);
+    }
+    String::from_utf8(out).expect("hex digits are ASCII")
 }
 
 impl fmt::Debug for Hash {
@@ -425,6 +437,13 @@ mod tests {
     use super::*;
 
     const HELLO_SHA256: &str = "5891b5b522d5df086d0ff0b110fbd9d21bb4fc7163af34d08286a2e846f6be03";
+
+    #[test]
+    fn base16_matches_the_hex_crate() {
+        let all: Vec<u8> = (0..=255u8).collect();
+        assert_eq!(base16(&all), hex::encode(&all));
+        assert_eq!(base16(&[]), "");
+    }
 
     #[test]
     fn computes_and_prints_every_form() {

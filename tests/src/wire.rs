@@ -33,6 +33,8 @@ pub mod op {
     pub const SET_OPTIONS: u64 = 19;
     /// QueryPathInfo.
     pub const QUERY_PATH_INFO: u64 = 26;
+    /// AddSignatures.
+    pub const ADD_SIGNATURES: u64 = 37;
     /// NarFromPath.
     pub const NAR_FROM_PATH: u64 = 38;
     /// AddToStoreNar.
@@ -226,6 +228,16 @@ impl WorkerClient {
             sigs: self.read_strings()?,
             ca: self.read_string()?,
         }))
+    }
+
+    /// AddSignatures (trusted clients only).
+    pub fn add_signatures(&mut self, path: &str, sigs: &[String]) -> Result<()> {
+        self.write_u64(op::ADD_SIGNATURES)?;
+        self.write_string(path.as_bytes())?;
+        self.write_strings(sigs)?;
+        self.process_stderr()?;
+        self.read_u64()?;
+        Ok(())
     }
 
     /// NarFromPath; the daemon sends a bare NAR, read here as exactly `nar_size` bytes.

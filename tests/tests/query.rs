@@ -1,7 +1,10 @@
 //! Queries: `nix-store -q --references/--referrers/--requisites/--hash/--size/--deriver` and
 //! `nix path-info --json`, compared with real Nix's answers for the same paths.
 
-use ward_e2e_tests::{inputs, nar, Fixture, ImportedGraph, NixClient, SigningKey};
+use ward_e2e_tests::wire::WorkerClient;
+use ward_e2e_tests::{
+    inputs, known_nix_daemon_deviation, nar, Fixture, ImportedGraph, NixClient, SigningKey,
+};
 
 fn sorted(mut v: Vec<String>) -> Vec<String> {
     v.sort();
@@ -202,6 +205,13 @@ fn signatures_added_with_nix_store_sign_match_real_nix() {
     g.import(&f.ward);
     g.import(&f.reference.client);
     for p in [&path, &g.b] {
+        // Asked once before signing, so ward's path-info cache holds the unsigned info: the
+        // signatures must show at once anyway.
+        let before = f.ward.path_info_json(p);
+        assert!(
+            before["signatures"].as_array().is_none_or(Vec::is_empty),
+            "signed before signing: {before}"
+        );
         f.ward
             .ok("nix", &["store", "sign", "--key-file", secret, p]);
         f.reference
@@ -255,4 +265,53 @@ fn path_info_all_lists_exactly_the_valid_paths() {
     // What the daemon says (QueryAllValidPaths) and what its database holds.
     assert_eq!(f.ward.all_valid_paths(), expected, "nix path-info --all");
     assert_eq!(f.snapshot().paths(), expected, "ValidPaths in db.sqlite");
+}
+
+#[test]
+fn signatures_added_on_one_connection_show_at_once_on_another() {
+    let Some(f) =
+        Fixture::single_user("signatures_added_on_one_connection_show_at_once_on_another")
+    else {
+        return;
+    };
+    // nix-daemon caches path infos per connection for 30 days, so its connection A would keep
+    // answering with the signatures it saw first.
+    if known_nix_daemon_deviation(
+        "signatures seen by another connection at once",
+        "Nix 2.8 serves a connection's earlier QueryPathInfo answer from its own cache",
+    ) {
+        return;
+    }
+    let dir = f.env.dir("in");
+    let path = f
+        .ward
+        .add(&[&inputs::file(&dir, "sigs.txt", b"signed later\n")])
+        .remove(0);
+    let socket = f.daemon.socket();
+    let mut reader = WorkerClient::handshake(socket).expect("connect A");
+    let mut signer = WorkerClient::handshake(socket).expect("connect B");
+    let mut expected: Vec<String> = Vec::new();
+    for round in 0..20 {
+        // A asks twice (the second answer may come from ward's cache), B signs, A asks again:
+        // the new signature must be there at once, well within the cache's lifetime.
+        for _ in 0..2 {
+            let info = reader
+                .query_path_info(&path)
+                .expect("QueryPathInfo")
+                .expect("valid");
+            assert_eq!(sorted(info.sigs), expected, "round {round}, before signing");
+        }
+        let sig = format!("ward-e2e-k{round:02}:{}==", "A".repeat(86));
+        signer
+            .add_signatures(&path, std::slice::from_ref(&sig))
+            .expect("AddSignatures");
+        expected.push(sig);
+        expected.sort();
+        let info = reader
+            .query_path_info(&path)
+            .expect("QueryPathInfo")
+            .expect("valid");
+        assert_eq!(sorted(info.sigs), expected, "round {round}, after signing");
+        assert!(reader.is_valid_path(&path).expect("IsValidPath"));
+    }
 }

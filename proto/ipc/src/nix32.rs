@@ -46,7 +46,7 @@ pub fn decoded_len(chars: usize) -> Option<usize> {
 /// Encodes `bytes` in nix32.
 pub fn encode(bytes: &[u8]) -> String {
     let len = encoded_len(bytes.len());
-    let mut out = String::with_capacity(len);
+    let mut out = Vec::with_capacity(len);
     for k in (0..len).rev() {
         let bit = k * 5;
         let i = bit / 8;
@@ -55,13 +55,28 @@ pub fn encode(bytes: &[u8]) -> String {
         if i + 1 < bytes.len() && j > 3 {
             value |= u32::from(bytes[i + 1]) << (8 - j);
         }
-        out.push(char::from(ALPHABET[(value & 31) as usize]));
+        out.push(ALPHABET[(value & 31) as usize]);
     }
-    out
+    String::from_utf8(out).expect("the alphabet is ASCII")
 }
 
+/// Symbol value by byte; 0xff for bytes outside the alphabet. Store paths are parsed on every
+/// request, so this is a table rather than a search.
+const SYMBOL_VALUES: [u8; 256] = {
+    let mut table = [0xffu8; 256];
+    let mut i = 0;
+    while i < ALPHABET.len() {
+        table[ALPHABET[i] as usize] = i as u8;
+        i += 1;
+    }
+    table
+};
+
 fn symbol_value(c: u8) -> Option<u8> {
-    ALPHABET.iter().position(|&a| a == c).map(|p| p as u8)
+    match SYMBOL_VALUES[usize::from(c)] {
+        0xff => None,
+        v => Some(v),
+    }
 }
 
 /// Decodes a nix32 string into exactly `expected_bytes` bytes.
@@ -108,6 +123,17 @@ pub fn is_symbol(c: u8) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_symbol_table_matches_the_alphabet() {
+        for c in 0..=255u8 {
+            assert_eq!(
+                symbol_value(c),
+                ALPHABET.iter().position(|&a| a == c).map(|p| p as u8),
+                "byte {c}"
+            );
+        }
+    }
 
     #[test]
     fn lengths_match_nix() {

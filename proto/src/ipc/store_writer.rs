@@ -289,6 +289,31 @@ impl FrontendToStoreWriter {
             | FrontendToStoreWriter::Ping => Phase::Serving,
         }
     }
+
+    /// Whether the request may change or remove what is recorded about paths that are already
+    /// valid (their rows, references or signatures), as opposed to only adding new paths,
+    /// roots, logs or realisations. The frontend's path-info cache is bypassed and then
+    /// emptied around these.
+    pub fn may_change_recorded_paths(&self) -> bool {
+        match self {
+            FrontendToStoreWriter::AddPathFromNar(add) => add.repair,
+            FrontendToStoreWriter::AddContent(add) => add.repair,
+            FrontendToStoreWriter::RegisterBuildOutputs { .. }
+            | FrontendToStoreWriter::AddSignatures { .. }
+            | FrontendToStoreWriter::CollectGarbage { .. }
+            | FrontendToStoreWriter::VerifyStore { .. } => true,
+            FrontendToStoreWriter::Hello { .. }
+            | FrontendToStoreWriter::OpenChannel { .. }
+            | FrontendToStoreWriter::AddTempRoot { .. }
+            | FrontendToStoreWriter::AddIndirectRoot { .. }
+            | FrontendToStoreWriter::AddPermRoot { .. }
+            | FrontendToStoreWriter::CreateUserDirs { .. }
+            | FrontendToStoreWriter::RegisterRealisation(_)
+            | FrontendToStoreWriter::AddBuildLog { .. }
+            | FrontendToStoreWriter::OptimiseStore
+            | FrontendToStoreWriter::Ping => false,
+        }
+    }
 }
 
 impl IpcMessage for FrontendToStoreWriter {

@@ -227,6 +227,16 @@ impl Reply {
         }
     }
 
+    /// Writes the reply to QueryPathInfo straight from a [`ValidPathInfo`]: the same bytes as
+    /// `Reply::QueryPathInfo(info.map(UnkeyedPathInfo::from))`, without copying the info.
+    pub fn write_query_path_info(
+        w: &mut WireWriter,
+        ctx: &WireContext,
+        info: Option<&ValidPathInfo>,
+    ) -> Result<(), WireError> {
+        write_query_path_info(w, ctx, info, ValidPathInfo::wire_write_unkeyed)
+    }
+
     /// Encodes the reply for the connection. Fails only for values the negotiated version
     /// cannot express (the caller must then send an error instead, before `STDERR_LAST`).
     pub fn write(&self, w: &mut WireWriter, ctx: &WireContext) -> Result<(), WireError> {
@@ -292,23 +302,7 @@ impl Reply {
                 }
             }
             Reply::QueryPathInfo(info) => {
-                if ctx.at_least(17) {
-                    w.put_bool(info.is_some());
-                    if let Some(info) = info {
-                        info.wire_write(w, ctx);
-                    }
-                } else {
-                    match info {
-                        Some(info) => info.wire_write(w, ctx),
-                        None => {
-                            return Err(mismatch(
-                                "an invalid path in QueryPathInfo",
-                                ctx,
-                                "below 1.17 an invalid path must be reported as an error",
-                            ))
-                        }
-                    }
-                }
+                write_query_path_info(w, ctx, info.as_ref(), UnkeyedPathInfo::wire_write)?
             }
             Reply::ImportPaths(paths) => w.put_paths(dir, paths),
             Reply::QueryDerivationOutputNames(names) => w.put_strings(names),
@@ -534,6 +528,33 @@ impl Reply {
     }
 }
 
+/// QueryPathInfo's version rules: from 1.17 a validity flag and then the info; before that an
+/// invalid path cannot be expressed (the daemon must send an error instead).
+fn write_query_path_info<T>(
+    w: &mut WireWriter,
+    ctx: &WireContext,
+    info: Option<&T>,
+    write_info: impl FnOnce(&T, &mut WireWriter, &WireContext),
+) -> Result<(), WireError> {
+    match info {
+        Some(info) => {
+            if ctx.at_least(17) {
+                w.put_bool(true);
+            }
+            write_info(info, w, ctx);
+        }
+        None if ctx.at_least(17) => w.put_bool(false),
+        None => {
+            return Err(mismatch(
+                "an invalid path in QueryPathInfo",
+                ctx,
+                "below 1.17 an invalid path must be reported as an error",
+            ))
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -571,6 +592,34 @@ mod tests {
         ));
         let some = Reply::QueryPathInfo(Some(info.clone()));
         let none = Reply::QueryPathInfo(None);
+        // The borrowing writer gives the same bytes as the reply value, at every version.
+        let full = ValidPathInfo {
+            deriver: Some(path("x.drv")),
+            references: [path("x"), path("y")].into(),
+            registration_time: 7,
+            nar_size: 120,
+            ultimate: true,
+            sigs: ["k:c2ln".to_owned()].into(),
+            ca: Some(
+                "text:sha256:1b8m03r63zqhnjf7l5wnldhh7c134ap5vpj0850ymkq1iyzicy5s"
+                    .parse()
+                    .unwrap(),
+            ),
+            ..ValidPathInfo::new(path("x"), Hash::compute(HashAlgo::Sha256, b"x"))
+        };
+        for minor in [15, 16, 17, 34, 38] {
+            let c = ctx(minor);
+            let mut by_value = WireWriter::new();
+            Reply::QueryPathInfo(Some(UnkeyedPathInfo::from(&full)))
+                .write(&mut by_value, &c)
+                .unwrap();
+            let mut borrowed = WireWriter::new();
+            Reply::write_query_path_info(&mut borrowed, &c, Some(&full)).unwrap();
+            assert_eq!(borrowed.as_bytes(), by_value.as_bytes(), "1.{minor}");
+            let mut absent = WireWriter::new();
+            let result = Reply::write_query_path_info(&mut absent, &c, None);
+            assert_eq!(result.is_ok(), minor >= 17, "1.{minor}");
+        }
         assert_eq!(round_trip(&some, &ctx(34)).await, some);
         assert_eq!(round_trip(&none, &ctx(34)).await, none);
         let old = ctx(16);

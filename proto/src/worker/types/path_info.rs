@@ -168,6 +168,21 @@ impl ValidPathInfo {
         self.wire_write_at(w, &ctx.store_dir, ctx.version)
     }
 
+    /// Writes everything but the path: the encoding of the [`UnkeyedPathInfo`] it converts to.
+    pub fn wire_write_unkeyed(&self, w: &mut WireWriter, ctx: &WireContext) {
+        Fields {
+            deriver: self.deriver.as_ref(),
+            nar_hash: &self.nar_hash,
+            references: &self.references,
+            registration_time: self.registration_time,
+            nar_size: self.nar_size,
+            ultimate: self.ultimate,
+            sigs: &self.sigs,
+            ca: self.ca.as_ref(),
+        }
+        .write(w, &ctx.store_dir, ctx.version)
+    }
+
     /// Decodes for the connection.
     pub async fn wire_read<R: AsyncRead + Unpin>(
         r: &mut WireReader<R>,
