@@ -44,6 +44,7 @@ PROFILES = {
         "populate": 1000,
         "hot_paths": 16,
         "query": {"ops": 2000, "rounds": 2, "concurrency": [1, 8]},
+        "native_query": {"ops": 10000, "rounds": 2, "concurrency": [1, 8]},
         "add": [(1, 5), (64, 2)],
         "narfrom": {"size_mb": 64, "rounds": 2, "reps": 3},
         "idle": {"connections": [1, 100, 1000], "settle": 0.5},
@@ -54,6 +55,7 @@ PROFILES = {
         "populate": 5000,
         "hot_paths": 16,
         "query": {"ops": 5000, "rounds": 5, "concurrency": [1, 8]},
+        "native_query": {"ops": 20000, "rounds": 5, "concurrency": [1, 8]},
         "add": [(1, 10), (64, 5), (256, 3), (1024, 3)],
         "narfrom": {"size_mb": 64, "rounds": 5, "reps": 3},
         "idle": {"connections": [1, 100, 1000], "settle": 1.0},
@@ -73,6 +75,10 @@ QUERY_OP_NAMES = {"qpi": "QueryPathInfo", "valid": "IsValidPath"}
 
 def query_key(kind, op, k):
     return "query_%s_%s_k%d" % (kind, op, k)
+
+
+def native_query_key(kind, k):
+    return "native_query_%s_qpi_k%d" % (kind, k)
 
 
 # The issue's targets.
@@ -432,6 +438,8 @@ class Run:
         self.profile = PROFILES["quick" if args.quick else "full"]
         self.timeout = args.timeout or self.profile["timeout"]
         self.wirebench = wirebench
+        # the native client, built with ward (next to --ward-bin, else in target/release)
+        self.wireload = None
         self.tmp = tmp
         self.sides = [s for s in SIDES if s in args.sides]
         self.side_info = {s: {} for s in SIDES}
@@ -519,6 +527,18 @@ class Run:
     def wirebench_json(self, side, sub_argv, timeout=None):
         d = self.daemons[side]
         argv = [sys.executable, str(self.wirebench), "--socket", str(d.socket_path)] + sub_argv
+        return self.client_json("wirebench", side, argv, sub_argv, timeout)
+
+    def wireload_json(self, side, sub_argv, timeout=None):
+        """The native client (bench/src/main.rs): same workload, a few µs per op of its own."""
+        if not self.wireload or not Path(self.wireload).is_file():
+            raise BenchError("ward-wireload is not built (cargo build --release -p ward-bench)")
+        d = self.daemons[side]
+        argv = [str(self.wireload), sub_argv[0], "--socket", str(d.socket_path)] + sub_argv[1:]
+        return self.client_json("ward-wireload", side, argv, sub_argv, timeout)
+
+    def client_json(self, client, side, argv, sub_argv, timeout=None):
+        d = self.daemons[side]
         t0 = time.monotonic()
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True, start_new_session=True,
@@ -528,15 +548,15 @@ class Run:
         except subprocess.TimeoutExpired:
             kill_group(proc)
             out, err = proc.communicate()
-            raise BenchError("wirebench %s timed out after %d s; stderr:\n%s\n%s: %s"
-                             % (sub_argv[0], timeout or self.timeout, tail(err, 20),
+            raise BenchError("%s %s timed out after %d s; stderr:\n%s\n%s: %s"
+                             % (client, sub_argv[0], timeout or self.timeout, tail(err, 20),
                                 SIDE_TITLES[side], describe_log(d.log_path)))
         except BaseException:
             kill_group(proc)  # Ctrl-C or SIGTERM: the client and its workers go too
             raise
         if proc.returncode != 0:
-            raise BenchError("wirebench %s exited with status %d; stderr:\n%s\n%s %s; %s"
-                             % (" ".join(sub_argv), proc.returncode, tail(err, 20),
+            raise BenchError("%s %s exited with status %d; stderr:\n%s\n%s %s; %s"
+                             % (client, " ".join(sub_argv), proc.returncode, tail(err, 20),
                                 SIDE_TITLES[side],
                                 "is still running" if d.running() else
                                 "has exited (status %s)" % d.proc.returncode,
@@ -544,8 +564,8 @@ class Run:
         try:
             doc = json.loads(out)
         except ValueError as e:
-            raise BenchError("wirebench %s printed no JSON (%s): %s"
-                             % (sub_argv[0], e, tail(out, 5)))
+            raise BenchError("%s %s printed no JSON (%s): %s"
+                             % (client, sub_argv[0], e, tail(out, 5)))
         doc["wall_s"] = time.monotonic() - t0
         return doc
 
@@ -577,14 +597,16 @@ class Run:
             log("%s failed on %s:\n%s" % (key, SIDE_TITLES[side], indent(str(e))))
             return None
 
-    def rounds(self, key, count, argv_for, samples_of, work_of=None, before=None):
+    def rounds(self, key, count, argv_for, samples_of, work_of=None, before=None, runner=None):
         """A measured workload, interleaved: every round runs each side once, the order flipping
         from round to round, so drifting background load hits both sides alike.
 
         argv_for(side, round) -> wirebench arguments; samples_of(side, doc) -> {metric: [values]};
         work_of(doc) -> units of work done (ops, connections, MiB) for the daemon-CPU figure;
         before(side) runs untimed ahead of each run. A row's value is the median of all samples;
-        the CPU figure is all rounds' daemon CPU time over all rounds' work."""
+        the CPU figure is all rounds' daemon CPU time over all rounds' work. runner(side, argv)
+        runs the client (default: wirebench)."""
+        runner = runner or self.wirebench_json
         recs = {}
         for side in self.sides:
             rec = {"loadavg_before": loadavg(), "runs": [], "samples": {}, "cpu_s": [],
@@ -610,7 +632,7 @@ class Run:
                     if before:
                         before(side)
                     cpu_before, pids_before = tree_cpu_seconds(daemon.pid)
-                    doc = self.wirebench_json(side, argv_for(side, i))
+                    doc = runner(side, argv_for(side, i))
                     settle_tree(daemon.pid, pids_before)
                     cpu_after, _ = tree_cpu_seconds(daemon.pid)
                     samples = samples_of(side, doc)
@@ -690,6 +712,22 @@ class Run:
                         work_of=lambda doc: sum(
                             doc["result"]["params"]["ops_per_worker"] * k
                             for k in doc["result"]["params"]["concurrency"]))
+        # The same QueryPathInfo workload from the native client, whose own cost per op is
+        # small, so the daemon rather than the client sets the rate.
+        nq = p["native_query"]
+        for kind in ("hot", "distinct"):
+            for k in nq["concurrency"]:
+                def native_argv(side, _round, kind=kind, k=k):
+                    if side not in pop_files:
+                        raise BenchError("skipped: populate failed on this side")
+                    return ["query", "--op", "qpi", "--ops", str(nq["ops"]), "--reps", "1",
+                            "--concurrency", str(k), "--paths-file", str(pop_files[side][kind])]
+
+                self.rounds(
+                    native_query_key(kind, k), nq["rounds"], native_argv,
+                    lambda side, doc: {"ops_per_s": doc["per_rep_ops_per_s"]},
+                    work_of=lambda doc: doc["ops_per_worker"] * doc["concurrency"],
+                    runner=self.wireload_json)
         self.stop_phase("protocol")
 
     def phase_data(self):
@@ -867,6 +905,9 @@ def build_rows(run):
     for kind, op, k, label in query_variants(p):
         target = ratio_at_least(QUERY_PATH_INFO_RATIO_TARGET) if op == "qpi" else None
         rows.append(Row(label, "ops/s", val(query_key(kind, op, k), "ops_per_s"), target))
+    for kind, k, label in native_query_variants(p):
+        rows.append(Row(label, "ops/s", val(native_query_key(kind, k), "ops_per_s"),
+                        ratio_at_least(QUERY_PATH_INFO_RATIO_TARGET)))
     rows.append(Row("populate: AddToStoreNar of tiny paths, 1 conn", "adds/s",
                     lambda side: dig(result_of(run, "populate", side), "adds_per_s")))
     for size_mb, _rounds in p["add"]:
@@ -892,6 +933,17 @@ def query_variants(profile):
     return out
 
 
+def native_query_variants(profile):
+    """(kind, connections, label) of every native-client QueryPathInfo row."""
+    out = []
+    for kind, paths in (("hot", "%d hot paths" % profile["hot_paths"]),
+                        ("distinct", "%d distinct paths" % profile["populate"])):
+        for k in profile["native_query"]["concurrency"]:
+            out.append((kind, k, "QueryPathInfo, native client, %d conn%s, %s" % (
+                k, "" if k == 1 else "s", paths)))
+    return out
+
+
 def build_cpu_rows(run):
     """Daemon CPU time per unit of work: what the daemon itself spends, whatever the client."""
     p = run.profile
@@ -907,6 +959,8 @@ def build_cpu_rows(run):
     rows = [Row("connect + handshake + SetOptions", "ms/conn", cpu("connect", 1e3))]
     for kind, op, k, label in query_variants(p):
         rows.append(Row(label, "µs/op", cpu(query_key(kind, op, k), 1e6)))
+    for kind, k, label in native_query_variants(p):
+        rows.append(Row(label, "µs/op", cpu(native_query_key(kind, k), 1e6)))
     for size_mb, _rounds in p["add"]:
         rows.append(Row("AddToStoreNar %s" % fmt_size(size_mb), "ms/MiB",
                         cpu("add_%d" % size_mb, 1e3)))
@@ -1162,6 +1216,10 @@ def main(argv=None):
                 except BenchError as e:
                     run.side_error["ward"] = str(e)
                     log("ward side disabled: %s" % e)
+        candidates = [REPO_ROOT / "target" / "release" / "ward-wireload"]
+        if run.side_info["ward"].get("bin"):
+            candidates.insert(0, Path(run.side_info["ward"]["bin"]).with_name("ward-wireload"))
+        run.wireload = next((c for c in candidates if c.is_file()), None)
         log("profile %s, temporary directory %s, wirebench %s"
             % ("quick" if args.quick else "full", tmp, wirebench))
         run.phase_protocol()

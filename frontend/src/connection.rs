@@ -6,7 +6,6 @@
 //! the next op. Uploaded data is always read to its end, even when the op fails.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,6 +32,7 @@ use ward_proto::worker::{
 };
 
 use crate::auth::{PeerInfo, Trust};
+use crate::blocking_io::{read_with_blocking, write_from_blocking};
 use crate::server::Shared;
 use crate::writer_client::{ClientError, WriterClient};
 
@@ -766,7 +766,9 @@ impl Connection {
                     };
                     (m, algo)
                 };
-                let data = self.read_bare_nar(method == FileIngestionMethod::Flat)?;
+                let data = self
+                    .read_bare_nar(method == FileIngestionMethod::Flat)
+                    .await?;
                 let data: &[u8] = &data;
                 let info = self
                     .writer()
@@ -788,12 +790,10 @@ impl Connection {
 
     /// Old protocols send a NAR with no framing: parse it to find its end. With `flat`, only
     /// the single regular file's contents are kept. Held in memory: only pre-2.4 clients use it.
-    fn read_bare_nar(&mut self, flat: bool) -> OpResult<Vec<u8>> {
-        let reader = &mut self.r;
-        tokio::task::block_in_place(|| {
-            let bridge = tokio_util::io::SyncIoBridge::new(reader);
+    async fn read_bare_nar(&mut self, flat: bool) -> OpResult<Vec<u8>> {
+        read_with_blocking(&mut self.r, move |reader| {
             let mut nar_bytes = Vec::new();
-            let mut capped = std::io::Read::take(bridge, MAX_IMPORT_NAR);
+            let mut capped = std::io::Read::take(reader, MAX_IMPORT_NAR);
             nar::copy_nar(&mut capped, &mut nar_bytes)
                 .map_err(|e| OpError::Fatal(format!("reading the uploaded NAR: {e}")))?;
             if !flat {
@@ -813,6 +813,8 @@ impl Connection {
                 Err(e) => Err(OpError::Client(e.to_string())),
             }
         })
+        .await
+        .map_err(OpError::Fatal)?
     }
 
     async fn add_to_store_nar(&mut self, r: ward_proto::worker::AddToStoreNar) -> OpResult {
@@ -848,7 +850,7 @@ impl Connection {
                 result?;
             }
             Upload::BareNar | Upload::None => {
-                let data = self.read_bare_nar(false)?;
+                let data = self.read_bare_nar(false).await?;
                 let data: &[u8] = &data;
                 self.writer()
                     .await?
@@ -926,12 +928,15 @@ impl Connection {
                     1 => {}
                     n => return Err(OpError::Fatal(format!("bad import marker {n}"))),
                 }
-                let nar_bytes = tokio::task::block_in_place(|| {
-                    let bridge = tokio_util::io::SyncIoBridge::new(&mut input);
-                    let mut capped = std::io::Read::take(bridge, MAX_IMPORT_NAR);
+                let nar_bytes = read_with_blocking(&mut input, |reader| {
+                    let mut capped = std::io::Read::take(reader, MAX_IMPORT_NAR);
                     let mut nar_bytes = Vec::new();
-                    nar::copy_nar(&mut capped, &mut nar_bytes).map(|_| nar_bytes)
+                    nar::copy_nar(&mut capped, &mut nar_bytes)
+                        .map(|_| nar_bytes)
+                        .map_err(|e| e.to_string())
                 })
+                .await
+                .and_then(|read| read)
                 .map_err(|e| OpError::Fatal(format!("reading an imported NAR: {e}")))?;
                 let entry = ward_proto::worker::types::ExportTrailer::read(&mut input, &ctx)
                     .await
@@ -966,13 +971,13 @@ impl Connection {
         StderrMessage::Last.write(&mut self.out, self.ctx.version);
         self.flush().await.map_err(OpError::Fatal)?;
         let file = self.shared.store.real_path(path);
-        let w = &mut self.w;
-        tokio::task::block_in_place(|| {
-            let bridge = tokio_util::io::SyncIoBridge::new(w);
-            let mut out = std::io::BufWriter::with_capacity(256 * 1024, bridge);
-            nar::dump_path(&file, &mut out).map_err(|e| e.to_string())?;
-            out.flush().map_err(|e| e.to_string())
+        let source = file.clone();
+        write_from_blocking(&mut self.w, move |out| {
+            nar::dump_path(&source, out)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
         })
+        .await
         .map_err(|e| OpError::Fatal(format!("sending '{}': {e}", file.display())))
     }
 

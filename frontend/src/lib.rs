@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod blocking_io;
 pub mod broker_client;
 pub mod confine;
 pub mod connection;
@@ -12,4 +13,5 @@ pub mod process;
 pub mod roots;
 pub mod server;
 pub mod store;
+pub mod workers;
 pub mod writer_client;

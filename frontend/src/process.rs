@@ -152,9 +152,9 @@ pub fn run(args: Vec<OsString>) -> Result<(), String> {
     init_logging(&setup);
 
     let mut listen = listenfd::ListenFd::from_env();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    // This thread accepts connections (and serves --stdio's one); the workers serve the rest.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .thread_name("ward-frontend")
         .build()
         .map_err(|e| format!("starting the async runtime: {e}"))?;
     runtime.block_on(async move {
@@ -222,8 +222,14 @@ pub fn run(args: Vec<OsString>) -> Result<(), String> {
             .ok_or("no listening socket at fd 3 (LISTEN_FDS)")?;
         listener.set_nonblocking(true).map_err(|e| e.to_string())?;
         let listener = tokio::net::UnixListener::from_std(listener).map_err(|e| e.to_string())?;
-        info!(socket = %setup.layout.socket_path.display(), "ward frontend ready");
-        server::serve_listener(listener, shared).await;
+        let workers = crate::workers::Workers::for_this_machine()
+            .map_err(|e| format!("starting the worker threads: {e}"))?;
+        info!(
+            socket = %setup.layout.socket_path.display(),
+            workers = workers.len(),
+            "ward frontend ready"
+        );
+        server::serve_listener(listener, shared, &workers).await;
         Ok(())
     })
 }

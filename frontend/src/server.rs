@@ -16,6 +16,7 @@ use ward_proto::worker::{ClientHandshakeInfo, DaemonError, ServerHandshake, Stde
 use crate::auth::{self, AccessPolicy, PeerInfo, SystemGroups, Trust};
 use crate::connection::{self, REPORTED_VERSION};
 use crate::store::StoreView;
+use crate::workers::Workers;
 
 /// What every connection shares.
 #[derive(Debug)]
@@ -45,13 +46,20 @@ impl Shared {
     }
 }
 
-/// Accepts clients forever; each gets its own task.
-pub async fn serve_listener(listener: UnixListener, shared: Arc<Shared>) {
+/// Accepts clients forever; each gets its own task on the least busy worker thread.
+pub async fn serve_listener(listener: UnixListener, shared: Arc<Shared>, workers: &Workers) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
+                let stream = match stream.into_std() {
+                    Ok(stream) => stream,
+                    Err(e) => {
+                        warn!("taking over an accepted connection: {e}");
+                        continue;
+                    }
+                };
                 let shared = Arc::clone(&shared);
-                tokio::spawn(accept_one(stream, shared));
+                workers.serve(stream, move |stream| accept_one(stream, shared));
             }
             Err(e) => {
                 // Out of descriptors or memory: back off instead of spinning.
