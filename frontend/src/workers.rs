@@ -1,5 +1,5 @@
-//! The frontend's threads: one single-threaded async runtime per CPU, each serving its share
-//! of the connections.
+//! The frontend's threads: single-threaded async runtimes (one per two CPUs), each serving its
+//! share of the connections.
 //!
 //! A connection stays on the thread that accepted it for its whole life, so a request is read,
 //! answered and its reply written without any hand-over between threads. (With a
@@ -40,10 +40,14 @@ impl Drop for LoadGuard {
 }
 
 impl Workers {
-    /// One worker per CPU this process may run on (at least one, at most [`MAX_WORKERS`]).
+    /// One worker per two CPUs this process may run on (at least one, at most
+    /// [`MAX_WORKERS`]). The clients are local processes that need CPU time too, and one
+    /// worker serves tens of thousands of requests a second: measured on 2 CPUs with 8 busy
+    /// clients, one worker spent 25–40% less CPU per QueryPathInfo than two and answered at
+    /// least as many.
     pub fn for_this_machine() -> io::Result<Workers> {
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        Workers::start(cpus.clamp(1, MAX_WORKERS))
+        Workers::start(cpus.div_ceil(2).clamp(1, MAX_WORKERS))
     }
 
     /// Starts `count` worker threads.
