@@ -35,6 +35,33 @@ struct Fields<'a> {
     ca: Option<&'a ContentAddress>,
 }
 
+/// Both path-info types carry the same fields after the path.
+trait HasFields {
+    fn fields(&self) -> Fields<'_>;
+}
+
+macro_rules! has_fields {
+    ($ty:ty) => {
+        impl HasFields for $ty {
+            fn fields(&self) -> Fields<'_> {
+                Fields {
+                    deriver: self.deriver.as_ref(),
+                    nar_hash: &self.nar_hash,
+                    references: &self.references,
+                    registration_time: self.registration_time,
+                    nar_size: self.nar_size,
+                    ultimate: self.ultimate,
+                    sigs: &self.sigs,
+                    ca: self.ca.as_ref(),
+                }
+            }
+        }
+    };
+}
+
+has_fields!(UnkeyedPathInfo);
+has_fields!(ValidPathInfo);
+
 impl Fields<'_> {
     fn write(&self, w: &mut WireWriter, store_dir: &StoreDir, version: ProtocolVersion) {
         w.put_opt_path(store_dir, self.deriver);
@@ -95,17 +122,7 @@ impl UnkeyedPathInfo {
         store_dir: &StoreDir,
         version: ProtocolVersion,
     ) {
-        Fields {
-            deriver: self.deriver.as_ref(),
-            nar_hash: &self.nar_hash,
-            references: &self.references,
-            registration_time: self.registration_time,
-            nar_size: self.nar_size,
-            ultimate: self.ultimate,
-            sigs: &self.sigs,
-            ca: self.ca.as_ref(),
-        }
-        .write(w, store_dir, version)
+        self.fields().write(w, store_dir, version)
     }
 
     /// Decodes the fields `version` carries.
@@ -140,17 +157,7 @@ impl ValidPathInfo {
         version: ProtocolVersion,
     ) {
         w.put_path(store_dir, &self.path);
-        Fields {
-            deriver: self.deriver.as_ref(),
-            nar_hash: &self.nar_hash,
-            references: &self.references,
-            registration_time: self.registration_time,
-            nar_size: self.nar_size,
-            ultimate: self.ultimate,
-            sigs: &self.sigs,
-            ca: self.ca.as_ref(),
-        }
-        .write(w, store_dir, version)
+        self.fields().write(w, store_dir, version)
     }
 
     /// Decodes path, then the fields `version` carries.
@@ -170,17 +177,7 @@ impl ValidPathInfo {
 
     /// Writes everything but the path: the encoding of the [`UnkeyedPathInfo`] it converts to.
     pub fn wire_write_unkeyed(&self, w: &mut WireWriter, ctx: &WireContext) {
-        Fields {
-            deriver: self.deriver.as_ref(),
-            nar_hash: &self.nar_hash,
-            references: &self.references,
-            registration_time: self.registration_time,
-            nar_size: self.nar_size,
-            ultimate: self.ultimate,
-            sigs: &self.sigs,
-            ca: self.ca.as_ref(),
-        }
-        .write(w, &ctx.store_dir, ctx.version)
+        self.fields().write(w, &ctx.store_dir, ctx.version)
     }
 
     /// Decodes for the connection.
