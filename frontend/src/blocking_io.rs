@@ -1,80 +1,57 @@
 //! Running synchronous NAR code (dumping, parsing) on the blocking pool against a connection's
 //! async stream, without blocking the worker thread that serves the other connections.
 //!
-//! The sync side talks to the async side over channels: for writing it sends filled buffers;
-//! for reading it asks for at most `n` bytes and gets back what one read returned, so it never
-//! consumes a byte of the stream that it did not ask for (old protocols send data after the
-//! NAR, with nothing but the NAR's own structure to say where it ends).
+//! Writing (NarFromPath) goes straight to a blocking duplicate of the client's socket. Reading
+//! (old protocols' bare NARs) goes over channels: the sync side asks for at most `n` bytes and
+//! gets back what one read returned, so it never consumes a byte of the stream that it did not
+//! ask for (those protocols send data after the NAR, with nothing but the NAR's own structure
+//! to say where it ends).
 
 use std::io::{self, Read, Write};
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
-
-/// Size of the chunks a dump is sent in.
-const CHUNK: usize = 256 * 1024;
 
 /// Largest single read the sync side may ask for.
 const MAX_READ: usize = 64 * 1024;
 
-/// Runs `produce` on the blocking pool and copies everything it writes to `out`. Fails if
-/// `produce` fails or `out` cannot be written (then `produce` sees a broken pipe).
-pub async fn write_from_blocking<W, F>(out: &mut W, produce: F) -> Result<(), String>
+/// Runs `produce` on the blocking pool writing straight into the socket behind `out`, as
+/// nix-daemon does: no copies between threads. While it runs the socket's file description is
+/// in blocking mode; the caller must not use the socket until this returns (the connection's
+/// task is waiting here), and non-blocking mode is restored before it does.
+pub async fn write_socket_from_blocking<F>(
+    out: &tokio::net::unix::OwnedWriteHalf,
+    produce: F,
+) -> Result<(), String>
 where
-    W: AsyncWrite + Unpin,
     F: FnOnce(&mut dyn Write) -> Result<(), String> + Send + 'static,
 {
-    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(2);
-    let task = tokio::task::spawn_blocking(move || {
-        let mut sink = ChunkSender {
-            tx,
-            buf: Vec::with_capacity(CHUNK),
+    use std::os::fd::AsFd;
+    let socket: &tokio::net::UnixStream = out.as_ref();
+    let fd = socket
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| format!("duplicating the client socket: {e}"))?;
+    let set_blocking = |fd: &std::os::fd::OwnedFd, blocking: bool| {
+        let flags = rustix::fs::fcntl_getfl(fd)?;
+        let flags = if blocking {
+            flags - rustix::fs::OFlags::NONBLOCK
+        } else {
+            flags | rustix::fs::OFlags::NONBLOCK
         };
-        produce(&mut sink)?;
-        sink.flush().map_err(|e| e.to_string())
-    });
-    let mut write_error = None;
-    while let Some(chunk) = rx.recv().await {
-        if let Err(e) = out.write_all(&chunk).await {
-            write_error = Some(e.to_string());
-            break;
-        }
-    }
-    // Closing the receiver makes the producer's next write fail, so it ends promptly.
-    drop(rx);
-    let produced = task
-        .await
-        .map_err(|e| format!("the blocking task failed: {e}"))?;
-    match write_error {
-        Some(e) => Err(e),
-        None => produced,
-    }
-}
-
-struct ChunkSender {
-    tx: mpsc::Sender<Vec<u8>>,
-    buf: Vec<u8>,
-}
-
-impl Write for ChunkSender {
-    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        if self.buf.len() >= CHUNK {
-            self.flush()?;
-        }
-        let n = data.len().min(CHUNK - self.buf.len());
-        self.buf.extend_from_slice(&data[..n]);
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
-        self.tx
-            .blocking_send(chunk)
-            .map_err(|_| io::Error::from(io::ErrorKind::BrokenPipe))
-    }
+        rustix::fs::fcntl_setfl(fd, flags)
+    };
+    set_blocking(&fd, true).map_err(|e| format!("making the client socket blocking: {e}"))?;
+    let (fd, produced) = tokio::task::spawn_blocking(move || {
+        let mut stream = std::os::unix::net::UnixStream::from(fd);
+        // `produce` buffers itself (the NAR writer writes in large chunks).
+        let produced = produce(&mut stream);
+        (std::os::fd::OwnedFd::from(stream), produced)
+    })
+    .await
+    .map_err(|e| format!("the blocking task failed: {e}"))?;
+    set_blocking(&fd, false).map_err(|e| format!("making the client socket non-blocking: {e}"))?;
+    produced
 }
 
 /// Runs `consume` on the blocking pool with a reader that reads from `input`, only as much as
@@ -128,18 +105,21 @@ impl Read for ChunkReceiver {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncWriteExt;
 
     #[tokio::test(flavor = "current_thread")]
-    async fn written_bytes_arrive_in_order_on_a_single_threaded_runtime() {
-        let (mut ours, mut theirs) = tokio::io::duplex(4096);
-        let expected: Vec<u8> = (0..3 * CHUNK + 17).map(|i| (i % 251) as u8).collect();
+    async fn socket_writes_arrive_and_the_socket_is_non_blocking_again() {
+        let (ours, theirs) = tokio::net::UnixStream::pair().unwrap();
+        let (_read_half, write_half) = ours.into_split();
+        let expected: Vec<u8> = (0..3 * 256 * 1024 + 17).map(|i| (i % 251) as u8).collect();
         let data = expected.clone();
         let reader = tokio::spawn(async move {
+            let mut theirs = theirs;
             let mut all = Vec::new();
             theirs.read_to_end(&mut all).await.unwrap();
             all
         });
-        write_from_blocking(&mut ours, move |w| {
+        write_socket_from_blocking(&write_half, move |w| {
             for piece in data.chunks(1000) {
                 w.write_all(piece).map_err(|e| e.to_string())?;
             }
@@ -147,29 +127,28 @@ mod tests {
         })
         .await
         .unwrap();
-        drop(ours);
+        let flags = {
+            use std::os::fd::AsFd;
+            let socket: &tokio::net::UnixStream = write_half.as_ref();
+            rustix::fs::fcntl_getfl(socket.as_fd()).unwrap()
+        };
+        assert!(flags.contains(rustix::fs::OFlags::NONBLOCK));
+        drop(write_half);
+        drop(_read_half);
         assert_eq!(reader.await.unwrap(), expected);
     }
 
     #[tokio::test(flavor = "current_thread")]
-    async fn a_closed_output_stops_the_producer() {
-        let (mut ours, theirs) = tokio::io::duplex(1024);
+    async fn a_socket_the_peer_closed_fails_the_producer() {
+        let (ours, theirs) = tokio::net::UnixStream::pair().unwrap();
         drop(theirs);
-        let err = write_from_blocking(&mut ours, |w| loop {
+        let (_read_half, write_half) = ours.into_split();
+        let err = write_socket_from_blocking(&write_half, |w| loop {
             w.write_all(&[0u8; 4096]).map_err(|e| e.to_string())?;
         })
         .await
         .unwrap_err();
         assert!(!err.is_empty());
-    }
-
-    #[tokio::test(flavor = "current_thread")]
-    async fn a_producer_error_is_returned() {
-        let (mut ours, _theirs) = tokio::io::duplex(1024);
-        let err = write_from_blocking(&mut ours, |_| Err("no such file".to_owned()))
-            .await
-            .unwrap_err();
-        assert_eq!(err, "no such file");
     }
 
     #[tokio::test(flavor = "current_thread")]

@@ -32,7 +32,7 @@ use ward_proto::worker::{
 };
 
 use crate::auth::{PeerInfo, Trust};
-use crate::blocking_io::{read_with_blocking, write_from_blocking};
+use crate::blocking_io::{read_with_blocking, write_socket_from_blocking};
 use crate::server::Shared;
 use crate::writer_client::{ClientError, WriterClient};
 
@@ -972,7 +972,7 @@ impl Connection {
         self.flush().await.map_err(OpError::Fatal)?;
         let file = self.shared.store.real_path(path);
         let source = file.clone();
-        write_from_blocking(&mut self.w, move |out| {
+        write_socket_from_blocking(&self.w, move |out| {
             nar::dump_path(&source, out)
                 .map(|_| ())
                 .map_err(|e| e.to_string())
