@@ -18,9 +18,12 @@ const MAX_READ: usize = 64 * 1024;
 /// Runs `produce` on the blocking pool writing straight into the socket behind `out`, as
 /// nix-daemon does: no copies between threads. While it runs the socket's file description is
 /// in blocking mode; the caller must not use the socket until this returns (the connection's
-/// task is waiting here), and non-blocking mode is restored before it does.
+/// task is waiting here), and non-blocking mode is restored before it does. A write that makes
+/// no progress for `stall_limit` fails, so a client that stops reading cannot hold a
+/// blocking-pool thread for ever.
 pub async fn write_socket_from_blocking<F>(
     out: &tokio::net::unix::OwnedWriteHalf,
+    stall_limit: std::time::Duration,
     produce: F,
 ) -> Result<(), String>
 where
@@ -32,26 +35,34 @@ where
         .as_fd()
         .try_clone_to_owned()
         .map_err(|e| format!("duplicating the client socket: {e}"))?;
-    let set_blocking = |fd: &std::os::fd::OwnedFd, blocking: bool| {
-        let flags = rustix::fs::fcntl_getfl(fd)?;
+    let set_blocking = |blocking: bool| {
+        // The flag belongs to the file description, shared by `socket` and `fd`.
+        let flags = rustix::fs::fcntl_getfl(socket)?;
         let flags = if blocking {
             flags - rustix::fs::OFlags::NONBLOCK
         } else {
             flags | rustix::fs::OFlags::NONBLOCK
         };
-        rustix::fs::fcntl_setfl(fd, flags)
+        rustix::fs::fcntl_setfl(socket, flags)
     };
-    set_blocking(&fd, true).map_err(|e| format!("making the client socket blocking: {e}"))?;
-    let (fd, produced) = tokio::task::spawn_blocking(move || {
+    rustix::net::sockopt::set_socket_timeout(
+        socket,
+        rustix::net::sockopt::Timeout::Send,
+        Some(stall_limit),
+    )
+    .map_err(|e| format!("setting the client socket's send timeout: {e}"))?;
+    set_blocking(true).map_err(|e| format!("making the client socket blocking: {e}"))?;
+    let joined = tokio::task::spawn_blocking(move || {
         let mut stream = std::os::unix::net::UnixStream::from(fd);
         // `produce` buffers itself (the NAR writer writes in large chunks).
-        let produced = produce(&mut stream);
-        (std::os::fd::OwnedFd::from(stream), produced)
+        produce(&mut stream)
     })
-    .await
-    .map_err(|e| format!("the blocking task failed: {e}"))?;
-    set_blocking(&fd, false).map_err(|e| format!("making the client socket non-blocking: {e}"))?;
-    produced
+    .await;
+    // Restored whatever happened, before anything else touches the socket.
+    set_blocking(false).map_err(|e| format!("making the client socket non-blocking: {e}"))?;
+    rustix::net::sockopt::set_socket_timeout(socket, rustix::net::sockopt::Timeout::Send, None)
+        .map_err(|e| format!("clearing the client socket's send timeout: {e}"))?;
+    joined.map_err(|e| format!("the blocking task failed: {e}"))?
 }
 
 /// Runs `consume` on the blocking pool with a reader that reads from `input`, only as much as
@@ -105,7 +116,31 @@ impl Read for ChunkReceiver {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::{Duration, Instant};
     use tokio::io::AsyncWriteExt;
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_client_that_stops_reading_fails_the_dump_after_the_stall_limit() {
+        let (ours, _theirs) = tokio::net::UnixStream::pair().unwrap();
+        let (_read_half, write_half) = ours.into_split();
+        let started = Instant::now();
+        let err = write_socket_from_blocking(&write_half, Duration::from_millis(200), |w| loop {
+            w.write_all(&[0u8; 65536]).map_err(|e| e.to_string())?;
+        })
+        .await
+        .unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(10), "{err}");
+        // The socket is usable again afterwards: non-blocking, no send timeout.
+        let socket: &tokio::net::UnixStream = write_half.as_ref();
+        assert!(rustix::fs::fcntl_getfl(socket)
+            .unwrap()
+            .contains(rustix::fs::OFlags::NONBLOCK));
+        assert_eq!(
+            rustix::net::sockopt::socket_timeout(socket, rustix::net::sockopt::Timeout::Send)
+                .unwrap(),
+            None
+        );
+    }
 
     #[tokio::test(flavor = "current_thread")]
     async fn socket_writes_arrive_and_the_socket_is_non_blocking_again() {
@@ -119,7 +154,7 @@ mod tests {
             theirs.read_to_end(&mut all).await.unwrap();
             all
         });
-        write_socket_from_blocking(&write_half, move |w| {
+        write_socket_from_blocking(&write_half, Duration::from_secs(60), move |w| {
             for piece in data.chunks(1000) {
                 w.write_all(piece).map_err(|e| e.to_string())?;
             }
@@ -143,7 +178,7 @@ mod tests {
         let (ours, theirs) = tokio::net::UnixStream::pair().unwrap();
         drop(theirs);
         let (_read_half, write_half) = ours.into_split();
-        let err = write_socket_from_blocking(&write_half, |w| loop {
+        let err = write_socket_from_blocking(&write_half, Duration::from_secs(60), |w| loop {
             w.write_all(&[0u8; 4096]).map_err(|e| e.to_string())?;
         })
         .await

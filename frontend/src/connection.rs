@@ -42,6 +42,9 @@ pub const REPORTED_VERSION: &str = concat!("2.8.0 (ward ", env!("CARGO_PKG_VERSI
 /// How long a connection waits for the store-writer before failing the op.
 const WRITER_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long NarFromPath waits for a client that has stopped reading before giving up on it.
+const NAR_SEND_STALL_LIMIT: Duration = Duration::from_secs(600);
+
 /// Largest NAR an old-protocol ImportPaths may carry: that op sends the NAR before the path it
 /// belongs to, so it has to be held in memory (clients newer than Nix 2.0 never use it).
 const MAX_IMPORT_NAR: u64 = 256 << 20;
@@ -972,7 +975,7 @@ impl Connection {
         self.flush().await.map_err(OpError::Fatal)?;
         let file = self.shared.store.real_path(path);
         let source = file.clone();
-        write_socket_from_blocking(&self.w, move |out| {
+        write_socket_from_blocking(&self.w, NAR_SEND_STALL_LIMIT, move |out| {
             nar::dump_path(&source, out)
                 .map(|_| ())
                 .map_err(|e| e.to_string())
