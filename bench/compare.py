@@ -540,6 +540,7 @@ class Run:
     def client_json(self, client, side, argv, sub_argv, timeout=None):
         d = self.daemons[side]
         t0 = time.monotonic()
+        usage_before = resource.getrusage(resource.RUSAGE_CHILDREN)
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True, start_new_session=True,
                                 cwd=self.tmp)
@@ -567,6 +568,11 @@ class Run:
             raise BenchError("%s %s printed no JSON (%s): %s"
                              % (client, sub_argv[0], e, tail(out, 5)))
         doc["wall_s"] = time.monotonic() - t0
+        # The client and every worker it reaped: runs are sequential, so nothing else ends
+        # in between.
+        usage_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        doc["client_cpu_s"] = ((usage_after.ru_utime - usage_before.ru_utime)
+                               + (usage_after.ru_stime - usage_before.ru_stime))
         return doc
 
     def cannot_run(self, side):
@@ -610,7 +616,7 @@ class Run:
         recs = {}
         for side in self.sides:
             rec = {"loadavg_before": loadavg(), "runs": [], "samples": {}, "cpu_s": [],
-                   "work": []}
+                   "client_cpu_s": [], "work": []}
             why = self.cannot_run(side)
             if why:
                 rec["error"] = why
@@ -645,11 +651,13 @@ class Run:
                     rec["samples"].setdefault(metric, []).extend(values)
                 if work_of:
                     rec["cpu_s"].append(cpu_after - cpu_before)
+                    rec["client_cpu_s"].append(doc.get("client_cpu_s", 0.0))
                     rec["work"].append(work_of(doc))
         for rec in recs.values():
             rec["summary"] = {m: summarize(v) for m, v in rec["samples"].items()}
             if rec["work"] and sum(rec["work"]) > 0:
                 rec["cpu_per_unit_s"] = sum(rec["cpu_s"]) / sum(rec["work"])
+                rec["client_cpu_per_unit_s"] = sum(rec["client_cpu_s"]) / sum(rec["work"])
 
     # ---- phases
 
@@ -969,6 +977,46 @@ def build_cpu_rows(run):
     return rows
 
 
+def render_query_cpu_budget(run):
+    """Client and daemon CPU per query, side by side, and what they allow.
+
+    With every CPU busy (several connections on a small machine), throughput is at most
+    CPUs / (client + daemon CPU per op), so the throughput ratio ward/nix-daemon cannot exceed
+    (nix client + nix-daemon) / (ward client + ward), nor, even for a daemon that cost nothing,
+    (nix client + nix-daemon) / ward client. Returns (markdown, records)."""
+    p = run.profile
+    out = ["| query workload (CPU µs/op) | client, nix | nix-daemon | client, ward | ward "
+           "| CPU-bound ward/nix | ward/nix if ward cost 0 |",
+           "|---|---:|---:|---:|---:|---:|---:|"]
+    records = []
+    variants = [(query_key(kind, op, k), label) for kind, op, k, label in query_variants(p)]
+    variants += [(native_query_key(kind, k), label)
+                 for kind, k, label in native_query_variants(p)]
+    for key, label in variants:
+        figures = {}
+        for side in ("nix", "ward"):
+            rec = run.workloads.get(key, {}).get(side) or {}
+            if "error" in rec or "client_cpu_per_unit_s" not in rec:
+                figures = None
+                break
+            figures[side] = (rec["client_cpu_per_unit_s"] * 1e6, rec["cpu_per_unit_s"] * 1e6)
+        if figures is None:
+            continue
+        (nc, nd), (wc, wd) = figures["nix"], figures["ward"]
+        bound = (nc + nd) / (wc + wd) if wc + wd > 0 else None
+        ceiling = (nc + nd) / wc if wc > 0 else None
+        out.append("| %s | %s | %s | %s | %s | %s | %s |" % (
+            label, fmt_number(nc), fmt_number(nd), fmt_number(wc), fmt_number(wd),
+            "—" if bound is None else "%.2f×" % bound,
+            "—" if ceiling is None else "%.2f×" % ceiling))
+        records.append({"workload": label, "client_nix_us": nc, "nix_daemon_us": nd,
+                        "client_ward_us": wc, "ward_us": wd, "cpu_bound_ratio": bound,
+                        "ratio_if_ward_cost_nothing": ceiling})
+    if not records:
+        return "", []
+    return "\n".join(out), records
+
+
 def fmt_size(size_mb):
     return "%g GiB" % (size_mb / 1024) if size_mb >= 1024 else "%g MiB" % size_mb
 
@@ -1080,7 +1128,7 @@ def _any_error(run, side):
     return any("error" in recs.get(side, {}) for recs in run.workloads.values())
 
 
-def render_report(run, rows_md, cpu_md):
+def render_report(run, rows_md, cpu_md, budget_md=""):
     lines = []
     mode = "quick" if run.args.quick else "full"
     lines.append("## ward vs nix-daemon (%s run, %s%s)" % (
@@ -1113,6 +1161,17 @@ def render_report(run, rows_md, cpu_md):
                  "to other load than the throughputs above.")
     lines.append("")
     lines.append(cpu_md)
+    if budget_md:
+        lines.append("")
+        lines.append("Client and daemon CPU per query (the client's is wirebench's or ward-wireload's "
+                     "own user + system time, its worker processes included). When all %d CPUs "
+                     "are busy — several connections — throughput is at most CPUs / (client + "
+                     "daemon), so the ward/nix-daemon throughput ratio is bounded by the "
+                     "CPU-bound column, and by the last column even for a daemon that cost "
+                     "nothing. Single-connection rows are bound by wake-up latency instead."
+                     % (os.cpu_count() or 1))
+        lines.append("")
+        lines.append(budget_md)
     if not any(size == ADD_TARGET_SIZE_MB for size, _rounds in run.profile["add"]):
         lines.append("")
         lines.append("AddToStoreNar of %s (target ≥ %g× nix-daemon) runs only in the full run; "
@@ -1239,7 +1298,8 @@ def main(argv=None):
 
     table, records = render_table(run, build_rows(run))
     cpu_table, cpu_records = render_table(run, build_cpu_rows(run), targets=False)
-    report = render_report(run, table, cpu_table)
+    budget_table, budget_records = render_query_cpu_budget(run)
+    report = render_report(run, table, cpu_table, budget_table)
     json_out = Path(args.json_out) if args.json_out else (
         REPO_ROOT / "target" / "bench" / time.strftime("compare-%Y%m%d-%H%M%S.json"))
     json_out.parent.mkdir(parents=True, exist_ok=True)
@@ -1256,6 +1316,7 @@ def main(argv=None):
         "sides": {s: dict(run.side_info[s], error=run.side_error.get(s)) for s in run.sides},
         "table": records,
         "cpu_table": cpu_records,
+        "query_cpu_budget": budget_records,
         "peak_rss": run.peak_rss,
         "crashes": run.crashes,
         "workloads": run.workloads,

@@ -201,7 +201,9 @@ impl Connection {
         self.out
             .flush_to(&mut self.w)
             .await
-            .map_err(|e| format!("writing to the client: {e}"))
+            .map_err(|e| format!("writing to the client: {e}"))?;
+        crate::busy_poll::note_reply();
+        Ok(())
     }
 
     fn queue_error(&mut self, msg: &str) {

@@ -222,7 +222,7 @@ pub fn run(args: Vec<OsString>) -> Result<(), String> {
             .ok_or("no listening socket at fd 3 (LISTEN_FDS)")?;
         listener.set_nonblocking(true).map_err(|e| e.to_string())?;
         let listener = tokio::net::UnixListener::from_std(listener).map_err(|e| e.to_string())?;
-        let workers = crate::workers::Workers::for_this_machine()
+        let workers = crate::workers::Workers::for_this_machine(setup.args.busy_poll)
             .map_err(|e| format!("starting the worker threads: {e}"))?;
         info!(
             socket = %setup.layout.socket_path.display(),

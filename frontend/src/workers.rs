@@ -10,6 +10,7 @@ use std::future::Future;
 use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 
@@ -41,17 +42,24 @@ impl Drop for LoadGuard {
 
 impl Workers {
     /// One worker per two CPUs this process may run on (at least one, at most
-    /// [`MAX_WORKERS`]). The clients are local processes that need CPU time too, and one
-    /// worker serves tens of thousands of requests a second: measured on 2 CPUs with 8 busy
-    /// clients, one worker spent 25–40% less CPU per QueryPathInfo than two and answered at
-    /// least as many.
-    pub fn for_this_machine() -> io::Result<Workers> {
+    /// [`MAX_WORKERS`]), each busy polling for `busy_poll` after a reply (zero: never). The
+    /// clients are local processes that need CPU time too, and one worker serves tens of
+    /// thousands of requests a second: measured on 2 CPUs with 8 busy clients, one worker
+    /// spent 25–40% less CPU per QueryPathInfo than two and answered at least as many.
+    pub fn for_this_machine(busy_poll: Duration) -> io::Result<Workers> {
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        Workers::start(cpus.div_ceil(2).clamp(1, MAX_WORKERS))
+        let poll_window = (!busy_poll.is_zero()).then_some(busy_poll);
+        Workers::start_with(cpus.div_ceil(2).clamp(1, MAX_WORKERS), poll_window)
     }
 
-    /// Starts `count` worker threads.
+    /// Starts `count` worker threads that do not poll before sleeping.
     pub fn start(count: usize) -> io::Result<Workers> {
+        Workers::start_with(count, None)
+    }
+
+    /// Starts `count` worker threads; with `poll_window`, each polls for that long after a
+    /// reply before sleeping (see [`crate::busy_poll`]).
+    pub fn start_with(count: usize, poll_window: Option<Duration>) -> io::Result<Workers> {
         let count = count.max(1);
         let mut senders = Vec::with_capacity(count);
         for index in 0..count {
@@ -64,6 +72,9 @@ impl Workers {
                 .name(format!("ward-frontend-{index}"))
                 .spawn(move || {
                     runtime.block_on(async move {
+                        if let Some(window) = poll_window {
+                            tokio::spawn(crate::busy_poll::run_poller(window));
+                        }
                         while let Some(job) = rx.recv().await {
                             job();
                         }
