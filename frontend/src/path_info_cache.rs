@@ -12,9 +12,12 @@
 //!   start and end each advance the epoch, which empties every shard. A lookup that read the
 //!   database before a change began cannot store its (now old) answer, because it stores only
 //!   if the epoch it saw before reading is still current.
-//! - An entry is trusted for [`TTL`] only, which bounds what another program writing the same
-//!   database directly (say, a root `nix-store --delete` with `NIX_REMOTE=local`) can leave
-//!   stale.
+//! - Any commit to the database by anyone — ward's store-writer, or another program writing
+//!   the same database directly (say, a root `nix-store --delete` with `NIX_REMOTE=local`) —
+//!   empties the cache too, noticed within [`DB_CHECK_INTERVAL`]: the store view asks SQLite
+//!   for the database's `data_version` at most that often and calls
+//!   [`PathInfoCache::invalidate`] when it moved (`crate::store::StoreView`). Entries have no
+//!   age limit otherwise: while nothing is committed, nothing they say can have changed.
 //!
 //! The cache is sharded by the path's hash part so that the runtime's threads rarely meet on
 //! the same lock, and bounded ([`SHARDS`] × [`SHARD_CAPACITY`] entries, oldest dropped first).
@@ -22,13 +25,14 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ward_proto::path_info::ValidPathInfo;
 use ward_proto::store_path::StorePath;
 
-/// How long a cached entry is believed without asking the database again.
-pub const TTL: Duration = Duration::from_secs(1);
+/// How often, at most, the store view asks the database whether anyone committed to it. The
+/// longest a change made behind ward's back can go unnoticed by the cache.
+pub const DB_CHECK_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Number of independently locked parts.
 pub const SHARDS: usize = 16;
@@ -86,6 +90,12 @@ impl PathInfoCache {
         ChangeGuard(Arc::clone(self))
     }
 
+    /// Forgets everything cached: the database changed. Reads that began before cannot store
+    /// their answers.
+    pub fn invalidate(&self) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+    }
+
     /// Taken before reading the database; `None` while a change is in flight.
     pub fn ticket(&self) -> Option<Ticket> {
         let epoch = self.epoch.load(Ordering::SeqCst);
@@ -104,9 +114,6 @@ impl PathInfoCache {
         let mut shard = self.shard_of(path);
         shard.sync(epoch);
         let entry = shard.entries.get(path)?;
-        if entry.stored.elapsed() > TTL {
-            return None;
-        }
         Some(Arc::clone(&entry.info))
     }
 
@@ -150,7 +157,6 @@ impl PathInfoCache {
 #[derive(Debug)]
 struct Entry {
     info: Arc<ValidPathInfo>,
-    stored: Instant,
     /// Matches the queue slot that owns this entry.
     serial: u64,
 }
@@ -197,14 +203,7 @@ impl Shard {
         self.next_serial += 1;
         let path = info.path.clone();
         self.order.push_back((path.clone(), serial));
-        self.entries.insert(
-            path,
-            Entry {
-                info,
-                stored: Instant::now(),
-                serial,
-            },
-        );
+        self.entries.insert(path, Entry { info, serial });
         // Re-stored paths leave stale slots behind; keep the queue bounded too.
         if self.order.len() > 2 * SHARD_CAPACITY {
             let entries = &self.entries;
@@ -274,16 +273,21 @@ mod tests {
     }
 
     #[test]
-    fn entries_expire() {
+    fn invalidating_empties_the_cache_and_refuses_older_reads() {
         let cache = PathInfoCache::new();
         let a = info(1);
+        let b = info(2);
         cache.store(cache.ticket().unwrap(), &a);
-        {
-            let mut shard = cache.shard_of(&a.path);
-            let entry = shard.entries.get_mut(&a.path).unwrap();
-            entry.stored = Instant::now() - TTL - Duration::from_millis(1);
-        }
+        let read_before = cache.ticket().unwrap();
+        cache.invalidate();
         assert!(cache.lookup(&a.path).is_none());
+        cache.store(read_before, &b);
+        assert!(
+            cache.lookup(&b.path).is_none(),
+            "an answer read before was stored"
+        );
+        cache.store(cache.ticket().unwrap(), &b);
+        assert!(cache.lookup(&b.path).is_some());
     }
 
     #[test]

@@ -399,6 +399,15 @@ impl StoreDb {
         })
     }
 
+    /// SQLite's `data_version` of this connection: it changes whenever another connection
+    /// (any process) has committed to the database since this connection last asked. Cheap:
+    /// it reads the WAL index, not the database.
+    pub fn data_version(&self) -> Result<i64, DbError> {
+        self.conn
+            .pragma_query_value(None, "data_version", |row| row.get(0))
+            .map_err(sqlite_err("reading data_version of", &self.db_file))
+    }
+
     /// The logical store directory rows are printed with.
     pub fn store_dir(&self) -> &StoreDir {
         &self.store_dir
