@@ -44,7 +44,8 @@ PROFILES = {
         "populate": 1000,
         "hot_paths": 16,
         "query": {"ops": 2000, "rounds": 2, "concurrency": [1, 8]},
-        "native_query": {"ops": 10000, "rounds": 2, "concurrency": [1, 8]},
+        "native_query": {"ops": 10000, "rounds": 2, "concurrency": [1, 8],
+                         "split_concurrency": [8]},
         "add": [(1, 5), (64, 2)],
         "narfrom": {"size_mb": 64, "rounds": 2, "reps": 3},
         "idle": {"connections": [1, 100, 1000], "settle": 0.5},
@@ -55,7 +56,8 @@ PROFILES = {
         "populate": 5000,
         "hot_paths": 16,
         "query": {"ops": 5000, "rounds": 5, "concurrency": [1, 8]},
-        "native_query": {"ops": 20000, "rounds": 5, "concurrency": [1, 8]},
+        "native_query": {"ops": 20000, "rounds": 5, "concurrency": [1, 8],
+                         "split_concurrency": [8]},
         "add": [(1, 10), (64, 5), (256, 3), (1024, 3)],
         "narfrom": {"size_mb": 64, "rounds": 5, "reps": 3},
         "idle": {"connections": [1, 100, 1000], "settle": 1.0},
@@ -77,8 +79,35 @@ def query_key(kind, op, k):
     return "query_%s_%s_k%d" % (kind, op, k)
 
 
-def native_query_key(kind, k):
-    return "native_query_%s_qpi_k%d" % (kind, k)
+def native_query_key(kind, k, split=False):
+    return "native_query_%s_qpi_k%d%s" % (kind, k, "_split" if split else "")
+
+
+def split_cpus():
+    """(daemon CPUs, client CPUs) for the split rows: the daemon alone on the last CPU this
+    process may use, the clients on the others; None with fewer than 2 CPUs."""
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return None
+    if len(cpus) < 2:
+        return None
+    return {cpus[-1]}, set(cpus[:-1])
+
+
+def set_tree_affinity(root, cpus):
+    """Every thread of every process in root's tree may run only on cpus (new threads and
+    children inherit it)."""
+    for pid in process_tree(root):
+        try:
+            tids = os.listdir("/proc/%d/task" % pid)
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                os.sched_setaffinity(int(tid), cpus)
+            except OSError:
+                pass  # the thread ended
 
 
 # The issue's targets.
@@ -529,21 +558,22 @@ class Run:
         argv = [sys.executable, str(self.wirebench), "--socket", str(d.socket_path)] + sub_argv
         return self.client_json("wirebench", side, argv, sub_argv, timeout)
 
-    def wireload_json(self, side, sub_argv, timeout=None):
+    def wireload_json(self, side, sub_argv, timeout=None, cpus=None):
         """The native client (bench/src/main.rs): same workload, a few µs per op of its own."""
         if not self.wireload or not Path(self.wireload).is_file():
             raise BenchError("ward-wireload is not built (cargo build --release -p ward-bench)")
         d = self.daemons[side]
         argv = [str(self.wireload), sub_argv[0], "--socket", str(d.socket_path)] + sub_argv[1:]
-        return self.client_json("ward-wireload", side, argv, sub_argv, timeout)
+        return self.client_json("ward-wireload", side, argv, sub_argv, timeout, cpus)
 
-    def client_json(self, client, side, argv, sub_argv, timeout=None):
+    def client_json(self, client, side, argv, sub_argv, timeout=None, cpus=None):
         d = self.daemons[side]
         t0 = time.monotonic()
         usage_before = resource.getrusage(resource.RUSAGE_CHILDREN)
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True, start_new_session=True,
-                                cwd=self.tmp)
+                                cwd=self.tmp, preexec_fn=None if cpus is None
+                                else lambda: os.sched_setaffinity(0, cpus))
         try:
             out, err = proc.communicate(timeout=timeout or self.timeout)
         except subprocess.TimeoutExpired:
@@ -736,6 +766,34 @@ class Run:
                     lambda side, doc: {"ops_per_s": doc["per_rep_ops_per_s"]},
                     work_of=lambda doc: doc["ops_per_worker"] * doc["concurrency"],
                     runner=self.wireload_json)
+        # Again with the daemon alone on one CPU and the clients on the others: the clients no
+        # longer take CPU time from the daemon, so the rate is the daemon's capacity on one CPU.
+        split = split_cpus()
+        if split:
+            daemon_cpus, client_cpus = split
+            everywhere = daemon_cpus | client_cpus
+            for kind in ("hot", "distinct"):
+                for k in nq["split_concurrency"]:
+                    def split_argv(side, _round, kind=kind, k=k):
+                        if side not in pop_files:
+                            raise BenchError("skipped: populate failed on this side")
+                        return ["query", "--op", "qpi", "--ops", str(nq["ops"]), "--reps", "1",
+                                "--concurrency", str(k), "--paths-file",
+                                str(pop_files[side][kind])]
+
+                    try:
+                        self.rounds(
+                            native_query_key(kind, k, split=True), nq["rounds"], split_argv,
+                            lambda side, doc: {"ops_per_s": doc["per_rep_ops_per_s"]},
+                            work_of=lambda doc: doc["ops_per_worker"] * doc["concurrency"],
+                            before=lambda side: set_tree_affinity(self.daemons[side].pid,
+                                                                  daemon_cpus),
+                            runner=lambda side, argv: self.wireload_json(side, argv,
+                                                                         cpus=client_cpus))
+                    finally:
+                        for d in self.daemons.values():
+                            if d.running():
+                                set_tree_affinity(d.pid, everywhere)
         self.stop_phase("protocol")
 
     def phase_data(self):
@@ -913,8 +971,8 @@ def build_rows(run):
     for kind, op, k, label in query_variants(p):
         target = ratio_at_least(QUERY_PATH_INFO_RATIO_TARGET) if op == "qpi" else None
         rows.append(Row(label, "ops/s", val(query_key(kind, op, k), "ops_per_s"), target))
-    for kind, k, label in native_query_variants(p):
-        rows.append(Row(label, "ops/s", val(native_query_key(kind, k), "ops_per_s"),
+    for key, label in native_query_variants(p):
+        rows.append(Row(label, "ops/s", val(key, "ops_per_s"),
                         ratio_at_least(QUERY_PATH_INFO_RATIO_TARGET)))
     rows.append(Row("populate: AddToStoreNar of tiny paths, 1 conn", "adds/s",
                     lambda side: dig(result_of(run, "populate", side), "adds_per_s")))
@@ -942,13 +1000,22 @@ def query_variants(profile):
 
 
 def native_query_variants(profile):
-    """(kind, connections, label) of every native-client QueryPathInfo row."""
+    """(key, label) of every native-client QueryPathInfo row."""
     out = []
-    for kind, paths in (("hot", "%d hot paths" % profile["hot_paths"]),
-                        ("distinct", "%d distinct paths" % profile["populate"])):
+    kinds = (("hot", "%d hot paths" % profile["hot_paths"]),
+             ("distinct", "%d distinct paths" % profile["populate"]))
+    for kind, paths in kinds:
         for k in profile["native_query"]["concurrency"]:
-            out.append((kind, k, "QueryPathInfo, native client, %d conn%s, %s" % (
-                k, "" if k == 1 else "s", paths)))
+            out.append((native_query_key(kind, k), "QueryPathInfo, native client, %d conn%s, %s"
+                        % (k, "" if k == 1 else "s", paths)))
+    split = split_cpus()
+    if split:
+        daemon_cpus, _clients = split
+        for kind, paths in kinds:
+            for k in profile["native_query"]["split_concurrency"]:
+                out.append((native_query_key(kind, k, split=True),
+                            "QueryPathInfo, native client, %d conn%s, %s, daemon alone on CPU %d"
+                            % (k, "" if k == 1 else "s", paths, min(daemon_cpus))))
     return out
 
 
@@ -967,8 +1034,8 @@ def build_cpu_rows(run):
     rows = [Row("connect + handshake + SetOptions", "ms/conn", cpu("connect", 1e3))]
     for kind, op, k, label in query_variants(p):
         rows.append(Row(label, "µs/op", cpu(query_key(kind, op, k), 1e6)))
-    for kind, k, label in native_query_variants(p):
-        rows.append(Row(label, "µs/op", cpu(native_query_key(kind, k), 1e6)))
+    for key, label in native_query_variants(p):
+        rows.append(Row(label, "µs/op", cpu(key, 1e6)))
     for size_mb, _rounds in p["add"]:
         rows.append(Row("AddToStoreNar %s" % fmt_size(size_mb), "ms/MiB",
                         cpu("add_%d" % size_mb, 1e3)))
@@ -990,8 +1057,9 @@ def render_query_cpu_budget(run):
            "|---|---:|---:|---:|---:|---:|---:|"]
     records = []
     variants = [(query_key(kind, op, k), label) for kind, op, k, label in query_variants(p)]
-    variants += [(native_query_key(kind, k), label)
-                 for kind, k, label in native_query_variants(p)]
+    # (not the split rows: there client and daemon do not share the CPUs)
+    variants += [(key, label) for key, label in native_query_variants(p)
+                 if not key.endswith("_split")]
     for key, label in variants:
         figures = {}
         for side in ("nix", "ward"):
