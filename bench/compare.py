@@ -753,47 +753,40 @@ class Run:
         # The same QueryPathInfo workload from the native client, whose own cost per op is
         # small, so the daemon rather than the client sets the rate.
         nq = p["native_query"]
+
+        def native_rounds(kind, k, split=False, before=None, runner=self.wireload_json):
+            def native_argv(side, _round):
+                if side not in pop_files:
+                    raise BenchError("skipped: populate failed on this side")
+                return ["query", "--op", "qpi", "--ops", str(nq["ops"]), "--reps", "1",
+                        "--concurrency", str(k), "--paths-file", str(pop_files[side][kind])]
+
+            self.rounds(native_query_key(kind, k, split), nq["rounds"], native_argv,
+                        lambda side, doc: {"ops_per_s": doc["per_rep_ops_per_s"]},
+                        work_of=lambda doc: doc["ops_per_worker"] * doc["concurrency"],
+                        before=before, runner=runner)
+
         for kind in ("hot", "distinct"):
             for k in nq["concurrency"]:
-                def native_argv(side, _round, kind=kind, k=k):
-                    if side not in pop_files:
-                        raise BenchError("skipped: populate failed on this side")
-                    return ["query", "--op", "qpi", "--ops", str(nq["ops"]), "--reps", "1",
-                            "--concurrency", str(k), "--paths-file", str(pop_files[side][kind])]
-
-                self.rounds(
-                    native_query_key(kind, k), nq["rounds"], native_argv,
-                    lambda side, doc: {"ops_per_s": doc["per_rep_ops_per_s"]},
-                    work_of=lambda doc: doc["ops_per_worker"] * doc["concurrency"],
-                    runner=self.wireload_json)
+                native_rounds(kind, k)
         # Again with the daemon alone on one CPU and the clients on the others: the clients no
         # longer take CPU time from the daemon, so the rate is the daemon's capacity on one CPU.
         split = split_cpus()
         if split:
             daemon_cpus, client_cpus = split
-            everywhere = daemon_cpus | client_cpus
-            for kind in ("hot", "distinct"):
-                for k in nq["split_concurrency"]:
-                    def split_argv(side, _round, kind=kind, k=k):
-                        if side not in pop_files:
-                            raise BenchError("skipped: populate failed on this side")
-                        return ["query", "--op", "qpi", "--ops", str(nq["ops"]), "--reps", "1",
-                                "--concurrency", str(k), "--paths-file",
-                                str(pop_files[side][kind])]
-
-                    try:
-                        self.rounds(
-                            native_query_key(kind, k, split=True), nq["rounds"], split_argv,
-                            lambda side, doc: {"ops_per_s": doc["per_rep_ops_per_s"]},
-                            work_of=lambda doc: doc["ops_per_worker"] * doc["concurrency"],
+            try:
+                for kind in ("hot", "distinct"):
+                    for k in nq["split_concurrency"]:
+                        native_rounds(
+                            kind, k, split=True,
                             before=lambda side: set_tree_affinity(self.daemons[side].pid,
                                                                   daemon_cpus),
                             runner=lambda side, argv: self.wireload_json(side, argv,
                                                                          cpus=client_cpus))
-                    finally:
-                        for d in self.daemons.values():
-                            if d.running():
-                                set_tree_affinity(d.pid, everywhere)
+            finally:
+                for d in self.daemons.values():
+                    if d.running():
+                        set_tree_affinity(d.pid, daemon_cpus | client_cpus)
         self.stop_phase("protocol")
 
     def phase_data(self):
