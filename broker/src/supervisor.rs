@@ -378,6 +378,8 @@ impl FrontendLink {
                 })
             }
             FrontendToBroker::CancelBuild { build, .. }
+            | FrontendToBroker::CollectOutputs { build }
+            | FrontendToBroker::ReleaseBuild { build, .. }
             | FrontendToBroker::QueryBuild { build } => {
                 BrokerToFrontend::Error(BrokerError::UnknownBuild { build })
             }

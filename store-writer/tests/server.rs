@@ -489,6 +489,8 @@ fn operations_of_later_issues_answer_at_once_with_a_clear_error() {
                 drv_path: drv,
                 outputs: Default::default(),
                 reference_candidates: BTreeSet::new(),
+                checks: Default::default(),
+                mode: ward_proto::ipc::store_writer::RegisterMode::Normal,
             },
             "registering the outputs",
         ),

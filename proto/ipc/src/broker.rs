@@ -81,8 +81,16 @@ pub struct BuildRequest {
     pub fixed_output: bool,
     /// Files to place in the build directory before the build starts.
     pub build_dir_files: Vec<BuildDirFile>,
-    /// Kill the build after this many seconds in total; 0 means the broker's own default.
+    /// Kill the build after this many seconds in total; 0 means no limit.
     pub timeout_secs: u64,
+    /// The derivation asks to run without a chroot (`__noChroot`). The broker grants it only
+    /// when its own `sandbox` setting is `relaxed`; with `sandbox = true` it refuses the build
+    /// ([`BrokerError::SandboxRefused`]), with `sandbox = false` nothing is chrooted anyway.
+    pub no_chroot: bool,
+    /// The uid of the client that asked for the build: the only user besides root who may
+    /// read a build directory kept by `keep-failed` ([`FrontendToBroker::ReleaseBuild`]). Grants
+    /// nothing else.
+    pub requester_uid: u32,
 }
 
 impl BuildRequest {
@@ -258,6 +266,54 @@ pub enum FrontendToBroker {
         /// Why, for the log and the outcome.
         reason: CancelReason,
     },
+    /// Sent by: the frontend, after [`BrokerToFrontend::BuildFinished`] with
+    /// `Exited { code: 0 }`. Phase: serving.
+    ///
+    /// Re-checks: `build` was started on this channel, has finished with exit code 0, and its
+    /// outputs have not been collected yet; no process of the build user is left (the broker
+    /// checked when the build ended).
+    ///
+    /// Root does: fork+execs `ward-builder collect` **as the build user** (never as root), with
+    /// the build's directory handle and one pipe per output. The collector walks each output
+    /// through directory handles (`O_NOFOLLOW`), refuses what cannot be registered (devices,
+    /// FIFOs, sockets, foreign owners, group- or world-writable entries, hard links to files
+    /// outside the output), tells the broker its verdict, then serialises each output as a NAR
+    /// into its pipe. The broker waits only for the verdict.
+    ///
+    /// Why root is OK: root reads nothing of the outputs; the collector runs as the uid that
+    /// wrote them, and the store-writer re-parses and re-hashes every byte.
+    ///
+    /// Reply: [`BrokerToFrontend::OutputsCollected`] with the pipes' read ends, or
+    /// [`BrokerToFrontend::Error`] ([`BrokerError::OutputRefused`] names the output and why).
+    CollectOutputs {
+        /// The build.
+        build: BuildId,
+    },
+    /// Sent by: the frontend, when it is done with a finished build (outputs registered, or
+    /// the build failed). Phase: serving or draining.
+    ///
+    /// Re-checks: `build` was started on this channel and has finished; a collector still
+    /// running is killed first.
+    ///
+    /// Root does: with `keep_failed`, moves the build directory (a rename, never a copy) to
+    /// `<state>/ward/kept/<uid>/<name>` where `<uid>` is the build's `requester_uid`, and hands
+    /// the tree to that user: entries are changed through directory handles with
+    /// `AT_SYMLINK_NOFOLLOW`, only those owned by the build user and, for non-directories, with
+    /// one link; `<state>/ward/kept/<uid>` is 0700 and owned by that user, `kept/` by root.
+    /// Otherwise it deletes the build directory through directory handles (never following a
+    /// symlink). Then it kills whatever still runs as the build user and returns the user to
+    /// the pool.
+    ///
+    /// Why root is OK: the tree can only be given to the uid the frontend named for the
+    /// build, its links are never followed, and nothing of the build runs any more.
+    ///
+    /// Reply: [`BrokerToFrontend::BuildReleased`], or [`BrokerToFrontend::Error`].
+    ReleaseBuild {
+        /// The build.
+        build: BuildId,
+        /// Keep the build directory for the requesting user (`keep-failed`).
+        keep_failed: bool,
+    },
     /// Sent by: the frontend. Phase: serving or draining.
     /// Re-checks: `build` was started on this channel and still runs.
     /// Root does: reads its own bookkeeping. Reply: [`BrokerToFrontend::BuildStatus`] or
@@ -309,9 +365,11 @@ impl FrontendToBroker {
         match self {
             FrontendToBroker::Hello { .. } => phase == Phase::Handshake,
             FrontendToBroker::StartBuild(_)
+            | FrontendToBroker::CollectOutputs { .. }
             | FrontendToBroker::ShuttingDown
             | FrontendToBroker::CreateUserDirs { .. } => phase == Phase::Serving,
             FrontendToBroker::CancelBuild { .. }
+            | FrontendToBroker::ReleaseBuild { .. }
             | FrontendToBroker::QueryBuild { .. }
             | FrontendToBroker::Ping => matches!(phase, Phase::Serving | Phase::Draining),
         }
@@ -332,6 +390,8 @@ impl IpcMessage for FrontendToBroker {
             FrontendToBroker::Hello { .. } => "Hello",
             FrontendToBroker::StartBuild(_) => "StartBuild",
             FrontendToBroker::CancelBuild { .. } => "CancelBuild",
+            FrontendToBroker::CollectOutputs { .. } => "CollectOutputs",
+            FrontendToBroker::ReleaseBuild { .. } => "ReleaseBuild",
             FrontendToBroker::QueryBuild { .. } => "QueryBuild",
             FrontendToBroker::ShuttingDown => "ShuttingDown",
             FrontendToBroker::CreateUserDirs { .. } => "CreateUserDirs",
@@ -407,6 +467,21 @@ pub enum BrokerToFrontend {
         /// Times and CPU use.
         timings: BuildTimings,
     },
+    /// Answer to `CollectOutputs`. Carries one descriptor per output, in the order of
+    /// `outputs`: the read end of a pipe yielding that output's NAR.
+    OutputsCollected {
+        /// The build.
+        build: BuildId,
+        /// Output names, in the order of the descriptors.
+        outputs: Vec<String>,
+    },
+    /// Answer to `ReleaseBuild`.
+    BuildReleased {
+        /// The build.
+        build: BuildId,
+        /// Where the kept build directory is (with `keep_failed`), as a host path.
+        kept_at: Option<String>,
+    },
     /// Answer to `QueryBuild` for a running build.
     BuildStatus {
         /// The build.
@@ -437,7 +512,9 @@ impl IpcMessage for BrokerToFrontend {
     fn fd_count(&self) -> usize {
         match self {
             BrokerToFrontend::BuildStarted { .. } | BrokerToFrontend::StoreWriterRestarted => 1,
-            BrokerToFrontend::Hello { .. }
+            BrokerToFrontend::OutputsCollected { outputs, .. } => outputs.len(),
+            BrokerToFrontend::BuildReleased { .. }
+            | BrokerToFrontend::Hello { .. }
             | BrokerToFrontend::BuildFinished { .. }
             | BrokerToFrontend::BuildStatus { .. }
             | BrokerToFrontend::Drained
@@ -453,6 +530,8 @@ impl IpcMessage for BrokerToFrontend {
             BrokerToFrontend::BuildStarted { .. } => "BuildStarted",
             BrokerToFrontend::BuildFinished { .. } => "BuildFinished",
             BrokerToFrontend::BuildStatus { .. } => "BuildStatus",
+            BrokerToFrontend::OutputsCollected { .. } => "OutputsCollected",
+            BrokerToFrontend::BuildReleased { .. } => "BuildReleased",
             BrokerToFrontend::Drained => "Drained",
             BrokerToFrontend::StoreWriterRestarted => "StoreWriterRestarted",
             BrokerToFrontend::Pong => "Pong",
@@ -560,6 +639,34 @@ pub enum BrokerError {
         /// The OS error.
         message: String,
     },
+    /// The collector refused an output (or could not read it).
+    #[error("{build}: output '{output}' cannot be registered: {reason}")]
+    OutputRefused {
+        /// The build.
+        build: BuildId,
+        /// The output's store path base name.
+        output: String,
+        /// What is wrong, naming the file inside the output.
+        reason: String,
+    },
+    /// `CollectOutputs` or `ReleaseBuild` for a build that has not finished (or that did not
+    /// exit with 0, or whose outputs were already collected).
+    #[error("{build}: {reason}")]
+    WrongBuildState {
+        /// The build.
+        build: BuildId,
+        /// What state it is in.
+        reason: String,
+    },
+    /// The sandbox the configuration asks for cannot be had, or the derivation asks for less
+    /// than the configuration allows (`__noChroot` with `sandbox = true`).
+    #[error("{build}: {reason}")]
+    SandboxRefused {
+        /// The build.
+        build: BuildId,
+        /// Which part is missing or refused, naming the setting.
+        reason: String,
+    },
     /// `CreateUserDirs` was refused or failed.
     #[error("per-user directories for uid {uid}: {reason}")]
     UserDirs {
@@ -606,6 +713,8 @@ mod tests {
                 contents: b"{}".to_vec(),
             }],
             timeout_secs: 3600,
+            no_chroot: false,
+            requester_uid: 1000,
         }
     }
 
@@ -620,6 +729,11 @@ mod tests {
                 reason: CancelReason::MaxSilentTime,
             },
             FrontendToBroker::QueryBuild { build: BuildId(1) },
+            FrontendToBroker::CollectOutputs { build: BuildId(1) },
+            FrontendToBroker::ReleaseBuild {
+                build: BuildId(1),
+                keep_failed: true,
+            },
             FrontendToBroker::ShuttingDown,
             FrontendToBroker::CreateUserDirs { uid: 1000 },
             FrontendToBroker::Ping,
@@ -647,6 +761,14 @@ mod tests {
                 running_secs: 12,
             },
             BrokerToFrontend::Drained,
+            BrokerToFrontend::OutputsCollected {
+                build: b,
+                outputs: vec!["out".into(), "dev".into()],
+            },
+            BrokerToFrontend::BuildReleased {
+                build: b,
+                kept_at: Some("/nix/var/nix/ward/kept/1000/x".into()),
+            },
             BrokerToFrontend::StoreWriterRestarted,
             BrokerToFrontend::Pong,
             BrokerToFrontend::UserDirsReady {
@@ -707,6 +829,19 @@ mod tests {
             },
             BrokerError::TooManyBuilds { build: b, max: 4 },
             BrokerError::NoBuildUser { build: b },
+            BrokerError::OutputRefused {
+                build: b,
+                output: "x-out".into(),
+                reason: "a FIFO".into(),
+            },
+            BrokerError::WrongBuildState {
+                build: b,
+                reason: "still running".into(),
+            },
+            BrokerError::SandboxRefused {
+                build: b,
+                reason: "no user namespaces".into(),
+            },
             BrokerError::StartFailed {
                 build: b,
                 operation: "fork".into(),
@@ -790,6 +925,17 @@ mod tests {
                 [false, true, true],
             ),
             (R::QueryBuild { build: BuildId(1) }, [false, true, true]),
+            (
+                R::CollectOutputs { build: BuildId(1) },
+                [false, true, false],
+            ),
+            (
+                R::ReleaseBuild {
+                    build: BuildId(1),
+                    keep_failed: false,
+                },
+                [false, true, true],
+            ),
             (R::ShuttingDown, [false, true, false]),
             (R::CreateUserDirs { uid: 1000 }, [false, true, false]),
             (R::Ping, [false, true, true]),

@@ -32,6 +32,17 @@ pub struct BindMount {
 }
 
 /// Everything the builder applies, in one message.
+///
+/// Descriptors the broker places before exec (not passed in the frame): 0 = `/dev/null`,
+/// 1 and 2 = the write end of the build's log pipe, 3 = this channel, 4 = the build's own
+/// directory (`O_DIRECTORY`, owned by the build user, mode 0700, inside the broker's root-owned
+/// 0700 builds directory, so the builder can reach it only through this handle). The broker
+/// has already switched to the build user (groups cleared, gid, uid) before exec: the builder
+/// never runs as root.
+///
+/// Inside the build directory the builder creates `build/` (the build directory proper, seen
+/// as [`SandboxSpec::sandbox_build_dir`]), `store/` (the sandbox's store directory: input mount
+/// points and the outputs the build writes) and `root/` (the chroot).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SandboxSpec {
     /// The build, for the process title and logs.
@@ -40,28 +51,35 @@ pub struct SandboxSpec {
     pub drv_path: StorePath,
     /// The logical store directory seen inside the sandbox, e.g. `/nix/store`.
     pub store_dir: String,
-    /// The physical store directory on the host (differs for chroot stores).
+    /// The physical store directory on the host (differs for chroot stores); inputs are bound
+    /// from here, and without a chroot the outputs are written here.
     pub real_store_dir: String,
-    /// The build directory on the host, created by the broker and owned by the build user.
-    pub build_dir: String,
     /// Where the build directory appears inside the sandbox (`/build`).
     pub sandbox_build_dir: String,
-    /// The build user's uid (first of the range when `uid_count` > 1).
-    pub uid: u32,
-    /// The build group's gid.
-    pub gid: u32,
-    /// How many uids the build gets (1, or 65536 for a uid range).
-    pub uid_count: u32,
-    /// Share the host's network namespace (fixed-output builds); otherwise loopback only.
+    /// The build directory's host path, used only without a chroot: environment values equal
+    /// to [`SandboxSpec::sandbox_build_dir`] are replaced by it.
+    pub host_build_dir: String,
+    /// The uid the build sees itself as inside its user namespace (1000, as in Nix).
+    pub sandbox_uid: u32,
+    /// The gid the build sees itself as (100, as in Nix).
+    pub sandbox_gid: u32,
+    /// Build in namespaces with a chroot (`sandbox = true`, or `relaxed` without
+    /// `__noChroot`). When false the builder runs on the host file system (still as the build
+    /// user, with seccomp and no_new_privs), writing its outputs into the real store directory.
+    pub chroot: bool,
+    /// Keep the host's network namespace (fixed-output builds). Without it the build gets a
+    /// network namespace of its own with only loopback. With it the seccomp filter refuses
+    /// `socket(AF_UNIX, ...)`, so the build cannot reach the host's abstract unix sockets
+    /// (attacks A3, A10) or any socket path; the mount namespace hides the daemon's sockets.
     pub network: bool,
     /// Store paths bind-mounted read-only into the sandbox's store directory.
     pub input_paths: BTreeSet<StorePath>,
-    /// Store paths the build may create (the sandbox's store directory is writable for them
-    /// only).
+    /// Store paths the build may create.
     pub output_paths: BTreeSet<StorePath>,
     /// Extra host paths, from the broker's configuration.
     pub bind_mounts: Vec<BindMount>,
-    /// Files to create in the build directory before exec.
+    /// Files to create in the build directory before exec (with `O_EXCL | O_NOFOLLOW`,
+    /// relative to the build directory's handle).
     pub build_dir_files: Vec<BuildDirFile>,
     /// The program to exec, an absolute path inside the sandbox.
     pub builder: String,
@@ -69,19 +87,72 @@ pub struct SandboxSpec {
     pub args: Vec<String>,
     /// Its complete environment.
     pub env: BTreeMap<String, String>,
-    /// Install the seccomp filter that denies setuid/setgid mode bits, xattrs and ACLs
-    /// (`filter-syscalls`, on unless the broker's configuration turns it off).
+    /// Install the seccomp filters (`filter-syscalls`, on unless the broker's configuration
+    /// turns it off): an allow-list whose default is `ENOSYS`, and the denials of setuid and
+    /// setgid mode bits (`EPERM`) and of extended attributes (`ENOTSUP`).
     pub filter_syscalls: bool,
     /// Leave `no_new_privs` unset (`allow-new-privileges`; off by default).
     pub allow_new_privileges: bool,
+    /// Instead of exec'ing `builder`, inspect the finished sandbox from inside and send
+    /// [`BuilderToBroker::CanaryReport`] (the broker's start-up check).
+    pub canary: bool,
+}
+
+/// What `ward-builder collect` serialises: the outputs of a finished build.
+///
+/// Descriptors placed by the broker before exec: 3 = this channel, 4 = the build's directory
+/// (as for [`SandboxSpec`]), 5, 6, ... = the write ends of one pipe per entry of
+/// [`CollectSpec::outputs`], in order. The broker has switched to the build user before exec.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CollectSpec {
+    /// The build, for logs.
+    pub build: BuildId,
+    /// The outputs to serialise, in the order of the pipes.
+    pub outputs: Vec<StorePath>,
+    /// Read the outputs from the real store directory (builds without a chroot) instead of the
+    /// build's `store/`.
+    pub from_real_store: bool,
+    /// The physical store directory on the host.
+    pub real_store_dir: String,
+    /// Every entry must be owned by this uid (the build user).
+    pub owner_uid: u32,
+}
+
+/// What a canary build saw from inside its sandbox, just before it would have exec'd.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SandboxReport {
+    /// `/proc/self/uid_map`, as read.
+    pub uid_map: String,
+    /// `/proc/self/gid_map`, as read.
+    pub gid_map: String,
+    /// The effective capability set (`CapEff` of `/proc/self/status`).
+    pub cap_eff: u64,
+    /// `NoNewPrivs` of `/proc/self/status`.
+    pub no_new_privs: bool,
+    /// `Seccomp` of `/proc/self/status` (0 none, 2 filter).
+    pub seccomp_mode: u32,
+    /// The landlock ABI applied, or `None` where the kernel has no landlock.
+    pub landlock_abi: Option<i32>,
+    /// Mount points (`/proc/self/mounts`, the second field of each line).
+    pub mounts: Vec<String>,
+    /// Network interfaces (`/proc/net/dev`).
+    pub net_devices: Vec<String>,
+    /// The host name.
+    pub hostname: String,
+    /// The real, effective and saved uids as the build sees them.
+    pub uids: [u32; 3],
+    /// Supplementary groups as the build sees them.
+    pub groups: Vec<u32>,
 }
 
 /// Messages from the broker to a builder. Only the broker sends these, once per builder.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum BrokerToBuilder {
-    /// The only message: the sandbox to build and the program to exec in it. No descriptors
-    /// (the log pipe is the builder's stdout and stderr from the broker's fork).
+    /// To `ward-builder build`: the sandbox to build and the program to exec in it. No
+    /// descriptors in the frame (they are placed before exec, see [`SandboxSpec`]).
     Spec(Box<SandboxSpec>),
+    /// To `ward-builder collect`: the outputs to serialise (see [`CollectSpec`]).
+    Collect(Box<CollectSpec>),
 }
 
 impl IpcMessage for BrokerToBuilder {
@@ -95,6 +166,7 @@ impl IpcMessage for BrokerToBuilder {
     fn variant_name(&self) -> &'static str {
         match self {
             BrokerToBuilder::Spec(_) => "Spec",
+            BrokerToBuilder::Collect(_) => "Collect",
         }
     }
 }
@@ -142,6 +214,20 @@ pub enum BuilderToBroker {
         /// The OS error or reason.
         message: String,
     },
+    /// Sent by a canary builder ([`SandboxSpec::canary`]) instead of exec'ing; it then exits.
+    /// The broker compares it with the policy it configured.
+    CanaryReport(Box<SandboxReport>),
+    /// Sent by `ward-builder collect` once every output was walked and found registrable;
+    /// it then writes the NARs. The broker's reply to `CollectOutputs` waits for this.
+    Collected,
+    /// Sent by `ward-builder collect` when an output cannot be registered; it then exits
+    /// without writing any NAR.
+    CollectRefused {
+        /// The output's base name.
+        output: String,
+        /// What is wrong, naming the file inside the output.
+        reason: String,
+    },
 }
 
 impl IpcMessage for BuilderToBroker {
@@ -155,6 +241,9 @@ impl IpcMessage for BuilderToBroker {
     fn variant_name(&self) -> &'static str {
         match self {
             BuilderToBroker::SetupFailed { .. } => "SetupFailed",
+            BuilderToBroker::CanaryReport(_) => "CanaryReport",
+            BuilderToBroker::Collected => "Collected",
+            BuilderToBroker::CollectRefused { .. } => "CollectRefused",
         }
     }
 }
@@ -172,11 +261,11 @@ mod tests {
             drv_path: p("7h7qgvs4kgzsn8a6rb273saxyqh4jxlz-hello.drv"),
             store_dir: "/nix/store".into(),
             real_store_dir: "/home/u/store/nix/store".into(),
-            build_dir: "/tmp/ward-build-5".into(),
             sandbox_build_dir: "/build".into(),
-            uid: 30001,
-            gid: 30000,
-            uid_count: 1,
+            host_build_dir: "/nix/var/nix/ward/builds/5-hello/build".into(),
+            sandbox_uid: 1000,
+            sandbox_gid: 100,
+            chroot: true,
             network: false,
             input_paths: [p("ab3li50xq0nl4q5lxdyinb8w8y13my9s-bash")].into(),
             output_paths: [p("0c7kkqq2a2r9d0a1g3g0h3sgx8rz3i5f-hello")].into(),
@@ -194,6 +283,7 @@ mod tests {
             env: [("out".to_string(), "/nix/store/0c7k-hello".to_string())].into(),
             filter_syscalls: true,
             allow_new_privileges: false,
+            canary: false,
         }
     }
 

@@ -85,13 +85,37 @@ pub enum OutputKind {
     },
 }
 
-/// One output of a finished build.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BuildOutput {
-    /// Where the build left it: a direct child of the store directory, not yet valid.
-    pub scratch_path: StorePath,
-    /// What it must turn out to be.
-    pub kind: OutputKind,
+/// What RegisterBuildOutputs does with the outputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RegisterMode {
+    /// Register outputs that are not valid yet; an output that is already valid is left as it
+    /// is (its registered info is returned).
+    Normal,
+    /// `--check`: every output must already be valid; nothing is written. An output whose NAR
+    /// hash differs from the registered one is [`StoreWriterError::CheckMismatch`].
+    Check,
+    /// `--repair` (trusted clients only): replace the contents of valid outputs too.
+    Repair,
+}
+
+/// The checks a derivation asks of one output (`allowedReferences`, `disallowedReferences`,
+/// `allowedRequisites`, `disallowedRequisites`, and `outputChecks`' `maxSize` and
+/// `maxClosureSize`). Output names in the derivation's lists are resolved to their paths by
+/// the frontend; the store-writer applies the checks before anything is registered.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputChecks {
+    /// The output may refer only to these paths.
+    pub allowed_references: Option<BTreeSet<StorePath>>,
+    /// The output may not refer to any of these.
+    pub disallowed_references: BTreeSet<StorePath>,
+    /// The output's closure may contain only these paths (besides itself).
+    pub allowed_requisites: Option<BTreeSet<StorePath>>,
+    /// The output's closure may not contain any of these.
+    pub disallowed_requisites: BTreeSet<StorePath>,
+    /// Largest NAR size of the output.
+    pub max_size: Option<u64>,
+    /// Largest total NAR size of its closure.
+    pub max_closure_size: Option<u64>,
 }
 
 /// A derivation output id (`sha256:<hash modulo>!<output>`).
@@ -157,25 +181,34 @@ pub enum FrontendToStoreWriter {
     /// `DerivationOutputs` rows as above. The path becomes a temporary root of this channel.
     /// Reply: [`StoreWriterToFrontend::PathAdded`].
     AddContent(Box<AddContent>),
-    /// Serving phase (later issue: builds). Registers the outputs a finished build left in the
-    /// store directory. No descriptors.
-    /// Checks: `drv_path` is a valid derivation; each scratch path is a direct child of the
-    /// store directory, not a symlink and not a valid path; contents are canonicalised (owner,
-    /// mode, mtime 1, no setuid/setgid, no xattrs or ACLs) before hashing; references are
-    /// found by scanning for `reference_candidates` (and the outputs) only; a fixed output's
-    /// hash must equal its `ca` (else `HashMismatch` with both hashes); an input-addressed
-    /// output must already sit at its final path. All outputs are registered in one
-    /// transaction with `deriver = drv_path` and `ultimate = true`.
+    /// Serving phase. Registers the outputs of a finished build. Carries one descriptor per
+    /// output, in the order of `outputs` (a `BTreeMap`, so by output name): the read end of a
+    /// pipe yielding that output's NAR, as the build user's collector serialised it (the
+    /// store-writer never opens a file the build wrote).
+    ///
+    /// Checks: `drv_path` is a valid path; each NAR is well-formed (bounded parser) and is
+    /// unpacked into the store-writer's own staging, then canonicalised (owner, mode 0444 or
+    /// 0555, mtime 1, no setuid/setgid, no xattrs or ACLs); its references are found by
+    /// scanning for the hash parts of `reference_candidates` and of all outputs only (every
+    /// candidate must be valid); a fixed output's content hash must equal its `ca` (flat or
+    /// recursive; else `HashMismatch` naming "specified" and "got") and its path the one the
+    /// `ca` gives; `checks` hold; with [`RegisterMode::Check`] the NAR hash must equal the
+    /// registered one. All outputs are registered in one transaction with
+    /// `deriver = drv_path` and `ultimate = true`; a build log is not part of this.
     /// Reply: [`StoreWriterToFrontend::OutputsRegistered`].
     RegisterBuildOutputs {
         /// The build, for logs.
         build: BuildId,
         /// The derivation that was built.
         drv_path: StorePath,
-        /// Output name → where the build left it and what it must be.
-        outputs: BTreeMap<String, BuildOutput>,
+        /// Output name → what it must be (and so where it goes).
+        outputs: BTreeMap<String, OutputKind>,
         /// Paths the outputs may refer to: the build's input closure.
         reference_candidates: BTreeSet<StorePath>,
+        /// Output name → the derivation's checks for it (missing: none).
+        checks: BTreeMap<String, OutputChecks>,
+        /// Register, check or repair.
+        mode: RegisterMode,
     },
     /// Serving phase. AddSignatures; the frontend sends it only for clients allowed to add
     /// signatures. Checks: `path` is valid; each signature is `<name>:<base64 of 64 bytes>`;
@@ -326,8 +359,8 @@ impl IpcMessage for FrontendToStoreWriter {
             | FrontendToStoreWriter::AddPathFromNar(_)
             | FrontendToStoreWriter::AddContent(_)
             | FrontendToStoreWriter::AddBuildLog { .. } => 1,
+            FrontendToStoreWriter::RegisterBuildOutputs { outputs, .. } => outputs.len(),
             FrontendToStoreWriter::Hello { .. }
-            | FrontendToStoreWriter::RegisterBuildOutputs { .. }
             | FrontendToStoreWriter::AddSignatures { .. }
             | FrontendToStoreWriter::AddTempRoot { .. }
             | FrontendToStoreWriter::AddIndirectRoot { .. }
@@ -375,7 +408,8 @@ pub enum StoreWriterToFrontend {
     /// Answer to `AddPathFromNar` and `AddContent`: the path as registered (also when it was
     /// already valid and nothing was written).
     PathAdded(Box<PathInfo>),
-    /// Answer to `RegisterBuildOutputs`: output name → the registered path.
+    /// Answer to `RegisterBuildOutputs`: output name → the registered path (in check mode,
+    /// the registered info, which matched).
     OutputsRegistered {
         /// Every output, as registered.
         outputs: BTreeMap<String, PathInfo>,
@@ -561,6 +595,33 @@ pub enum StoreWriterError {
         /// What is wrong.
         reason: String,
     },
+    /// `--check`: a rebuilt output differs from the registered one.
+    #[error(
+        "derivation '{drv_path}' may not be deterministic: output '{path}' differs\n  registered: {}\n  rebuilt:    {}",
+        expected.to_prefixed_nix32(),
+        actual.to_prefixed_nix32()
+    )]
+    CheckMismatch {
+        /// The derivation.
+        drv_path: StorePath,
+        /// The output.
+        path: StorePath,
+        /// The registered NAR hash.
+        expected: Hash,
+        /// The NAR hash of the rebuilt output.
+        actual: Hash,
+    },
+    /// An output breaks one of its derivation's checks (`allowedReferences`, ...). `reason`
+    /// is Nix's wording with full store paths.
+    #[error("output '{path}' of '{drv_path}': {reason}")]
+    OutputCheckFailed {
+        /// The derivation.
+        drv_path: StorePath,
+        /// The output.
+        path: StorePath,
+        /// What failed.
+        reason: String,
+    },
     /// DeleteSpecific on a live path.
     #[error("cannot delete path '{path}' since it is still alive")]
     StillAlive {
@@ -642,6 +703,8 @@ impl StoreWriterError {
             E::InvalidReference { path, reference } => vec![path, reference],
             E::PathMismatch { claimed, computed } => vec![claimed, computed],
             E::BadOutput { drv_path, .. } => vec![drv_path],
+            E::CheckMismatch { drv_path, path, .. }
+            | E::OutputCheckFailed { drv_path, path, .. } => vec![drv_path, path],
             E::VersionMismatch { .. }
             | E::DataTruncated { .. }
             | E::BadName { .. }
@@ -740,34 +803,35 @@ mod tests {
                 outputs: [
                     (
                         "out".to_string(),
-                        BuildOutput {
-                            scratch_path: out.clone(),
-                            kind: OutputKind::InputAddressed { path: out.clone() },
-                        },
+                        OutputKind::InputAddressed { path: out.clone() },
                     ),
                     (
                         "dev".to_string(),
-                        BuildOutput {
-                            scratch_path: out.clone(),
-                            kind: OutputKind::Floating {
-                                method: ContentAddressMethod::Fixed(FileIngestionMethod::Recursive),
-                                hash_algo: HashAlgo::Sha512,
-                            },
+                        OutputKind::Floating {
+                            method: ContentAddressMethod::Fixed(FileIngestionMethod::Recursive),
+                            hash_algo: HashAlgo::Sha512,
                         },
                     ),
                     (
                         "src".to_string(),
-                        BuildOutput {
-                            scratch_path: out.clone(),
-                            kind: OutputKind::Fixed {
-                                path: out.clone(),
-                                ca: sample_info().ca.unwrap(),
-                            },
+                        OutputKind::Fixed {
+                            path: out.clone(),
+                            ca: sample_info().ca.unwrap(),
                         },
                     ),
                 ]
                 .into(),
                 reference_candidates: [drv.clone(), out.clone()].into(),
+                checks: [(
+                    "out".to_string(),
+                    OutputChecks {
+                        allowed_references: Some([out.clone()].into()),
+                        max_size: Some(10),
+                        ..OutputChecks::default()
+                    },
+                )]
+                .into(),
+                mode: RegisterMode::Check,
             },
             FrontendToStoreWriter::AddSignatures {
                 path: out.clone(),
