@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod blocking_io;
 pub mod broker_client;
+pub mod build;
 pub mod busy_poll;
 pub mod confine;
 pub mod connection;

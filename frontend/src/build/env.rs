@@ -1,0 +1,1 @@
+//! The builder's environment and build-directory files (being written).
