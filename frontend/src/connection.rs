@@ -100,6 +100,7 @@ pub async fn serve(stream: UnixStream, shared: Arc<Shared>, peer: PeerInfo, trus
         trust,
         verbosity: Verbosity::Info,
         writer: None,
+        peer_uid: peer.uid,
     };
     match conn.run().await {
         Ok(()) => debug!(user = %peer.user_name, "client closed the connection"),
@@ -121,6 +122,8 @@ struct Connection {
     /// The channel to the store-writer, opened by the first op that changes the store; temporary
     /// roots live as long as it does.
     writer: Option<WriterClient>,
+    /// The client's uid (builds it starts name it as their requester).
+    peer_uid: u32,
 }
 
 impl Connection {
@@ -371,7 +374,13 @@ impl Connection {
                 self.reply(Reply::SetOptions).await
             }
             R::EnsurePath(r) => {
-                self.valid_info(&r.path)?;
+                if !self.is_valid(&r.path)? {
+                    return Err(OpError::Client(format!(
+                        "path '{}' does not exist and cannot be created",
+                        self.print(&r.path)
+                    )));
+                }
+                self.writer().await?.add_temp_root(r.path).await?;
                 self.reply(Reply::EnsurePath).await
             }
             R::AddTempRoot(r) => {
@@ -490,16 +499,38 @@ impl Connection {
             }
             R::BuildPaths(r) => {
                 self.check_build_mode(r.mode)?;
-                self.ensure_valid_targets(&r.paths, Op::BuildPaths)?;
-                self.reply(Reply::BuildPaths).await
+                let results = self.build_targets(r.paths, r.mode).await?;
+                let failed: Vec<&KeyedBuildResult> = results
+                    .iter()
+                    .filter(|r| !build_succeeded(&r.result))
+                    .collect();
+                match failed.as_slice() {
+                    [] => self.reply(Reply::BuildPaths).await,
+                    [one] => Err(OpError::Client(one.result.error_msg.clone())),
+                    many => {
+                        if let Some(last) = many.last() {
+                            let text = format!("error: {}", last.result.error_msg);
+                            self.log(Verbosity::Error, &text);
+                        }
+                        let names: Vec<String> = many
+                            .iter()
+                            .map(|r| match &r.path {
+                                DerivedPath::Opaque(p) => format!("'{}'", self.print(p)),
+                                DerivedPath::Built { drv_path, .. } => {
+                                    format!("'{}'", self.print(drv_path))
+                                }
+                            })
+                            .collect();
+                        Err(OpError::Client(format!(
+                            "build of {} failed",
+                            names.join(", ")
+                        )))
+                    }
+                }
             }
             R::BuildPathsWithResults(r) => {
                 self.check_build_mode(r.mode)?;
-                let results = r
-                    .paths
-                    .into_iter()
-                    .map(|target| self.result_without_building(target))
-                    .collect::<OpResult<Vec<_>>>()?;
+                let results = self.build_targets(r.paths, r.mode).await?;
                 self.reply(Reply::BuildPathsWithResults(results)).await
             }
             R::BuildDerivation(r) => {
@@ -509,7 +540,9 @@ impl Connection {
                         "you are not privileged to build input-addressed derivations".into(),
                     ));
                 }
-                Err(not_yet(Op::BuildDerivation))
+                self.check_build_mode(r.mode)?;
+                let result = self.build_derivation(r.drv_path, r.drv, r.mode).await?;
+                self.reply(Reply::BuildDerivation(result)).await
             }
             R::CollectGarbage(r) => {
                 if r.ignore_liveness {
@@ -530,70 +563,282 @@ impl Connection {
         }
     }
 
-    /// The result of a build target when nothing may be built (builds come with a later
-    /// issue): AlreadyValid with every requested output listed (Nix 2.8 clients read the
-    /// output paths only from `builtOutputs`), or a failure naming what is missing.
-    fn result_without_building(&self, target: DerivedPath) -> OpResult<KeyedBuildResult> {
-        let failed = |target: DerivedPath, msg: String| KeyedBuildResult {
-            path: target,
-            result: BuildResult::new(BuildStatus::MiscFailure, msg),
-        };
-        match &target {
-            DerivedPath::Opaque(path) => {
-                if self.is_valid(path)? {
-                    let result = BuildResult::new(BuildStatus::AlreadyValid, "");
-                    return Ok(KeyedBuildResult {
-                        path: target,
-                        result,
-                    });
+    fn build_ctx(
+        &self,
+        log: tokio::sync::mpsc::Sender<crate::build::LogEvent>,
+    ) -> crate::build::BuildCtx {
+        crate::build::BuildCtx {
+            settings: Arc::clone(&self.settings),
+            trusted: self.trusted(),
+            uid: self.peer_uid,
+            log: Some(log),
+        }
+    }
+
+    /// Realises `targets`: valid paths as they are, derivations through their (shared) goals.
+    /// Build logs stream to this client meanwhile; if the client goes away, its goals are
+    /// dropped, which cancels builds nobody else waits for.
+    async fn build_targets(
+        &mut self,
+        targets: Vec<DerivedPath>,
+        mode: ward_proto::worker::types::BuildMode,
+    ) -> OpResult<Vec<KeyedBuildResult>> {
+        use ward_proto::worker::types::BuildMode;
+        let (tx, mut rx) = tokio::sync::mpsc::channel(256);
+        let ctx = self.build_ctx(tx);
+        enum Pending {
+            Done(BuildResult),
+            Goal(Arc<crate::build::goal::GoalHandle>, BTreeSet<String>),
+        }
+        let mut pending = Vec::new();
+        for target in &targets {
+            let entry = match target {
+                DerivedPath::Opaque(path) => {
+                    if self.is_valid(path)? {
+                        Pending::Done(BuildResult::new(BuildStatus::AlreadyValid, ""))
+                    } else {
+                        Pending::Done(BuildResult::new(
+                            BuildStatus::NoSubstituters,
+                            format!(
+                                "path '{}' is required, but there is no substituter that can build it",
+                                self.print(path)
+                            ),
+                        ))
+                    }
                 }
-                let msg = format!(
-                    "path '{}' is not valid and cannot be substituted",
-                    self.print(path)
-                );
-                Ok(failed(target, msg))
-            }
-            DerivedPath::Built { drv_path, outputs } => {
-                if !self.is_valid(drv_path)? {
-                    let msg = format!("derivation '{}' is not valid", self.print(drv_path));
-                    return Ok(failed(target, msg));
-                }
-                let known = self.derivation_outputs(drv_path)?;
-                let names: Vec<String> = match outputs {
-                    OutputsSpec::All => known.keys().cloned().collect(),
-                    OutputsSpec::Names(names) => names.iter().cloned().collect(),
-                };
-                let mut built = BTreeMap::new();
-                for name in names {
-                    match known.get(&name) {
-                        Some(Some(out)) if self.is_valid(out)? => {
-                            built.insert(
-                                name.clone(),
-                                ward_proto::path_info::Realisation {
-                                    id: placeholder_drv_output(name),
-                                    out_path: out.clone(),
-                                    signatures: BTreeSet::new(),
-                                    dependent_realisations: BTreeMap::new(),
-                                },
-                            );
-                        }
-                        _ => {
-                            let msg = format!(
-                                "building '{}' is not implemented by ward yet",
+                DerivedPath::Built { drv_path, outputs } => {
+                    if !self.is_valid(drv_path)? {
+                        Pending::Done(BuildResult::new(
+                            BuildStatus::MiscFailure,
+                            format!(
+                                "path '{}' is required, but there is no substituter that can build it",
                                 self.print(drv_path)
-                            );
-                            return Ok(failed(target, msg));
+                            ),
+                        ))
+                    } else {
+                        let known = crate::build::goal::output_map(&self.shared, drv_path)
+                            .map_err(OpError::Client)?;
+                        let wanted: BTreeSet<String> = match outputs {
+                            OutputsSpec::All => known.keys().cloned().collect(),
+                            OutputsSpec::Names(names) => names.iter().cloned().collect(),
+                        };
+                        for name in &wanted {
+                            if !known.contains_key(name) {
+                                return Err(OpError::Client(format!(
+                                    "derivation '{}' does not have wanted outputs '{name}'",
+                                    self.print(drv_path)
+                                )));
+                            }
+                        }
+                        let mut all_valid = mode == BuildMode::Normal;
+                        for name in &wanted {
+                            match known.get(name) {
+                                Some(Some(p)) if self.is_valid(p)? => {}
+                                _ => all_valid = false,
+                            }
+                        }
+                        if all_valid {
+                            let mut result = BuildResult::new(BuildStatus::AlreadyValid, "");
+                            result.built_outputs = realisations(&known, &wanted);
+                            Pending::Done(result)
+                        } else {
+                            let handle = crate::build::goal_for(&self.shared, drv_path, mode, &ctx);
+                            Pending::Goal(handle, wanted)
                         }
                     }
                 }
-                let mut result = BuildResult::new(BuildStatus::AlreadyValid, "");
-                result.built_outputs = built;
-                Ok(KeyedBuildResult {
-                    path: target,
-                    result,
-                })
-            }
+            };
+            pending.push(entry);
         }
+        drop(ctx);
+        let mut results = Vec::with_capacity(targets.len());
+        let waited = async {
+            let mut out = Vec::new();
+            for p in &pending {
+                out.push(match p {
+                    Pending::Done(r) => r.clone(),
+                    Pending::Goal(handle, wanted) => {
+                        let goal = handle.wait().await;
+                        let mut r = BuildResult::new(goal.status, goal.error.clone());
+                        r.times_built = goal.times_built;
+                        r.start_time = goal.start_time;
+                        r.stop_time = goal.stop_time;
+                        r.cpu_user_micros = goal.cpu_user_micros;
+                        r.cpu_system_micros = goal.cpu_system_micros;
+                        if goal.status != BuildStatus::DependencyFailed || !goal.outputs.is_empty()
+                        {
+                            let known: BTreeMap<String, Option<StorePath>> = goal
+                                .outputs
+                                .iter()
+                                .map(|(n, p)| (n.clone(), Some(p.clone())))
+                                .collect();
+                            r.built_outputs = realisations(&known, wanted);
+                        }
+                        r
+                    }
+                });
+            }
+            out
+        };
+        tokio::pin!(waited);
+        // A second handle on the client socket, to notice a client that hangs up mid-build.
+        let watcher = {
+            use std::os::fd::AsFd;
+            self.r
+                .get_ref()
+                .as_ref()
+                .as_fd()
+                .try_clone_to_owned()
+                .ok()
+                .and_then(|fd| {
+                    let std = std::os::unix::net::UnixStream::from(fd);
+                    std.set_nonblocking(true).ok()?;
+                    UnixStream::from_std(std).ok()
+                })
+        };
+        let mut watch_client = watcher.is_some() && self.r.buffered().is_empty();
+        let done = loop {
+            tokio::select! {
+                done = &mut waited => break done,
+                Some(event) = rx.recv() => {
+                    self.queue_build_event(event);
+                    self.flush().await.map_err(OpError::Fatal)?;
+                }
+                readable = async { watcher.as_ref().expect("watched").readable().await }, if watch_client => {
+                    if readable.is_ok() {
+                        use std::os::fd::AsFd;
+                        match client_closed(watcher.as_ref().expect("watched").as_fd()) {
+                            Some(true) => {
+                                info!("client went away during a build; cancelling its goals");
+                                return Err(OpError::Fatal("client went away during a build".into()));
+                            }
+                            Some(false) => watch_client = false,
+                            None => {}
+                        }
+                    }
+                }
+            }
+        };
+        while let Ok(event) = rx.try_recv() {
+            self.queue_build_event(event);
+        }
+        for (target, result) in targets.into_iter().zip(done) {
+            results.push(KeyedBuildResult {
+                path: target,
+                result,
+            });
+        }
+        Ok(results)
+    }
+
+    /// BuildDerivation: builds the derivation the client sent, whose inputs are all sources.
+    async fn build_derivation(
+        &mut self,
+        drv_path: StorePath,
+        basic: ward_proto::worker::types::BasicDerivation,
+        mode: ward_proto::worker::types::BuildMode,
+    ) -> OpResult<BuildResult> {
+        let store_dir = self.ctx.store_dir.clone();
+        let name =
+            ward_proto::worker::types::BasicDerivation::name_from_drv_path(&drv_path).to_owned();
+        let mut outputs = BTreeMap::new();
+        for (out_name, o) in &basic.outputs {
+            let output = ward_proto::derivation::DerivationOutput::from_triple(
+                &o.path,
+                &o.hash_algo,
+                &o.hash,
+                &store_dir,
+                &name,
+                out_name,
+            )
+            .map_err(|e| OpError::Client(format!("derivation '{}': {e}", self.print(&drv_path))))?;
+            outputs.insert(out_name.clone(), output);
+        }
+        let drv = ward_proto::derivation::Derivation {
+            name,
+            outputs,
+            input_drvs: BTreeMap::new(),
+            input_srcs: basic.input_srcs.clone(),
+            platform: basic.platform.clone(),
+            builder: basic.builder.clone().into_bytes(),
+            args: basic.args.iter().map(|a| a.clone().into_bytes()).collect(),
+            env: basic
+                .env
+                .iter()
+                .map(|(k, v)| (k.clone().into_bytes(), v.clone().into_bytes()))
+                .collect(),
+        };
+        let (tx, mut rx) = tokio::sync::mpsc::channel(256);
+        let ctx = self.build_ctx(tx);
+        let shared = Arc::clone(&self.shared);
+        let work = crate::build::goal::realise_basic(shared, drv_path, drv, mode, ctx);
+        tokio::pin!(work);
+        let goal = loop {
+            tokio::select! {
+                done = &mut work => break done,
+                Some(event) = rx.recv() => {
+                    self.queue_build_event(event);
+                    self.flush().await.map_err(OpError::Fatal)?;
+                }
+            }
+        };
+        while let Ok(event) = rx.try_recv() {
+            self.queue_build_event(event);
+        }
+        let mut r = BuildResult::new(goal.status, goal.error.clone());
+        r.times_built = goal.times_built;
+        r.start_time = goal.start_time;
+        r.stop_time = goal.stop_time;
+        r.cpu_user_micros = goal.cpu_user_micros;
+        r.cpu_system_micros = goal.cpu_system_micros;
+        let known: BTreeMap<String, Option<StorePath>> = goal
+            .outputs
+            .iter()
+            .map(|(n, p)| (n.clone(), Some(p.clone())))
+            .collect();
+        let wanted: BTreeSet<String> = known.keys().cloned().collect();
+        r.built_outputs = realisations(&known, &wanted);
+        Ok(r)
+    }
+
+    /// Queues one build event for the client, as its protocol version shows them.
+    fn queue_build_event(&mut self, event: crate::build::LogEvent) {
+        use crate::build::LogEvent as E;
+        use ward_proto::worker::{
+            ActivityResult, ActivityType, LogField, ResultType, StartActivity,
+        };
+        let activities = self.ctx.at_least(20);
+        let message = match event {
+            E::Start { activity, drv } => StderrMessage::StartActivity(StartActivity {
+                id: activity,
+                level: Verbosity::Info,
+                activity_type: ActivityType::Build,
+                text: format!("building '{drv}'"),
+                fields: vec![
+                    LogField::from(drv.as_str()),
+                    LogField::from(""),
+                    LogField::Int(1),
+                    LogField::Int(1),
+                ],
+                parent: 0,
+            }),
+            E::Line { activity, line } => {
+                if activities {
+                    StderrMessage::Result(ActivityResult {
+                        id: activity,
+                        result_type: ResultType::BuildLogLine,
+                        fields: vec![LogField::String(line)],
+                    })
+                } else {
+                    let mut bytes = line;
+                    bytes.push(b'\n');
+                    StderrMessage::Next(bytes)
+                }
+            }
+            E::Stop { activity } => StderrMessage::StopActivity(activity),
+            E::Message(text) => StderrMessage::log_line(&text),
+        };
+        message.write(&mut self.out, self.ctx.version);
     }
 
     fn check_build_mode(&self, mode: ward_proto::worker::types::BuildMode) -> OpResult {
@@ -601,22 +846,6 @@ impl Connection {
             return Err(OpError::Client(
                 "you are not privileged to repair paths".into(),
             ));
-        }
-        Ok(())
-    }
-
-    /// Builds arrive with a later issue; until then BuildPaths succeeds when every target is
-    /// already valid (as Nix does) and fails naming the op otherwise.
-    fn ensure_valid_targets(&self, targets: &[DerivedPath], op: Op) -> OpResult {
-        let missing = self.query_missing(targets)?;
-        if let Some(path) = missing.unknown.iter().next() {
-            return Err(OpError::Client(format!(
-                "path '{}' is not valid and cannot be substituted",
-                self.print(path)
-            )));
-        }
-        if !missing.will_build.is_empty() {
-            return Err(not_yet(op));
         }
         Ok(())
     }
@@ -654,8 +883,12 @@ impl Connection {
             .map_err(|e| OpError::Client(format!("parsing derivation '{}': {e}", self.print(drv))))
     }
 
+    /// What building `targets` would take: every derivation (inputs included) with an output
+    /// that is not valid, and the paths that are neither valid nor buildable. There are no
+    /// substituters yet, so nothing is substituted and nothing downloaded.
     fn query_missing(&self, targets: &[DerivedPath]) -> OpResult<MissingInfo> {
         let mut missing = MissingInfo::default();
+        let mut todo: Vec<(StorePath, Option<BTreeSet<String>>)> = Vec::new();
         for target in targets {
             match target {
                 DerivedPath::Opaque(path) => {
@@ -664,28 +897,51 @@ impl Connection {
                     }
                 }
                 DerivedPath::Built { drv_path, outputs } => {
-                    if !self.is_valid(drv_path)? {
-                        missing.unknown.insert(drv_path.clone());
-                        continue;
-                    }
-                    let known = self.derivation_outputs(drv_path)?;
-                    let wanted: Vec<&Option<StorePath>> = match outputs {
-                        OutputsSpec::All => known.values().collect(),
-                        OutputsSpec::Names(names) => names
-                            .iter()
-                            .map(|n| known.get(n).unwrap_or(&None))
-                            .collect(),
+                    let wanted = match outputs {
+                        OutputsSpec::All => None,
+                        OutputsSpec::Names(names) => Some(names.iter().cloned().collect()),
                     };
-                    let mut all_valid = true;
-                    for out in wanted {
-                        match out {
-                            Some(p) if self.is_valid(p)? => {}
-                            _ => all_valid = false,
-                        }
-                    }
-                    if !all_valid {
-                        missing.will_build.insert(drv_path.clone());
-                    }
+                    todo.push((drv_path.clone(), wanted));
+                }
+            }
+        }
+        let mut seen = BTreeSet::new();
+        while let Some((drv_path, wanted)) = todo.pop() {
+            if !seen.insert(drv_path.clone()) {
+                continue;
+            }
+            if !self.is_valid(&drv_path)? {
+                missing.unknown.insert(drv_path);
+                continue;
+            }
+            let drv = match crate::build::goal::read_derivation(&self.shared, &drv_path) {
+                Ok(d) => d,
+                Err(_) => {
+                    missing.unknown.insert(drv_path);
+                    continue;
+                }
+            };
+            let known = self.derivation_outputs(&drv_path)?;
+            let mut all_valid = true;
+            for (name, path) in &known {
+                if wanted.as_ref().is_some_and(|w| !w.contains(name)) {
+                    continue;
+                }
+                match path {
+                    Some(p) if self.is_valid(p)? => {}
+                    _ => all_valid = false,
+                }
+            }
+            if all_valid {
+                continue;
+            }
+            missing.will_build.insert(drv_path.clone());
+            for (input, outputs) in &drv.input_drvs {
+                todo.push((input.clone(), Some(outputs.clone())));
+            }
+            for src in &drv.input_srcs {
+                if !self.is_valid(src)? {
+                    missing.unknown.insert(src.clone());
                 }
             }
         }
@@ -1024,6 +1280,54 @@ async fn connect_writer<'a>(
         *slot = Some(client);
     }
     Ok(slot.as_mut().expect("set above"))
+}
+
+/// Whether the client closed its end: `Some(true)` at end of file, `Some(false)` when it sent
+/// something (it should not, during a build), `None` when nothing is there yet.
+fn client_closed(fd: std::os::fd::BorrowedFd<'_>) -> Option<bool> {
+    let mut byte = [0u8; 1];
+    match rustix::net::recv(
+        fd,
+        &mut byte,
+        rustix::net::RecvFlags::PEEK | rustix::net::RecvFlags::DONTWAIT,
+    ) {
+        Ok((0, _)) => Some(true),
+        Ok(_) => Some(false),
+        Err(rustix::io::Errno::AGAIN) => None,
+        Err(_) => Some(true),
+    }
+}
+
+/// The realisations of the `wanted` outputs that have a path.
+fn realisations(
+    known: &BTreeMap<String, Option<StorePath>>,
+    wanted: &BTreeSet<String>,
+) -> BTreeMap<String, ward_proto::path_info::Realisation> {
+    wanted
+        .iter()
+        .filter_map(|name| {
+            let path = known.get(name)?.clone()?;
+            Some((
+                name.clone(),
+                ward_proto::path_info::Realisation {
+                    id: placeholder_drv_output(name.clone()),
+                    out_path: path,
+                    signatures: BTreeSet::new(),
+                    dependent_realisations: BTreeMap::new(),
+                },
+            ))
+        })
+        .collect()
+}
+
+fn build_succeeded(result: &BuildResult) -> bool {
+    matches!(
+        result.status,
+        BuildStatus::Built
+            | BuildStatus::Substituted
+            | BuildStatus::AlreadyValid
+            | BuildStatus::ResolvesToAlreadyValid
+    )
 }
 
 fn not_yet(op: Op) -> OpError {

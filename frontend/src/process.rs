@@ -180,19 +180,13 @@ pub fn run(args: Vec<OsString>) -> Result<(), String> {
             libc::SOCK_STREAM,
             "unix stream socket",
         ) {
-            Ok(Some(socket)) => {
-                let channel = ward_proto::ipc::FrontendBrokerChannel::from_std(
-                    socket,
-                    ward_proto::ipc::FrameLimit::DEFAULT,
-                )
-                .map_err(|e| format!("broker channel: {e}"))?;
-                Some(crate::broker_client::BrokerClient::connect(channel).await?)
-            }
+            Ok(Some(socket)) => Some(crate::broker_client::BrokerClient::start(socket)?),
             Ok(None) => None,
             Err(e) => return Err(format!("fd 4: {e}")),
         };
         let shared = Arc::new(Shared {
             broker,
+            builds: crate::build::Builds::new(setup.settings.max_jobs),
             policy: Shared::policy_from(&setup.settings),
             settings: setup.settings.clone(),
             store,

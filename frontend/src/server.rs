@@ -32,7 +32,9 @@ pub struct Shared {
     /// `--force-trusted` / `--force-untrusted`: replaces the credential check entirely.
     pub trust_override: Option<TrustOverride>,
     /// The channel to the broker (absent when the frontend runs without one, e.g. in tests).
-    pub broker: Option<crate::broker_client::BrokerClient>,
+    pub broker: Option<Arc<crate::broker_client::BrokerClient>>,
+    /// Running goals and build slots, shared by all connections.
+    pub builds: crate::build::Builds,
 }
 
 impl Shared {

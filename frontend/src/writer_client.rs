@@ -479,6 +479,26 @@ impl WriterClient {
         .await
     }
 
+    /// RegisterBuildOutputs: `nars` holds, in the order of the request's `outputs` map, the
+    /// read end of each output's NAR pipe. Returns output name → the registered info.
+    pub async fn register_build_outputs(
+        &mut self,
+        request: FrontendToStoreWriter,
+        nars: Vec<OwnedFd>,
+    ) -> Result<std::collections::BTreeMap<String, PathInfo>, ClientError> {
+        if request.fd_count() != nars.len() {
+            return Err(ClientError::NeedsData(request.variant_name()));
+        }
+        let fds: Vec<BorrowedFd<'_>> = nars.iter().map(|fd| fd.as_fd()).collect();
+        let reply = self.exchange(&request, &fds).await?;
+        drop(fds);
+        drop(nars);
+        match reply {
+            StoreWriterToFrontend::OutputsRegistered { outputs } => Ok(outputs),
+            other => Err(unexpected(&request, &other)),
+        }
+    }
+
     /// CreateUserDirs: the per-user profile and GC-root directories of `user`.
     pub async fn create_user_dirs(&mut self, user: String, uid: u32) -> Result<(), ClientError> {
         self.call_done(FrontendToStoreWriter::CreateUserDirs { user, uid })

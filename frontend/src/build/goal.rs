@@ -1,0 +1,609 @@
+//! Derivation goals: what to build, in which order, once.
+//!
+//! A goal realises one derivation: it waits for the goals of its input derivations, computes
+//! the input closure, and runs the build ([`super::run`]). Goals are shared by every connection:
+//! a second client asking for a derivation that is being built waits for the same goal and gets
+//! the same result. A goal lives as long as someone waits for it; when the last waiter goes
+//! (its client disconnected, or the goal that needed it was cancelled) it is cancelled, which
+//! kills its build.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+use tokio::sync::{mpsc, watch, Semaphore};
+use tracing::{debug, info_span, Instrument};
+
+use ward_config::Settings;
+use ward_proto::derivation::{Derivation, DerivationOutput, HashModuloCache};
+use ward_proto::store_path::StorePath;
+use ward_proto::worker::types::BuildMode;
+
+use crate::server::Shared;
+
+use super::run::{self, BuildPlan};
+
+/// What a client's build request sees of the build's progress.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogEvent {
+    /// A build started (Nix's `actBuild` activity).
+    Start {
+        /// The activity id.
+        activity: u64,
+        /// The derivation, printed.
+        drv: String,
+    },
+    /// One line of the build log, without its newline.
+    Line {
+        /// The activity id.
+        activity: u64,
+        /// The line.
+        line: Vec<u8>,
+    },
+    /// The build ended.
+    Stop {
+        /// The activity id.
+        activity: u64,
+    },
+    /// A message for the user (e.g. where a failed build was kept).
+    Message(String),
+}
+
+/// Who asked for a build, and with which settings.
+#[derive(Debug, Clone)]
+pub struct BuildCtx {
+    /// The connection's settings (the daemon's, changed by SetOptions).
+    pub settings: Arc<Settings>,
+    /// Whether the client is trusted.
+    pub trusted: bool,
+    /// The client's uid (keep-failed directories are given to it).
+    pub uid: u32,
+    /// Where the build logs of goals this client starts go.
+    pub log: Option<mpsc::Sender<LogEvent>>,
+}
+
+/// How a goal ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GoalResult {
+    /// Nix's build status.
+    pub status: ward_proto::worker::types::BuildStatus,
+    /// The error, with Nix's wording ("" on success).
+    pub error: String,
+    /// Output name → path, for every output of the derivation.
+    pub outputs: BTreeMap<String, StorePath>,
+    /// How often it was built by this goal (0 or 1).
+    pub times_built: u32,
+    /// Unix seconds.
+    pub start_time: u64,
+    /// Unix seconds.
+    pub stop_time: u64,
+    /// CPU time of the build, in microseconds.
+    pub cpu_user_micros: Option<u64>,
+    /// CPU time of the build, in microseconds.
+    pub cpu_system_micros: Option<u64>,
+}
+
+impl GoalResult {
+    /// A failure with no outputs.
+    pub fn failed(
+        status: ward_proto::worker::types::BuildStatus,
+        error: impl Into<String>,
+    ) -> Self {
+        GoalResult {
+            status,
+            error: error.into(),
+            outputs: BTreeMap::new(),
+            times_built: 0,
+            start_time: 0,
+            stop_time: 0,
+            cpu_user_micros: None,
+            cpu_system_micros: None,
+        }
+    }
+
+    /// Whether the outputs are there.
+    pub fn succeeded(&self) -> bool {
+        use ward_proto::worker::types::BuildStatus as S;
+        matches!(
+            self.status,
+            S::Built | S::Substituted | S::AlreadyValid | S::ResolvesToAlreadyValid
+        )
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct GoalKey {
+    drv: StorePath,
+    mode: BuildMode,
+}
+
+/// A waiter's hold on a goal; the goal is cancelled when the last one is dropped.
+#[derive(Debug)]
+pub struct GoalHandle {
+    result: watch::Receiver<Option<Arc<GoalResult>>>,
+    cancel: watch::Sender<bool>,
+}
+
+impl Drop for GoalHandle {
+    fn drop(&mut self) {
+        let _ = self.cancel.send(true);
+    }
+}
+
+impl GoalHandle {
+    /// Waits for the goal's result.
+    pub async fn wait(&self) -> Arc<GoalResult> {
+        let mut rx = self.result.clone();
+        loop {
+            if let Some(result) = rx.borrow_and_update().clone() {
+                return result;
+            }
+            if rx.changed().await.is_err() {
+                return Arc::new(GoalResult::failed(
+                    ward_proto::worker::types::BuildStatus::MiscFailure,
+                    "the build was abandoned",
+                ));
+            }
+        }
+    }
+}
+
+/// The daemon's goals and build slots.
+#[derive(Debug)]
+pub struct Builds {
+    goals: Mutex<HashMap<GoalKey, Weak<GoalHandle>>>,
+    /// One permit per concurrent build (`max-jobs`).
+    pub(crate) jobs: Arc<Semaphore>,
+    next_build: AtomicU64,
+    next_activity: AtomicU64,
+}
+
+impl Builds {
+    /// Build slots for `max_jobs` concurrent builds.
+    pub fn new(max_jobs: u32) -> Builds {
+        Builds {
+            goals: Mutex::new(HashMap::new()),
+            jobs: Arc::new(Semaphore::new(max_jobs.max(1) as usize)),
+            next_build: AtomicU64::new(1),
+            next_activity: AtomicU64::new(u64::from(std::process::id()) << 32),
+        }
+    }
+
+    pub(crate) fn next_build_id(&self) -> ward_proto::ipc::BuildId {
+        ward_proto::ipc::BuildId(self.next_build.fetch_add(1, Ordering::Relaxed))
+    }
+
+    pub(crate) fn next_activity(&self) -> u64 {
+        self.next_activity.fetch_add(1, Ordering::Relaxed) + 1
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The goal that realises `drv` in `mode`: the running one if there is one, else a new one.
+pub fn goal_for(
+    shared: &Arc<Shared>,
+    drv: &StorePath,
+    mode: BuildMode,
+    ctx: &BuildCtx,
+) -> Arc<GoalHandle> {
+    let key = GoalKey {
+        drv: drv.clone(),
+        mode,
+    };
+    let mut goals = lock(&shared.builds.goals);
+    if let Some(handle) = goals.get(&key).and_then(Weak::upgrade) {
+        debug!(drv = %drv, "joining a running goal");
+        return handle;
+    }
+    let (result_tx, result_rx) = watch::channel(None);
+    let (cancel_tx, cancel_rx) = watch::channel(false);
+    let handle = Arc::new(GoalHandle {
+        result: result_rx,
+        cancel: cancel_tx,
+    });
+    let mine = Arc::downgrade(&handle);
+    goals.insert(key.clone(), mine.clone());
+    drop(goals);
+    let shared = Arc::clone(shared);
+    let ctx = ctx.clone();
+    let span = info_span!("goal", drv = %key.drv, uid = ctx.uid);
+    tokio::spawn(
+        async move {
+            let result = realise(&shared, &key, &ctx, cancel_rx).await;
+            debug!(status = ?result.status, "goal done");
+            let _ = result_tx.send(Some(Arc::new(result)));
+            let mut goals = lock(&shared.builds.goals);
+            if goals.get(&key).is_some_and(|w| Weak::ptr_eq(w, &mine)) {
+                goals.remove(&key);
+            }
+        }
+        .instrument(span),
+    );
+    handle
+}
+
+/// Reads and parses a derivation from the store.
+pub fn read_derivation(shared: &Shared, drv: &StorePath) -> Result<Derivation, String> {
+    let store_dir = shared.store.store_dir();
+    let file = shared.store.real_path(drv);
+    let bytes = std::fs::read(&file)
+        .map_err(|e| format!("reading derivation '{}': {e}", store_dir.print(drv)))?;
+    let name = ward_proto::derivation::name_from_drv_path(drv)
+        .map_err(|e| format!("'{}' is not a derivation: {e}", store_dir.print(drv)))?;
+    Derivation::parse(&bytes, store_dir, name)
+        .map_err(|e| format!("parsing derivation '{}': {e}", store_dir.print(drv)))
+}
+
+/// Output name → path of a derivation whose output paths are known before the build.
+pub fn known_outputs(
+    shared: &Shared,
+    drv: &Derivation,
+    drv_path: &StorePath,
+) -> Result<BTreeMap<String, StorePath>, String> {
+    let store_dir = shared.store.store_dir();
+    let mut out = BTreeMap::new();
+    for (name, output) in &drv.outputs {
+        match output.path(store_dir, &drv.name, name) {
+            Ok(Some(path)) => {
+                out.insert(name.clone(), path);
+            }
+            Ok(None) => {
+                return Err(format!(
+                    "derivation '{}' has content-addressed or deferred outputs, which ward cannot build yet",
+                    store_dir.print(drv_path)
+                ))
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Ok(out)
+}
+
+/// The closure of `paths` under the references recorded in the database.
+pub fn closure(
+    shared: &Shared,
+    paths: impl IntoIterator<Item = StorePath>,
+) -> Result<BTreeSet<StorePath>, String> {
+    let mut seen = BTreeSet::new();
+    let mut todo: Vec<StorePath> = paths.into_iter().collect();
+    while let Some(path) = todo.pop() {
+        if !seen.insert(path.clone()) {
+            continue;
+        }
+        let info = shared
+            .store
+            .query_path_info(&path)
+            .map_err(|e| format!("reading the store database: {e}"))?
+            .ok_or_else(|| {
+                format!(
+                    "path '{}' is not valid",
+                    shared.store.store_dir().print(&path)
+                )
+            })?;
+        for reference in &info.references {
+            if !seen.contains(reference) {
+                todo.push(reference.clone());
+            }
+        }
+    }
+    Ok(seen)
+}
+
+fn is_valid(shared: &Shared, path: &StorePath) -> Result<bool, String> {
+    shared
+        .store
+        .is_valid(path)
+        .map_err(|e| format!("reading the store database: {e}"))
+}
+
+async fn realise(
+    shared: &Arc<Shared>,
+    key: &GoalKey,
+    ctx: &BuildCtx,
+    mut cancel: watch::Receiver<bool>,
+) -> GoalResult {
+    use ward_proto::worker::types::BuildStatus as S;
+    let store_dir = shared.store.store_dir().clone();
+    let drv_path = &key.drv;
+    let drv = match read_derivation(shared, drv_path) {
+        Ok(d) => d,
+        Err(e) => return GoalResult::failed(S::MiscFailure, e),
+    };
+    // A derivation whose output paths do not follow from its inputs (say, a .drv written
+    // with another derivation's output path) is refused before anything runs.
+    let lookup = |input: &StorePath| read_derivation(shared, input).map_err(DrvLookupError);
+    if let Err(e) = drv.check_outputs(&store_dir, &lookup, &mut HashModuloCache::new()) {
+        return GoalResult::failed(
+            S::MiscFailure,
+            format!("derivation '{}' is invalid: {e}", store_dir.print(drv_path)),
+        );
+    }
+    let outputs = match known_outputs(shared, &drv, drv_path) {
+        Ok(o) => o,
+        Err(e) => return GoalResult::failed(S::MiscFailure, e),
+    };
+    let mut all_valid = true;
+    let mut any_valid = false;
+    for path in outputs.values() {
+        match is_valid(shared, path) {
+            Ok(true) => any_valid = true,
+            Ok(false) => all_valid = false,
+            Err(e) => return GoalResult::failed(S::MiscFailure, e),
+        }
+    }
+    match key.mode {
+        BuildMode::Normal if all_valid => {
+            let mut r = GoalResult::failed(S::AlreadyValid, "");
+            r.outputs = outputs;
+            return r;
+        }
+        BuildMode::Check if !all_valid => {
+            return GoalResult::failed(
+                S::MiscFailure,
+                format!(
+                    "some outputs of '{}' are not valid, so checking is not possible",
+                    store_dir.print(drv_path)
+                ),
+            );
+        }
+        _ => {}
+    }
+    let _ = any_valid;
+
+    // Inputs first: every input derivation's goal, at once.
+    let mut waits = Vec::new();
+    for (input, wanted) in &drv.input_drvs {
+        let input_drv = match read_derivation(shared, input) {
+            Ok(d) => d,
+            Err(e) => return GoalResult::failed(S::MiscFailure, e),
+        };
+        let input_outputs = match known_outputs(shared, &input_drv, input) {
+            Ok(o) => o,
+            Err(e) => return GoalResult::failed(S::MiscFailure, e),
+        };
+        let mut needed = false;
+        for name in wanted {
+            match input_outputs.get(name) {
+                Some(path) => match is_valid(shared, path) {
+                    Ok(true) => {}
+                    Ok(false) => needed = true,
+                    Err(e) => return GoalResult::failed(S::MiscFailure, e),
+                },
+                None => {
+                    return GoalResult::failed(
+                        S::MiscFailure,
+                        format!(
+                            "derivation '{}' has no output '{name}' needed by '{}'",
+                            store_dir.print(input),
+                            store_dir.print(drv_path)
+                        ),
+                    )
+                }
+            }
+        }
+        if needed {
+            let handle = goal_for(shared, input, BuildMode::Normal, ctx);
+            waits.push((input.clone(), handle));
+        }
+    }
+    let mut failed = 0usize;
+    let mut last_error = String::new();
+    {
+        let mut pending: Vec<_> = waits
+            .iter()
+            .map(|(drv, handle)| {
+                let drv = drv.clone();
+                Box::pin(async move { (drv, handle.wait().await) })
+            })
+            .collect();
+        while !pending.is_empty() {
+            let ((_, result), _, rest) = tokio::select! {
+                done = futures_select_all(pending) => done,
+                _ = cancelled(&mut cancel) => {
+                    return GoalResult::failed(S::MiscFailure, "build cancelled");
+                }
+            };
+            pending = rest;
+            if !result.succeeded() {
+                failed += 1;
+                last_error = result.error.clone();
+                if !ctx.settings.keep_going {
+                    break;
+                }
+            }
+        }
+    }
+    drop(waits);
+    if failed > 0 {
+        debug!("dependency failed: {last_error}");
+        return GoalResult::failed(
+            S::DependencyFailed,
+            format!(
+                "{failed} dependencies of derivation '{}' failed to build",
+                store_dir.print(drv_path)
+            ),
+        );
+    }
+
+    // The input closure: sources and the used outputs of input derivations.
+    let mut roots: BTreeSet<StorePath> = drv.input_srcs.clone();
+    for (input, wanted) in &drv.input_drvs {
+        let input_drv = match read_derivation(shared, input) {
+            Ok(d) => d,
+            Err(e) => return GoalResult::failed(S::MiscFailure, e),
+        };
+        let input_outputs = match known_outputs(shared, &input_drv, input) {
+            Ok(o) => o,
+            Err(e) => return GoalResult::failed(S::MiscFailure, e),
+        };
+        for name in wanted {
+            if let Some(p) = input_outputs.get(name) {
+                roots.insert(p.clone());
+            }
+        }
+    }
+    for src in &drv.input_srcs {
+        match is_valid(shared, src) {
+            Ok(true) => {}
+            Ok(false) => {
+                return GoalResult::failed(
+                    S::MiscFailure,
+                    format!(
+                        "path '{}' is required, but there is no substituter that can build it",
+                        store_dir.print(src)
+                    ),
+                )
+            }
+            Err(e) => return GoalResult::failed(S::MiscFailure, e),
+        }
+    }
+    let input_closure = match closure(shared, roots) {
+        Ok(c) => c,
+        Err(e) => return GoalResult::failed(S::MiscFailure, e),
+    };
+
+    let plan_outputs: Vec<String> = outputs.keys().cloned().collect();
+    let plan = BuildPlan {
+        drv_path: drv_path.clone(),
+        drv,
+        outputs,
+        input_closure,
+        mode: key.mode,
+        name: format!(
+            "building of '{}!{}' from .drv file",
+            store_dir.print(drv_path),
+            plan_outputs.join(",")
+        ),
+    };
+    run::run_build(shared, plan, ctx, cancel).await
+}
+
+/// Resolves when the goal is cancelled.
+pub(crate) async fn cancelled(cancel: &mut watch::Receiver<bool>) {
+    loop {
+        if *cancel.borrow_and_update() {
+            return;
+        }
+        if cancel.changed().await.is_err() {
+            // Every handle is gone: nobody waits any more.
+            return;
+        }
+    }
+}
+
+/// The first of several futures to finish, and the rest.
+async fn futures_select_all<F: std::future::Future + Unpin>(
+    futures: Vec<F>,
+) -> (F::Output, usize, Vec<F>) {
+    let mut futures = futures;
+    std::future::poll_fn(move |cx| {
+        for i in 0..futures.len() {
+            if let std::task::Poll::Ready(out) = std::pin::Pin::new(&mut futures[i]).poll(cx) {
+                drop(futures.swap_remove(i));
+                let rest = std::mem::take(&mut futures);
+                return std::task::Poll::Ready((out, i, rest));
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
+}
+
+#[derive(Debug)]
+struct DrvLookupError(String);
+
+impl std::fmt::Display for DrvLookupError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for DrvLookupError {}
+
+/// Output paths of `drv` known before building (used by QueryMissing and the ops).
+pub fn output_map(
+    shared: &Shared,
+    drv_path: &StorePath,
+) -> Result<BTreeMap<String, Option<StorePath>>, String> {
+    let drv = read_derivation(shared, drv_path)?;
+    let store_dir = shared.store.store_dir();
+    drv.outputs
+        .iter()
+        .map(|(name, output): (&String, &DerivationOutput)| {
+            output
+                .path(store_dir, &drv.name, name)
+                .map(|p| (name.clone(), p))
+                .map_err(|e| e.to_string())
+        })
+        .collect()
+}
+
+/// BuildDerivation: builds a derivation the client sent whole (its inputs are sources that
+/// must be valid). Not shared with other clients: the derivation need not be in the store.
+pub async fn realise_basic(
+    shared: Arc<Shared>,
+    drv_path: StorePath,
+    drv: Derivation,
+    mode: BuildMode,
+    ctx: BuildCtx,
+) -> GoalResult {
+    use ward_proto::worker::types::BuildStatus as S;
+    let store_dir = shared.store.store_dir().clone();
+    let outputs = match known_outputs(&shared, &drv, &drv_path) {
+        Ok(o) => o,
+        Err(e) => return GoalResult::failed(S::MiscFailure, e),
+    };
+    if mode == BuildMode::Normal {
+        let mut all_valid = true;
+        for p in outputs.values() {
+            match is_valid(&shared, p) {
+                Ok(v) => all_valid &= v,
+                Err(e) => return GoalResult::failed(S::MiscFailure, e),
+            }
+        }
+        if all_valid {
+            let mut r = GoalResult::failed(S::AlreadyValid, "");
+            r.outputs = outputs;
+            return r;
+        }
+    }
+    for src in &drv.input_srcs {
+        match is_valid(&shared, src) {
+            Ok(true) => {}
+            Ok(false) => {
+                return GoalResult::failed(
+                    S::MiscFailure,
+                    format!(
+                        "path '{}' is required, but there is no substituter that can build it",
+                        store_dir.print(src)
+                    ),
+                )
+            }
+            Err(e) => return GoalResult::failed(S::MiscFailure, e),
+        }
+    }
+    let input_closure = match closure(&shared, drv.input_srcs.clone()) {
+        Ok(c) => c,
+        Err(e) => return GoalResult::failed(S::MiscFailure, e),
+    };
+    let names: Vec<&str> = outputs.keys().map(String::as_str).collect();
+    let plan = BuildPlan {
+        name: format!(
+            "building of '{}!{}' from in-memory derivation",
+            store_dir.print(&drv_path),
+            names.join(",")
+        ),
+        drv_path,
+        drv,
+        outputs,
+        input_closure,
+        mode,
+    };
+    // The goal lives as long as the request: dropping this future drops the receiver, which
+    // reads as a cancellation.
+    let (_cancel_tx, cancel_rx) = watch::channel(false);
+    run::run_build(&shared, plan, &ctx, cancel_rx).await
+}
