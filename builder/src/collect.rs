@@ -139,11 +139,27 @@ impl Walker<'_> {
     /// Gives the owner read (and search) permission on its own scratch copy, without
     /// following a symlink.
     fn chmod(&self, parent: &OwnedFd, name: &[u8], mode: u32, path: &str) -> Result<(), Refusal> {
-        rustix::fs::chmodat(
+        // An O_PATH handle never follows a symlink; chmod through its /proc/self/fd link acts
+        // on exactly the inode just examined.
+        let handle = rustix::fs::openat(
             parent,
             name,
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| self.refuse(path, format_args!("cannot be opened: {e}")))?;
+        let kind = rustix::fs::fstat(&handle)
+            .map(|st| FileType::from_raw_mode(st.st_mode))
+            .map_err(|e| self.refuse(path, format_args!("cannot be examined: {e}")))?;
+        if !matches!(kind, FileType::RegularFile | FileType::Directory) {
+            return Err(self.refuse(path, "changed type while it was examined"));
+        }
+        let link = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&handle));
+        rustix::fs::chmodat(
+            CWD,
+            link.as_str(),
             Mode::from_raw_mode(mode),
-            AtFlags::SYMLINK_NOFOLLOW,
+            AtFlags::empty(),
         )
         .map_err(|e| self.refuse(path, format_args!("cannot be made readable: {e}")))
     }
@@ -315,9 +331,7 @@ pub fn write_nars(
                 })
             })
             .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or(false))
-            .fold(true, |a, b| a && b)
+        // Threads not joined here are joined when the scope ends.
+        handles.into_iter().all(|h| h.join().unwrap_or(false))
     })
 }

@@ -205,8 +205,19 @@ pub fn run(channel: &BuilderBrokerChannel, top: OwnedFd, spec: SandboxSpec) -> S
     if !spec.network {
         flags |= CloneFlags::CLONE_NEWNET;
     }
-    nix::sched::unshare(flags).at(SetupStep::Namespaces, || format!("unshare({flags:?})"))?;
+    // Our ids on the host, read before unshare (inside an unmapped namespace they read 65534).
     let (euid, egid) = (nix::unistd::geteuid(), nix::unistd::getegid());
+    // A descriptor opened before unshare keeps naming the old mount namespace's mounts, on
+    // which nothing can be mounted from the new one. The working directory, though, is
+    // translated into the new namespace: stand in <top>, unshare, and reopen "." there.
+    nix::unistd::fchdir(top.as_raw_fd()).at(SetupStep::Namespaces, || {
+        "fchdir to the build directory".into()
+    })?;
+    nix::sched::unshare(flags).at(SetupStep::Namespaces, || format!("unshare({flags:?})"))?;
+    drop(top);
+    drop(build_dir);
+    let top = open_dir(CWD, ".", SetupStep::Namespaces)?;
+    let build_dir = open_dir(&top, "build", SetupStep::Namespaces)?;
     std::fs::write("/proc/self/setgroups", "deny")
         .at(SetupStep::IdMaps, || "writing /proc/self/setgroups".into())?;
     std::fs::write(
