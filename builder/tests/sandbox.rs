@@ -406,6 +406,11 @@ fn hostile_builds_are_contained() {
     assert!(!log.contains("FAIL"), "log: {log}");
     assert_eq!(code, 0, "log: {log}");
     assert!(log.contains("hostile checks done: bad=0"), "log: {log}");
+    assert!(
+        log.contains("chmod u+s: chmod: /build/suid: Operation not permitted"),
+        "log: {log}"
+    );
+    eprintln!("{log}");
     assert!(!host
         .store
         .join(host.busybox.base_name())
