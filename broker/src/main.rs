@@ -6,8 +6,11 @@
 //! no async runtime and no SQLite. All `unsafe` lives in [`sys`].
 
 mod args;
+mod builds;
+mod pool;
 mod supervisor;
 mod sys;
+mod tree;
 mod user_dirs;
 
 use std::process::ExitCode;
@@ -20,6 +23,10 @@ fn main() -> ExitCode {
             return ExitCode::from(64);
         }
     };
+    if let Err(e) = args.build.check_for(nix::unistd::geteuid().as_raw()) {
+        eprintln!("ward-broker: {e}");
+        return ExitCode::from(64);
+    }
     if let Err(e) = supervisor::check_listen_fd(args.listen_fd)
         .and_then(|()| match args.parent_pid {
             Some(parent) => supervisor::exit_with_parent(parent),

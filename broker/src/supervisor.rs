@@ -11,7 +11,7 @@
 //! 6. exec the child's binary (a fresh address space; it applies its own seccomp/landlock).
 
 use std::ffi::CString;
-use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
@@ -27,6 +27,7 @@ use ward_ipc::broker::{BrokerError, BrokerToFrontend, FrontendToBroker};
 use ward_ipc::{BrokerFrontendChannel, FrameLimit, IpcMessage, Phase, IPC_VERSION};
 
 use crate::args::BrokerArgs;
+use crate::builds::Builds;
 use crate::sys;
 
 /// Shortest wait before restarting a child that died.
@@ -326,7 +327,7 @@ impl FrontendLink {
 
     /// Answers one request. Returns false when the channel must be closed: the frontend went
     /// away or broke the protocol (a less-privileged peer's violation is never recovered from).
-    fn serve_one(&mut self, state_dir: &std::path::Path) -> bool {
+    fn serve_one(&mut self, state_dir: &std::path::Path, builds: &mut Builds) -> bool {
         let request = match self.channel.recv() {
             Ok(received) => received.message,
             Err(e) => {
@@ -343,6 +344,7 @@ impl FrontendLink {
             let _ = self.channel.send(&BrokerToFrontend::Error(error), &[]);
             return false;
         }
+        let mut replies: Vec<(BrokerToFrontend, Vec<OwnedFd>)> = Vec::new();
         let reply = match request {
             FrontendToBroker::Hello { ipc_version } => {
                 if ipc_version != IPC_VERSION {
@@ -367,48 +369,81 @@ impl FrontendLink {
             FrontendToBroker::Ping => BrokerToFrontend::Pong,
             FrontendToBroker::ShuttingDown => {
                 self.phase = Phase::Draining;
+                for finished in builds.cancel_all() {
+                    replies.push((finished, vec![]));
+                }
                 BrokerToFrontend::Drained
             }
-            // Builds arrive with a later issue.
             FrontendToBroker::StartBuild(request) => {
-                BrokerToFrontend::Error(BrokerError::StartFailed {
-                    build: request.build,
-                    operation: "starting a build".into(),
-                    message: "builds are not implemented yet".into(),
-                })
+                let (reply, fds) = builds.start(&request);
+                replies.push((reply, fds));
+                return self.send_all(replies);
             }
-            FrontendToBroker::CancelBuild { build, .. }
-            | FrontendToBroker::CollectOutputs { build }
-            | FrontendToBroker::ReleaseBuild { build, .. }
-            | FrontendToBroker::QueryBuild { build } => {
-                BrokerToFrontend::Error(BrokerError::UnknownBuild { build })
+            FrontendToBroker::CollectOutputs { build } => {
+                let (reply, fds) = builds.collect(build);
+                replies.push((reply, fds));
+                return self.send_all(replies);
             }
+            FrontendToBroker::CancelBuild { build, reason } => builds.cancel(build, reason),
+            FrontendToBroker::ReleaseBuild { build, keep_failed } => {
+                builds.release(build, keep_failed)
+            }
+            FrontendToBroker::QueryBuild { build } => builds.query(build),
         };
-        match self.channel.send(&reply, &[]) {
-            Ok(()) => true,
-            Err(e) => {
+        replies.push((reply, vec![]));
+        self.send_all(replies)
+    }
+
+    /// Sends messages in order; false if the channel broke.
+    fn send_all(&mut self, messages: Vec<(BrokerToFrontend, Vec<OwnedFd>)>) -> bool {
+        for (message, fds) in messages {
+            let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
+            if let Err(e) = self.channel.send(&message, &borrowed) {
                 eprintln!("ward-broker: replying to the frontend: {e}");
-                false
+                return false;
             }
         }
+        true
     }
 }
 
-/// Reaps every exited child and schedules its restart.
-fn reap(children: &mut [Child]) {
+/// Sends unasked notices (`BuildFinished`); drops the link (and its builds) if it broke.
+fn notify(
+    frontend: &mut Option<FrontendLink>,
+    builds: &mut Builds,
+    notices: Vec<BrokerToFrontend>,
+) {
+    if notices.is_empty() {
+        return;
+    }
+    let ok = frontend
+        .as_mut()
+        .is_some_and(|link| link.send_all(notices.into_iter().map(|n| (n, vec![])).collect()));
+    if !ok {
+        *frontend = None;
+        builds.abandon_all();
+    }
+}
+
+/// Reaps every exited child: schedules the restart of the frontend or store-writer, and
+/// finishes builds (their `BuildFinished` notices are returned).
+fn reap(children: &mut [Child], builds: &mut Builds) -> Vec<BrokerToFrontend> {
+    let mut notices = Vec::new();
     loop {
-        let status = match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return,
-            Ok(status) => status,
+        let reaped = match sys::wait4(-1, false) {
+            Ok(None) | Err(Errno::ECHILD) => return notices,
+            Ok(Some(r)) => r,
             Err(e) => {
-                eprintln!("ward-broker: waitpid: {e}");
-                return;
+                eprintln!("ward-broker: wait4: {e}");
+                return notices;
             }
         };
+        let status = reaped.status;
         let Some(child) = children
             .iter_mut()
-            .find(|c| c.pid.is_some() && c.pid == status.pid())
+            .find(|c| c.pid.is_some() && c.pid == Some(reaped.pid))
         else {
+            notices.extend(builds.reaped(reaped));
             continue;
         };
         child.pid = None;
@@ -431,6 +466,8 @@ fn reap(children: &mut [Child]) {
 pub fn run(args: &BrokerArgs) -> Result<(), SupervisorError> {
     prepare_ipc_dir(args)?;
     let specs = child_specs(args)?;
+    let mut builds = Builds::new(&args.build, &args.state_dir);
+    builds.run_canary();
 
     let mut mask = SigSet::empty();
     for s in [
@@ -484,6 +521,8 @@ pub fn run(args: &BrokerArgs) -> Result<(), SupervisorError> {
                     Ok(pid) => {
                         child.pid = Some(pid);
                         if let Some((ours, _theirs)) = pair {
+                            // Builds of an earlier frontend have nobody to report to.
+                            builds.abandon_all();
                             frontend = FrontendLink::new(ours);
                         }
                     }
@@ -498,19 +537,25 @@ pub fn run(args: &BrokerArgs) -> Result<(), SupervisorError> {
         let timeout = children
             .iter()
             .filter_map(|c| c.restart_at)
+            .chain(builds.next_deadline())
             .min()
             .map(|t| t.saturating_duration_since(Instant::now()));
         let timeout = match timeout {
             Some(d) => PollTimeout::try_from(d).unwrap_or(PollTimeout::MAX),
             None => PollTimeout::NONE,
         };
-        let link_ready = {
+        let (link_ready, builders_ready) = {
             let mut fds = vec![PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
             if let Some(link) = &frontend {
                 fds.push(PollFd::new(
                     link.channel.socket().as_fd(),
                     PollFlags::POLLIN,
                 ));
+            }
+            let first_builder = fds.len();
+            let builder_fds = builds.poll_fds();
+            for (_, fd) in &builder_fds {
+                fds.push(PollFd::new(*fd, PollFlags::POLLIN));
             }
             match poll(&mut fds, timeout) {
                 Ok(_) | Err(Errno::EINTR) => {}
@@ -521,23 +566,39 @@ pub fn run(args: &BrokerArgs) -> Result<(), SupervisorError> {
                     })
                 }
             }
-            fds.get(1)
-                .and_then(|f| f.revents())
-                .is_some_and(|r| !r.is_empty())
+            let ready = |f: &PollFd<'_>| f.revents().is_some_and(|r| !r.is_empty());
+            let link_ready = frontend.is_some() && fds.get(1).is_some_and(ready);
+            let builders_ready: Vec<_> = builder_fds
+                .iter()
+                .zip(&fds[first_builder..])
+                .filter(|(_, f)| ready(f))
+                .map(|((id, _), _)| *id)
+                .collect();
+            (link_ready, builders_ready)
         };
+        for id in builders_ready {
+            builds.channel_ready(id);
+        }
         if link_ready {
             let keep = frontend
                 .as_mut()
-                .is_some_and(|link| link.serve_one(&args.state_dir));
+                .is_some_and(|link| link.serve_one(&args.state_dir, &mut builds));
             if !keep {
                 frontend = None;
+                builds.abandon_all();
             }
         }
+        let expired = builds.expire(Instant::now());
+        notify(&mut frontend, &mut builds, expired);
         while let Ok(Some(info)) = signals.read_signal() {
             match Signal::try_from(info.ssi_signo as i32) {
-                Ok(Signal::SIGCHLD) => reap(&mut children),
+                Ok(Signal::SIGCHLD) => {
+                    let finished = reap(&mut children, &mut builds);
+                    notify(&mut frontend, &mut builds, finished);
+                }
                 Ok(Signal::SIGTERM | Signal::SIGINT) => {
                     eprintln!("ward-broker: shutting down");
+                    builds.abandon_all();
                     terminate(&mut children);
                     return Ok(());
                 }

@@ -66,3 +66,41 @@ pub fn default_sigpipe() -> nix::Result<()> {
     // SAFETY: installing SIG_DFL runs no handler code of ours, so no signal-safety rule applies.
     unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) }.map(drop)
 }
+
+/// One reaped child: its pid, its wait status and its CPU use.
+#[derive(Debug, Clone, Copy)]
+pub struct Reaped {
+    /// The child.
+    pub pid: nix::unistd::Pid,
+    /// Its status.
+    pub status: nix::sys::wait::WaitStatus,
+    /// User CPU time, microseconds (with its waited-for descendants).
+    pub user_micros: u64,
+    /// System CPU time, microseconds.
+    pub system_micros: u64,
+}
+
+/// `wait4(pid, WNOHANG unless blocking)`: `Ok(None)` when no child (of `pid`, or any with -1)
+/// has changed state.
+pub fn wait4(pid: i32, block: bool) -> nix::Result<Option<Reaped>> {
+    let mut status: libc::c_int = 0;
+    // SAFETY: an all-zero rusage is a valid value of this plain C struct.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let flags = if block { 0 } else { libc::WNOHANG };
+    // SAFETY: both pointers point to live, writable locals of the right types for the call.
+    let rc = unsafe { libc::wait4(pid, &mut status, flags, &mut usage) };
+    let rc = Errno::result(rc)?;
+    if rc == 0 {
+        return Ok(None);
+    }
+    let pid = nix::unistd::Pid::from_raw(rc);
+    let micros = |t: libc::timeval| {
+        u64::try_from(t.tv_sec).unwrap_or(0) * 1_000_000 + u64::try_from(t.tv_usec).unwrap_or(0)
+    };
+    Ok(Some(Reaped {
+        pid,
+        status: nix::sys::wait::WaitStatus::from_raw(pid, status)?,
+        user_micros: micros(usage.ru_utime),
+        system_micros: micros(usage.ru_stime),
+    }))
+}

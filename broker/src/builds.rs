@@ -1,0 +1,1416 @@
+//! Builds: the broker's table of running and finished builds, and every privileged step of a
+//! build's life (start, timeout, cancel, collect, release), plus the start-up canary.
+//!
+//! Every reply is produced synchronously, so each request gets exactly one reply in order; the
+//! only unasked message this module produces is `BuildFinished` (from [`Builds::reaped`] and
+//! [`Builds::expire`]).
+
+use std::collections::BTreeMap;
+use std::ffi::CString;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use nix::errno::Errno;
+use nix::fcntl::{fcntl, FcntlArg};
+use nix::sys::signal::{kill, sigprocmask, SigSet, SigmaskHow, Signal};
+use nix::sys::wait::WaitStatus;
+use nix::unistd::{ForkResult, Gid, Pid, Uid};
+use ward_ipc::broker::{
+    BrokerError, BrokerToFrontend, BuildOutcome, BuildRequest, BuildTimings, CancelReason,
+};
+use ward_ipc::builder::{
+    BrokerToBuilder, BuilderToBroker, CollectSpec, SandboxReport, SandboxSpec, SetupStep,
+};
+use ward_ipc::{BrokerBuilderChannel, BuildId, FrameLimit};
+
+use crate::args::{BuildSettings, SandboxMode};
+use crate::pool::{Pool, Source};
+use crate::sys;
+use crate::tree::{self, BuildDirs};
+
+/// How long `CollectOutputs` waits for the collector's verdict.
+const COLLECT_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the start-up canary may take.
+const CANARY_TIMEOUT: Duration = Duration::from_secs(20);
+/// The uid and gid a build sees itself as.
+const SANDBOX_UID: u32 = 1000;
+const SANDBOX_GID: u32 = 100;
+
+/// Where a build is in its life. Kept apart from the processes so it can be tested alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Life {
+    /// The builder process runs.
+    Running,
+    /// The builder is gone; the build user is still reserved until release.
+    Finished {
+        /// How it ended.
+        outcome: BuildOutcome,
+        /// `CollectOutputs` was granted once already.
+        collected: bool,
+    },
+}
+
+impl Life {
+    /// `CollectOutputs`: only after `Exited { code: 0 }`, once.
+    pub fn begin_collect(&mut self, build: BuildId) -> Result<(), BrokerError> {
+        let wrong = |reason: &str| {
+            Err(BrokerError::WrongBuildState {
+                build,
+                reason: reason.into(),
+            })
+        };
+        match self {
+            Life::Running => wrong("still running"),
+            Life::Finished {
+                collected: true, ..
+            } => wrong("its outputs were already collected"),
+            Life::Finished {
+                outcome: BuildOutcome::Exited { code: 0 },
+                collected,
+            } => {
+                *collected = true;
+                Ok(())
+            }
+            Life::Finished { outcome, .. } => wrong(&format!("it did not succeed ({outcome:?})")),
+        }
+    }
+
+    /// `ReleaseBuild`: only after the build finished.
+    pub fn check_release(&self, build: BuildId) -> Result<(), BrokerError> {
+        match self {
+            Life::Running => Err(BrokerError::WrongBuildState {
+                build,
+                reason: "still running (cancel it first)".into(),
+            }),
+            Life::Finished { .. } => Ok(()),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Build {
+    dir_name: String,
+    uid: u32,
+    gid: u32,
+    chroot: bool,
+    outputs: Vec<(String, ward_ipc::store_path::StorePath)>,
+    requester_uid: u32,
+    top: OwnedFd,
+    start_unix: u64,
+    started: Instant,
+    deadline: Option<Instant>,
+    pid: Option<Pid>,
+    channel: Option<BrokerBuilderChannel>,
+    setup_failed: Option<(SetupStep, String)>,
+    /// Set when the broker killed the builder, to report why.
+    killed_for: Option<BuildOutcome>,
+    life: Life,
+    collector: Option<Pid>,
+}
+
+/// The builds of the current frontend channel, and what the broker needs to run them.
+#[derive(Debug)]
+pub struct Builds {
+    cfg: BuildSettings,
+    dirs: Option<BuildDirs>,
+    pool: Option<Pool>,
+    /// Why no build can start (no builder, bad configuration, failed canary).
+    refusal: Option<Refusal>,
+    table: BTreeMap<BuildId, Build>,
+    /// Collectors to reap (their builds may be released already).
+    strays: Vec<Pid>,
+    /// The uid the canary ran as.
+    canary_uid: u32,
+}
+
+#[derive(Debug, Clone)]
+enum Refusal {
+    /// Builds are not configured or the set-up failed.
+    Unavailable(String),
+    /// The sandbox check failed.
+    Sandbox(String),
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn cstring(s: &str) -> Result<CString, Errno> {
+    CString::new(s).map_err(|_| Errno::EINVAL)
+}
+
+impl Builds {
+    /// Prepares the build directories and the user pool; a problem becomes a refusal of every
+    /// build (the daemon still serves everything else).
+    pub fn new(cfg: &BuildSettings, state_dir: &Path) -> Builds {
+        let mut builds = Builds {
+            cfg: cfg.clone(),
+            dirs: None,
+            pool: None,
+            refusal: None,
+            table: BTreeMap::new(),
+            strays: Vec::new(),
+            canary_uid: 0,
+        };
+        if cfg.builder_bin.is_none() {
+            builds.refusal = Some(Refusal::Unavailable(
+                "builds are not configured (the broker got no --builder)".into(),
+            ));
+            return builds;
+        }
+        match BuildDirs::prepare(state_dir, cfg.build_dir.as_deref()) {
+            Ok(d) => builds.dirs = Some(d),
+            Err(e) => {
+                eprintln!("ward-broker: build directories: {e}; refusing to build");
+                builds.refusal = Some(Refusal::Unavailable(e));
+                return builds;
+            }
+        }
+        match make_pool(cfg) {
+            Ok(p) => builds.pool = Some(p),
+            Err(e) => {
+                eprintln!("ward-broker: build users: {e}; refusing to build");
+                builds.refusal = Some(Refusal::Unavailable(e));
+            }
+        }
+        builds
+    }
+
+    fn refuse(&self, build: BuildId) -> Option<BrokerError> {
+        self.refusal.as_ref().map(|r| match r {
+            Refusal::Unavailable(message) => BrokerError::StartFailed {
+                build,
+                operation: "starting a build".into(),
+                message: message.clone(),
+            },
+            Refusal::Sandbox(reason) => BrokerError::SandboxRefused {
+                build,
+                reason: reason.clone(),
+            },
+        })
+    }
+
+    fn running(&self) -> usize {
+        self.table
+            .values()
+            .filter(|b| b.life == Life::Running)
+            .count()
+    }
+
+    /// The checks of `StartBuild` that need no process: the request's values and the store.
+    fn check_start(&self, req: &BuildRequest) -> Result<bool, BrokerError> {
+        let build = req.build;
+        if req.builder.starts_with("builtin:") || req.system == "builtin" {
+            return Err(BrokerError::BadRequest {
+                build,
+                field: "builder".into(),
+                reason: format!(
+                    "builtin builders ('{}') are not supported by ward's broker",
+                    req.builder
+                ),
+            });
+        }
+        req.check()?;
+        if self.table.contains_key(&build) {
+            return Err(BrokerError::DuplicateBuild { build });
+        }
+        if self.running() >= self.cfg.max_jobs as usize {
+            return Err(BrokerError::TooManyBuilds {
+                build,
+                max: self.cfg.max_jobs,
+            });
+        }
+        if req.system != self.cfg.system && !self.cfg.extra_platforms.contains(&req.system) {
+            return Err(BrokerError::UnsupportedSystem {
+                build,
+                system: req.system.clone(),
+            });
+        }
+        let chroot = match self.cfg.sandbox {
+            SandboxMode::Enabled if req.no_chroot => {
+                return Err(BrokerError::SandboxRefused {
+                    build,
+                    reason: "the derivation asks for __noChroot, but 'sandbox = true' (only \
+                             'sandbox = relaxed' allows it)"
+                        .into(),
+                })
+            }
+            SandboxMode::Enabled => true,
+            SandboxMode::Relaxed => !req.no_chroot,
+            SandboxMode::Disabled => false,
+        };
+        let real = Path::new(&self.cfg.real_store_dir);
+        for path in req.input_paths.iter().chain([&req.drv_path]) {
+            if std::fs::symlink_metadata(real.join(path.base_name())).is_err() {
+                return Err(BrokerError::MissingInput {
+                    build,
+                    path: path.clone(),
+                });
+            }
+        }
+        if !chroot {
+            for path in req.outputs.values() {
+                if std::fs::symlink_metadata(real.join(path.base_name())).is_ok() {
+                    return Err(BrokerError::OutputExists {
+                        build,
+                        path: path.clone(),
+                    });
+                }
+            }
+        }
+        if !builder_available(&self.cfg, req) {
+            return Err(BrokerError::BuilderNotAvailable {
+                build,
+                builder: req.builder.clone(),
+            });
+        }
+        Ok(chroot)
+    }
+
+    /// `StartBuild`: the reply and, for `BuildStarted`, the log pipe's read end.
+    pub fn start(&mut self, req: &BuildRequest) -> (BrokerToFrontend, Vec<OwnedFd>) {
+        match self.try_start(req) {
+            Ok((reply, fd)) => (reply, vec![fd]),
+            Err(e) => (BrokerToFrontend::Error(e), vec![]),
+        }
+    }
+
+    fn try_start(
+        &mut self,
+        req: &BuildRequest,
+    ) -> Result<(BrokerToFrontend, OwnedFd), BrokerError> {
+        let build = req.build;
+        if let Some(e) = self.refuse(build) {
+            // The values are still checked first, so a bad request is named as such.
+            req.check()?;
+            return Err(e);
+        }
+        let chroot = self.check_start(req)?;
+        let failed = |operation: &str, message: String| BrokerError::StartFailed {
+            build,
+            operation: operation.into(),
+            message,
+        };
+        let (Some(pool), Some(dirs)) = (self.pool.as_mut(), self.dirs.as_ref()) else {
+            return Err(failed("starting a build", "builds are not set up".into()));
+        };
+        let uid = pool.allocate().ok_or(BrokerError::NoBuildUser { build })?;
+        let gid = pool.gid();
+        let drv_name = req.drv_path.name().trim_end_matches(".drv");
+        let dir_name = format!("{}-{drv_name}", build.0);
+        let top = match tree::create_owned_dir(&dirs.builds, &dir_name, uid, gid) {
+            Ok(fd) => fd,
+            Err(e) => {
+                pool.release(uid);
+                return Err(failed(
+                    "creating the build directory",
+                    format!("{dir_name}: {e}"),
+                ));
+            }
+        };
+        let host_top = dirs.builds_path.join(&dir_name);
+        let spec = SandboxSpec {
+            build,
+            drv_path: req.drv_path.clone(),
+            store_dir: self.cfg.store_dir.clone(),
+            real_store_dir: self.cfg.real_store_dir.clone(),
+            sandbox_build_dir: self.cfg.sandbox_build_dir.clone(),
+            host_build_dir: host_top.join("build").to_string_lossy().into_owned(),
+            sandbox_uid: SANDBOX_UID,
+            sandbox_gid: SANDBOX_GID,
+            chroot,
+            network: req.fixed_output,
+            input_paths: req.input_paths.clone(),
+            output_paths: req.outputs.values().cloned().collect(),
+            bind_mounts: self.cfg.sandbox_paths.clone(),
+            build_dir_files: req.build_dir_files.clone(),
+            builder: req.builder.clone(),
+            args: req.args.clone(),
+            env: req.env.clone(),
+            filter_syscalls: self.cfg.filter_syscalls,
+            allow_new_privileges: self.cfg.allow_new_privileges,
+            canary: false,
+        };
+        let started = Self::spawn_builder(&self.cfg, &spec, uid, gid, &top);
+        let (pid, channel, log) = match started {
+            Ok(x) => x,
+            Err((what, e)) => {
+                let _ = tree::delete_tree(&dirs.builds, &dir_name);
+                pool.release(uid);
+                return Err(failed(&what, e));
+            }
+        };
+        eprintln!(
+            "ward-broker: {build} ({}) started as pid {pid}, uid {uid}, {}",
+            req.drv_path,
+            if chroot {
+                "sandboxed"
+            } else {
+                "without chroot"
+            }
+        );
+        self.table.insert(
+            build,
+            Build {
+                dir_name,
+                uid,
+                gid,
+                chroot,
+                outputs: req
+                    .outputs
+                    .iter()
+                    .map(|(n, p)| (n.clone(), p.clone()))
+                    .collect(),
+                requester_uid: req.requester_uid,
+                top,
+                start_unix: now_unix(),
+                started: Instant::now(),
+                deadline: (req.timeout_secs > 0)
+                    .then(|| Instant::now() + Duration::from_secs(req.timeout_secs)),
+                pid: Some(pid),
+                channel: Some(channel),
+                setup_failed: None,
+                killed_for: None,
+                life: Life::Running,
+                collector: None,
+            },
+        );
+        Ok((
+            BrokerToFrontend::BuildStarted {
+                build,
+                build_uid: uid,
+            },
+            log,
+        ))
+    }
+
+    /// Fork+execs `ward-builder build` as the build user and sends it `spec`.
+    fn spawn_builder(
+        cfg: &BuildSettings,
+        spec: &SandboxSpec,
+        uid: u32,
+        gid: u32,
+        top: &OwnedFd,
+    ) -> Result<(Pid, BrokerBuilderChannel, OwnedFd), (String, String)> {
+        let err = |what: &str| {
+            let what = what.to_owned();
+            move |e: std::io::Error| (what, e.to_string())
+        };
+        let bin = cfg
+            .builder_bin
+            .as_deref()
+            .unwrap_or(Path::new("/nonexistent"));
+        let argv =
+            exec_argv(bin, "build").map_err(|e| ("builder path".to_owned(), e.to_string()))?;
+        let (log_r, log_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+            .map_err(|e| ("log pipe".to_owned(), e.to_string()))?;
+        let (ours, theirs) = UnixStream::pair().map_err(err("socketpair"))?;
+        let null = std::fs::File::open("/dev/null").map_err(err("/dev/null"))?;
+        let fds = [
+            (null.as_raw_fd(), 0),
+            (log_w.as_raw_fd(), 1),
+            (log_w.as_raw_fd(), 2),
+            (theirs.as_raw_fd(), 3),
+            (top.as_raw_fd(), 4),
+        ];
+        let pid = spawn_as_build_user(&argv, uid, gid, &fds, cfg.allow_new_privileges)
+            .map_err(|e| ("fork".to_owned(), e.to_string()))?;
+        drop((log_w, theirs, null));
+        let channel = BrokerBuilderChannel::new(ours, FrameLimit::DEFAULT);
+        // A builder that stops reading must not stall the broker.
+        let _ = channel
+            .socket()
+            .set_write_timeout(Some(Duration::from_secs(5)));
+        let _ = channel
+            .socket()
+            .set_read_timeout(Some(Duration::from_secs(2)));
+        if let Err(e) = channel.send(&BrokerToBuilder::Spec(Box::new(spec.clone())), &[]) {
+            // It died before reading (exec failed): it is reaped like any finished build, but
+            // here the caller undoes the start, so kill and reap now.
+            let _ = kill(pid, Signal::SIGKILL);
+            let _ = sys::wait4(pid.as_raw(), true);
+            return Err(("sending the sandbox spec".into(), e.to_string()));
+        }
+        Ok((pid, channel, log_r))
+    }
+
+    /// The descriptors to poll: each running builder's channel (for `SetupFailed`).
+    pub fn poll_fds(&self) -> Vec<(BuildId, BorrowedFd<'_>)> {
+        self.table
+            .iter()
+            .filter_map(|(id, b)| b.channel.as_ref().map(|c| (*id, c.socket().as_fd())))
+            .collect()
+    }
+
+    /// A builder channel is readable: a `SetupFailed`, or end-of-file (the builder exec'd or
+    /// exited).
+    pub fn channel_ready(&mut self, build: BuildId) {
+        let Some(b) = self.table.get_mut(&build) else {
+            return;
+        };
+        read_builder_channel(build, b);
+    }
+
+    /// The earliest timeout.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.table
+            .values()
+            .filter(|b| b.life == Life::Running)
+            .filter_map(|b| b.deadline)
+            .min()
+    }
+
+    /// Kills builds past their timeout; returns their `BuildFinished`.
+    pub fn expire(&mut self, now: Instant) -> Vec<BrokerToFrontend> {
+        let late: Vec<BuildId> = self
+            .table
+            .iter()
+            .filter(|(_, b)| b.life == Life::Running && b.deadline.is_some_and(|d| d <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        late.into_iter()
+            .filter_map(|id| {
+                eprintln!("ward-broker: {id} timed out; killing it");
+                self.kill_and_finish(id, BuildOutcome::TimedOut)
+            })
+            .collect()
+    }
+
+    /// Kills a running build and reaps it at once; its `BuildFinished`.
+    fn kill_and_finish(&mut self, build: BuildId, why: BuildOutcome) -> Option<BrokerToFrontend> {
+        let b = self.table.get_mut(&build)?;
+        let pid = b.pid?;
+        b.killed_for = Some(why);
+        let _ = kill(pid, Signal::SIGKILL);
+        match sys::wait4(pid.as_raw(), true) {
+            Ok(Some(r)) => self.reaped(r),
+            _ => None,
+        }
+    }
+
+    /// A child was reaped: if it is a builder, the build finishes and its `BuildFinished` is
+    /// returned; collectors are just forgotten. `None` for pids that are not the builds'.
+    pub fn reaped(&mut self, r: sys::Reaped) -> Option<BrokerToFrontend> {
+        if let Some(pos) = self.strays.iter().position(|p| *p == r.pid) {
+            self.strays.swap_remove(pos);
+            return None;
+        }
+        if let Some(b) = self.table.values_mut().find(|b| b.collector == Some(r.pid)) {
+            b.collector = None;
+            return None;
+        }
+        let (&build, b) = self.table.iter_mut().find(|(_, b)| b.pid == Some(r.pid))?;
+        b.pid = None;
+        read_builder_channel(build, b);
+        b.channel = None;
+        let sweeps = self.pool.as_ref().is_some_and(|p| p.sweeps());
+        if sweeps && !crate::pool::sweep_uid(b.uid) {
+            eprintln!(
+                "ward-broker: {build}: uid {} still owns processes after SIGKILL",
+                b.uid
+            );
+        }
+        let outcome = if let Some(why) = b.killed_for.take() {
+            why
+        } else if let Some((step, message)) = b.setup_failed.take() {
+            BuildOutcome::SetupFailed { step, message }
+        } else {
+            match r.status {
+                WaitStatus::Exited(_, code) => BuildOutcome::Exited { code },
+                WaitStatus::Signaled(_, signal, _) => BuildOutcome::Signalled {
+                    signal: signal as i32,
+                },
+                _ => BuildOutcome::Signalled { signal: 0 },
+            }
+        };
+        eprintln!("ward-broker: {build} finished: {outcome:?}");
+        let timings = BuildTimings {
+            start_time: b.start_unix,
+            stop_time: now_unix(),
+            cpu_user_micros: r.user_micros,
+            cpu_system_micros: r.system_micros,
+        };
+        b.life = Life::Finished {
+            outcome: outcome.clone(),
+            collected: false,
+        };
+        Some(BrokerToFrontend::BuildFinished {
+            build,
+            outcome,
+            timings,
+        })
+    }
+
+    /// `CancelBuild`: the reply is the build's `BuildFinished` with `Cancelled` (no second,
+    /// unasked one follows).
+    pub fn cancel(&mut self, build: BuildId, reason: CancelReason) -> BrokerToFrontend {
+        match self.table.get(&build) {
+            Some(b) if b.life == Life::Running => {}
+            _ => return BrokerToFrontend::Error(BrokerError::UnknownBuild { build }),
+        }
+        self.kill_and_finish(build, BuildOutcome::Cancelled { reason })
+            .unwrap_or(BrokerToFrontend::Error(BrokerError::UnknownBuild { build }))
+    }
+
+    /// `QueryBuild`.
+    pub fn query(&self, build: BuildId) -> BrokerToFrontend {
+        match self.table.get(&build) {
+            Some(b) if b.life == Life::Running => BrokerToFrontend::BuildStatus {
+                build,
+                running_secs: b.started.elapsed().as_secs(),
+            },
+            _ => BrokerToFrontend::Error(BrokerError::UnknownBuild { build }),
+        }
+    }
+
+    /// `CollectOutputs`: the reply and the NAR pipes' read ends.
+    pub fn collect(&mut self, build: BuildId) -> (BrokerToFrontend, Vec<OwnedFd>) {
+        match self.try_collect(build) {
+            Ok((reply, fds)) => (reply, fds),
+            Err(e) => (BrokerToFrontend::Error(e), vec![]),
+        }
+    }
+
+    fn try_collect(
+        &mut self,
+        build: BuildId,
+    ) -> Result<(BrokerToFrontend, Vec<OwnedFd>), BrokerError> {
+        let b = self
+            .table
+            .get_mut(&build)
+            .ok_or(BrokerError::UnknownBuild { build })?;
+        b.life.begin_collect(build)?;
+        let failed = |operation: &str, message: String| BrokerError::StartFailed {
+            build,
+            operation: operation.into(),
+            message,
+        };
+        let bin = self
+            .cfg
+            .builder_bin
+            .as_deref()
+            .unwrap_or(Path::new("/nonexistent"));
+        let argv = exec_argv(bin, "collect").map_err(|e| failed("builder path", e.to_string()))?;
+        let mut reads = Vec::new();
+        let mut writes = Vec::new();
+        for _ in &b.outputs {
+            let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+                .map_err(|e| failed("pipe", e.to_string()))?;
+            reads.push(r);
+            writes.push(w);
+        }
+        let (ours, theirs) = UnixStream::pair().map_err(|e| failed("socketpair", e.to_string()))?;
+        let null =
+            std::fs::File::open("/dev/null").map_err(|e| failed("/dev/null", e.to_string()))?;
+        let mut fds = vec![
+            (null.as_raw_fd(), 0),
+            (null.as_raw_fd(), 1),
+            (2, 2),
+            (theirs.as_raw_fd(), 3),
+            (b.top.as_raw_fd(), 4),
+        ];
+        for (i, w) in writes.iter().enumerate() {
+            fds.push((w.as_raw_fd(), 5 + i as RawFd));
+        }
+        let pid = spawn_as_build_user(&argv, b.uid, b.gid, &fds, self.cfg.allow_new_privileges)
+            .map_err(|e| failed("fork", e.to_string()))?;
+        drop((writes, theirs, null));
+        b.collector = Some(pid);
+        let channel = BrokerBuilderChannel::new(ours, FrameLimit::DEFAULT);
+        let _ = channel.socket().set_read_timeout(Some(COLLECT_TIMEOUT));
+        let _ = channel
+            .socket()
+            .set_write_timeout(Some(Duration::from_secs(5)));
+        let spec = CollectSpec {
+            build,
+            outputs: b.outputs.iter().map(|(_, p)| p.clone()).collect(),
+            from_real_store: !b.chroot,
+            real_store_dir: self.cfg.real_store_dir.clone(),
+            owner_uid: b.uid,
+        };
+        let refused = |reason: String| BrokerError::OutputRefused {
+            build,
+            output: b
+                .outputs
+                .first()
+                .map(|(_, p)| p.to_string())
+                .unwrap_or_default(),
+            reason,
+        };
+        let verdict = channel
+            .send(&BrokerToBuilder::Collect(Box::new(spec)), &[])
+            .map_err(|e| refused(format!("the collector did not start: {e}")))
+            .and_then(|()| {
+                channel
+                    .recv()
+                    .map_err(|e| refused(format!("the collector gave no verdict: {e}")))
+            });
+        let verdict = match verdict {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = kill(pid, Signal::SIGKILL);
+                return Err(e);
+            }
+        };
+        match verdict.message {
+            BuilderToBroker::Collected => Ok((
+                BrokerToFrontend::OutputsCollected {
+                    build,
+                    outputs: b.outputs.iter().map(|(n, _)| n.clone()).collect(),
+                },
+                reads,
+            )),
+            BuilderToBroker::CollectRefused { output, reason } => Err(BrokerError::OutputRefused {
+                build,
+                output,
+                reason,
+            }),
+            other => Err(refused(format!(
+                "the collector sent {other:?} instead of its verdict"
+            ))),
+        }
+        .inspect_err(|_| {
+            // No NAR will be read: stop the collector (it is reaped with the other children).
+            let _ = kill(pid, Signal::SIGKILL);
+        })
+    }
+
+    /// `ReleaseBuild`.
+    pub fn release(&mut self, build: BuildId, keep_failed: bool) -> BrokerToFrontend {
+        let Some(b) = self.table.get(&build) else {
+            return BrokerToFrontend::Error(BrokerError::UnknownBuild { build });
+        };
+        if let Err(e) = b.life.check_release(build) {
+            return BrokerToFrontend::Error(e);
+        }
+        let b = self.table.remove(&build).expect("just found");
+        match self.dispose(build, b, keep_failed) {
+            Ok(kept_at) => BrokerToFrontend::BuildReleased { build, kept_at },
+            Err(reason) => BrokerToFrontend::Error(BrokerError::StartFailed {
+                build,
+                operation: "releasing the build".into(),
+                message: reason,
+            }),
+        }
+    }
+
+    /// Kills what is left of a finished build, keeps or deletes its directory and frees its
+    /// user.
+    fn dispose(
+        &mut self,
+        build: BuildId,
+        b: Build,
+        keep_failed: bool,
+    ) -> Result<Option<String>, String> {
+        if let Some(pid) = b.collector {
+            let _ = kill(pid, Signal::SIGKILL);
+            let _ = sys::wait4(pid.as_raw(), true);
+        }
+        let sweeps = self.pool.as_ref().is_some_and(|p| p.sweeps());
+        if sweeps && !crate::pool::sweep_uid(b.uid) {
+            return Err(format!("uid {} still owns processes", b.uid));
+        }
+        let Some(dirs) = self.dirs.as_ref() else {
+            return Err("builds are not set up".into());
+        };
+        let mut result = Ok(None);
+        if keep_failed {
+            match keep(dirs, &b) {
+                Ok(path) => {
+                    eprintln!("ward-broker: {build}: kept at {path}");
+                    result = Ok(Some(path));
+                }
+                Err(e) => {
+                    eprintln!("ward-broker: {build}: keeping the build directory failed: {e}; deleting it");
+                    result = Err(format!("keeping the build directory: {e}"));
+                }
+            }
+        }
+        if !matches!(result, Ok(Some(_))) {
+            if let Err(e) = tree::delete_tree(&dirs.builds, &b.dir_name) {
+                eprintln!("ward-broker: {build}: deleting {}: {e}", b.dir_name);
+                result = result.and(Err(format!("deleting the build directory: {e}")));
+            }
+        }
+        if let Some(pool) = self.pool.as_mut() {
+            pool.release(b.uid);
+        }
+        result
+    }
+
+    /// `ShuttingDown`: cancels every running build; their `BuildFinished`, in build order.
+    pub fn cancel_all(&mut self) -> Vec<BrokerToFrontend> {
+        let running: Vec<BuildId> = self
+            .table
+            .iter()
+            .filter(|(_, b)| b.life == Life::Running)
+            .map(|(id, _)| *id)
+            .collect();
+        running
+            .into_iter()
+            .filter_map(|id| {
+                self.kill_and_finish(
+                    id,
+                    BuildOutcome::Cancelled {
+                        reason: CancelReason::Client,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// The frontend channel closed: kill every build and release it (directories deleted).
+    pub fn abandon_all(&mut self) {
+        let _ = self.cancel_all();
+        let ids: Vec<BuildId> = self.table.keys().copied().collect();
+        for id in ids {
+            if let Some(b) = self.table.remove(&id) {
+                if let Err(e) = self.dispose(id, b, false) {
+                    eprintln!("ward-broker: {id}: {e}");
+                }
+            }
+        }
+    }
+
+    /// Runs the start-up canary when a sandbox is configured; on failure every later
+    /// `StartBuild` is refused with `SandboxRefused` naming the part.
+    pub fn run_canary(&mut self) {
+        if self.refusal.is_some() || self.cfg.sandbox == SandboxMode::Disabled {
+            return;
+        }
+        match self.canary() {
+            Ok(report) => {
+                match compare_report(&report, &self.cfg, self.canary_uid) {
+                    Ok(landlock) => eprintln!(
+                    "ward-broker: sandbox check passed (uid map, no capabilities, {}seccomp {}, \
+                     loopback only, landlock {landlock})",
+                    if report.no_new_privs { "no_new_privs, " } else { "" },
+                    if report.seccomp_mode == 2 { "on" } else { "off" },
+                ),
+                    Err(reason) => {
+                        eprintln!("ward-broker: sandbox check failed: {reason}; refusing to build");
+                        self.refusal =
+                            Some(Refusal::Sandbox(format!("sandbox check failed: {reason}")));
+                    }
+                }
+            }
+            Err(reason) => {
+                eprintln!("ward-broker: sandbox check failed: {reason}; refusing to build");
+                self.refusal = Some(Refusal::Sandbox(format!("sandbox check failed: {reason}")));
+            }
+        }
+    }
+
+    fn canary(&mut self) -> Result<SandboxReport, String> {
+        let (Some(pool), Some(dirs)) = (self.pool.as_mut(), self.dirs.as_ref()) else {
+            return Err("builds are not set up".into());
+        };
+        let uid = pool.allocate().ok_or("no free build user for the canary")?;
+        let gid = pool.gid();
+        self.canary_uid = uid;
+        let name = format!("canary-{}", std::process::id());
+        let _ = tree::delete_tree(&dirs.builds, &name);
+        let top = tree::create_owned_dir(&dirs.builds, &name, uid, gid)
+            .map_err(|e| format!("creating {name}: {e}"))?;
+        let spec = SandboxSpec {
+            build: BuildId(0),
+            drv_path: ward_ipc::store_path::StorePath::from_base_name(
+                "00000000000000000000000000000000-ward-canary.drv",
+            )
+            .map_err(|e| e.to_string())?,
+            store_dir: self.cfg.store_dir.clone(),
+            real_store_dir: self.cfg.real_store_dir.clone(),
+            sandbox_build_dir: self.cfg.sandbox_build_dir.clone(),
+            host_build_dir: dirs
+                .builds_path
+                .join(&name)
+                .join("build")
+                .to_string_lossy()
+                .into_owned(),
+            sandbox_uid: SANDBOX_UID,
+            sandbox_gid: SANDBOX_GID,
+            chroot: true,
+            network: false,
+            input_paths: Default::default(),
+            output_paths: Default::default(),
+            bind_mounts: self.cfg.sandbox_paths.clone(),
+            build_dir_files: vec![],
+            builder: "/bin/sh".into(),
+            args: vec![],
+            env: Default::default(),
+            filter_syscalls: self.cfg.filter_syscalls,
+            allow_new_privileges: self.cfg.allow_new_privileges,
+            canary: true,
+        };
+        let result = Self::spawn_builder(&self.cfg, &spec, uid, gid, &top);
+        let result =
+            result
+                .map_err(|(what, e)| format!("{what}: {e}"))
+                .and_then(|(pid, channel, log)| {
+                    let _ = channel.socket().set_read_timeout(Some(CANARY_TIMEOUT));
+                    let got = channel.recv();
+                    let _ = kill(pid, Signal::SIGKILL);
+                    let _ = sys::wait4(pid.as_raw(), true);
+                    let mut log_text = String::new();
+                    let _ = rustix::fs::fcntl_setfl(&log, rustix::fs::OFlags::NONBLOCK);
+                    let mut buf = [0u8; 2048];
+                    if let Ok(n) = rustix::io::read(&log, &mut buf) {
+                        log_text = String::from_utf8_lossy(&buf[..n]).trim().to_owned();
+                    }
+                    let tail = if log_text.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (builder said: {log_text})")
+                    };
+                    match got {
+                        Ok(m) => match m.message {
+                            BuilderToBroker::CanaryReport(report) => Ok(*report),
+                            BuilderToBroker::SetupFailed { step, message } => Err(format!(
+                                "the sandbox could not be set up at {step:?}: {message}"
+                            )),
+                            other => Err(format!("the canary sent {other:?}")),
+                        },
+                        Err(e) => Err(format!("the canary sent no report: {e}{tail}")),
+                    }
+                });
+        let sweeps = self.pool.as_ref().is_some_and(|p| p.sweeps());
+        if sweeps {
+            crate::pool::sweep_uid(uid);
+        }
+        if let Some(dirs) = self.dirs.as_ref() {
+            let _ = tree::delete_tree(&dirs.builds, &name);
+        }
+        if let Some(pool) = self.pool.as_mut() {
+            pool.release(uid);
+        }
+        result
+    }
+}
+
+fn read_builder_channel(build: BuildId, b: &mut Build) {
+    let Some(channel) = b.channel.as_ref() else {
+        return;
+    };
+    let mut ready = [nix::poll::PollFd::new(
+        channel.socket().as_fd(),
+        nix::poll::PollFlags::POLLIN,
+    )];
+    if !matches!(nix::poll::poll(&mut ready, nix::poll::PollTimeout::ZERO), Ok(n) if n > 0) {
+        return;
+    }
+    if let Ok(m) = channel.recv() {
+        match m.message {
+            BuilderToBroker::SetupFailed { step, message } => {
+                eprintln!("ward-broker: {build}: sandbox set-up failed at {step:?}: {message}");
+                b.setup_failed = Some((step, message));
+            }
+            other => {
+                eprintln!(
+                    "ward-broker: {build}: unexpected message from the builder: {}",
+                    ward_ipc::IpcMessage::variant_name(&other)
+                );
+            }
+        }
+    }
+    // One message at most: after it (or end-of-file) the channel has nothing more to say.
+    b.channel = None;
+}
+
+/// `keep-failed`: hand the tree to the requester while it is still in the root-only builds
+/// directory (nobody can race the walk there), then move it to `kept/<uid>/`.
+fn keep(dirs: &BuildDirs, b: &Build) -> Result<String, String> {
+    let to_gid = nix::unistd::User::from_uid(Uid::from_raw(b.requester_uid))
+        .ok()
+        .flatten()
+        .map(|u| u.gid.as_raw());
+    let count = tree::chown_tree(&b.top, b.uid, b.requester_uid, to_gid)
+        .map_err(|e| format!("handing the tree to uid {}: {e}", b.requester_uid))?;
+    if count.skipped > 0 {
+        eprintln!(
+            "ward-broker: kept tree {}: {} entries not handed over (other owner or hard link)",
+            b.dir_name, count.skipped
+        );
+    }
+    let user_dir = tree::open_kept_user_dir(&dirs.kept, b.requester_uid, to_gid.unwrap_or(b.gid))?;
+    let name = tree::move_no_replace(&dirs.builds, &b.dir_name, &user_dir)
+        .map_err(|e| format!("moving into kept/{}: {e}", b.requester_uid))?;
+    Ok(dirs
+        .kept_path
+        .join(b.requester_uid.to_string())
+        .join(name)
+        .to_string_lossy()
+        .into_owned())
+}
+
+fn make_pool(cfg: &BuildSettings) -> Result<Pool, String> {
+    let own_uid = nix::unistd::geteuid().as_raw();
+    let own_gid = nix::unistd::getegid().as_raw();
+    if own_uid != 0 {
+        if !cfg.build_users_group.is_empty() {
+            eprintln!(
+                "ward-broker: not root: ignoring build-users-group '{}'; builds run as uid {own_uid}",
+                cfg.build_users_group
+            );
+        }
+        return Ok(Pool::new(Source::Own, own_gid, own_uid));
+    }
+    if cfg.auto_allocate_uids {
+        let gid = if cfg.build_users_group.is_empty() {
+            own_gid
+        } else {
+            nix::unistd::Group::from_name(&cfg.build_users_group)
+                .ok()
+                .flatten()
+                .map(|g| g.gid.as_raw())
+                .ok_or_else(|| {
+                    format!(
+                        "build users group '{}' does not exist",
+                        cfg.build_users_group
+                    )
+                })?
+        };
+        return Ok(Pool::new(
+            Source::Range {
+                start: cfg.start_id,
+                count: cfg.id_count,
+            },
+            gid,
+            own_uid,
+        ));
+    }
+    if cfg.build_users_group.is_empty() {
+        return Err("root never builds as root: no build-users-group".into());
+    }
+    Pool::from_group(&cfg.build_users_group, own_uid)
+}
+
+/// Whether the builder program is inside an input path or a configured sandbox path.
+pub fn builder_available(cfg: &BuildSettings, req: &BuildRequest) -> bool {
+    let within = |dir: &str| {
+        req.builder == dir
+            || req
+                .builder
+                .strip_prefix(dir)
+                .is_some_and(|rest| rest.starts_with('/'))
+    };
+    req.input_paths.iter().any(|p| {
+        within(&format!(
+            "{}/{}",
+            cfg.store_dir.trim_end_matches('/'),
+            p.base_name()
+        ))
+    }) || cfg.sandbox_paths.iter().any(|m| within(&m.target))
+}
+
+/// Compares a canary's report with the policy; on success, the landlock status for the log.
+pub fn compare_report(
+    r: &SandboxReport,
+    cfg: &BuildSettings,
+    build_uid: u32,
+) -> Result<String, String> {
+    let one_mapping = |map: &str, inside: u32, outside: u32| {
+        let lines: Vec<Vec<&str>> = map
+            .lines()
+            .map(|l| l.split_whitespace().collect())
+            .filter(|f: &Vec<&str>| !f.is_empty())
+            .collect();
+        lines.len() == 1 && lines[0] == [inside.to_string(), outside.to_string(), "1".to_string()]
+    };
+    if !one_mapping(&r.uid_map, SANDBOX_UID, build_uid) {
+        return Err(format!(
+            "the uid map is not exactly {SANDBOX_UID} → {build_uid} (got {:?})",
+            r.uid_map.trim()
+        ));
+    }
+    if r.uids != [SANDBOX_UID; 3] {
+        return Err(format!(
+            "the build runs as uids {:?}, not {SANDBOX_UID}",
+            r.uids
+        ));
+    }
+    if r.cap_eff != 0 {
+        return Err(format!(
+            "capabilities are not dropped (CapEff {:#x})",
+            r.cap_eff
+        ));
+    }
+    if !cfg.allow_new_privileges && !r.no_new_privs {
+        return Err("no_new_privs is not set".into());
+    }
+    if cfg.filter_syscalls && r.seccomp_mode != 2 {
+        return Err(format!("seccomp is not active (mode {})", r.seccomp_mode));
+    }
+    if r.net_devices != ["lo"] {
+        return Err(format!(
+            "the network namespace has {:?}, not only loopback",
+            r.net_devices
+        ));
+    }
+    if r.hostname != "localhost" {
+        return Err(format!(
+            "the host name is '{}', not 'localhost'",
+            r.hostname
+        ));
+    }
+    if !r.groups.is_empty() {
+        return Err(format!("supplementary groups are left: {:?}", r.groups));
+    }
+    Ok(match r.landlock_abi {
+        Some(abi) => format!("ABI {abi}"),
+        None => "not supported".into(),
+    })
+}
+
+fn exec_argv(bin: &Path, mode: &str) -> Result<Vec<CString>, Errno> {
+    use std::os::unix::ffi::OsStrExt;
+    Ok(vec![
+        CString::new(bin.as_os_str().as_bytes()).map_err(|_| Errno::EINVAL)?,
+        cstring(mode)?,
+    ])
+}
+
+/// Fork+exec of `argv` as `uid:gid` (no supplementary groups) with exactly `fds` placed.
+fn spawn_as_build_user(
+    argv: &[CString],
+    uid: u32,
+    gid: u32,
+    fds: &[(RawFd, RawFd)],
+    allow_new_privileges: bool,
+) -> nix::Result<Pid> {
+    match sys::fork_process()? {
+        ForkResult::Parent { child } => Ok(child),
+        ForkResult::Child => {
+            let Err((what, errno)) = become_build_user(argv, uid, gid, fds, allow_new_privileges);
+            eprintln!("ward-broker: starting {argv:?} failed at {what}: {errno}");
+            std::process::exit(127);
+        }
+    }
+}
+
+fn become_build_user(
+    argv: &[CString],
+    uid: u32,
+    gid: u32,
+    fds: &[(RawFd, RawFd)],
+    allow_new_privileges: bool,
+) -> Result<std::convert::Infallible, (&'static str, Errno)> {
+    sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
+        .map_err(|e| ("unblocking signals", e))?;
+    sys::default_sigpipe().map_err(|e| ("resetting SIGPIPE", e))?;
+    let parked: Vec<(RawFd, RawFd)> = fds
+        .iter()
+        .map(|&(src, dst)| fcntl(src, FcntlArg::F_DUPFD_CLOEXEC(100)).map(|p| (p, dst)))
+        .collect::<Result<_, _>>()
+        .map_err(|e| ("parking descriptors", e))?;
+    let mut highest = 0;
+    for (parked_fd, dst) in parked {
+        nix::unistd::dup2(parked_fd, dst).map_err(|e| ("placing descriptors", e))?;
+        highest = highest.max(dst);
+    }
+    sys::close_fds_from(highest + 1).map_err(|e| ("closing inherited descriptors", e))?;
+    if nix::unistd::geteuid().is_root() {
+        if uid == 0 {
+            return Err(("refusing to build as root", Errno::EPERM));
+        }
+        sys::drop_capability_bounding_set().map_err(|e| ("dropping capabilities", e))?;
+        nix::unistd::setgroups(&[]).map_err(|e| ("setgroups", e))?;
+        let (g, u) = (Gid::from_raw(gid), Uid::from_raw(uid));
+        nix::unistd::setresgid(g, g, g).map_err(|e| ("setresgid", e))?;
+        nix::unistd::setresuid(u, u, u).map_err(|e| ("setresuid", e))?;
+    }
+    if nix::unistd::getuid().as_raw() != uid || nix::unistd::geteuid().as_raw() != uid {
+        return Err(("uid did not change", Errno::EPERM));
+    }
+    match sys::clear_ambient_capabilities() {
+        Ok(()) | Err(Errno::EINVAL) => {}
+        Err(e) => return Err(("clearing ambient capabilities", e)),
+    }
+    if !allow_new_privileges {
+        nix::sys::prctl::set_no_new_privs().map_err(|e| ("no_new_privs", e))?;
+    }
+    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(|e| ("pdeathsig", e))?;
+    let env: [CString; 1] =
+        [CString::new("PATH=/usr/bin:/bin").map_err(|_| ("env", Errno::EINVAL))?];
+    nix::unistd::execve(&argv[0], argv, &env).map_err(|e| ("exec", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ward_ipc::builder::BindMount;
+    use ward_ipc::store_path::StorePath;
+
+    fn path(base: &str) -> StorePath {
+        StorePath::from_base_name(base).unwrap()
+    }
+
+    const BASH: &str = "ab3li50xq0nl4q5lxdyinb8w8y13my9s-bash";
+    const DRV: &str = "7h7qgvs4kgzsn8a6rb273saxyqh4jxlz-hello.drv";
+    const OUT: &str = "0c7kkqq2a2r9d0a1g3g0h3sgx8rz3i5f-hello";
+
+    fn request(store: &str) -> BuildRequest {
+        BuildRequest {
+            build: BuildId(1),
+            drv_path: path(DRV),
+            system: "x86_64-linux".into(),
+            builder: format!("{store}/{BASH}/bin/bash"),
+            args: vec![],
+            env: Default::default(),
+            input_paths: [path(BASH)].into(),
+            outputs: [("out".to_string(), path(OUT))].into(),
+            fixed_output: false,
+            build_dir_files: vec![],
+            timeout_secs: 0,
+            no_chroot: false,
+            requester_uid: 1000,
+        }
+    }
+
+    fn settings(store: &str) -> BuildSettings {
+        BuildSettings {
+            store_dir: store.into(),
+            real_store_dir: store.into(),
+            system: "x86_64-linux".into(),
+            extra_platforms: vec!["i686-linux".into()],
+            sandbox_paths: vec![BindMount {
+                source: "/usr/bin/env".into(),
+                target: "/usr/bin/env".into(),
+                optional: false,
+            }],
+            ..BuildSettings::default()
+        }
+    }
+
+    fn table(cfg: &BuildSettings) -> Builds {
+        Builds {
+            cfg: cfg.clone(),
+            dirs: None,
+            pool: None,
+            refusal: None,
+            table: BTreeMap::new(),
+            strays: vec![],
+            canary_uid: 0,
+        }
+    }
+
+    #[test]
+    fn outputs_are_collected_only_after_success_and_once() {
+        let b = BuildId(3);
+        let mut life = Life::Running;
+        assert!(matches!(
+            life.begin_collect(b),
+            Err(BrokerError::WrongBuildState { .. })
+        ));
+        assert!(matches!(
+            life.check_release(b),
+            Err(BrokerError::WrongBuildState { .. })
+        ));
+        life = Life::Finished {
+            outcome: BuildOutcome::Exited { code: 0 },
+            collected: false,
+        };
+        life.begin_collect(b).unwrap();
+        let again = life.begin_collect(b).unwrap_err();
+        assert!(again.to_string().contains("already collected"), "{again}");
+        life.check_release(b).unwrap();
+        for outcome in [
+            BuildOutcome::Exited { code: 1 },
+            BuildOutcome::Signalled { signal: 9 },
+            BuildOutcome::TimedOut,
+            BuildOutcome::Cancelled {
+                reason: CancelReason::Client,
+            },
+            BuildOutcome::SetupFailed {
+                step: SetupStep::Seccomp,
+                message: "x".into(),
+            },
+        ] {
+            let mut life = Life::Finished {
+                outcome,
+                collected: false,
+            };
+            assert!(life.begin_collect(b).is_err());
+            life.check_release(b).unwrap();
+        }
+    }
+
+    #[test]
+    fn start_checks_the_request_against_the_store_and_the_policy() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = tmp.path().to_str().unwrap().to_owned();
+        let cfg = settings(&store);
+        let mut builds = table(&cfg);
+        // Inputs are missing at first.
+        assert!(matches!(
+            builds.check_start(&request(&store)),
+            Err(BrokerError::MissingInput { path, .. }) if path.base_name() == BASH
+        ));
+        std::fs::create_dir_all(tmp.path().join(BASH).join("bin")).unwrap();
+        assert!(matches!(
+            builds.check_start(&request(&store)),
+            Err(BrokerError::MissingInput { path, .. }) if path.base_name() == DRV
+        ));
+        std::fs::write(tmp.path().join(DRV), b"Derive(...)").unwrap();
+        assert!(
+            builds.check_start(&request(&store)).unwrap(),
+            "sandboxed by default"
+        );
+
+        let mut r = request(&store);
+        r.system = "aarch64-linux".into();
+        assert!(matches!(
+            builds.check_start(&r),
+            Err(BrokerError::UnsupportedSystem { .. })
+        ));
+        r.system = "i686-linux".into();
+        builds.check_start(&r).unwrap();
+
+        let mut r = request(&store);
+        r.builder = "builtin:fetchurl".into();
+        let e = builds.check_start(&r).unwrap_err();
+        assert!(e.to_string().contains("builtin builders"), "{e}");
+
+        let mut r = request(&store);
+        r.builder = "/bin/sh".into();
+        assert!(matches!(
+            builds.check_start(&r),
+            Err(BrokerError::BuilderNotAvailable { .. })
+        ));
+        r.builder = "/usr/bin/env".into();
+        builds.check_start(&r).unwrap();
+        r.builder = format!("{store}/{BASH}-evil/bin/sh");
+        assert!(matches!(
+            builds.check_start(&r),
+            Err(BrokerError::BuilderNotAvailable { .. })
+        ));
+
+        // __noChroot: refused with sandbox = true, granted with relaxed.
+        let mut r = request(&store);
+        r.no_chroot = true;
+        assert!(matches!(
+            builds.check_start(&r),
+            Err(BrokerError::SandboxRefused { .. })
+        ));
+        let mut relaxed = table(&BuildSettings {
+            sandbox: SandboxMode::Relaxed,
+            ..cfg.clone()
+        });
+        assert!(!relaxed.check_start(&r).unwrap());
+        // Without a chroot an existing output is in the way; with one it is not.
+        std::fs::create_dir(tmp.path().join(OUT)).unwrap();
+        assert!(matches!(
+            relaxed.check_start(&r),
+            Err(BrokerError::OutputExists { .. })
+        ));
+        assert!(builds.check_start(&request(&store)).unwrap());
+
+        // Bad values are caught by BuildRequest::check first.
+        let mut r = request(&store);
+        r.env.insert("A=B".into(), String::new());
+        assert!(matches!(
+            builds.check_start(&r),
+            Err(BrokerError::BadRequest { .. })
+        ));
+
+        // max-jobs 0: no local builds.
+        relaxed.cfg.max_jobs = 0;
+        assert!(matches!(
+            relaxed.check_start(&request(&store)),
+            Err(BrokerError::TooManyBuilds { max: 0, .. })
+        ));
+        // A refused sandbox refuses every build, naming the part.
+        builds.refusal = Some(Refusal::Sandbox(
+            "sandbox check failed: seccomp is not active".into(),
+        ));
+        match builds.start(&request(&store)) {
+            (BrokerToFrontend::Error(BrokerError::SandboxRefused { reason, build }), fds) => {
+                assert!(reason.contains("seccomp"));
+                assert_eq!(build, BuildId(1));
+                assert!(fds.is_empty());
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn unknown_builds_are_named_in_errors() {
+        let mut builds = table(&settings("/nix/store"));
+        let b = BuildId(77);
+        for reply in [
+            builds.cancel(b, CancelReason::Client),
+            builds.query(b),
+            builds.collect(b).0,
+            builds.release(b, false),
+        ] {
+            assert_eq!(
+                reply,
+                BrokerToFrontend::Error(BrokerError::UnknownBuild { build: b })
+            );
+        }
+        assert!(builds.cancel_all().is_empty());
+    }
+
+    fn good_report() -> SandboxReport {
+        SandboxReport {
+            uid_map: "      1000      30001          1\n".into(),
+            gid_map: "       100      30000          1\n".into(),
+            cap_eff: 0,
+            no_new_privs: true,
+            seccomp_mode: 2,
+            landlock_abi: Some(4),
+            mounts: vec!["/".into()],
+            net_devices: vec!["lo".into()],
+            hostname: "localhost".into(),
+            uids: [1000; 3],
+            groups: vec![],
+        }
+    }
+
+    #[test]
+    fn a_weaker_sandbox_is_named_part_by_part() {
+        let cfg = settings("/nix/store");
+        assert_eq!(
+            compare_report(&good_report(), &cfg, 30001).unwrap(),
+            "ABI 4"
+        );
+        let mut r = good_report();
+        r.landlock_abi = None;
+        assert_eq!(compare_report(&r, &cfg, 30001).unwrap(), "not supported");
+        type Weaken = fn(&mut SandboxReport);
+        let cases: Vec<(Weaken, &str)> = vec![
+            (|r| r.uid_map = "0 0 4294967295".into(), "uid map"),
+            (|r| r.uid_map.push_str("0 30002 1\n"), "uid map"),
+            (|r| r.uid_map = "1000 30001 2".into(), "uid map"),
+            (|r| r.uids = [0, 0, 0], "uids"),
+            (|r| r.cap_eff = 1 << 21, "capabilities"),
+            (|r| r.no_new_privs = false, "no_new_privs"),
+            (|r| r.seccomp_mode = 0, "seccomp is not active"),
+            (|r| r.net_devices.push("eth0".into()), "loopback"),
+            (|r| r.hostname = "host".into(), "host name"),
+            (|r| r.groups = vec![65534], "supplementary groups"),
+        ];
+        for (weaken, part) in cases {
+            let mut r = good_report();
+            weaken(&mut r);
+            let e = compare_report(&r, &cfg, 30001).unwrap_err();
+            assert!(e.contains(part), "{part}: {e}");
+        }
+        // The wrong build uid is a wrong map too.
+        assert!(compare_report(&good_report(), &cfg, 30002).is_err());
+        // What the configuration allows is not a failure.
+        let lax = BuildSettings {
+            filter_syscalls: false,
+            allow_new_privileges: true,
+            ..cfg
+        };
+        let mut r = good_report();
+        r.seccomp_mode = 0;
+        r.no_new_privs = false;
+        compare_report(&r, &lax, 30001).unwrap();
+    }
+}
