@@ -1413,4 +1413,155 @@ mod tests {
         r.no_new_privs = false;
         compare_report(&r, &lax, 30001).unwrap();
     }
+
+    /// The real `ward-builder` next to the test binary's target directory, if it was built.
+    fn real_builder() -> Option<std::path::PathBuf> {
+        let exe = std::env::current_exe().ok()?;
+        let path = exe.parent()?.parent()?.join("ward-builder");
+        path.exists().then_some(path)
+    }
+
+    fn wait_finished(builds: &mut Builds) -> BrokerToFrontend {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            assert!(Instant::now() < deadline, "the build did not finish");
+            if let Ok(Some(r)) = sys::wait4(-1, false) {
+                if let Some(n) = builds.reaped(r) {
+                    return n;
+                }
+            }
+            for id in builds
+                .poll_fds()
+                .iter()
+                .map(|(id, _)| *id)
+                .collect::<Vec<_>>()
+            {
+                builds.channel_ready(id);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// With the real builder (when built) and the nixbld users: canary, a build that writes
+    /// its output, collection, keep-failed and release. Prints what it saw.
+    #[test]
+    fn end_to_end_with_the_real_builder() {
+        if !nix::unistd::geteuid().is_root() {
+            println!("SKIPPED: end_to_end_with_the_real_builder needs root");
+            return;
+        }
+        let Some(builder) = real_builder() else {
+            println!("SKIPPED: end_to_end_with_the_real_builder needs target/*/ward-builder");
+            return;
+        };
+        if nix::unistd::Group::from_name("nixbld")
+            .ok()
+            .flatten()
+            .is_none()
+        {
+            println!("SKIPPED: end_to_end_with_the_real_builder needs the nixbld group");
+            return;
+        }
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let store = tmp.path().join("store");
+        let state = tmp.path().join("state");
+        std::fs::create_dir_all(store.join(BASH)).unwrap();
+        std::fs::create_dir_all(&state).unwrap();
+        std::fs::write(store.join(DRV), b"Derive()").unwrap();
+        let store_s = store.to_str().unwrap().to_owned();
+        let mut cfg = settings("/nix/store");
+        cfg.real_store_dir = store_s.clone();
+        cfg.builder_bin = Some(builder);
+        cfg.build_users_group = "nixbld".into();
+        cfg.sandbox_paths = [
+            "/bin=/usr/bin",
+            "/usr",
+            "/lib=/usr/lib",
+            "/lib64=/usr/lib64?",
+        ]
+        .iter()
+        .map(|p| crate::args::parse_sandbox_path(p).unwrap())
+        .collect();
+        let mut builds = Builds::new(&cfg, &state);
+        builds.run_canary();
+        println!("canary refusal: {:?}", builds.refusal);
+        // Whatever the canary said, run a build to exercise the broker's side.
+        builds.refusal = None;
+        let mut req = request("/nix/store");
+        req.builder = "/bin/sh".into();
+        req.args = vec![
+            "-c".into(),
+            "echo building; id; mkdir $out && echo hello > $out/greeting; echo kept > kept-file"
+                .into(),
+        ];
+        req.env.insert("out".into(), format!("/nix/store/{OUT}"));
+        req.env.insert("PATH".into(), "/bin".into());
+        req.timeout_secs = 60;
+        let (reply, fds) = builds.start(&req);
+        println!("start: {reply:?}");
+        let BrokerToFrontend::BuildStarted { build_uid, .. } = reply else {
+            panic!("{reply:?}")
+        };
+        assert_ne!(build_uid, 0);
+        assert_eq!(fds.len(), 1);
+        let finished = wait_finished(&mut builds);
+        println!("finished: {finished:?}");
+        let mut log = String::new();
+        let _ = rustix::fs::fcntl_setfl(&fds[0], rustix::fs::OFlags::NONBLOCK);
+        let mut buf = [0u8; 8192];
+        while let Ok(n) = rustix::io::read(&fds[0], &mut buf) {
+            if n == 0 {
+                break;
+            }
+            log.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+        println!("log: {log}");
+        // Collect only works after success; a second start with the same id is refused.
+        assert!(matches!(
+            builds.start(&req).0,
+            BrokerToFrontend::Error(BrokerError::DuplicateBuild { .. })
+        ));
+        if let BrokerToFrontend::BuildFinished {
+            outcome: BuildOutcome::Exited { code: 0 },
+            ..
+        } = finished
+        {
+            let (reply, pipes) = builds.collect(BuildId(1));
+            println!("collect: {reply:?} with {} pipes", pipes.len());
+            for p in &pipes {
+                let mut nar = Vec::new();
+                let mut f = std::fs::File::from(p.try_clone().unwrap());
+                let _ = std::io::Read::read_to_end(&mut f, &mut nar);
+                println!("nar: {} bytes", nar.len());
+            }
+            assert!(matches!(
+                builds.collect(BuildId(1)).0,
+                BrokerToFrontend::Error(BrokerError::WrongBuildState { .. })
+            ));
+        }
+        let released = builds.release(BuildId(1), true);
+        println!("release: {released:?}");
+        if let BrokerToFrontend::BuildReleased {
+            kept_at: Some(path),
+            ..
+        } = &released
+        {
+            use std::os::unix::fs::MetadataExt;
+            let meta = std::fs::symlink_metadata(path).unwrap();
+            assert_eq!(meta.uid(), 1000);
+            assert!(path.starts_with(state.join("ward/kept/1000").to_str().unwrap()));
+        } else {
+            panic!("{released:?}");
+        }
+        assert!(crate::pool::live_processes_of(build_uid).unwrap() == 0);
+        assert_eq!(
+            std::fs::read_dir(state.join("ward/builds"))
+                .unwrap()
+                .count(),
+            0,
+            "the builds directory is empty again"
+        );
+    }
 }

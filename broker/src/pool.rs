@@ -239,7 +239,7 @@ fn kill_all_of(uid: u32) -> bool {
 }
 
 /// How many processes that are not zombies have `uid` as real, effective or saved uid.
-fn live_processes_of(uid: u32) -> std::io::Result<usize> {
+pub(crate) fn live_processes_of(uid: u32) -> std::io::Result<usize> {
     let mut count = 0;
     for entry in std::fs::read_dir("/proc")? {
         let entry = entry?;

@@ -297,6 +297,7 @@ fn broker_command(
             WARD_GROUP,
         ]);
     }
+    build_flags(&mut cmd, setup);
     if let Some(pid) = stdio_session {
         // The broker ends with this relay, also when it is killed.
         cmd.arg("--parent-pid").arg(pid.to_string());
@@ -306,6 +307,58 @@ fn broker_command(
         cmd.env_remove(var);
     }
     Ok(cmd)
+}
+
+/// The build policy from nix.conf, as broker flags (the broker decides nothing from the
+/// frontend). Without the `ward-builder` binary the broker refuses builds but serves the rest.
+fn build_flags(cmd: &mut Command, setup: &DaemonSetup) {
+    let s = &setup.settings;
+    match sibling_binary("ward-builder") {
+        Ok(path) => {
+            cmd.arg("--builder").arg(path);
+        }
+        Err(e) => eprintln!("ward: {e}; builds are refused"),
+    }
+    cmd.arg("--store-dir")
+        .arg(&setup.layout.store_dir)
+        .arg("--real-store-dir")
+        .arg(&setup.layout.real_store_dir)
+        .arg("--build-users-group")
+        .arg(&s.build_users_group)
+        .arg("--max-jobs")
+        .arg(s.max_jobs.to_string())
+        .arg("--sandbox")
+        .arg(match s.sandbox {
+            ward_config::SandboxMode::Enabled => "true",
+            ward_config::SandboxMode::Relaxed => "relaxed",
+            ward_config::SandboxMode::Disabled => "false",
+        })
+        .arg("--sandbox-build-dir")
+        .arg(&s.sandbox_build_dir)
+        .arg("--system")
+        .arg(&s.system);
+    for path in &s.sandbox_paths {
+        cmd.arg("--sandbox-path").arg(path);
+    }
+    for platform in &s.extra_platforms {
+        cmd.arg("--extra-platform").arg(platform);
+    }
+    if !s.filter_syscalls {
+        cmd.arg("--no-filter-syscalls");
+    }
+    if s.allow_new_privileges {
+        cmd.arg("--allow-new-privileges");
+    }
+    if s.auto_allocate_uids {
+        cmd.arg("--auto-allocate-uids")
+            .arg("--start-id")
+            .arg(s.start_id.to_string())
+            .arg("--id-count")
+            .arg(s.id_count.to_string());
+    }
+    if !s.build_dir.is_empty() {
+        cmd.arg("--build-dir").arg(&s.build_dir);
+    }
 }
 
 /// ward's helper binaries sit beside the `ward` binary.
