@@ -82,7 +82,7 @@ pub struct BuildSettings {
     pub start_id: u32,
     /// `--id-count`.
     pub id_count: u32,
-    /// `--build-dir`: instead of `<state>/ward/builds`.
+    /// `--build-dir`: instead of `<state>/ward-broker/builds`.
     pub build_dir: Option<PathBuf>,
 }
 

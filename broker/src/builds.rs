@@ -1551,13 +1551,13 @@ mod tests {
             use std::os::unix::fs::MetadataExt;
             let meta = std::fs::symlink_metadata(path).unwrap();
             assert_eq!(meta.uid(), 1000);
-            assert!(path.starts_with(state.join("ward/kept/1000").to_str().unwrap()));
+            assert!(path.starts_with(state.join("ward-broker/kept/1000").to_str().unwrap()));
         } else {
             panic!("{released:?}");
         }
         assert!(crate::pool::live_processes_of(build_uid).unwrap() == 0);
         assert_eq!(
-            std::fs::read_dir(state.join("ward/builds"))
+            std::fs::read_dir(state.join("ward-broker/builds"))
                 .unwrap()
                 .count(),
             0,

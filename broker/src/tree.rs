@@ -1,8 +1,8 @@
 //! The build directories, reached only through directory handles.
 //!
-//! * `<state>/ward/builds` (or `build-dir`): root-owned 0700; every build gets
+//! * `<state>/ward-broker/builds` (or `build-dir`): root-owned 0700; every build gets
 //!   `<id>-<drvname>` inside, made with `mkdirat` and `fchown`ed through its own descriptor.
-//! * `<state>/ward/kept/<uid>/`: `keep-failed` trees, handed to the requesting user.
+//! * `<state>/ward-broker/kept/<uid>/`: `keep-failed` trees, handed to the requesting user.
 //!
 //! Nothing here follows a symlink: components are opened with `O_NOFOLLOW | O_DIRECTORY`,
 //! entries are examined with `AT_SYMLINK_NOFOLLOW` and removed with `unlinkat` relative to
@@ -93,7 +93,7 @@ pub struct BuildDirs {
     pub builds: OwnedFd,
     /// Its host path.
     pub builds_path: PathBuf,
-    /// Handle of `<state>/ward/kept`.
+    /// Handle of `<state>/ward-broker/kept`.
     pub kept: OwnedFd,
     /// Its host path.
     pub kept_path: PathBuf,
@@ -103,8 +103,8 @@ impl BuildDirs {
     /// Creates (or checks) `<state>/ward/{builds,kept}`, or uses `build_dir` for builds.
     pub fn prepare(state_dir: &Path, build_dir: Option<&Path>) -> Result<BuildDirs, String> {
         let state = open_dir_path(state_dir, false)?;
-        let ward_path = state_dir.join("ward");
-        let ward = ensure_private_dir(&state, "ward", 0o755, &ward_path)?;
+        let ward_path = state_dir.join("ward-broker");
+        let ward = ensure_private_dir(&state, "ward-broker", 0o755, &ward_path)?;
         let kept_path = ward_path.join("kept");
         let kept = ensure_private_dir(&ward, "kept", 0o755, &kept_path)?;
         let (builds, builds_path) = match build_dir {
@@ -489,7 +489,7 @@ mod tests {
     fn build_dirs_are_created_exclusively_and_owned_through_the_handle() {
         let tmp = tempfile::tempdir().unwrap();
         let dirs = BuildDirs::prepare(tmp.path(), None).unwrap();
-        let meta = std::fs::metadata(tmp.path().join("ward/builds")).unwrap();
+        let meta = std::fs::metadata(tmp.path().join("ward-broker/builds")).unwrap();
         assert_eq!(meta.mode() & 0o7777, 0o700);
         let me = nix::unistd::geteuid().as_raw();
         let gid = nix::unistd::getegid().as_raw();

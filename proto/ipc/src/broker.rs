@@ -296,10 +296,10 @@ pub enum FrontendToBroker {
     /// running is killed first.
     ///
     /// Root does: with `keep_failed`, moves the build directory (a rename, never a copy) to
-    /// `<state>/ward/kept/<uid>/<name>` where `<uid>` is the build's `requester_uid`, and hands
+    /// `<state>/ward-broker/kept/<uid>/<name>` where `<uid>` is the build's `requester_uid`, and hands
     /// the tree to that user: entries are changed through directory handles with
     /// `AT_SYMLINK_NOFOLLOW`, only those owned by the build user and, for non-directories, with
-    /// one link; `<state>/ward/kept/<uid>` is 0700 and owned by that user, `kept/` by root.
+    /// one link; `<state>/ward-broker/kept/<uid>` is 0700 and owned by that user, `kept/` by root.
     /// Otherwise it deletes the build directory through directory handles (never following a
     /// symlink). Then it kills whatever still runs as the build user and returns the user to
     /// the pool.
