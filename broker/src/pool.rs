@@ -5,11 +5,15 @@
 //! * `auto-allocate-uids`: the next free uid of `start-id .. start-id + id-count`.
 //! * Single-user (the broker is not root): every build runs as the broker's own uid.
 //!
-//! One build per uid at a time (except single-user). Before a uid is handed out it is swept:
+//! One build per uid at a time (except single-user), also across several ward daemons on one
+//! host: a uid is held with an exclusive `flock` on `/run/ward-build-users/<uid>` (root-owned,
+//! 0700) for as long as a build has it, and a uid another daemon holds is skipped — so one
+//! daemon's sweep never kills another daemon's build. Before a uid is handed out it is swept:
 //! a child that switched to it kills every process it owns, so nothing of an earlier build
 //! (or of anyone else using that uid) survives into the next.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::fd::OwnedFd;
 
 use nix::errno::Errno;
 use nix::sys::signal::{kill, Signal};
@@ -43,6 +47,53 @@ pub struct Pool {
     busy: BTreeSet<u32>,
     /// Sweep uids before use and after builds (needs root).
     sweep: bool,
+    /// The host-wide lock of each uid this pool holds.
+    locks: BTreeMap<u32, OwnedFd>,
+}
+
+/// Host-wide directory of build-user locks (multi-user mode).
+pub const LOCK_DIR: &str = "/run/ward-build-users";
+
+/// Takes the host-wide lock of `uid`, or `None` if another process holds it.
+fn lock_uid(uid: u32) -> Option<OwnedFd> {
+    use rustix::fs::{flock, openat, FlockOperation, Mode, OFlags, CWD};
+    match rustix::fs::mkdir(LOCK_DIR, Mode::from_raw_mode(0o700)) {
+        Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+        Err(e) => {
+            eprintln!("ward-broker: creating {LOCK_DIR}: {e}");
+            return None;
+        }
+    }
+    let dir = match openat(
+        CWD,
+        LOCK_DIR,
+        OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::RDONLY,
+        Mode::empty(),
+    ) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("ward-broker: opening {LOCK_DIR}: {e}");
+            return None;
+        }
+    };
+    match rustix::fs::fstat(&dir) {
+        Ok(st) if st.st_uid == 0 && st.st_mode & 0o022 == 0 => {}
+        _ => {
+            eprintln!(
+                "ward-broker: {LOCK_DIR} is not a root-owned private directory; not using it"
+            );
+            return None;
+        }
+    }
+    let file = openat(
+        &dir,
+        uid.to_string(),
+        OFlags::CREATE | OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )
+    .ok()?;
+    flock(&file, FlockOperation::NonBlockingLockExclusive).ok()?;
+    Some(file)
 }
 
 impl Pool {
@@ -65,6 +116,7 @@ impl Pool {
             own_uid,
             busy: BTreeSet::new(),
             sweep,
+            locks: BTreeMap::new(),
         }
     }
 
@@ -118,16 +170,47 @@ impl Pool {
                     .copied()
                     .filter(|u| !self.busy.contains(u))
                     .collect();
-                let uid = free.into_iter().find(|&u| usable(u))?;
+                let sweep = self.sweep;
+                let mut taken = None;
+                for uid in free {
+                    let lock = if sweep {
+                        match lock_uid(uid) {
+                            Some(l) => Some(l),
+                            None => continue,
+                        }
+                    } else {
+                        None
+                    };
+                    if usable(uid) {
+                        taken = Some((uid, lock));
+                        break;
+                    }
+                }
+                let (uid, lock) = taken?;
+                if let Some(lock) = lock {
+                    self.locks.insert(uid, lock);
+                }
                 self.busy.insert(uid);
                 Some(uid)
             }
             &Source::Range { start, count } => {
                 let mut tried = 0;
+                let sweep = self.sweep;
                 for uid in (start..start.saturating_add(count))
                     .filter(|u| *u != 0 && *u != self.own_uid && !self.busy.contains(u))
                 {
+                    let lock = if sweep {
+                        match lock_uid(uid) {
+                            Some(l) => Some(l),
+                            None => continue,
+                        }
+                    } else {
+                        None
+                    };
                     if usable(uid) {
+                        if let Some(lock) = lock {
+                            self.locks.insert(uid, lock);
+                        }
                         self.busy.insert(uid);
                         return Some(uid);
                     }
@@ -156,6 +239,7 @@ impl Pool {
             return;
         }
         self.busy.remove(&uid);
+        self.locks.remove(&uid);
     }
 
     /// Whether uids are swept (multi-user).
