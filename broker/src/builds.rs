@@ -300,10 +300,21 @@ impl Builds {
             return Err(failed("starting a build", "builds are not set up".into()));
         };
         let uid = pool.allocate().ok_or(BrokerError::NoBuildUser { build })?;
-        let gid = pool.gid();
+        let gid = pool.gid_for(uid);
         let drv_name = req.drv_path.name().trim_end_matches(".drv");
-        let dir_name = format!("{}-{drv_name}", build.0);
-        let top = match tree::create_owned_dir(&dirs.builds, &dir_name, uid, gid) {
+        // Another daemon on the same state directory (`--stdio` sessions) may use the same
+        // build id: the first free name wins, never an existing directory.
+        let base = format!("{}-{drv_name}", build.0);
+        let mut dir_name = base.clone();
+        let mut made = tree::create_owned_dir(&dirs.builds, &dir_name, uid, gid);
+        for n in 2..50 {
+            if !matches!(made, Err(rustix::io::Errno::EXIST)) {
+                break;
+            }
+            dir_name = format!("{base}-{n}");
+            made = tree::create_owned_dir(&dirs.builds, &dir_name, uid, gid);
+        }
+        let top = match made {
             Ok(fd) => fd,
             Err(e) => {
                 pool.release(uid);
@@ -421,7 +432,7 @@ impl Builds {
         let pid = spawn_as_build_user(&argv, uid, gid, &fds, cfg.allow_new_privileges)
             .map_err(|e| ("fork".to_owned(), e.to_string()))?;
         drop((log_w, theirs, null));
-        let channel = BrokerBuilderChannel::new(ours, FrameLimit::DEFAULT);
+        let channel = BrokerBuilderChannel::new(ours, builder_frame_limit());
         // A builder that stops reading must not stall the broker.
         let _ = channel
             .socket()
@@ -621,7 +632,7 @@ impl Builds {
             .map_err(|e| failed("fork", e.to_string()))?;
         drop((writes, theirs, null));
         b.collector = Some(pid);
-        let channel = BrokerBuilderChannel::new(ours, FrameLimit::DEFAULT);
+        let channel = BrokerBuilderChannel::new(ours, builder_frame_limit());
         let _ = channel.socket().set_read_timeout(Some(COLLECT_TIMEOUT));
         let _ = channel
             .socket()
@@ -811,7 +822,7 @@ impl Builds {
             return Err("builds are not set up".into());
         };
         let uid = pool.allocate().ok_or("no free build user for the canary")?;
-        let gid = pool.gid();
+        let gid = pool.gid_for(uid);
         self.canary_uid = uid;
         let name = format!("canary-{}", std::process::id());
         let _ = tree::delete_tree(&dirs.builds, &name);
@@ -892,6 +903,12 @@ impl Builds {
     }
 }
 
+/// The builder reads with the largest cap; a spec is a checked request plus configuration, so
+/// it may be somewhat larger than the request frame was.
+fn builder_frame_limit() -> FrameLimit {
+    FrameLimit::new(ward_ipc::frame::MAX_FRAME_LEN_CEILING).unwrap_or(FrameLimit::DEFAULT)
+}
+
 fn read_builder_channel(build: BuildId, b: &mut Build) {
     let Some(channel) = b.channel.as_ref() else {
         return;
@@ -960,10 +977,12 @@ fn make_pool(cfg: &BuildSettings) -> Result<Pool, String> {
         return Ok(Pool::new(Source::Own, own_gid, own_uid));
     }
     if cfg.auto_allocate_uids {
+        // Without a group each uid gets the gid of the same number (as Nix does), never the
+        // broker's own gid: as root that would be group 0.
         let gid = if cfg.build_users_group.is_empty() {
-            own_gid
+            None
         } else {
-            nix::unistd::Group::from_name(&cfg.build_users_group)
+            let gid = nix::unistd::Group::from_name(&cfg.build_users_group)
                 .ok()
                 .flatten()
                 .map(|g| g.gid.as_raw())
@@ -972,7 +991,8 @@ fn make_pool(cfg: &BuildSettings) -> Result<Pool, String> {
                         "build users group '{}' does not exist",
                         cfg.build_users_group
                     )
-                })?
+                })?;
+            Some(gid)
         };
         return Ok(Pool::new(
             Source::Range {
@@ -1134,6 +1154,8 @@ fn become_build_user(
         nix::sys::prctl::set_no_new_privs().map_err(|e| ("no_new_privs", e))?;
     }
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(|e| ("pdeathsig", e))?;
+    // Its own session: no terminal and no signal meant for the daemon's process group.
+    nix::unistd::setsid().map_err(|e| ("setsid", e))?;
     let env: [CString; 1] =
         [CString::new("PATH=/usr/bin:/bin").map_err(|_| ("env", Errno::EINVAL))?];
     nix::unistd::execve(&argv[0], argv, &env).map_err(|e| ("exec", e))
@@ -1425,9 +1447,13 @@ mod tests {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             assert!(Instant::now() < deadline, "the build did not finish");
-            if let Ok(Some(r)) = sys::wait4(-1, false) {
-                if let Some(n) = builds.reaped(r) {
-                    return n;
+            // Only this table's builders: other tests run in the same process.
+            let pids: Vec<Pid> = builds.table.values().filter_map(|b| b.pid).collect();
+            for pid in pids {
+                if let Ok(Some(r)) = sys::wait4(pid.as_raw(), false) {
+                    if let Some(n) = builds.reaped(r) {
+                        return n;
+                    }
                 }
             }
             for id in builds
@@ -1563,5 +1589,167 @@ mod tests {
             0,
             "the builds directory is empty again"
         );
+    }
+
+    /// A root-only, builder-needing set-up: a fake store with one input and the derivation.
+    fn real_setup(name: &str) -> Option<(tempfile::TempDir, Builds)> {
+        if !nix::unistd::geteuid().is_root() {
+            println!("SKIPPED: {name} needs root");
+            return None;
+        }
+        let Some(builder) = real_builder() else {
+            println!("SKIPPED: {name} needs target/*/ward-builder");
+            return None;
+        };
+        if nix::unistd::Group::from_name("nixbld")
+            .ok()
+            .flatten()
+            .is_none()
+        {
+            println!("SKIPPED: {name} needs the nixbld group");
+            return None;
+        }
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let store = tmp.path().join("store");
+        std::fs::create_dir_all(store.join(BASH)).unwrap();
+        std::fs::create_dir_all(tmp.path().join("state")).unwrap();
+        std::fs::write(store.join(DRV), b"Derive()").unwrap();
+        let mut cfg = settings("/nix/store");
+        cfg.real_store_dir = store.to_str().unwrap().to_owned();
+        cfg.builder_bin = Some(builder);
+        cfg.build_users_group = "nixbld".into();
+        cfg.max_jobs = 4;
+        cfg.sandbox_paths = [
+            "/bin=/usr/bin",
+            "/usr",
+            "/lib=/usr/lib",
+            "/lib64=/usr/lib64?",
+        ]
+        .iter()
+        .map(|p| crate::args::parse_sandbox_path(p).unwrap())
+        .collect();
+        let builds = Builds::new(&cfg, &tmp.path().join("state"));
+        Some((tmp, builds))
+    }
+
+    fn shell_build(id: u64, script: &str, timeout_secs: u64) -> BuildRequest {
+        let mut req = request("/nix/store");
+        req.build = BuildId(id);
+        req.builder = "/bin/sh".into();
+        req.args = vec!["-c".into(), script.into()];
+        req.env.insert("out".into(), format!("/nix/store/{OUT}"));
+        req.env.insert("PATH".into(), "/bin".into());
+        req.timeout_secs = timeout_secs;
+        req
+    }
+
+    fn started_uid(reply: &BrokerToFrontend) -> u32 {
+        match reply {
+            BrokerToFrontend::BuildStarted { build_uid, .. } => *build_uid,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Timeout and cancel kill the whole build, background processes included; failures
+    /// cannot be collected; release deletes the directory.
+    #[test]
+    fn timeouts_and_cancels_leave_no_process_behind() {
+        let Some((tmp, mut builds)) = real_setup("timeouts_and_cancels_leave_no_process_behind")
+        else {
+            return;
+        };
+        // Times out; a background sleep (its own session) must not survive.
+        let (reply, _log) = builds.start(&shell_build(1, "setsid sleep 1000 & sleep 1000", 1));
+        let uid1 = started_uid(&reply);
+        // Cancelled.
+        let (reply, _log2) = builds.start(&shell_build(2, "sleep 1000 & sleep 1000", 0));
+        let uid2 = started_uid(&reply);
+        assert_ne!(uid1, uid2, "one build per uid");
+        // Fails.
+        let (reply, _log3) = builds.start(&shell_build(3, "exit 3", 0));
+        started_uid(&reply);
+        std::thread::sleep(Duration::from_millis(300));
+        match builds.cancel(BuildId(2), CancelReason::MaxSilentTime) {
+            BrokerToFrontend::BuildFinished { outcome, build, .. } => {
+                assert_eq!(build, BuildId(2));
+                assert_eq!(
+                    outcome,
+                    BuildOutcome::Cancelled {
+                        reason: CancelReason::MaxSilentTime
+                    }
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(crate::pool::live_processes_of(uid2).unwrap(), 0);
+        // A cancelled build is no longer running: a second cancel is refused.
+        assert!(matches!(
+            builds.cancel(BuildId(2), CancelReason::Client),
+            BrokerToFrontend::Error(BrokerError::UnknownBuild { .. })
+        ));
+        let mut finished = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while finished.len() < 2 && Instant::now() < deadline {
+            if let Some(at) = builds.next_deadline() {
+                if at <= Instant::now() {
+                    finished.extend(builds.expire(Instant::now()));
+                }
+            }
+            let pids: Vec<Pid> = builds.table.values().filter_map(|b| b.pid).collect();
+            for pid in pids {
+                if let Ok(Some(r)) = sys::wait4(pid.as_raw(), false) {
+                    finished.extend(builds.reaped(r));
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let outcome = |id: u64| {
+            finished.iter().find_map(|f| match f {
+                BrokerToFrontend::BuildFinished { build, outcome, .. } if build.0 == id => {
+                    Some(outcome.clone())
+                }
+                _ => None,
+            })
+        };
+        assert_eq!(outcome(1), Some(BuildOutcome::TimedOut));
+        assert_eq!(outcome(3), Some(BuildOutcome::Exited { code: 3 }));
+        assert_eq!(crate::pool::live_processes_of(uid1).unwrap(), 0);
+        assert!(matches!(
+            builds.collect(BuildId(3)).0,
+            BrokerToFrontend::Error(BrokerError::WrongBuildState { .. })
+        ));
+        for id in [1, 2, 3] {
+            assert_eq!(
+                builds.release(BuildId(id), false),
+                BrokerToFrontend::BuildReleased {
+                    build: BuildId(id),
+                    kept_at: None
+                }
+            );
+        }
+        let left = std::fs::read_dir(tmp.path().join("state/ward-broker/builds"))
+            .unwrap()
+            .count();
+        assert_eq!(left, 0);
+        // Shutting down with a running build: it is cancelled and reported.
+        let (reply, _log4) = builds.start(&shell_build(4, "sleep 1000", 0));
+        started_uid(&reply);
+        let all = builds.cancel_all();
+        assert!(matches!(
+            &all[..],
+            [BrokerToFrontend::BuildFinished {
+                outcome: BuildOutcome::Cancelled {
+                    reason: CancelReason::Client
+                },
+                ..
+            }]
+        ));
+        builds.abandon_all();
+        let left = std::fs::read_dir(tmp.path().join("state/ward-broker/builds"))
+            .unwrap()
+            .count();
+        assert_eq!(left, 0);
     }
 }

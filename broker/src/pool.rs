@@ -42,7 +42,8 @@ pub enum Source {
 #[derive(Debug)]
 pub struct Pool {
     source: Source,
-    gid: u32,
+    /// The builds' gid; `None`: each uid's own number (auto-allocated uids without a group).
+    gid: Option<u32>,
     own_uid: u32,
     busy: BTreeSet<u32>,
     /// Sweep uids before use and after builds (needs root).
@@ -99,7 +100,8 @@ fn lock_uid(uid: u32) -> Option<OwnedFd> {
 impl Pool {
     /// A pool over `source`; uid 0 and `own_uid` are removed from a static list (and skipped in
     /// a range).
-    pub fn new(source: Source, gid: u32, own_uid: u32) -> Pool {
+    pub fn new(source: Source, gid: impl Into<Option<u32>>, own_uid: u32) -> Pool {
+        let gid = gid.into();
         let sweep = !matches!(source, Source::Own);
         let source = match source {
             Source::Static(mut uids) => {
@@ -145,9 +147,9 @@ impl Pool {
         Ok(pool)
     }
 
-    /// The gid builds run with.
-    pub fn gid(&self) -> u32 {
-        self.gid
+    /// The gid a build running as `uid` gets.
+    pub fn gid_for(&self, uid: u32) -> u32 {
+        self.gid.unwrap_or(uid)
     }
 
     /// How many builds can hold a user at once (`u32::MAX` in single-user mode).

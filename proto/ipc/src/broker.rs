@@ -21,9 +21,13 @@
 //! Channel protocol:
 //! * [`Phase::Handshake`]: the frontend sends [`FrontendToBroker::Hello`], once. The broker
 //!   answers [`BrokerToFrontend::Hello`].
-//! * [`Phase::Serving`]: builds are started, queried and cancelled. Replies carry the
-//!   [`BuildId`] they concern and may arrive in any order; [`BrokerToFrontend::BuildFinished`]
-//!   arrives unasked when a build ends.
+//! * [`Phase::Serving`]: builds are started, queried and cancelled. **Every request gets
+//!   exactly one reply, in request order**; replies and errors about a build carry its
+//!   [`BuildId`]. The only unasked messages are [`BrokerToFrontend::BuildFinished`] (when a
+//!   build ends by itself or by its timeout) and [`BrokerToFrontend::StoreWriterRestarted`];
+//!   they may come between the replies. `CancelBuild`'s reply *is* the build's
+//!   `BuildFinished` (no second one follows); `ShuttingDown` is answered by one
+//!   `BuildFinished` per running build, then `Drained`.
 //! * [`Phase::Draining`]: after [`FrontendToBroker::ShuttingDown`]; only status requests.
 //! * A request outside its phase, a frame error or a wrong descriptor count is a protocol
 //!   violation: the broker logs it with the frontend's pid and uid, kills the builds started
@@ -254,12 +258,14 @@ pub enum FrontendToBroker {
     StartBuild(Box<BuildRequest>),
     /// Sent by: the frontend. Phase: serving or draining.
     /// Re-checks: `build` was started on this channel and still runs.
-    /// Root does: kills the build's whole process tree (its cgroup, or its pid namespace),
-    /// waits for it, frees the build user after checking it owns no process any more, and
-    /// removes the build directory (unless `keep-failed`).
+    /// Root does: SIGKILLs the builder process (the build's pid 1 dies with it, and its pid
+    /// namespace with that), reaps it, and kills whatever still runs as the build user. The
+    /// build user and the build directory stay reserved until `ReleaseBuild`.
     /// Why root is OK: it only kills processes of a build this channel started.
-    /// Reply: [`BrokerToFrontend::BuildFinished`] with [`BuildOutcome::Cancelled`], or
-    /// [`BrokerToFrontend::Error`] with [`BrokerError::UnknownBuild`].
+    /// Reply: [`BrokerToFrontend::BuildFinished`] with [`BuildOutcome::Cancelled`] — this is
+    /// the build's only `BuildFinished`, no unasked one follows — or
+    /// [`BrokerToFrontend::Error`] with [`BrokerError::UnknownBuild`] (also for a build that has
+    /// already finished).
     CancelBuild {
         /// The build.
         build: BuildId,
@@ -270,8 +276,9 @@ pub enum FrontendToBroker {
     /// `Exited { code: 0 }`. Phase: serving.
     ///
     /// Re-checks: `build` was started on this channel, has finished with exit code 0, and its
-    /// outputs have not been collected yet; no process of the build user is left (the broker
-    /// checked when the build ended).
+    /// outputs have not been collected yet (a refused or failed collection counts: there is
+    /// one attempt per build); no process of the build user is left (the broker checked when
+    /// the build ended). The broker waits at most 60 s for the collector's verdict.
     ///
     /// Root does: fork+execs `ward-builder collect` **as the build user** (never as root), with
     /// the build's directory handle and one pipe per output. The collector walks each output
@@ -295,14 +302,16 @@ pub enum FrontendToBroker {
     /// Re-checks: `build` was started on this channel and has finished; a collector still
     /// running is killed first.
     ///
-    /// Root does: with `keep_failed`, moves the build directory (a rename, never a copy) to
-    /// `<state>/ward-broker/kept/<uid>/<name>` where `<uid>` is the build's `requester_uid`, and hands
-    /// the tree to that user: entries are changed through directory handles with
-    /// `AT_SYMLINK_NOFOLLOW`, only those owned by the build user and, for non-directories, with
-    /// one link; `<state>/ward-broker/kept/<uid>` is 0700 and owned by that user, `kept/` by root.
-    /// Otherwise it deletes the build directory through directory handles (never following a
-    /// symlink). Then it kills whatever still runs as the build user and returns the user to
-    /// the pool.
+    /// Root does: first kills whatever still runs as the build user (nothing may change the
+    /// tree while root walks it). With `keep_failed`, it hands the tree to the build's
+    /// `requester_uid` while it is still inside the root-only builds directory: entries are
+    /// changed through directory handles with `AT_SYMLINK_NOFOLLOW`, only those owned by the
+    /// build user and, for non-directories, with one link (attack A2); then it moves the
+    /// directory (a rename, never a copy) to `<state>/ward-broker/kept/<uid>/<name>`, where
+    /// `kept/<uid>` is 0700 and owned by that user (an existing entry that is not a directory
+    /// owned by that user is refused), `kept/` by root. Otherwise it deletes the build
+    /// directory through directory handles (never following a symlink). Then it returns the
+    /// user to the pool.
     ///
     /// Why root is OK: the tree can only be given to the uid the frontend named for the
     /// build, its links are never followed, and nothing of the build runs any more.
@@ -458,7 +467,8 @@ pub enum BrokerToFrontend {
         /// The uid the build runs as, for logs.
         build_uid: u32,
     },
-    /// Sent unasked when a build's last process is gone (also after `CancelBuild`).
+    /// Sent unasked when a build ends by itself or by its timeout; the reply to `CancelBuild`
+    /// (and one per running build before `Drained` after `ShuttingDown`). Sent once per build.
     BuildFinished {
         /// The build.
         build: BuildId,
