@@ -55,7 +55,7 @@ use crate::lock::{LockError, PathLock};
 use crate::store::Store;
 
 /// Name of the staged tree inside its staging entry.
-const STAGED: &str = "out";
+pub(crate) const STAGED: &str = "out";
 
 /// Largest `.drv` file whose outputs are read at registration (the ATerm parser's own limit).
 /// Real derivations are a few kilobytes; this only bounds the memory a hostile one can cost.
@@ -223,14 +223,14 @@ pub enum AddError {
 
 /// A `Write` that hashes with SHA-256 (the NAR hash), optionally with a second algorithm (a
 /// content address over the same bytes), and counts the bytes.
-struct NarDigester {
+pub(crate) struct NarDigester {
     sha256: Hasher,
     extra: Option<Hasher>,
     size: u64,
 }
 
 impl NarDigester {
-    fn new(extra: Option<HashAlgo>) -> NarDigester {
+    pub(crate) fn new(extra: Option<HashAlgo>) -> NarDigester {
         NarDigester {
             sha256: Hasher::new(HashAlgo::Sha256),
             extra: extra.map(Hasher::new),
@@ -238,7 +238,7 @@ impl NarDigester {
         }
     }
 
-    fn finish(self) -> (Hash, u64, Option<Hash>) {
+    pub(crate) fn finish(self) -> (Hash, u64, Option<Hash>) {
         (
             self.sha256.finish(),
             self.size,
@@ -263,7 +263,7 @@ impl Write for NarDigester {
 }
 
 /// NAR parse options for a stream that carries exactly one NAR.
-fn whole_stream_options() -> ParseOptions {
+pub(crate) fn whole_stream_options() -> ParseOptions {
     ParseOptions {
         require_eof: true,
         ..ParseOptions::default()
@@ -273,16 +273,16 @@ fn whole_stream_options() -> ParseOptions {
 /// A staging entry, owned by one addition: removed when dropped (after a successful commit
 /// it is empty, its tree having been renamed into the store). It holds its own descriptor on
 /// the staging directory, so unpacking into it and removing it need no [`Store`].
-struct Staging {
+pub(crate) struct Staging {
     /// The staging directory (a duplicate of the store's descriptor).
     parent: OwnedFd,
     name: OsString,
-    fd: OwnedFd,
+    pub(crate) fd: OwnedFd,
     dir: PathBuf,
 }
 
 impl Staging {
-    fn staged_path(&self) -> PathBuf {
+    pub(crate) fn staged_path(&self) -> PathBuf {
         self.dir.join(STAGED)
     }
 }
@@ -356,7 +356,7 @@ impl std::fmt::Debug for Staging {
 }
 
 /// Makes a fresh staging entry in the store's staging directory.
-fn new_staging(store: &mut Store, shown: &str) -> Result<Staging, AddError> {
+pub(crate) fn new_staging(store: &mut Store, shown: &str) -> Result<Staging, AddError> {
     let fs_err = |source| AddError::Fs {
         path: shown.to_owned(),
         source,
@@ -402,7 +402,10 @@ fn unpack_into(
 
 /// Canonicalises the staged tree (syncing every file), leaving a root directory's own
 /// metadata for after the rename.
-fn canonicalise_staged(staging: &Staging, shown: &str) -> Result<Option<PendingRoot>, AddError> {
+pub(crate) fn canonicalise_staged(
+    staging: &Staging,
+    shown: &str,
+) -> Result<Option<PendingRoot>, AddError> {
     fsutil::canonicalise_tree_at(
         staging.fd.as_fd(),
         OsStr::new(STAGED),
@@ -820,7 +823,11 @@ fn check_nar_claim(
 }
 
 /// Hashes the staged single regular file with the content address's algorithm.
-fn hash_staged_file(staging: &Staging, ca: &ContentAddress, shown: &str) -> Result<Hash, AddError> {
+pub(crate) fn hash_staged_file(
+    staging: &Staging,
+    ca: &ContentAddress,
+    shown: &str,
+) -> Result<Hash, AddError> {
     let not_flat = || AddError::NotAFlatFile {
         path: shown.to_owned(),
         ca: ca.to_string(),
@@ -900,11 +907,11 @@ fn write_staged_file(
 /// An input derivation could not be read from the store.
 #[derive(Debug, Error)]
 #[error("{0}")]
-struct DrvReadError(String);
+pub(crate) struct DrvReadError(pub(crate) String);
 
 /// Reads and parses the `.drv` file of `drv` from the store directory (never following a
 /// symlink, at most [`MAX_DRV_SIZE`] bytes).
-fn read_derivation(
+pub(crate) fn read_derivation(
     layout: &crate::layout::StoreLayout,
     store_fd: &OwnedFd,
     drv: &StorePath,

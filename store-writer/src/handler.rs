@@ -9,14 +9,17 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 
+use std::collections::{BTreeMap, BTreeSet};
 use ward_proto::hash::HashAlgo;
+
 use ward_proto::ipc::store_writer::{
-    AddContent, AddPathFromNar, FrontendToStoreWriter, Realisation, StoreWriterError,
-    StoreWriterToFrontend,
+    AddContent, AddPathFromNar, FrontendToStoreWriter, OutputChecks, OutputKind, Realisation,
+    RegisterMode, StoreWriterError, StoreWriterToFrontend,
 };
 use ward_proto::ipc::{Channel, FrameLimit, IpcError, IpcMessage, Phase, IPC_VERSION};
 use ward_proto::signature::Signature;
 use ward_proto::store_path::{check_name, StorePath};
+use ward_store::build_outputs::{BuildOutput, OutputError};
 use ward_store::{AddOptions, AddOutcome};
 
 use crate::buildlog::{self, BuildLogError};
@@ -131,6 +134,55 @@ pub fn serve(slot: ChannelSlot, socket: UnixStream) {
     // `state` (and with it the temporary roots file) and `slot` drop here.
 }
 
+/// The client's view of a failed output registration.
+fn output_error(e: OutputError, drv_path: &StorePath, drv_shown: &str) -> StoreWriterError {
+    match e {
+        OutputError::NotValid { path, .. } => StoreWriterError::NotValid { path },
+        OutputError::NotTheDerivation { output, reason, .. }
+        | OutputError::Unsupported {
+            output,
+            what: reason,
+            ..
+        } => StoreWriterError::BadOutput {
+            drv_path: drv_path.clone(),
+            output,
+            reason,
+        },
+        OutputError::FixedHashMismatch { specified, got, .. } => {
+            StoreWriterError::FixedOutputHashMismatch {
+                drv_path: drv_path.clone(),
+                specified: *specified,
+                got: *got,
+            }
+        }
+        OutputError::CheckMismatch {
+            path,
+            registered,
+            rebuilt,
+            ..
+        } => StoreWriterError::CheckMismatch {
+            drv_path: drv_path.clone(),
+            path,
+            expected: *registered,
+            actual: *rebuilt,
+        },
+        OutputError::Rejected { path, reason } => StoreWriterError::OutputCheckFailed {
+            drv_path: drv_path.clone(),
+            path,
+            reason,
+        },
+        OutputError::Nar { path, source, .. } => StoreWriterError::MalformedNar {
+            path,
+            reason: source.to_string(),
+        },
+        OutputError::Add(e) => StoreWriterError::Io {
+            operation: "registering the outputs of".into(),
+            path: drv_shown.to_owned(),
+            message: e.to_string(),
+        },
+    }
+}
+
 fn temp_root_error(e: TempRootError) -> StoreWriterError {
     StoreWriterError::Io {
         operation: e.action.to_owned(),
@@ -174,7 +226,11 @@ impl ChannelState {
         channel: &WriterChannel,
     ) -> Outcome {
         // The frame layer already checked that exactly `fd_count()` descriptors came.
-        let fd = fds.into_iter().next();
+        let (fd, fds) = if matches!(request, FrontendToStoreWriter::RegisterBuildOutputs { .. }) {
+            (None, fds)
+        } else {
+            (fds.into_iter().next(), Vec::new())
+        };
         match request {
             FrontendToStoreWriter::Hello { ipc_version } => {
                 if ipc_version != IPC_VERSION {
@@ -221,10 +277,23 @@ impl ChannelState {
             FrontendToStoreWriter::AddBuildLog { drv_path } => {
                 self.add_build_log(&drv_path, fd, channel)
             }
-            FrontendToStoreWriter::RegisterBuildOutputs { drv_path, .. } => Err(not_implemented(
-                "registering the outputs of",
-                self.shared.print(&drv_path),
-            )),
+            FrontendToStoreWriter::RegisterBuildOutputs {
+                build,
+                drv_path,
+                outputs,
+                reference_candidates,
+                checks,
+                mode,
+            } => self.register_build_outputs(
+                build,
+                &drv_path,
+                outputs,
+                &reference_candidates,
+                &checks,
+                mode,
+                fds,
+                channel,
+            ),
             FrontendToStoreWriter::CollectGarbage { .. } => Err(not_implemented(
                 "garbage collection of",
                 self.shared.store_dir().to_string(),
@@ -572,6 +641,78 @@ impl ChannelState {
                 message: source.to_string(),
             }
             .into()),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn register_build_outputs(
+        &mut self,
+        build: ward_proto::ipc::BuildId,
+        drv_path: &StorePath,
+        outputs: BTreeMap<String, OutputKind>,
+        reference_candidates: &BTreeSet<StorePath>,
+        checks: &BTreeMap<String, OutputChecks>,
+        mode: RegisterMode,
+        fds: Vec<OwnedFd>,
+        channel: &WriterChannel,
+    ) -> Outcome {
+        let shared = Arc::clone(&self.shared);
+        let drv_shown = shared.print(drv_path);
+        let mut wanted = Vec::with_capacity(outputs.len());
+        for (name, kind) in outputs {
+            let (path, fixed) = match kind {
+                OutputKind::InputAddressed { path } => (path, None),
+                OutputKind::Fixed { path, ca } => (path, Some(ca)),
+                OutputKind::Floating { .. } => {
+                    return Err(StoreWriterError::BadOutput {
+                        drv_path: drv_path.clone(),
+                        output: name,
+                        reason: "content-addressed (floating) outputs are not supported by ward"
+                            .into(),
+                    }
+                    .into())
+                }
+            };
+            wanted.push(BuildOutput { name, path, fixed });
+        }
+        let mut pipes = Vec::with_capacity(fds.len());
+        for (fd, output) in fds.into_iter().zip(&wanted) {
+            let pipe = Self::take_pipe(Some(fd), &shared.print(&output.path))?;
+            pipes.push(WatchedPipe::new(pipe, channel.socket().as_fd()));
+        }
+        // Temporary roots first, so a collection cannot take the outputs between their
+        // registration and the client's own root.
+        for output in &wanted {
+            self.temp_roots.add(&output.path).map_err(temp_root_error)?;
+        }
+        // The store is held to prepare and to commit, not while the NARs stream in.
+        let prepared =
+            shared
+                .store()
+                .prepare_build_outputs(drv_path, wanted, reference_candidates, mode);
+        let staged = prepared.and_then(|registration| registration.stage(pipes));
+        let registered = match staged {
+            Ok(staged) => shared.store().commit_build_outputs(staged, checks),
+            Err(e) => Err(e),
+        };
+        match registered {
+            Ok(outputs) => {
+                tracing::info!(
+                    channel = self.id,
+                    %build,
+                    drv = %drv_shown,
+                    ?mode,
+                    outputs = outputs.len(),
+                    "registered build outputs"
+                );
+                Ok(StoreWriterToFrontend::OutputsRegistered { outputs })
+            }
+            Err(e) => {
+                if e.read_failure().is_some_and(is_peer_gone) {
+                    return Err(Failure::PeerGone);
+                }
+                Err(output_error(e, drv_path, &drv_shown).into())
+            }
         }
     }
 }

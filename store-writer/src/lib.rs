@@ -5,6 +5,8 @@
 //! * [`lock`]: per-path and big locks with Nix's `flock` semantics.
 //! * [`store`]: an open store (layout, database, staging directory) and crash recovery.
 //! * [`add`]: adding paths atomically from a NAR stream or from raw content.
+//! * [`build_outputs`]: registering the outputs of a finished build, read from NAR pipes.
+//! * [`refscan`]: finding references (hash parts of candidate paths) in a stream.
 //! * [`db`]: the SQLite database, opened and written as Nix 2.8 does.
 //! * [`fsutil`]: descriptor-based tree walks (canonicalise, remove) that never follow symlinks.
 #![forbid(unsafe_code)]
@@ -13,10 +15,12 @@ pub use add::{AddError, AddOptions, AddOutcome, ContentAddition, PathAddition, S
 pub use store::{Store, StoreError};
 
 pub mod add;
+pub mod build_outputs;
 pub mod db;
 pub mod fsutil;
 pub mod layout;
 pub mod lock;
+pub mod refscan;
 pub mod store;
 
 #[cfg(test)]

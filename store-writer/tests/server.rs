@@ -1,7 +1,8 @@
 //! The real `ward-store-writer` binary on a temporary chroot store, driven over its socket with
 //! the blocking IPC channel: start-up and confinement, the handshake and protocol violations,
 //! temporary, indirect and permanent roots, build logs, signatures, realisations, operations
-//! of later issues, a peer leaving mid-transfer, and a peer with a foreign uid.
+//! of later issues, registering build outputs from NAR pipes, a peer leaving mid-transfer, and
+//! a peer with a foreign uid.
 //!
 //! (The NAR round trips through the frontend's async client are in
 //! `frontend/tests/writer_client.rs`.)
@@ -465,7 +466,6 @@ fn build_logs_signatures_and_realisations() {
 fn operations_of_later_issues_answer_at_once_with_a_clear_error() {
     let writer = Writer::start("");
     let client = writer.connect();
-    let drv = StorePath::from_base_name("7h7qgvs4kgzsn8a6rb273saxyqh4jxlz-hello.drv").unwrap();
     for (request, words) in [
         (
             FrontendToStoreWriter::CollectGarbage {
@@ -483,17 +483,6 @@ fn operations_of_later_issues_answer_at_once_with_a_clear_error() {
             "verifying",
         ),
         (FrontendToStoreWriter::OptimiseStore, "optimising"),
-        (
-            FrontendToStoreWriter::RegisterBuildOutputs {
-                build: ward_proto::ipc::BuildId(1),
-                drv_path: drv,
-                outputs: Default::default(),
-                reference_candidates: BTreeSet::new(),
-                checks: Default::default(),
-                mode: ward_proto::ipc::store_writer::RegisterMode::Normal,
-            },
-            "registering the outputs",
-        ),
     ] {
         let e = refused(call(&client, request)).to_string();
         assert!(
@@ -689,6 +678,146 @@ fn a_peer_with_a_foreign_uid_is_refused() {
     );
     // Our own uid still gets in.
     let client = writer.connect();
+    assert_eq!(
+        call(&client, FrontendToStoreWriter::Ping),
+        StoreWriterToFrontend::Pong
+    );
+}
+
+/// A derivation `name` with one input-addressed output, added through the channel.
+fn add_derivation(client: &Client, name: &str) -> (StorePath, StorePath) {
+    use ward_proto::derivation::{Derivation, DerivationOutput, HashModuloCache};
+    let store_dir = StoreDir::default();
+    let env = |k: &str, v: &str| (k.as_bytes().to_vec(), v.as_bytes().to_vec());
+    let mut drv = Derivation {
+        name: name.to_owned(),
+        outputs: [("out".to_owned(), DerivationOutput::Deferred)].into(),
+        input_drvs: Default::default(),
+        input_srcs: BTreeSet::new(),
+        platform: "x86_64-linux".into(),
+        builder: b"/bin/sh".to_vec(),
+        args: vec![],
+        env: [
+            env("builder", "/bin/sh"),
+            env("name", name),
+            env("system", "x86_64-linux"),
+        ]
+        .into(),
+    };
+    let no_inputs = |_: &StorePath| -> Result<Derivation, std::io::Error> {
+        unreachable!("no input derivations")
+    };
+    drv.compute_output_paths(&store_dir, &no_inputs, &mut HashModuloCache::new())
+        .unwrap();
+    let text = drv.to_aterm(&store_dir).unwrap();
+    let (r, w) = rustix::pipe::pipe().unwrap();
+    let request = FrontendToStoreWriter::AddContent(Box::new(AddContent {
+        name: format!("{name}.drv"),
+        method: ContentAddressMethod::Text,
+        hash_algo: HashAlgo::Sha256,
+        references: BTreeSet::new(),
+        repair: false,
+    }));
+    client.send(&request, &[r.as_fd()]).unwrap();
+    drop(r);
+    std::fs::File::from(w).write_all(&text).unwrap();
+    let drv_path = match client.recv().unwrap().message {
+        StoreWriterToFrontend::PathAdded(info) => info.path,
+        other => panic!("{other:?}"),
+    };
+    let out = drv.output_paths(&store_dir).unwrap()["out"]
+        .clone()
+        .unwrap();
+    (drv_path, out)
+}
+
+fn register_request(
+    drv_path: &StorePath,
+    out: &StorePath,
+    candidates: BTreeSet<StorePath>,
+) -> FrontendToStoreWriter {
+    use ward_proto::ipc::store_writer::{OutputKind, RegisterMode};
+    FrontendToStoreWriter::RegisterBuildOutputs {
+        build: ward_proto::ipc::BuildId(7),
+        drv_path: drv_path.clone(),
+        outputs: [(
+            "out".to_owned(),
+            OutputKind::InputAddressed { path: out.clone() },
+        )]
+        .into(),
+        reference_candidates: candidates,
+        checks: Default::default(),
+        mode: RegisterMode::Normal,
+    }
+}
+
+#[test]
+fn build_outputs_are_registered_from_their_nar_pipes() {
+    let writer = Writer::start("");
+    let client = writer.connect();
+    let store_dir = StoreDir::default();
+    let input = add_text(&client, "input", b"an input");
+    let (drv_path, out) = add_derivation(&client, "built");
+    let contents = format!("uses {}", store_dir.print(&input.path));
+
+    // A NAR that is cut short registers nothing; the channel goes on.
+    let (r, w) = rustix::pipe::pipe().unwrap();
+    client
+        .send(
+            &register_request(&drv_path, &out, [input.path.clone()].into()),
+            &[r.as_fd()],
+        )
+        .unwrap();
+    drop(r);
+    let nar = file_nar(contents.as_bytes());
+    std::fs::File::from(w)
+        .write_all(&nar[..nar.len() / 2])
+        .unwrap();
+    let e = refused(client.recv().unwrap().message);
+    assert!(matches!(e, StoreWriterError::MalformedNar { .. }), "{e}");
+    let layout = writer.layout();
+    assert!(!layout.real_path(&out).exists());
+
+    // The whole NAR: registered, with its reference, deriver and ultimate trust.
+    let (r, w) = rustix::pipe::pipe().unwrap();
+    client
+        .send(
+            &register_request(&drv_path, &out, [input.path.clone()].into()),
+            &[r.as_fd()],
+        )
+        .unwrap();
+    drop(r);
+    std::fs::File::from(w).write_all(&nar).unwrap();
+    let outputs = match client.recv().unwrap().message {
+        StoreWriterToFrontend::OutputsRegistered { outputs } => outputs,
+        other => panic!("{other:?}"),
+    };
+    let info = &outputs["out"];
+    assert_eq!(info.path, out);
+    assert_eq!(info.references, [input.path.clone()].into());
+    assert_eq!(info.deriver.as_ref(), Some(&drv_path));
+    assert!(info.ultimate);
+    assert_eq!(info.nar_hash, Hash::compute(HashAlgo::Sha256, &nar));
+    let db = StoreDb::open_read_only(&layout).unwrap();
+    assert_eq!(db.query_path_info(&out).unwrap().as_ref(), Some(info));
+    assert_eq!(
+        std::fs::read(layout.real_path(&out)).unwrap(),
+        contents.as_bytes()
+    );
+
+    // A request whose output path is not the derivation's is refused before anything is read.
+    let (r, _w) = rustix::pipe::pipe().unwrap();
+    client
+        .send(
+            &register_request(&drv_path, &input.path, BTreeSet::new()),
+            &[r.as_fd()],
+        )
+        .unwrap();
+    let e = refused(client.recv().unwrap().message);
+    assert!(
+        matches!(e, StoreWriterError::BadOutput { .. }) && e.to_string().contains("puts it at"),
+        "{e}"
+    );
     assert_eq!(
         call(&client, FrontendToStoreWriter::Ping),
         StoreWriterToFrontend::Pong

@@ -629,9 +629,10 @@ async fn register(
             use ward_proto::ipc::store_writer::StoreWriterError as E;
             let status = match *e {
                 E::CheckMismatch { .. } => S::NotDeterministic,
-                E::HashMismatch { .. } | E::OutputCheckFailed { .. } | E::PathMismatch { .. } => {
-                    S::OutputRejected
-                }
+                E::HashMismatch { .. }
+                | E::FixedOutputHashMismatch { .. }
+                | E::OutputCheckFailed { .. }
+                | E::PathMismatch { .. } => S::OutputRejected,
                 _ => S::MiscFailure,
             };
             GoalResult::failed(status, e.to_client_message(&store_dir))

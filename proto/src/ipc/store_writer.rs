@@ -595,7 +595,23 @@ pub enum StoreWriterError {
         /// What is wrong.
         reason: String,
     },
-    /// `--check`: a rebuilt output differs from the registered one.
+    /// A fixed output's contents do not have the hash its derivation specifies (Nix's
+    /// wording, SRI hashes).
+    #[error(
+        "hash mismatch in fixed-output derivation '{drv_path}':\n  specified: {}\n     got:    {}",
+        specified.to_sri(),
+        got.to_sri()
+    )]
+    FixedOutputHashMismatch {
+        /// The derivation.
+        drv_path: StorePath,
+        /// The hash the derivation specifies.
+        specified: Hash,
+        /// The hash of what the build produced.
+        got: Hash,
+    },
+    /// `--check`: a rebuilt output differs from the registered one (Nix's first line, then
+    /// both NAR hashes).
     #[error(
         "derivation '{drv_path}' may not be deterministic: output '{path}' differs\n  registered: {}\n  rebuilt:    {}",
         expected.to_prefixed_nix32(),
@@ -611,9 +627,10 @@ pub enum StoreWriterError {
         /// The NAR hash of the rebuilt output.
         actual: Hash,
     },
-    /// An output breaks one of its derivation's checks (`allowedReferences`, ...). `reason`
-    /// is Nix's wording with full store paths.
-    #[error("output '{path}' of '{drv_path}': {reason}")]
+    /// An output breaks one of its derivation's checks (`allowedReferences`, ...) or a fixed
+    /// output has the wrong shape. `reason` is the whole message, Nix's wording with full
+    /// store paths.
+    #[error("{reason}")]
     OutputCheckFailed {
         /// The derivation.
         drv_path: StorePath,
@@ -703,6 +720,7 @@ impl StoreWriterError {
             E::InvalidReference { path, reference } => vec![path, reference],
             E::PathMismatch { claimed, computed } => vec![claimed, computed],
             E::BadOutput { drv_path, .. } => vec![drv_path],
+            E::FixedOutputHashMismatch { drv_path, .. } => vec![drv_path],
             E::CheckMismatch { drv_path, path, .. }
             | E::OutputCheckFailed { drv_path, path, .. } => vec![drv_path, path],
             E::VersionMismatch { .. }
@@ -948,6 +966,22 @@ mod tests {
                 drv_path: p.clone(),
                 output: "out".into(),
                 reason: "missing".into(),
+            },
+            StoreWriterError::FixedOutputHashMismatch {
+                drv_path: p.clone(),
+                specified: Hash::compute(HashAlgo::Sha256, b"a"),
+                got: Hash::compute(HashAlgo::Sha256, b"b"),
+            },
+            StoreWriterError::CheckMismatch {
+                drv_path: p.clone(),
+                path: p.clone(),
+                expected: Hash::compute(HashAlgo::Sha256, b"a"),
+                actual: Hash::compute(HashAlgo::Sha256, b"b"),
+            },
+            StoreWriterError::OutputCheckFailed {
+                drv_path: p.clone(),
+                path: p.clone(),
+                reason: "output is too large".into(),
             },
             StoreWriterError::StillAlive { path: p.clone() },
             StoreWriterError::BadRoot {
