@@ -195,10 +195,13 @@ fn a_failing_builder_reports_its_exit_code_and_log_tail() {
         "failing",
         &drv("failing", "echo about to fail; exit 3", ""),
     );
-    let before = f.ward.all_valid_paths();
-    let run = f
+    // Instantiated first, so that the snapshot holds the .drv and the build adds nothing.
+    let drv_path = f
         .ward
-        .fails("nix-build", &[file.to_str().unwrap(), "--no-out-link"]);
+        .ok("nix-instantiate", &[file.to_str().unwrap()])
+        .single_line();
+    let before = f.ward.all_valid_paths();
+    let run = f.ward.fails("nix-store", &["--realise", &drv_path]);
     let stderr = run.stderr.clone();
     assert!(stderr.contains("failed with exit code 3"), "{stderr}");
     assert!(stderr.contains("> about to fail"), "{stderr}");
@@ -238,7 +241,7 @@ fn fixed_output_derivations_are_checked_flat_and_recursive() {
             "fixed-flat",
             "echo fixed > $out",
             r#"outputHashMode = "flat"; outputHashAlgo = "sha256";
-  outputHash = "sha256-X4E1eMxWzQHgoZIWrXf/eQWr3Uv+sCvOvAZhN7npFsg=";"#,
+  outputHash = "sha256-DDBxQY5jVuYUiYyE7QZMqV6IVRvAgRtTS98ZUuza5TQ=";"#,
         ),
     );
     let run = f
@@ -266,7 +269,7 @@ fn fixed_output_derivations_are_checked_flat_and_recursive() {
             "fixed-wrong",
             "echo not what was promised > $out",
             r#"outputHashMode = "flat"; outputHashAlgo = "sha256";
-  outputHash = "sha256-X4E1eMxWzQHgoZIWrXf/eQWr3Uv+sCvOvAZhN7npFsg=";"#,
+  outputHash = "sha256-DDBxQY5jVuYUiYyE7QZMqV6IVRvAgRtTS98ZUuza5TQ=";"#,
         ),
     );
     let stderr = f
