@@ -956,10 +956,14 @@ fn keep(dirs: &BuildDirs, b: &Build) -> Result<String, String> {
     let user_dir = tree::open_kept_user_dir(&dirs.kept, b.requester_uid, to_gid.unwrap_or(b.gid))?;
     let name = tree::move_no_replace(&dirs.builds, &b.dir_name, &user_dir)
         .map_err(|e| format!("moving into kept/{}: {e}", b.requester_uid))?;
+    // What the user wants is the build directory itself (Nix's "keeping build directory"):
+    // the tree's `build/`; the sandbox's `root/` and `store/` (any outputs written) sit beside
+    // it.
     Ok(dirs
         .kept_path
         .join(b.requester_uid.to_string())
         .join(name)
+        .join("build")
         .to_string_lossy()
         .into_owned())
 }
@@ -1578,6 +1582,10 @@ mod tests {
             let meta = std::fs::symlink_metadata(path).unwrap();
             assert_eq!(meta.uid(), 1000);
             assert!(path.starts_with(state.join("ward-broker/kept/1000").to_str().unwrap()));
+            assert_eq!(
+                std::fs::read_to_string(std::path::Path::new(path).join("kept-file")).unwrap(),
+                "kept\n"
+            );
         } else {
             panic!("{released:?}");
         }

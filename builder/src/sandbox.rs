@@ -337,6 +337,19 @@ fn mount_tree(top: &OwnedFd, spec: &SandboxSpec) -> Step<OwnedFd> {
     )?;
     let root = open_dir(top, "root", M)?;
 
+    // /tmp first: a store directory, build directory or sandbox path below /tmp (a store
+    // under a non-default NIX_STORE_DIR such as /tmp/x/store) is then created inside it
+    // rather than hidden by it.
+    mount_point(&root, "tmp", true, M)?;
+    do_mount(
+        Some("tmpfs"),
+        &fd_path(&root, "tmp"),
+        Some("tmpfs"),
+        nosuid_nodev,
+        Some("mode=1777"),
+        M,
+    )?;
+
     // The store: <top>/store, writable, holding the inputs' mount points.
     let (parent, name) = walk_create(&root, &spec.store_dir, M)?;
     mount_point(&parent, &name, true, M)?;
@@ -507,17 +520,6 @@ fn mount_tree(top: &OwnedFd, spec: &SandboxSpec) -> Step<OwnedFd> {
             | MsFlags::MS_NOSUID
             | MsFlags::MS_NOEXEC,
         None,
-        M,
-    )?;
-
-    // /tmp.
-    mount_point(&root, "tmp", true, M)?;
-    do_mount(
-        Some("tmpfs"),
-        &fd_path(&root, "tmp"),
-        Some("tmpfs"),
-        nosuid_nodev,
-        Some("mode=1777"),
         M,
     )?;
 

@@ -18,6 +18,7 @@
 //! instead of ward: a test that fails there is a wrong test, not a ward bug.
 #![forbid(unsafe_code)]
 
+pub mod builds;
 pub mod daemon;
 pub mod inputs;
 pub mod lifecycle;

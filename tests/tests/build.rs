@@ -6,67 +6,9 @@
 //! test asserts that they failed and that the host is unchanged.
 
 use std::fs;
-use std::path::{Path, PathBuf};
 
-use ward_e2e_tests::{inputs, notice, DaemonOptions, Fixture, NixClient};
-
-/// The sandbox's shell: Debian's busybox-static (its shell runs applets without a PATH).
-const BUSYBOX: &str = "/bin/busybox";
-
-fn have_busybox(test: &str) -> bool {
-    if Path::new(BUSYBOX).exists() {
-        true
-    } else {
-        notice(&format!(
-            "SKIPPED {test}: needs Debian's busybox-static at {BUSYBOX} (apt-get install busybox-static)"
-        ));
-        false
-    }
-}
-
-/// Daemon options for sandboxed builds.
-fn sandboxed(options: DaemonOptions) -> DaemonOptions {
-    options
-        .conf("sandbox = true")
-        .conf(format!("sandbox-paths = /bin/sh={BUSYBOX}"))
-}
-
-fn start(test: &str, options: DaemonOptions) -> Option<Fixture> {
-    if !have_busybox(test) {
-        return None;
-    }
-    Fixture::start(test, sandboxed(options))
-}
-
-/// Writes `name.nix` holding `body` into the test's expression directory.
-fn expr(f: &Fixture, name: &str, body: &str) -> PathBuf {
-    let dir = f.env.dir("expr");
-    inputs::file(&dir, &format!("{name}.nix"), body.as_bytes())
-}
-
-/// A derivation expression running `script` with busybox's sh.
-fn drv(name: &str, script: &str, extra: &str) -> String {
-    format!(
-        r#"derivation {{
-  name = "{name}";
-  system = builtins.currentSystem;
-  builder = "/bin/sh";
-  args = [ "-c" {script:?} ];
-  {extra}
-}}"#
-    )
-}
-
-fn build(client: &NixClient, file: &Path) -> String {
-    client
-        .ok("nix-build", &[file.to_str().unwrap(), "--no-out-link"])
-        .single_line()
-}
-
-fn read_output(f: &Fixture, out: &str) -> String {
-    let real = f.daemon.layout().real_path(out);
-    fs::read_to_string(&real).unwrap_or_else(|e| panic!("reading {}: {e}", real.display()))
-}
+use ward_e2e_tests::builds::{build, drv, expr, read_output, start};
+use ward_e2e_tests::DaemonOptions;
 
 #[test]
 fn nix_build_builds_a_trivial_derivation_in_the_sandbox() {

@@ -489,7 +489,9 @@ pub enum BrokerToFrontend {
     BuildReleased {
         /// The build.
         build: BuildId,
-        /// Where the kept build directory is (with `keep_failed`), as a host path.
+        /// Where the kept build directory is (with `keep_failed`), as a host path:
+        /// `<state>/ward-broker/kept/<uid>/<name>/build`, the build's own directory (the
+        /// sandbox's `root/` and `store/` are kept beside it).
         kept_at: Option<String>,
     },
     /// Answer to `QueryBuild` for a running build.

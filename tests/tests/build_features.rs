@@ -1,0 +1,445 @@
+//! What derivations ask of a build, through Debian's Nix 2.8 client and a sandboxed ward:
+//! `passAsFile`, `__structuredAttrs`, `exportReferencesGraph`, reference checks, `--check` of
+//! a non-deterministic build, `timeout` and `max-silent-time`, `keep-failed`, two clients
+//! building one derivation at once, an untrusted user's build in a multi-user daemon, and the
+//! new CLI (`nix build`, `nix log`).
+
+use std::os::unix::fs::MetadataExt;
+use std::time::{Duration, Instant};
+
+use ward_e2e_tests::builds::{build, drv, expr, read_output, start};
+use ward_e2e_tests::{ensure_test_user, DaemonOptions};
+
+#[test]
+fn pass_as_file_structured_attrs_and_export_references_graph() {
+    let test = "pass_as_file_structured_attrs_and_export_references_graph";
+    let Some(f) = start(test, DaemonOptions::single_user()) else {
+        return;
+    };
+    // passAsFile: the attribute arrives as a file named by `<attr>Path`.
+    let file = expr(
+        &f,
+        "passasfile",
+        &drv(
+            "pass-as-file",
+            "cat $bigPath > $out; echo \"[$big]\" >> $out",
+            r#"big = "a value passed as a file"; passAsFile = [ "big" ];"#,
+        ),
+    );
+    let out = build(&f.ward, &file);
+    assert_eq!(read_output(&f, &out), "a value passed as a file[]\n");
+
+    // __structuredAttrs: .attrs.json in the build directory holds every attribute and the
+    // output paths.
+    let file = expr(
+        &f,
+        "structured",
+        &drv(
+            "structured",
+            // No `$out` in structured mode: the output path is read from the JSON itself.
+            r#"o=$(sed -n 's/.*"out": *"\([^"]*\)".*/\1/p' $NIX_BUILD_TOP/.attrs.json); test -f $NIX_BUILD_TOP/.attrs.sh && cp $NIX_BUILD_TOP/.attrs.json $o"#,
+            r#"__structuredAttrs = true; answer = 42; nested = { list = [ "a" "b" ]; };"#,
+        ),
+    );
+    let out = build(&f.ward, &file);
+    let attrs: serde_json::Value = serde_json::from_str(&read_output(&f, &out)).unwrap();
+    assert_eq!(attrs["answer"], 42, "{attrs}");
+    assert_eq!(attrs["nested"]["list"][1], "b", "{attrs}");
+    assert_eq!(attrs["outputs"]["out"], out.as_str(), "{attrs}");
+
+    // exportReferencesGraph: the closure of a dependency, in Nix's registration format.
+    let body = r#"
+let
+  dep = derivation {
+    name = "graph-dep"; system = builtins.currentSystem; builder = "/bin/sh";
+    args = [ "-c" "echo leaf > $out" ];
+  };
+  mid = derivation {
+    name = "graph-mid"; system = builtins.currentSystem; builder = "/bin/sh";
+    args = [ "-c" "echo ${dep} > $out" ];
+  };
+in derivation {
+  name = "graph"; system = builtins.currentSystem; builder = "/bin/sh";
+  exportReferencesGraph = [ "closure" mid ];
+  args = [ "-c" "cat closure > $out" ];
+}
+"#;
+    let file = expr(&f, "graph", body);
+    let out = build(&f.ward, &file);
+    let graph = read_output(&f, &out);
+    let lines: Vec<&str> = graph.lines().collect();
+    let mid = lines
+        .iter()
+        .find(|l| l.ends_with("-graph-mid"))
+        .unwrap_or_else(|| panic!("{graph}"));
+    let dep = lines
+        .iter()
+        .find(|l| l.ends_with("-graph-dep"))
+        .unwrap_or_else(|| panic!("{graph}"));
+    // Each entry: path, deriver (empty), number of references, the references.
+    let at = lines.iter().position(|l| l == mid).unwrap();
+    assert_eq!(lines[at + 2], "1", "{graph}");
+    assert_eq!(lines[at + 3], *dep, "{graph}");
+    // The exported paths are not references of the result (its text names them, though).
+    let refs = f
+        .ward
+        .ok("nix-store", &["-q", "--references", &out])
+        .lines();
+    assert_eq!(refs.len(), 2, "{refs:?}");
+}
+
+#[test]
+fn an_allowed_references_violation_fails_and_registers_nothing() {
+    let test = "an_allowed_references_violation_fails_and_registers_nothing";
+    let Some(f) = start(test, DaemonOptions::single_user()) else {
+        return;
+    };
+    let body = r#"
+let
+  dep = derivation {
+    name = "forbidden-dep"; system = builtins.currentSystem; builder = "/bin/sh";
+    args = [ "-c" "echo dep > $out" ];
+  };
+in derivation {
+  name = "restricted"; system = builtins.currentSystem; builder = "/bin/sh";
+  allowedReferences = [ ];
+  args = [ "-c" "echo ${dep} > $out" ];
+}
+"#;
+    let file = expr(&f, "restricted", body);
+    let drv_path = f
+        .ward
+        .ok("nix-instantiate", &[file.to_str().unwrap()])
+        .single_line();
+    let out = f
+        .ward
+        .ok("nix-store", &["-q", "--outputs", &drv_path])
+        .single_line();
+    let stderr = f
+        .ward
+        .fails("nix-store", &["--realise", &drv_path])
+        .stderr
+        .clone();
+    assert!(
+        stderr.contains(&format!(
+            "output '{out}' is not allowed to refer to the following paths:"
+        )) && stderr.contains("-forbidden-dep"),
+        "{stderr}"
+    );
+    let valid = f.ward.all_valid_paths();
+    assert!(!valid.contains(&out), "{out} must not be registered");
+    assert!(!f.daemon.layout().real_path(&out).exists());
+}
+
+#[test]
+fn check_rebuilds_and_reports_a_non_deterministic_output() {
+    let test = "check_rebuilds_and_reports_a_non_deterministic_output";
+    let Some(f) = start(test, DaemonOptions::single_user()) else {
+        return;
+    };
+    let stable = expr(&f, "stable", &drv("stable", "echo same > $out", ""));
+    let out = build(&f.ward, &stable);
+    let check = f.ward.ok(
+        "nix-build",
+        &[stable.to_str().unwrap(), "--no-out-link", "--check"],
+    );
+    assert_eq!(check.single_line(), out);
+
+    let random = expr(
+        &f,
+        "random",
+        &drv("random", "head -c 32 /dev/urandom | od -x > $out", ""),
+    );
+    let out = build(&f.ward, &random);
+    let before = read_output(&f, &out);
+    let stderr = f
+        .ward
+        .fails(
+            "nix-build",
+            &[random.to_str().unwrap(), "--no-out-link", "--check"],
+        )
+        .stderr
+        .clone();
+    assert!(
+        stderr.contains("may not be deterministic") && stderr.contains(&out),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("registered: sha256:") && stderr.contains("rebuilt:    sha256:"),
+        "both hashes named: {stderr}"
+    );
+    // The registered output is untouched.
+    assert_eq!(read_output(&f, &out), before);
+}
+
+#[test]
+fn timeout_and_max_silent_time_stop_the_build() {
+    let test = "timeout_and_max_silent_time_stop_the_build";
+    let Some(f) = start(test, DaemonOptions::single_user()) else {
+        return;
+    };
+    let sleepy = expr(
+        &f,
+        "sleepy",
+        &drv("sleepy", "echo starting; sleep 60; echo late > $out", ""),
+    );
+    for (option, words) in [
+        ("--timeout", "timed out after 2 seconds"),
+        ("--max-silent-time", "timed out after 2 seconds of silence"),
+    ] {
+        let started = Instant::now();
+        let stderr = f
+            .ward
+            .fails(
+                "nix-build",
+                &[sleepy.to_str().unwrap(), "--no-out-link", option, "2"],
+            )
+            .stderr
+            .clone();
+        let took = started.elapsed();
+        assert!(
+            stderr.contains(words) && stderr.contains("sleepy"),
+            "{option}: {stderr}"
+        );
+        assert!(
+            took < Duration::from_secs(30),
+            "{option}: the build was stopped after {took:?}"
+        );
+        // Nothing of the build is left running.
+        let leftovers: Vec<u32> = f
+            .daemon
+            .process_tree()
+            .into_iter()
+            .filter(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| c.contains("sleep"))
+            })
+            .collect();
+        assert!(
+            leftovers.is_empty(),
+            "{option}: left running: {leftovers:?}"
+        );
+    }
+}
+
+#[test]
+fn keep_failed_keeps_the_build_directory_for_the_requester_only() {
+    let test = "keep_failed_keeps_the_build_directory_for_the_requester_only";
+    let Some(f) = start(test, DaemonOptions::single_user()) else {
+        return;
+    };
+    let failing = expr(
+        &f,
+        "kept",
+        &drv("kept", "echo evidence > left-behind; exit 1", ""),
+    );
+    let stderr = f
+        .ward
+        .fails(
+            "nix-build",
+            &[failing.to_str().unwrap(), "--no-out-link", "--keep-failed"],
+        )
+        .stderr
+        .clone();
+    let kept = stderr
+        .lines()
+        .find_map(|l| {
+            l.split_once("keeping build directory '")
+                .map(|(_, rest)| rest.trim_end_matches('\'').to_string())
+        })
+        .unwrap_or_else(|| panic!("no kept directory named: {stderr}"));
+    let dir = std::path::Path::new(&kept);
+    let meta = std::fs::symlink_metadata(dir).unwrap_or_else(|e| panic!("{kept}: {e}\n{stderr}"));
+    assert!(meta.is_dir(), "{kept}");
+    // Owned by the requesting user and closed to everyone else.
+    assert_eq!(meta.uid(), nix::unistd::getuid().as_raw(), "{kept}");
+    assert_eq!(meta.mode() & 0o077, 0, "{kept} mode {:o}", meta.mode());
+    let listing = || {
+        std::process::Command::new("ls")
+            .args(["-laR", &kept])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        std::fs::read_to_string(dir.join("left-behind"))
+            .unwrap_or_else(|e| panic!("{e}: {}", listing())),
+        "evidence\n"
+    );
+    let parent = std::fs::symlink_metadata(dir.parent().unwrap()).unwrap();
+    assert_eq!(parent.mode() & 0o077, 0, "parent of {kept}");
+}
+
+#[test]
+fn two_clients_building_one_derivation_get_one_build() {
+    let test = "two_clients_building_one_derivation_get_one_build";
+    let Some(f) = start(test, DaemonOptions::single_user()) else {
+        return;
+    };
+    let slow = expr(
+        &f,
+        "shared",
+        &drv(
+            "shared-build",
+            "sleep 2; head -c 16 /dev/urandom | od -x > $out",
+            "",
+        ),
+    );
+    let drv_path = f
+        .ward
+        .ok("nix-instantiate", &[slow.to_str().unwrap()])
+        .single_line();
+    let results: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..2)
+            .map(|_| {
+                s.spawn(|| {
+                    f.ward
+                        .ok("nix-store", &["--realise", &drv_path])
+                        .single_line()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(results[0], results[1]);
+    // One build: the output was registered once (a second build would have produced other
+    // random bytes and been left unregistered, or failed).
+    let log = f.daemon.log();
+    let registrations = log
+        .lines()
+        .filter(|l| l.contains("registered build outputs") && l.contains(&drv_path))
+        .count();
+    assert_eq!(registrations, 1, "{log}");
+}
+
+#[test]
+fn an_untrusted_user_builds_as_a_build_user_in_a_multi_user_daemon() {
+    let test = "an_untrusted_user_builds_as_a_build_user_in_a_multi_user_daemon";
+    let Some(f) = start(test, DaemonOptions::multi_user()) else {
+        return;
+    };
+    let alice = ensure_test_user();
+    let as_alice = f.env.client_as(&f.daemon, &alice);
+    let file = expr(
+        &f,
+        "whoami",
+        &drv(
+            "whoami",
+            "id -u > $out; id -g >> $out; id -G >> $out; cat /proc/self/uid_map >> $out; cat /proc/self/status | grep -E '^(CapEff|NoNewPrivs|Seccomp):' >> $out",
+            "",
+        ),
+    );
+    // Alice's client must read the expression.
+    std::fs::set_permissions(
+        file.parent().unwrap(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let out = build(&as_alice, &file);
+    let text = read_output(&f, &out);
+    let lines: Vec<&str> = text.lines().collect();
+    // Inside, the build user is uid 1000 and gid 100, as in Nix's sandbox; the uid map says
+    // which host uid that is.
+    assert_eq!(lines[0], "1000", "{text}");
+    assert_eq!(lines[1], "100", "{text}");
+    let map: Vec<u32> = lines[3]
+        .split_whitespace()
+        .map(|n| n.parse().unwrap())
+        .collect();
+    assert_eq!((map[0], map[2]), (1000, 1), "one uid mapped: {text}");
+    let uid = map[1];
+    assert_ne!(uid, 0, "{text}");
+    assert_ne!(uid, alice.uid.as_raw(), "{text}");
+    let group = nix::unistd::Group::from_name("nixbld").unwrap();
+    if let Some(group) = group {
+        let member = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+            .unwrap()
+            .is_some_and(|u| u.gid == group.gid || group.mem.contains(&u.name));
+        assert!(member, "uid {uid} is a nixbld user: {text}");
+    }
+    assert!(text.contains("CapEff:\t0000000000000000"), "{text}");
+    assert!(text.contains("NoNewPrivs:\t1"), "{text}");
+    assert!(text.contains("Seccomp:\t2"), "{text}");
+    // Supplementary groups are dropped: only the primary group.
+    assert_eq!(lines[1], lines[2], "{text}");
+    // Alice may not build in repair mode.
+    let repaired = as_alice.run(
+        "nix-build",
+        &[file.to_str().unwrap(), "--no-out-link", "--repair"],
+    );
+    assert!(!repaired.status.success());
+}
+
+#[test]
+fn nix_build_and_nix_log_with_the_new_cli() {
+    let test = "nix_build_and_nix_log_with_the_new_cli";
+    let Some(f) = start(test, DaemonOptions::single_user()) else {
+        return;
+    };
+    let file = expr(
+        &f,
+        "newcli",
+        r#"derivation {
+  name = "new-cli"; system = builtins.currentSystem; builder = "/bin/sh";
+  outputs = [ "out" "doc" ];
+  args = [ "-c" "echo new-cli-log-line; echo out > $out; echo doc > $doc" ];
+}"#,
+    );
+    let run = f.ward.ok(
+        "nix",
+        &[
+            "--extra-experimental-features",
+            "nix-command",
+            "build",
+            "--no-link",
+            "--json",
+            "-L",
+            "-f",
+            file.to_str().unwrap(),
+        ],
+    );
+    let json = run.json();
+    let out = json[0]["outputs"]["out"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{json}"));
+    assert_eq!(read_output(&f, out), "out\n");
+    // Another output by name: BuildPathsWithResults names the output asked for.
+    let doc_run = f.ward.ok(
+        "nix",
+        &[
+            "--extra-experimental-features",
+            "nix-command",
+            "build",
+            "--no-link",
+            "--json",
+            "-f",
+            file.to_str().unwrap(),
+            "doc",
+        ],
+    );
+    let doc_json = doc_run.json();
+    let doc = doc_json[0]["outputs"]["doc"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{doc_json}"));
+    assert_eq!(read_output(&f, doc), "doc\n");
+    assert!(
+        run.stderr.clone().contains("new-cli-log-line"),
+        "-L shows the log: {}",
+        run.stderr.clone()
+    );
+    let drv_path = json[0]["drvPath"].as_str().unwrap();
+    let log = f
+        .ward
+        .ok(
+            "nix",
+            &[
+                "--extra-experimental-features",
+                "nix-command",
+                "log",
+                drv_path,
+            ],
+        )
+        .stdout_text();
+    assert!(log.contains("new-cli-log-line"), "{log}");
+}
