@@ -1,0 +1,329 @@
+//! Hostile builders, built through Debian's Nix 2.8 client by a multi-user ward (root only):
+//! each tries to get out of its sandbox, and the test asserts that the attempt failed and the
+//! host is unchanged. A canary build reports what the sandbox looks like from inside, compared
+//! with the policy.
+//!
+//! Each derivation runs its attempts with busybox and writes one line per attempt to `$out`
+//! (`ESCAPED <what>` when an attempt worked); the test then also looks at the host itself.
+
+use std::collections::BTreeSet;
+use std::io::Read;
+use std::net::TcpListener;
+use std::os::unix::fs::MetadataExt;
+use std::time::Duration;
+
+use ward_e2e_tests::builds::{build, drv, expr, read_output, start};
+use ward_e2e_tests::{DaemonOptions, Fixture};
+
+/// A shell snippet that runs `cmd` and records whether it worked.
+fn attempt(what: &str, cmd: &str) -> String {
+    format!("if {cmd} >/dev/null 2>&1; then echo \"ESCAPED {what}\" >> $out; else echo \"denied {what}\" >> $out; fi; ")
+}
+
+fn store_entries(f: &Fixture) -> BTreeSet<String> {
+    std::fs::read_dir(&f.daemon.layout().real_store_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| !n.starts_with('.') && !n.ends_with(".lock"))
+        .collect()
+}
+
+/// A first line proving that an attempt that may work is reported as working (so that
+/// "denied" means denied, not a broken snippet).
+const CONTROL: &str = "if test -r /etc/passwd; then echo control-ok >> $out; fi; ";
+
+fn assert_all_denied(text: &str, expected_attempts: usize) {
+    assert!(
+        text.contains("control-ok"),
+        "the control attempt ran:\n{text}"
+    );
+    let denied = text.lines().filter(|l| l.starts_with("denied ")).count();
+    assert!(
+        !text.contains("ESCAPED"),
+        "a hostile builder got out:\n{text}"
+    );
+    assert_eq!(denied, expected_attempts, "every attempt ran:\n{text}");
+}
+
+#[test]
+fn a_builder_cannot_read_secrets_reach_the_network_or_the_daemon() {
+    let test = "a_builder_cannot_read_secrets_reach_the_network_or_the_daemon";
+    let Some(f) = start(test, DaemonOptions::multi_user()) else {
+        return;
+    };
+    // A service on the host's loopback: the build must not reach it.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let socket = f.daemon.socket().display().to_string();
+    let attempts = [
+        ("read /etc/shadow", "cat /etc/shadow".to_string()),
+        ("list /root", "ls /root/.".to_string()),
+        ("list /home", "ls /home/.".to_string()),
+        (
+            "read the host's passwd",
+            "grep -q ward-test-alice /etc/passwd".to_string(),
+        ),
+        (
+            "reach the internet",
+            "wget -q -T 3 -O /dev/null http://1.1.1.1/".to_string(),
+        ),
+        (
+            "reach a host loopback service",
+            format!("wget -q -T 3 -O /dev/null http://127.0.0.1:{port}/"),
+        ),
+        ("see the daemon socket", format!("test -e {socket}")),
+        (
+            "see the default daemon socket",
+            "test -e /nix/var/nix/daemon-socket/socket".to_string(),
+        ),
+        (
+            "see the test's own process",
+            format!("test -e /proc/{}/status", std::process::id()),
+        ),
+        (
+            "see the host's mounts",
+            "grep -q ' /home ' /proc/mounts".to_string(),
+        ),
+        (
+            "use a non-loopback network device",
+            "grep -vE '^ *(lo|Inter|face)' /proc/net/dev | grep -q :".to_string(),
+        ),
+    ];
+    let mut script = format!(": > $out; {CONTROL}");
+    for (what, cmd) in &attempts {
+        script.push_str(&attempt(what, cmd));
+    }
+    let file = expr(&f, "nosy", &drv("nosy", &script, ""));
+    let out = build(&f.ward, &file);
+    let text = read_output(&f, &out);
+    assert_all_denied(&text, attempts.len());
+    let mut buf = [0u8; 1];
+    match listener.accept() {
+        Ok((mut conn, peer)) => {
+            let _ = conn.read(&mut buf);
+            panic!("the build connected to the host's loopback service from {peer}");
+        }
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock),
+    }
+}
+
+#[test]
+fn a_builder_cannot_write_the_store_inputs_or_set_id_bits_and_leaves_no_process() {
+    let test = "a_builder_cannot_write_the_store_inputs_or_set_id_bits_and_leaves_no_process";
+    let Some(f) = start(test, DaemonOptions::multi_user()) else {
+        return;
+    };
+    let dep_file = expr(&f, "dep", &drv("victim-dep", "echo original > $out", ""));
+    let dep = build(&f.ward, &dep_file);
+    let marker = format!("ward-hostile-sleeper-{}", std::process::id());
+    let attempts = [
+        ("write an input", format!("sh -c 'echo tampered > {dep}'")),
+        ("remove an input", format!("rm -f {dep}")),
+        (
+            "set the setuid bit",
+            "touch suid && chmod u+s suid && test -u suid".to_string(),
+        ),
+        (
+            "set the setgid bit",
+            "touch sgid && chmod g+s sgid && test -g sgid".to_string(),
+        ),
+        ("mount a filesystem", "mount -t tmpfs none /tmp".to_string()),
+        ("become root", "su -c true".to_string()),
+        ("make a device node", "mknod dev c 1 3".to_string()),
+    ];
+    // The sandbox's own store directory is writable (outputs go there); what is written
+    // there besides the output must never reach the real store.
+    let mut script = format!(
+        ": > $out; {CONTROL}echo x > $NIX_STORE/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-planted; "
+    );
+    for (what, cmd) in &attempts {
+        script.push_str(&attempt(what, cmd));
+    }
+    // A process that tries to outlive the build: double fork and a new session.
+    script.push_str(&format!(
+        "(setsid sh -c 'exec -a {marker} sleep 300' &) ; sleep 1; echo spawned >> $out"
+    ));
+    let file = expr(
+        &f,
+        "vandal",
+        &format!(
+            "let dep = import {}; in {}",
+            dep_file.display(),
+            drv("vandal", &script, "inherit dep;")
+        ),
+    );
+    let before = store_entries(&f);
+    let out = build(&f.ward, &file);
+    let text = read_output(&f, &out);
+    assert_all_denied(&text, attempts.len());
+    assert!(text.contains("spawned"), "{text}");
+    assert_eq!(
+        read_output(&f, &dep),
+        "original\n",
+        "the input is unchanged"
+    );
+    // The store gained the output and its .drv, nothing else.
+    let after = store_entries(&f);
+    let added: Vec<&String> = after.difference(&before).collect();
+    assert!(
+        added
+            .iter()
+            .all(|n| n.ends_with("-vandal") || n.ends_with("-vandal.drv")),
+        "{added:?}"
+    );
+    // Nothing of the build runs any more.
+    std::thread::sleep(Duration::from_millis(300));
+    let survivors: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.ok()?.file_name().into_string().ok()?;
+            let cmdline = std::fs::read(format!("/proc/{name}/cmdline")).ok()?;
+            String::from_utf8_lossy(&cmdline)
+                .contains(&marker)
+                .then_some(name)
+        })
+        .collect();
+    assert!(survivors.is_empty(), "left running: {survivors:?}");
+    // No output file carries a set-id bit.
+    let meta = std::fs::symlink_metadata(f.daemon.layout().real_path(&out)).unwrap();
+    assert_eq!(meta.mode() & 0o6000, 0);
+}
+
+#[test]
+fn build_directories_stay_closed_even_when_the_builder_opens_them() {
+    let test = "build_directories_stay_closed_even_when_the_builder_opens_them";
+    let Some(f) = start(test, DaemonOptions::multi_user()) else {
+        return;
+    };
+    let state = f.daemon.layout().state_dir.join("ward-broker");
+    let meta = std::fs::metadata(&state).unwrap();
+    // <state>/ward-broker: root's, writable by root only (users pass through it to their
+    // own kept/<uid>); builds/ below it stays closed to everyone but root.
+    assert_eq!(meta.uid(), 0);
+    assert_eq!(
+        meta.mode() & 0o022,
+        0,
+        "{} mode {:o}",
+        state.display(),
+        meta.mode()
+    );
+    let builds = std::fs::metadata(state.join("builds")).unwrap();
+    assert_eq!(builds.uid(), 0);
+    assert_eq!(builds.mode() & 0o077, 0, "builds/ mode {:o}", builds.mode());
+}
+
+#[test]
+fn a_fixed_output_build_cannot_plant_links_beside_its_output() {
+    let test = "a_fixed_output_build_cannot_plant_links_beside_its_output";
+    let Some(f) = start(test, DaemonOptions::multi_user()) else {
+        return;
+    };
+    // sha256 of "fetched\n" (flat).
+    let file = expr(
+        &f,
+        "planter",
+        &drv(
+            "planter",
+            "ln -s /etc/shadow $out-evil; ln -s / $NIX_STORE/zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz-root; echo fetched > $out",
+            r#"outputHashMode = "flat"; outputHashAlgo = "sha256";
+  outputHash = "sha256-9uN5sGOQVMUYBv1dZ5SMvK69NUsOkadoOTKwQ8XDujI=";"#,
+        ),
+    );
+    let before = store_entries(&f);
+    let run = f
+        .ward
+        .run("nix-build", &[file.to_str().unwrap(), "--no-out-link"]);
+    let after = store_entries(&f);
+    let added: Vec<&String> = after.difference(&before).collect();
+    assert!(
+        added
+            .iter()
+            .all(|n| n.ends_with("-planter") || n.ends_with("-planter.drv")),
+        "only the output and its .drv: {added:?}\n{}",
+        run.stderr.clone()
+    );
+    assert!(
+        run.status.success(),
+        "the output itself is fine: {}",
+        run.stderr.clone()
+    );
+    let out = run.single_line();
+    let meta = std::fs::symlink_metadata(f.daemon.layout().real_path(&out)).unwrap();
+    assert!(meta.is_file());
+}
+
+#[test]
+fn the_canary_sees_the_sandbox_the_policy_describes() {
+    let test = "the_canary_sees_the_sandbox_the_policy_describes";
+    let Some(f) = start(test, DaemonOptions::multi_user()) else {
+        return;
+    };
+    let file = expr(
+        &f,
+        "canary",
+        &drv(
+            "canary",
+            "{ echo \"uid_map $(cat /proc/self/uid_map)\"; echo \"gid_map $(cat /proc/self/gid_map)\"; \
+             grep -E '^(CapInh|CapPrm|CapEff|CapBnd|CapAmb|NoNewPrivs|Seccomp):' /proc/self/status; \
+             cut -d' ' -f2 /proc/mounts | sed 's/^/mount /'; \
+             tail -n +3 /proc/net/dev | cut -d: -f1 | sed 's/^ */netdev /'; \
+             echo \"host $(hostname)\"; } > $out",
+            "",
+        ),
+    );
+    let out = build(&f.ward, &file);
+    let text = read_output(&f, &out);
+    let values = |key: &str| -> Vec<Vec<String>> {
+        text.lines()
+            .filter_map(|l| l.strip_prefix(&format!("{key} ")))
+            .map(|rest| rest.split_whitespace().map(str::to_string).collect())
+            .collect()
+    };
+    // One uid and one gid mapped: 1000 and 100 inside, a build user outside.
+    let uid_map = &values("uid_map")[0];
+    assert_eq!(
+        (uid_map[0].as_str(), uid_map[2].as_str()),
+        ("1000", "1"),
+        "{text}"
+    );
+    assert_ne!(uid_map[1], "0", "{text}");
+    let gid_map = &values("gid_map")[0];
+    assert_eq!(
+        (gid_map[0].as_str(), gid_map[2].as_str()),
+        ("100", "1"),
+        "{text}"
+    );
+    for cap in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+        assert!(
+            text.contains(&format!("{cap}:\t0000000000000000")),
+            "{cap} empty: {text}"
+        );
+    }
+    assert!(text.contains("NoNewPrivs:\t1"), "{text}");
+    assert!(text.contains("Seccomp:\t2"), "{text}");
+    assert_eq!(values("netdev"), vec![vec!["lo".to_string()]], "{text}");
+    assert_eq!(
+        values("host"),
+        vec![vec!["localhost".to_string()]],
+        "{text}"
+    );
+    let mounts: Vec<String> = values("mount").into_iter().flatten().collect();
+    for expected in [
+        "/", "/proc", "/dev", "/dev/pts", "/dev/shm", "/tmp", "/build",
+    ] {
+        assert!(mounts.iter().any(|m| m == expected), "{expected}: {text}");
+    }
+    for forbidden in ["/home", "/root", "/run", "/sys", "/var"] {
+        assert!(
+            !mounts.iter().any(|m| m == forbidden),
+            "{forbidden}: {text}"
+        );
+    }
+    // The broker ran its own canary at start-up.
+    assert!(
+        f.daemon.log().contains("sandbox check passed"),
+        "{}",
+        f.daemon.log()
+    );
+}
