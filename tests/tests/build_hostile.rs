@@ -116,7 +116,9 @@ fn a_builder_cannot_write_the_store_inputs_or_set_id_bits_and_leaves_no_process(
     };
     let dep_file = expr(&f, "dep", &drv("victim-dep", "echo original > $out", ""));
     let dep = build(&f.ward, &dep_file);
-    let marker = format!("ward-hostile-sleeper-{}", std::process::id());
+    // A sleep whose argument no other process has: its cmdline is the marker.
+    let seconds = 400_000 + std::process::id() % 100_000;
+    let marker = format!("sleep\0{seconds}");
     let attempts = [
         ("write an input", format!("sh -c 'echo tampered > {dep}'")),
         ("remove an input", format!("rm -f {dep}")),
@@ -142,7 +144,7 @@ fn a_builder_cannot_write_the_store_inputs_or_set_id_bits_and_leaves_no_process(
     }
     // A process that tries to outlive the build: double fork and a new session.
     script.push_str(&format!(
-        "(setsid sh -c 'exec -a {marker} sleep 300' &) ; sleep 1; echo spawned >> $out"
+        "(setsid sh -c 'sleep {seconds}' &) ; sleep 1; test -n \"$(ps -o args | grep 'sleep {seconds}' | grep -v grep)\" && echo spawned >> $out"
     ));
     let file = expr(
         &f,

@@ -1,0 +1,281 @@
+//! The build ops' options and failures, through Debian's Nix 2.8 client and a sandboxed ward:
+//! Nix's wording for a wrong system, missing system features, a missing builder and
+//! `max-jobs = 0`; `keep-going`; `cores`; `max-build-log-size`; QueryMissing (`--dry-run`);
+//! repair refused to untrusted users; a client that disconnects cancels its build.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ward_e2e_tests::builds::{build, drv, expr, read_output, start};
+use ward_e2e_tests::{ensure_test_user, DaemonOptions, Fixture};
+
+/// Instantiates `file`, realises it expecting failure, and checks that nothing but the .drv
+/// files was registered. Returns the client's stderr.
+fn fails_registering_nothing(f: &Fixture, file: &std::path::Path, extra: &[&str]) -> String {
+    let drv_path = f
+        .ward
+        .ok("nix-instantiate", &[file.to_str().unwrap()])
+        .single_line();
+    let before = f.ward.all_valid_paths();
+    let mut args = vec!["--realise", drv_path.as_str()];
+    args.extend_from_slice(extra);
+    let stderr = f.ward.fails("nix-store", &args).stderr.clone();
+    assert_eq!(
+        f.ward.all_valid_paths(),
+        before,
+        "nothing registered: {stderr}"
+    );
+    stderr
+}
+
+#[test]
+fn failures_before_the_build_use_nix_wording() {
+    let test = "failures_before_the_build_use_nix_wording";
+    let Some(f) = start(test, DaemonOptions::single_user()) else {
+        return;
+    };
+    let wrong_system = expr(
+        &f,
+        "plan9",
+        r#"derivation { name = "plan9"; system = "mips64-plan9"; builder = "/bin/sh"; args = [ "-c" "echo > $out" ]; }"#,
+    );
+    let stderr = fails_registering_nothing(&f, &wrong_system, &[]);
+    assert!(
+        stderr.contains("a 'mips64-plan9' with features {} is required to build")
+            && stderr.contains("but I am a '"),
+        "{stderr}"
+    );
+
+    let features = expr(
+        &f,
+        "features",
+        &drv(
+            "needs-features",
+            "echo > $out",
+            r#"requiredSystemFeatures = [ "ward-test-nonexistent-feature" ];"#,
+        ),
+    );
+    let stderr = fails_registering_nothing(&f, &features, &[]);
+    assert!(
+        stderr.contains("with features {ward-test-nonexistent-feature} is required to build"),
+        "{stderr}"
+    );
+
+    let no_builder = expr(
+        &f,
+        "nobuilder",
+        r#"derivation { name = "no-builder"; system = builtins.currentSystem; builder = "/no/such/builder"; }"#,
+    );
+    let stderr = fails_registering_nothing(&f, &no_builder, &[]);
+    assert!(
+        stderr.contains("/no/such/builder") && stderr.contains("no-builder.drv"),
+        "{stderr}"
+    );
+
+    let trivial = expr(&f, "jobs", &drv("no-jobs", "echo > $out", ""));
+    let stderr = fails_registering_nothing(&f, &trivial, &["--max-jobs", "0"]);
+    assert!(
+        stderr.contains(
+            "unable to start any build; either increase '--max-jobs' or enable remote builds"
+        ),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn keep_going_builds_what_it_can() {
+    let test = "keep_going_builds_what_it_can";
+    let Some(f) = start(test, DaemonOptions::single_user()) else {
+        return;
+    };
+    let body = format!(
+        "[ ({}) ({}) ]",
+        drv("bad-one", "exit 1", ""),
+        drv("good-one", "sleep 1; echo good > $out", "")
+    );
+    let file = expr(&f, "pair", &body);
+    let drvs = f
+        .ward
+        .ok("nix-instantiate", &[file.to_str().unwrap()])
+        .lines();
+    assert_eq!(drvs.len(), 2, "{drvs:?}");
+    let good_drv = drvs.iter().find(|d| d.ends_with("good-one.drv")).unwrap();
+    let good_out = f
+        .ward
+        .ok("nix-store", &["-q", "--outputs", good_drv])
+        .single_line();
+    let mut args = vec!["--realise", "--keep-going"];
+    args.extend(drvs.iter().map(String::as_str));
+    let stderr = f.ward.fails("nix-store", &args).stderr.clone();
+    assert!(stderr.contains("bad-one"), "{stderr}");
+    assert!(
+        f.ward.all_valid_paths().contains(&good_out),
+        "the good build ran to the end: {stderr}"
+    );
+    assert_eq!(read_output(&f, &good_out), "good\n");
+}
+
+#[test]
+fn cores_and_max_build_log_size() {
+    let test = "cores_and_max_build_log_size";
+    let Some(f) = start(test, DaemonOptions::single_user()) else {
+        return;
+    };
+    let cores = expr(
+        &f,
+        "cores",
+        &drv("cores", "echo $NIX_BUILD_CORES > $out", ""),
+    );
+    let out = f
+        .ward
+        .ok(
+            "nix-build",
+            &[cores.to_str().unwrap(), "--no-out-link", "--cores", "3"],
+        )
+        .single_line();
+    assert_eq!(read_output(&f, &out), "3\n");
+
+    // A builder writing log as fast as it can is killed at the limit; the daemon's memory
+    // stays bounded (the log is streamed, never held whole).
+    let chatty = expr(
+        &f,
+        "chatty",
+        &drv("chatty", "yes ward-log-line; echo never > $out", ""),
+    );
+    let started = Instant::now();
+    let stderr =
+        fails_registering_nothing(&f, &chatty, &["--option", "max-build-log-size", "200000"]);
+    assert!(
+        stderr.contains("killed after writing more than 200000 bytes of log output"),
+        "{}",
+        &stderr[stderr.len().saturating_sub(2000)..]
+    );
+    assert!(started.elapsed() < Duration::from_secs(60));
+}
+
+#[test]
+fn dry_run_reports_what_would_be_built() {
+    let test = "dry_run_reports_what_would_be_built";
+    let Some(f) = start(test, DaemonOptions::single_user()) else {
+        return;
+    };
+    let file = expr(&f, "dry", &drv("dry-run", "echo > $out", ""));
+    let drv_path = f
+        .ward
+        .ok("nix-instantiate", &[file.to_str().unwrap()])
+        .single_line();
+    let dry = f
+        .ward
+        .ok("nix-store", &["--realise", "--dry-run", &drv_path])
+        .stderr
+        .clone();
+    assert!(
+        dry.contains("this derivation will be built:") && dry.contains(&drv_path),
+        "{dry}"
+    );
+    let out = build(&f.ward, &file);
+    let dry = f
+        .ward
+        .ok("nix-store", &["--realise", "--dry-run", &drv_path])
+        .stderr
+        .clone();
+    assert!(!dry.contains("will be built"), "{dry}");
+    assert!(f.ward.all_valid_paths().contains(&out));
+}
+
+#[test]
+fn repair_is_refused_to_untrusted_users() {
+    let test = "repair_is_refused_to_untrusted_users";
+    let Some(f) = start(test, DaemonOptions::multi_user()) else {
+        return;
+    };
+    let alice = ensure_test_user();
+    let as_alice = f.env.client_as(&f.daemon, &alice);
+    let file = expr(&f, "repairme", &drv("repair-me", "echo ok > $out", ""));
+    for p in [file.parent().unwrap(), file.as_path()] {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = if p.is_dir() { 0o755 } else { 0o644 };
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let out = build(&as_alice, &file);
+    let stderr = as_alice
+        .fails(
+            "nix-build",
+            &[file.to_str().unwrap(), "--no-out-link", "--repair"],
+        )
+        .stderr
+        .clone();
+    assert!(stderr.contains("repairing is not allowed"), "{stderr}");
+    // Root may.
+    let again = f
+        .ward
+        .ok(
+            "nix-build",
+            &[file.to_str().unwrap(), "--no-out-link", "--repair"],
+        )
+        .single_line();
+    assert_eq!(again, out);
+}
+
+#[test]
+fn a_client_that_disconnects_cancels_its_build() {
+    let test = "a_client_that_disconnects_cancels_its_build";
+    let Some(f) = start(test, DaemonOptions::single_user()) else {
+        return;
+    };
+    // A sleep whose argument no other process on the host has: its cmdline is the marker.
+    let seconds = 300_000 + std::process::id() % 100_000;
+    let marker = format!("sleep\0{seconds}");
+    let file = expr(
+        &f,
+        "abandoned",
+        &drv("abandoned", &format!("sleep {seconds}"), ""),
+    );
+    let drv_path = f
+        .ward
+        .ok("nix-instantiate", &[file.to_str().unwrap()])
+        .single_line();
+    let running = || -> Vec<String> {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| {
+                let name = e.ok()?.file_name().into_string().ok()?;
+                let cmdline = std::fs::read(format!("/proc/{name}/cmdline")).ok()?;
+                String::from_utf8_lossy(&cmdline)
+                    .contains(&marker)
+                    .then_some(name)
+            })
+            .collect()
+    };
+    let mut client = Command::new("nix-store");
+    client
+        .args(["--realise", &drv_path])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    client.env("NIX_REMOTE", f.daemon.layout().client_url());
+    for (k, v) in f.daemon.layout().client_env() {
+        client.env(k, v);
+    }
+    client.env("HOME", f.env.dir("cancel-home"));
+    let mut child = client.spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while running().is_empty() {
+        assert!(Instant::now() < deadline, "the build never started");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !running().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the build outlived its client: {:?}",
+            running()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The daemon goes on serving, and the same derivation can be built again later.
+    let quick = expr(&f, "after", &drv("after-cancel", "echo fine > $out", ""));
+    let out = build(&f.ward, &quick);
+    assert_eq!(read_output(&f, &out), "fine\n");
+}
