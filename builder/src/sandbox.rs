@@ -578,7 +578,7 @@ fn drop_privileges(spec: &SandboxSpec) -> Step<()> {
     nix::unistd::setresgid(gid, gid, gid).at(D, || format!("setresgid({gid})"))?;
     nix::unistd::setresuid(uid, uid, uid).at(D, || format!("setresuid({uid})"))?;
     let groups = nix::unistd::getgroups().at(D, || "getgroups".into())?;
-    if !groups.is_empty() {
+    if spec.groups_cleared && !groups.is_empty() {
         return Err(fail(
             D,
             format!(
@@ -602,7 +602,7 @@ fn run_without_chroot(
     })?;
     drop(top);
     let groups = nix::unistd::getgroups().at(SetupStep::DropPrivileges, || "getgroups".into())?;
-    if !groups.is_empty() {
+    if spec.groups_cleared && !groups.is_empty() {
         return Err(fail(
             SetupStep::DropPrivileges,
             format!("supplementary groups {groups:?} remain"),

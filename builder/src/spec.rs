@@ -152,6 +152,7 @@ pub mod tests {
             env: Default::default(),
             filter_syscalls: true,
             allow_new_privileges: false,
+            groups_cleared: true,
             canary: false,
         }
     }

@@ -150,6 +150,7 @@ impl Host {
             env,
             filter_syscalls: true,
             allow_new_privileges: false,
+            groups_cleared: true,
             canary: false,
         }
     }

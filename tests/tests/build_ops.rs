@@ -279,3 +279,99 @@ fn a_client_that_disconnects_cancels_its_build() {
     let out = build(&f.ward, &quick);
     assert_eq!(read_output(&f, &out), "fine\n");
 }
+
+#[test]
+fn an_ordinary_user_runs_a_single_user_daemon_that_builds_sandboxed() {
+    let test = "an_ordinary_user_runs_a_single_user_daemon_that_builds_sandboxed";
+    if !ward_e2e_tests::require_root(test)
+        || !ward_e2e_tests::require_nix(test)
+        || !ward_e2e_tests::builds::have_busybox(test)
+    {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let alice = ensure_test_user();
+    // A scratch directory the user owns: its nix.conf, expression, store and home.
+    let dir = tempfile::Builder::new()
+        .prefix("ward-e2e-alice-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let root = dir.path();
+    std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(
+        root.join("nix.conf"),
+        format!(
+            "sandbox = true\nsandbox-paths = /bin/sh={}\n",
+            ward_e2e_tests::builds::BUSYBOX
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("whoami.nix"),
+        r#"derivation { name = "user-build"; system = builtins.currentSystem; builder = "/bin/sh";
+  args = [ "-c" "id -u > $out; cat /proc/self/uid_map >> $out; grep NoNewPrivs /proc/self/status >> $out" ]; }"#,
+    )
+    .unwrap();
+    nix::unistd::chown(root, Some(alice.uid), Some(alice.gid)).unwrap();
+    for name in ["nix.conf", "whoami.nix"] {
+        nix::unistd::chown(&root.join(name), Some(alice.uid), Some(alice.gid)).unwrap();
+    }
+    let store = root.join("store");
+    let (uid, gid) = (alice.uid.as_raw(), alice.gid.as_raw());
+    // setpriv (util-linux) sets the user's uid, gid and its own supplementary groups.
+    let as_alice = |program: &std::path::Path| {
+        let mut cmd = Command::new("setpriv");
+        cmd.args([
+            &format!("--reuid={uid}"),
+            &format!("--regid={gid}"),
+            "--init-groups",
+            "--",
+        ])
+        .arg(program)
+        .env_clear()
+        .env("HOME", root)
+        .env("PATH", "/usr/bin:/bin")
+        .env("NIX_CONF_DIR", root)
+        .current_dir(root);
+        cmd
+    };
+    let mut daemon = as_alice(&ward_e2e_tests::daemon::ward_bin());
+    daemon
+        .args(["daemon", "--store", store.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(root.join("daemon.log")).unwrap());
+    let mut daemon = daemon.spawn().unwrap();
+    let socket = store.join("nix/var/nix/daemon-socket/socket");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !socket.exists() {
+        assert!(Instant::now() < deadline, "the daemon did not come up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let mut client = as_alice(std::path::Path::new("/usr/bin/nix-build"));
+    client.args(["whoami.nix", "--no-out-link"]).env(
+        "NIX_REMOTE",
+        format!("unix://{}?root={}", socket.display(), store.display()),
+    );
+    let out = client.output().unwrap();
+    let log = std::fs::read_to_string(root.join("daemon.log")).unwrap_or_default();
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    assert!(
+        out.status.success(),
+        "{}\n{log}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let real = store.join(path.trim_start_matches('/'));
+    let text = std::fs::read_to_string(&real).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    // Sandboxed with an unprivileged user namespace: uid 1000 inside is the user outside.
+    assert_eq!(lines[0], "1000", "{text}");
+    let map: Vec<&str> = lines[1].split_whitespace().collect();
+    assert_eq!(map, vec!["1000", &uid.to_string(), "1"], "{text}");
+    assert!(lines[2].ends_with('1'), "{text}");
+    assert!(log.contains("sandbox check passed"), "{log}");
+    // Let the test's cleanup remove what the user's store-writer made read-only.
+    let _ = Command::new("chmod").args(["-R", "u+w"]).arg(root).status();
+}

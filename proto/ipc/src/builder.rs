@@ -93,6 +93,11 @@ pub struct SandboxSpec {
     pub filter_syscalls: bool,
     /// Leave `no_new_privs` unset (`allow-new-privileges`; off by default).
     pub allow_new_privileges: bool,
+    /// The broker runs as root and cleared every supplementary group before exec: the builder
+    /// refuses to go on if any remains. A single-user daemon run by an ordinary user cannot
+    /// drop that user's own groups (they grant the build nothing the user could not do), so
+    /// its broker sends `false`.
+    pub groups_cleared: bool,
     /// Instead of exec'ing `builder`, inspect the finished sandbox from inside and send
     /// [`BuilderToBroker::CanaryReport`] (the broker's start-up check).
     pub canary: bool,
@@ -283,6 +288,7 @@ mod tests {
             env: [("out".to_string(), "/nix/store/0c7k-hello".to_string())].into(),
             filter_syscalls: true,
             allow_new_privileges: false,
+            groups_cleared: true,
             canary: false,
         }
     }
