@@ -15,7 +15,9 @@ See bench/README.md for what each number means.
 """
 
 import argparse
+import importlib.util
 import json
+import platform
 import os
 import resource
 import shutil
@@ -49,6 +51,7 @@ PROFILES = {
         "add": [(1, 5), (64, 2)],
         "narfrom": {"size_mb": 64, "rounds": 2, "reps": 3},
         "idle": {"connections": [1, 100, 1000], "settle": 0.5},
+        "build": {"single": 8, "rounds": 3, "batch": 20, "batch_rounds": 2},
         "timeout": 300,
     },
     "full": {
@@ -61,6 +64,7 @@ PROFILES = {
         "add": [(1, 10), (64, 5), (256, 3), (1024, 3)],
         "narfrom": {"size_mb": 64, "rounds": 5, "reps": 3},
         "idle": {"connections": [1, 100, 1000], "settle": 1.0},
+        "build": {"single": 10, "rounds": 5, "batch": 20, "batch_rounds": 3},
         "timeout": 1800,
     },
 }
@@ -70,6 +74,21 @@ WORKER_MAGIC_1 = 0x6E697863
 WORKER_MAGIC_2 = 0x6478696F
 STDERR_LAST = 0x616C7473
 PROBE_CLIENT_VERSION = (1 << 8) | 34
+
+PHASES = ("protocol", "data", "build")
+
+# The build phase: a statically linked builder that stamps its own start time into $out, bound
+# into both daemons' sandboxes with sandbox-paths, and max-jobs for the batch of builds.
+BUILD_STAMP_SRC = REPO_ROOT / "bench" / "build-stamp" / "main.rs"
+BUILD_MAX_JOBS = 4
+BUILD_SYSTEM = platform.machine() + "-" + platform.system().lower()
+# What the sandbox probe build reports: the build's view of its own confinement.
+SANDBOX_PROBE_SCRIPT = (
+    "{ echo \"uid_map: $(tr -s ' ' < /proc/self/uid_map)\"; "
+    "grep -E '^(Uid|CapEff|NoNewPrivs|Seccomp):' /proc/self/status | tr -s '\\t' ' '; "
+    "echo \"hostname: $(hostname)\"; "
+    "echo \"network devices: $(tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' ' | tr '\\n' ' ')\"; "
+    "echo \"/home visible: $([ -e /home ] && echo yes || echo no)\"; } > $out")
 
 QUERY_OPS = ("qpi", "valid")
 QUERY_OP_NAMES = {"qpi": "QueryPathInfo", "valid": "IsValidPath"}
@@ -479,6 +498,7 @@ class Run:
         self.peak_rss = {}
         self.daemons = {}
         self.start_load = loadavg()
+        self.build_stamp = None  # the static builder of the build phase, once compiled
 
     # ---- daemons
 
@@ -486,10 +506,12 @@ class Run:
         root = self.tmp / ("%s-%s-root" % (side, phase))
         sock = self.tmp / ("%s-%s.sock" % (side, phase))
         logp = self.tmp / ("%s-%s.log" % (side, phase))
-        env = self.daemon_env()
+        env = self.daemon_env(phase)
         if side == "nix":
             env["NIX_DAEMON_SOCKET_PATH"] = str(sock)
-            argv = [self.args.nix_daemon, "--store", str(root), "--option", "sandbox", "false"]
+            argv = [self.args.nix_daemon, "--store", str(root)]
+            if phase != "build":
+                argv += ["--option", "sandbox", "false"]
         else:
             argv = [str(self.side_info["ward"]["bin"]), "daemon", "--store", str(root),
                     "--socket-path", str(sock)] + list(self.args.ward_arg or [])
@@ -499,13 +521,21 @@ class Run:
             argv = [setpriv, "--pdeathsig", "KILL"] + argv
         return Daemon(side, argv, env, sock, root, logp)
 
-    def daemon_env(self):
-        """The same small environment for both daemons: no host or user nix.conf, no NIX_REMOTE."""
+    def daemon_env(self, phase):
+        """The same small environment for both daemons: no host or user nix.conf, no NIX_REMOTE.
+        The build phase sandboxes both daemons' builds as build users of nixbld."""
         home = self.tmp / "home"
-        conf = self.tmp / "conf"
+        conf = self.tmp / ("conf-%s" % phase)
         for d in (home / ".config", home / ".cache", conf):
             d.mkdir(parents=True, exist_ok=True)
-        (conf / "nix.conf").write_text("sandbox = false\n")
+        if phase == "build":
+            conf_text = ("sandbox = true\nsandbox-fallback = false\nbuild-users-group = nixbld\n"
+                         "sandbox-paths = /bin/stamp=%s /bin/sh=/bin/busybox\n"
+                         "max-jobs = %d\nsubstituters =\n" % (self.build_stamp, BUILD_MAX_JOBS))
+        else:
+            conf_text = "sandbox = false\n"
+        (conf / "nix.conf").write_text(conf_text)
+        os.chmod(conf, 0o755)
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "HOME": str(home),
@@ -848,6 +878,178 @@ class Run:
         self.stop_phase("data")
 
 
+    def phase_build(self):
+        """Fresh daemons and stores, both sandboxing as build users: a trivial build's round trip
+        and its request-to-exec latency, one build at a time, then a batch of builds at once."""
+        p = self.profile["build"]
+        why = build_phase_unavailable()
+        if why:
+            for side in self.sides:
+                for key in ("build_single", "build_batch"):
+                    self.workloads.setdefault(key, {})[side] = {"error": "not run: " + why}
+            log("build phase skipped: %s" % why)
+            return
+        try:
+            self.build_stamp = compile_build_stamp(self.tmp)
+            client = load_wirebench(self.wirebench)
+        except BenchError as e:
+            for side in self.sides:
+                for key in ("build_single", "build_batch"):
+                    self.workloads.setdefault(key, {})[side] = {"error": str(e)}
+            log("build phase failed: %s" % e)
+            return
+        self.start_phase("build")
+        for side in self.sides:
+            self.once("build_sandbox", side,
+                      lambda side=side: self.sandbox_probe(client, side))
+            if "result" in self.workloads["build_sandbox"][side]:
+                self.side_info[side]["build_sandbox"] = \
+                    self.workloads["build_sandbox"][side]["result"]
+        self.rounds("build_single", p["rounds"],
+                    lambda side, i: {"builds": p["single"]},
+                    lambda side, doc: {"roundtrip_ms": doc["roundtrip_ms"],
+                                       "exec_ms": doc["exec_ms"]},
+                    work_of=lambda doc: doc["builds"],
+                    runner=lambda side, spec: self.builds_one_by_one(client, side, spec["builds"]))
+        self.rounds("build_batch", p["batch_rounds"],
+                    lambda side, i: {"builds": p["batch"]},
+                    lambda side, doc: {"wall_ms": [doc["wall_ms"]],
+                                       "last_exec_ms": [doc["last_exec_ms"]]},
+                    work_of=lambda doc: doc["builds"],
+                    runner=lambda side, spec: self.builds_at_once(client, side, spec["builds"]))
+        self.stop_phase("build")
+
+    def build_conn(self, client, side):
+        """A connection as nix-build opens one: handshake, then SetOptions with max-jobs."""
+        try:
+            c = client.Conn(str(self.daemons[side].socket_path), (1 << 8) | 34,
+                            timeout=self.timeout)
+            c.handshake()
+            c.set_options(max_build_jobs=BUILD_MAX_JOBS)
+            return c
+        except (OSError, EOFError, client.ProtocolError, client.DaemonError) as e:
+            raise BenchError("connecting to %s: %s" % (SIDE_TITLES[side], e)) from e
+
+    def add_derivation(self, client, conn, side, builder, args, nonce):
+        drv = client.SimpleDerivation(name="bench-build", system=BUILD_SYSTEM, builder=builder,
+                                      args=args, env={"nonce": nonce})
+        got = conn.add_text_to_store(drv.name + ".drv", drv.text, drv.input_srcs)
+        if got != drv.drv_path:
+            raise BenchError("%s stored the derivation at %s, expected %s"
+                             % (SIDE_TITLES[side], got, drv.drv_path))
+        return drv
+
+    def build(self, client, conn, side, drvs):
+        try:
+            conn.build_paths([d.drv_path + "!out" for d in drvs])
+        except (OSError, EOFError, client.ProtocolError, client.DaemonError) as e:
+            raise BenchError("BuildPaths on %s failed: %s; %s"
+                             % (SIDE_TITLES[side], e, describe_log(self.daemons[side].log_path)))
+
+    def output_text(self, side, drv):
+        real = self.daemons[side].store_root / drv.outputs["out"].lstrip("/")
+        try:
+            return real.read_text()
+        except OSError as e:
+            raise BenchError("reading the output %s: %s" % (real, e)) from e
+
+    def exec_stamp(self, side, drv):
+        text = self.output_text(side, drv).strip()
+        if not text.isdigit():
+            raise BenchError("the output %s holds %r, not a time stamp" % (drv.outputs["out"], text))
+        return int(text)
+
+    def sandbox_probe(self, client, side):
+        """One build reporting its own uid map, capabilities, seccomp and network devices."""
+        c = self.build_conn(client, side)
+        try:
+            drv = self.add_derivation(client, c, side, "/bin/sh", ["-c", SANDBOX_PROBE_SCRIPT],
+                                      client.unique_tag())
+            self.build(client, c, side, [drv])
+        finally:
+            c.close()
+        return dict(line.split(": ", 1) for line in self.output_text(side, drv).splitlines()
+                    if ": " in line)
+
+    def builds_one_by_one(self, client, side, count):
+        """count trivial builds, each on its own connection as nix-build makes them."""
+        roundtrip, to_exec = [], []
+        for _ in range(count):
+            c = self.build_conn(client, side)
+            try:
+                drv = self.add_derivation(client, c, side, "/bin/stamp", [], client.unique_tag())
+                requested_ns = time.time_ns()
+                t0 = time.perf_counter()
+                self.build(client, c, side, [drv])
+                roundtrip.append((time.perf_counter() - t0) * 1e3)
+            finally:
+                c.close()
+            to_exec.append((self.exec_stamp(side, drv) - requested_ns) / 1e6)
+        return {"builds": count, "roundtrip_ms": roundtrip, "exec_ms": to_exec}
+
+    def builds_at_once(self, client, side, count):
+        """count independent trivial builds in one BuildPaths, max-jobs of them at a time."""
+        c = self.build_conn(client, side)
+        try:
+            drvs = [self.add_derivation(client, c, side, "/bin/stamp", [], client.unique_tag())
+                    for _ in range(count)]
+            requested_ns = time.time_ns()
+            t0 = time.perf_counter()
+            self.build(client, c, side, drvs)
+            wall_ms = (time.perf_counter() - t0) * 1e3
+        finally:
+            c.close()
+        stamps = [(self.exec_stamp(side, d) - requested_ns) / 1e6 for d in drvs]
+        return {"builds": count, "wall_ms": wall_ms, "first_exec_ms": min(stamps),
+                "last_exec_ms": max(stamps)}
+
+
+def build_phase_unavailable():
+    """Why this machine cannot run the build phase, or None."""
+    if os.geteuid() != 0:
+        return "needs root (both daemons build as build users of the nixbld group)"
+    try:
+        import grp
+        members = grp.getgrnam("nixbld").gr_mem
+    except KeyError:
+        return "no nixbld group (bash .ci/test-all creates it with nixbld1..12)"
+    if len(members) < BUILD_MAX_JOBS:
+        return "the nixbld group has %d members, the batch needs %d" % (len(members),
+                                                                      BUILD_MAX_JOBS)
+    if not os.path.exists("/bin/busybox"):
+        return "no /bin/busybox for the sandbox probe (apt-get install busybox-static)"
+    if not shutil.which("rustc"):
+        return "no rustc to compile the static builder %s" % BUILD_STAMP_SRC
+    return None
+
+
+def compile_build_stamp(tmp):
+    """The builder of the build phase, linked statically so that an empty sandbox can run it."""
+    out = tmp / "build-stamp"
+    cmd = ["rustc", "--edition", "2021", "-O", "-C", "target-feature=+crt-static",
+           "-C", "strip=symbols", "-o", str(out), str(BUILD_STAMP_SRC)]
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if proc.returncode != 0:
+        raise BenchError("'%s' failed:\n%s" % (" ".join(cmd), tail(proc.stdout, 20)))
+    probe = tmp / "build-stamp-probe"
+    subprocess.run([str(out)], env={"out": str(probe)}, check=True)
+    if not probe.read_text().strip().isdigit():
+        raise BenchError("%s does not write a time stamp" % out)
+    os.chmod(out, 0o755)
+    return out
+
+
+def load_wirebench(path):
+    """wirebench.py as a module: the build phase drives its Conn in this process."""
+    spec = importlib.util.spec_from_file_location("wirebench", path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:  # noqa: BLE001 - any failure to import is reported the same way
+        raise BenchError("cannot load %s: %s" % (path, e)) from e
+    return module
+
+
 def summarize(values):
     v = sorted(values)
     if not v:
@@ -923,6 +1125,12 @@ def ratio_at_least(factor):
             lambda nix, ward: None if nix in (None, 0) or ward is None else ward / nix >= factor)
 
 
+def ratio_at_most(factor):
+    """For times, where lower is better: ward's at most factor × nix-daemon's."""
+    return ("≤ %g× nix-daemon" % factor,
+            lambda nix, ward: None if nix in (None, 0) or ward is None else ward / nix <= factor)
+
+
 def below(limit, unit):
     return ("< %g %s" % (limit, unit), lambda nix, ward: None if ward is None else ward < limit)
 
@@ -977,6 +1185,16 @@ def build_rows(run):
     rows.append(Row("NarFromPath %s" % fmt_size(p["narfrom"]["size_mb"]), "MB/s",
                     val("narfrom", "MB_per_s")))
     rows.extend(idle_rows(run))
+    b = p["build"]
+    rows.append(Row("trivial sandboxed build, BuildPaths round trip", "ms",
+                    val("build_single", "roundtrip_ms"), ratio_at_most(1)))
+    rows.append(Row("trivial sandboxed build, request to builder exec", "ms",
+                    val("build_single", "exec_ms")))
+    rows.append(Row("%d trivial sandboxed builds in one BuildPaths, max-jobs %d"
+                    % (b["batch"], BUILD_MAX_JOBS), "ms wall",
+                    val("build_batch", "wall_ms"), ratio_at_most(1)))
+    rows.append(Row("%d builds: request to the last builder's exec" % b["batch"], "ms",
+                    val("build_batch", "last_exec_ms")))
     return rows
 
 
@@ -1034,6 +1252,10 @@ def build_cpu_rows(run):
                         cpu("add_%d" % size_mb, 1e3)))
     rows.append(Row("NarFromPath %s" % fmt_size(p["narfrom"]["size_mb"]), "ms/MiB",
                     cpu("narfrom", 1e3)))
+    rows.append(Row("trivial sandboxed build (its connection and .drv included)", "ms/build",
+                    cpu("build_single", 1e3)))
+    rows.append(Row("%d builds in one BuildPaths" % p["build"]["batch"], "ms/build",
+                    cpu("build_batch", 1e3)))
     return rows
 
 
@@ -1153,8 +1375,11 @@ def render_table(run, rows, targets=True):
         out = ["| daemon CPU time per unit of work | nix-daemon | ward | ward/nix |",
                "|---|---:|---:|---:|"]
     records = []
+    partial = set(run.args.phases) != set(PHASES)
     for row in rows:
         nix, ward = row.value("nix"), row.value("ward")
+        if partial and nix is None and ward is None:
+            continue  # a phase not asked for (--phases); errors are listed under the table
         ratio = ward / nix if nix not in (None, 0) and ward is not None else None
         target_text, met = "—", None
         if row.target:
@@ -1200,10 +1425,17 @@ def render_report(run, rows_md, cpu_md, budget_md=""):
         if side in run.side_error:
             lines.append("- %s: **did not run** — %s" % (SIDE_TITLES[side],
                                                          first_line(run.side_error[side])))
+        elif info.get("daemon_proto") is None:
+            lines.append("- %s: %s" % (SIDE_TITLES[side], info.get("bin")))
         else:
             lines.append("- %s: %s, version %s, protocol %s (negotiated %s)" % (
                 SIDE_TITLES[side], info.get("bin"), info.get("daemon_nix_version"),
                 info.get("daemon_proto"), info.get("negotiated_proto")))
+    for side in run.sides:
+        probe = run.side_info[side].get("build_sandbox")
+        if probe:
+            lines.append("- %s's sandbox, as its probe build saw it: %s" % (
+                SIDE_TITLES[side], "; ".join("%s %s" % (k, v) for k, v in probe.items())))
     lines.append("- machine: %d CPUs, load average at start %s" % (
         os.cpu_count() or 0, " ".join("%.2f" % x for x in (run.start_load or []))))
     one_minute_loads = (run.start_load or [])[:1] + (loadavg() or [])[:1]
@@ -1277,6 +1509,9 @@ def parse_args(argv):
     ap.add_argument("--sides", default="nix,ward",
                     type=lambda s: [x for x in s.split(",") if x],
                     help="which daemons to run, comma-separated (default: %(default)s)")
+    ap.add_argument("--phases", default=",".join(PHASES),
+                    type=lambda s: [x for x in s.split(",") if x],
+                    help="which phases to run, comma-separated (default: %(default)s)")
     ap.add_argument("--json", dest="json_out",
                     help="write the raw results here (default: target/bench/compare-TIME.json)")
     ap.add_argument("--tmpdir", help="parent of the temporary directory (default: $TMPDIR or /tmp)")
@@ -1288,6 +1523,9 @@ def parse_args(argv):
     bad = [s for s in args.sides if s not in SIDES]
     if bad or not args.sides:
         ap.error("--sides takes a comma-separated subset of %s" % ",".join(SIDES))
+    bad = [p for p in args.phases if p not in PHASES]
+    if bad or not args.phases:
+        ap.error("--phases takes a comma-separated subset of %s" % ",".join(PHASES))
     return args
 
 
@@ -1342,8 +1580,12 @@ def main(argv=None):
         run.wireload = next((c for c in candidates if c.is_file()), None)
         log("profile %s, temporary directory %s, wirebench %s"
             % ("quick" if args.quick else "full", tmp, wirebench))
-        run.phase_protocol()
-        run.phase_data()
+        if "protocol" in args.phases:
+            run.phase_protocol()
+        if "data" in args.phases:
+            run.phase_data()
+        if "build" in args.phases:
+            run.phase_build()
     except KeyboardInterrupt:
         interrupted = run.interrupted = True
         log("interrupted; stopping daemons and printing what was measured")
