@@ -768,6 +768,35 @@ impl Connection {
                 .map(|(k, v)| (k.clone().into_bytes(), v.clone().into_bytes()))
                 .collect(),
         };
+        // The derivation path the client named counts for nothing: the derivation it sent is
+        // written to the store and built, and registered as the outputs' deriver, under its
+        // own path (Nix does this for untrusted clients, which get only fixed-output ones this
+        // far). For trusted clients too, since the store-writer registers outputs only of a
+        // valid derivation that declares them; see ARCHITECTURE.md, "Builds".
+        let text = drv
+            .to_aterm(&store_dir)
+            .map_err(|e| OpError::Client(format!("derivation '{}': {e}", self.print(&drv_path))))?;
+        let written = self
+            .writer()
+            .await?
+            .add_content(
+                format!("{}.drv", drv.name),
+                ContentAddressMethod::Text,
+                HashAlgo::Sha256,
+                drv.references(),
+                false,
+                &text[..],
+            )
+            .await?
+            .path;
+        if written != drv_path {
+            tracing::info!(
+                named = %self.print(&drv_path),
+                built = %self.print(&written),
+                "BuildDerivation: building the derivation sent under its own path"
+            );
+        }
+        let drv_path = written;
         let (tx, mut rx) = tokio::sync::mpsc::channel(256);
         let ctx = self.build_ctx(tx);
         let shared = Arc::clone(&self.shared);

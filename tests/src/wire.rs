@@ -39,6 +39,81 @@ pub mod op {
     pub const NAR_FROM_PATH: u64 = 38;
     /// AddToStoreNar.
     pub const ADD_TO_STORE_NAR: u64 = 39;
+    /// BuildDerivation.
+    pub const BUILD_DERIVATION: u64 = 36;
+}
+
+/// A derivation as BuildDerivation sends it (Nix's `BasicDerivation`: no input derivations).
+#[derive(Debug, Clone, Default)]
+pub struct BasicDerivation {
+    /// Outputs as (name, path, hash algorithm, hash); the last two empty unless fixed.
+    pub outputs: Vec<(String, String, String, String)>,
+    /// Input sources.
+    pub input_srcs: Vec<String>,
+    /// The `system` it builds for.
+    pub platform: String,
+    /// The builder program.
+    pub builder: String,
+    /// The builder's arguments.
+    pub args: Vec<String>,
+    /// The environment, in the order sent.
+    pub env: Vec<(String, String)>,
+}
+
+impl BasicDerivation {
+    /// Reads the derivation `drv_path` out of `nix show-derivation`'s JSON.
+    pub fn from_show_derivation(json: &serde_json::Value, drv_path: &str) -> BasicDerivation {
+        let d = &json[drv_path];
+        let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+        let texts = |v: &serde_json::Value| {
+            v.as_array()
+                .unwrap_or_else(|| panic!("not a list in {d}"))
+                .iter()
+                .map(text)
+                .collect::<Vec<_>>()
+        };
+        let object = |v: &serde_json::Value| {
+            v.as_object()
+                .unwrap_or_else(|| panic!("not an object in {d}"))
+                .clone()
+        };
+        BasicDerivation {
+            outputs: object(&d["outputs"])
+                .iter()
+                .map(|(name, o)| {
+                    (
+                        name.clone(),
+                        text(&o["path"]),
+                        text(&o["hashAlgo"]),
+                        text(&o["hash"]),
+                    )
+                })
+                .collect(),
+            input_srcs: texts(&d["inputSrcs"]),
+            platform: text(&d["system"]),
+            builder: text(&d["builder"]),
+            args: texts(&d["args"]),
+            env: object(&d["env"])
+                .iter()
+                .map(|(k, v)| (k.clone(), text(v)))
+                .collect(),
+        }
+    }
+}
+
+/// The daemon's answer to BuildDerivation (protocol 1.34).
+#[derive(Debug, Clone)]
+pub struct BuildResult {
+    /// Nix's `BuildResult::Status` (0 built, 1 substituted, 2 already valid, 3+ failures).
+    pub status: u64,
+    /// The error message of a failed build.
+    pub error_msg: String,
+    /// How often it was built (more than once with `--check` and `repeat`).
+    pub times_built: u64,
+    /// Whether `--check` found it non-deterministic.
+    pub is_non_deterministic: bool,
+    /// The realisations of the outputs built, as (`DrvOutput` id, realisation JSON).
+    pub built_outputs: Vec<(String, String)>,
 }
 
 /// Longest string this client accepts from a daemon.
@@ -253,6 +328,56 @@ impl WorkerClient {
         let mut nar = vec![0u8; nar_size as usize];
         self.stream.read_exact(&mut nar)?;
         Ok(nar)
+    }
+
+    /// BuildDerivation of `drv` under the name `drv_path`, in `mode` (0 normal, 1 repair,
+    /// 2 check).
+    pub fn build_derivation(
+        &mut self,
+        drv_path: &str,
+        drv: &BasicDerivation,
+        mode: u64,
+    ) -> Result<BuildResult> {
+        self.write_u64(op::BUILD_DERIVATION)?;
+        self.write_string(drv_path.as_bytes())?;
+        self.write_u64(drv.outputs.len() as u64)?;
+        for (name, path, algo, hash) in &drv.outputs {
+            for field in [name, path, algo, hash] {
+                self.write_string(field.as_bytes())?;
+            }
+        }
+        self.write_strings(&drv.input_srcs)?;
+        self.write_string(drv.platform.as_bytes())?;
+        self.write_string(drv.builder.as_bytes())?;
+        self.write_strings(&drv.args)?;
+        self.write_u64(drv.env.len() as u64)?;
+        for (k, v) in &drv.env {
+            self.write_string(k.as_bytes())?;
+            self.write_string(v.as_bytes())?;
+        }
+        self.write_u64(mode)?;
+        self.process_stderr()?;
+        let status = self.read_u64()?;
+        let error_msg = self.read_string()?;
+        let times_built = self.read_u64()?;
+        let is_non_deterministic = self.read_u64()? != 0;
+        let _start_time = self.read_u64()?;
+        let _stop_time = self.read_u64()?;
+        let count = self.read_u64()?;
+        if count > MAX_LIST {
+            return Err(WireError::Protocol(format!("{count} built outputs")));
+        }
+        let mut built_outputs = Vec::new();
+        for _ in 0..count {
+            built_outputs.push((self.read_string()?, self.read_string()?));
+        }
+        Ok(BuildResult {
+            status,
+            error_msg,
+            times_built,
+            is_non_deterministic,
+            built_outputs,
+        })
     }
 
     /// Sends AddToStoreNar's op code and arguments, not yet the data.

@@ -238,8 +238,9 @@ pub enum FrontendToBroker {
     ///
     /// Re-checks, in order, before anything is created: [`BuildRequest::check`]; the build id
     /// is not running; fewer than the configured maximum of builds run; `system` is one the
-    /// broker can build; every input path and `drv_path` exists directly in the physical store
-    /// directory (`lstat`, no following of symlinks out of it); no output path exists yet
+    /// broker can build; every input path exists directly in the physical store directory
+    /// (`lstat`, no following of symlinks out of it; `drv_path` need not exist: BuildDerivation
+    /// builds a derivation sent whole, and it names only logs and the build directory); no output path exists yet
     /// unless it is a leftover the broker may delete (not a valid path — the broker asks
     /// nobody and deletes nothing that is a valid path; it refuses instead); `builder` is
     /// inside an input path or one of the configured sandbox paths.
