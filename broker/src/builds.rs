@@ -95,6 +95,9 @@ struct Build {
     uid: u32,
     gid: u32,
     chroot: bool,
+    /// Without a chroot, outputs written to the build's own `store/` (see
+    /// [`SandboxSpec::private_store`]) rather than to the real store.
+    private_store: bool,
     outputs: Vec<(String, ward_ipc::store_path::StorePath)>,
     requester_uid: u32,
     top: OwnedFd,
@@ -336,6 +339,7 @@ impl Builds {
             sandbox_uid: SANDBOX_UID,
             sandbox_gid: SANDBOX_GID,
             chroot,
+            private_store: !chroot && nix::unistd::geteuid().is_root(),
             network: req.fixed_output,
             input_paths: req.input_paths.clone(),
             output_paths: req.outputs.values().cloned().collect(),
@@ -349,6 +353,7 @@ impl Builds {
             groups_cleared: nix::unistd::geteuid().is_root(),
             canary: false,
         };
+        let private_store = spec.private_store;
         let started = Self::spawn_builder(&self.cfg, &spec, uid, gid, &top);
         let (pid, channel, log) = match started {
             Ok(x) => x,
@@ -374,6 +379,7 @@ impl Builds {
                 uid,
                 gid,
                 chroot,
+                private_store,
                 outputs: req
                     .outputs
                     .iter()
@@ -642,7 +648,7 @@ impl Builds {
         let spec = CollectSpec {
             build,
             outputs: b.outputs.iter().map(|(_, p)| p.clone()).collect(),
-            from_real_store: !b.chroot,
+            from_real_store: !b.chroot && !b.private_store,
             real_store_dir: self.cfg.real_store_dir.clone(),
             owner_uid: b.uid,
         };
@@ -848,6 +854,7 @@ impl Builds {
             sandbox_uid: SANDBOX_UID,
             sandbox_gid: SANDBOX_GID,
             chroot: true,
+            private_store: false,
             network: false,
             input_paths: Default::default(),
             output_paths: Default::default(),

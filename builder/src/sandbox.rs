@@ -192,6 +192,9 @@ pub fn run(channel: &BuilderBrokerChannel, top: OwnedFd, spec: SandboxSpec) -> S
         )?;
     }
 
+    if !spec.chroot && spec.private_store {
+        return run_with_private_store(channel, top, build_dir, spec);
+    }
     if !spec.chroot {
         return run_without_chroot(channel, top, build_dir, spec);
     }
@@ -314,6 +317,45 @@ fn child_setup(
 }
 
 /// The tmpfs root and everything mounted in it; returns the root's handle.
+/// Binds every input path of the real store read-only into `store` (a symlink input is
+/// copied as a symlink), each on a mount point made for it.
+fn bind_inputs(store: &OwnedFd, spec: &SandboxSpec, step: SetupStep) -> Step<()> {
+    for input in &spec.input_paths {
+        let base = input.base_name();
+        let source = format!("{}/{base}", spec.real_store_dir);
+        let st = rustix::fs::statat(CWD, source.as_str(), AtFlags::SYMLINK_NOFOLLOW)
+            .at(step, || format!("lstat input '{source}'"))?;
+        match FileType::from_raw_mode(st.st_mode) {
+            FileType::Symlink => {
+                let target = rustix::fs::readlinkat(CWD, source.as_str(), Vec::new())
+                    .at(step, || format!("readlink input '{source}'"))?;
+                rustix::fs::symlinkat(target.as_c_str(), store, base)
+                    .at(step, || format!("symlinkat input '{base}'"))?;
+                continue;
+            }
+            FileType::Directory => mkdir_excl(store, base, 0o755, step)?,
+            FileType::RegularFile => write_new_file(store, base, b"", 0o644, step)?,
+            other => {
+                return Err(fail(
+                    step,
+                    format!("input '{source}' has unsupported type {other:?}"),
+                ))
+            }
+        }
+        let target = fd_path(store, base);
+        do_mount(
+            Some(&source),
+            &target,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None,
+            step,
+        )?;
+        remount_readonly(&target, step)?;
+    }
+    Ok(())
+}
+
 fn mount_tree(top: &OwnedFd, spec: &SandboxSpec) -> Step<OwnedFd> {
     use SetupStep::MountTree as M;
     let nosuid_nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
@@ -363,39 +405,7 @@ fn mount_tree(top: &OwnedFd, spec: &SandboxSpec) -> Step<OwnedFd> {
         M,
     )?;
     let store = open_dir(&parent, &name, M)?;
-    for input in &spec.input_paths {
-        let base = input.base_name();
-        let source = format!("{}/{base}", spec.real_store_dir);
-        let st = rustix::fs::statat(CWD, source.as_str(), AtFlags::SYMLINK_NOFOLLOW)
-            .at(M, || format!("lstat input '{source}'"))?;
-        match FileType::from_raw_mode(st.st_mode) {
-            FileType::Symlink => {
-                let target = rustix::fs::readlinkat(CWD, source.as_str(), Vec::new())
-                    .at(M, || format!("readlink input '{source}'"))?;
-                rustix::fs::symlinkat(target.as_c_str(), &store, base)
-                    .at(M, || format!("symlinkat input '{base}'"))?;
-                continue;
-            }
-            FileType::Directory => mkdir_excl(&store, base, 0o755, M)?,
-            FileType::RegularFile => write_new_file(&store, base, b"", 0o644, M)?,
-            other => {
-                return Err(fail(
-                    M,
-                    format!("input '{source}' has unsupported type {other:?}"),
-                ))
-            }
-        }
-        let target = fd_path(&store, base);
-        do_mount(
-            Some(&source),
-            &target,
-            None,
-            MsFlags::MS_BIND | MsFlags::MS_REC,
-            None,
-            M,
-        )?;
-        remount_readonly(&target, M)?;
-    }
+    bind_inputs(&store, spec, M)?;
     drop(store);
 
     // The build directory.
@@ -615,6 +625,120 @@ fn run_without_chroot(
     result
 }
 
+/// Without a chroot, in a multi-user store ([`SandboxSpec::private_store`]): the host's file
+/// system as the build user, in a user namespace that maps only that user to itself and a
+/// mount namespace in which the store directory is the build's own `store/` (the inputs bound
+/// in read-only, the outputs written there and collected from there) and the build directory
+/// is reachable at its host path (the broker's builds directory, root's 0700, is covered by a
+/// tmpfs holding only this build's tree). Then the same confinement as without a chroot.
+fn run_with_private_store(
+    channel: &BuilderBrokerChannel,
+    top: OwnedFd,
+    build_dir: OwnedFd,
+    spec: SandboxSpec,
+) -> Step<Infallible> {
+    use SetupStep::MountTree as M;
+    let groups = nix::unistd::getgroups().at(SetupStep::DropPrivileges, || "getgroups".into())?;
+    if spec.groups_cleared && !groups.is_empty() {
+        return Err(fail(
+            SetupStep::DropPrivileges,
+            format!("supplementary groups {groups:?} remain"),
+        ));
+    }
+    let host_build = std::path::Path::new(&spec.host_build_dir);
+    let (Some(own_dir), Some(builds)) = (
+        host_build.parent(),
+        host_build.parent().and_then(std::path::Path::parent),
+    ) else {
+        return Err(fail(
+            M,
+            format!(
+                "host build directory '{}' has no parent",
+                spec.host_build_dir
+            ),
+        ));
+    };
+    let own_name = own_dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| fail(M, format!("'{}' has no name", own_dir.display())))?
+        .to_owned();
+    let builds = builds.to_string_lossy().into_owned();
+
+    let (euid, egid) = (nix::unistd::geteuid(), nix::unistd::getegid());
+    let flags = CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNS;
+    // As in `run`: a descriptor from before unshare names the old namespace's mounts.
+    nix::unistd::fchdir(top.as_raw_fd()).at(SetupStep::Namespaces, || {
+        "fchdir to the build directory".into()
+    })?;
+    nix::sched::unshare(flags).at(SetupStep::Namespaces, || format!("unshare({flags:?})"))?;
+    drop(top);
+    drop(build_dir);
+    let top = open_dir(CWD, ".", SetupStep::Namespaces)?;
+    std::fs::write("/proc/self/setgroups", "deny")
+        .at(SetupStep::IdMaps, || "writing /proc/self/setgroups".into())?;
+    std::fs::write("/proc/self/uid_map", format!("{euid} {euid} 1\n"))
+        .at(SetupStep::IdMaps, || "writing /proc/self/uid_map".into())?;
+    std::fs::write("/proc/self/gid_map", format!("{egid} {egid} 1\n"))
+        .at(SetupStep::IdMaps, || "writing /proc/self/gid_map".into())?;
+
+    do_mount(
+        None,
+        "/",
+        None,
+        MsFlags::MS_PRIVATE | MsFlags::MS_REC,
+        None,
+        M,
+    )?;
+    let store = open_dir(&top, "store", M)?;
+    bind_inputs(&store, &spec, M)?;
+    drop(store);
+    do_mount(
+        Some(&fd_path(&top, "store")),
+        &spec.real_store_dir,
+        None,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None,
+        M,
+    )?;
+    do_mount(
+        Some("tmpfs"),
+        &builds,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=0755"),
+        M,
+    )?;
+    let cover = open_dir(CWD, &builds, M)?;
+    mkdir_excl(&cover, &own_name, 0o700, M)?;
+    do_mount(
+        Some(&fd_path(&top, "")),
+        &fd_path(&cover, &own_name),
+        None,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None,
+        M,
+    )?;
+    drop(cover);
+    drop(top);
+    nix::unistd::chdir(host_build).at(SetupStep::Files, || {
+        format!("chdir '{}'", spec.host_build_dir)
+    })?;
+    let env = spec::rewrite_env_for_host(&spec.env, &spec.sandbox_build_dir, &spec.host_build_dir);
+    let host_dir = spec.host_build_dir.clone();
+    confine_and_exec(channel, &spec, env, None, Some(host_dir))
+}
+
+/// Devices a build without a chroot may write (the host's `/dev` holds far more, and its
+/// `/dev/shm` is shared by every user).
+const HOST_DEVICES: [&str; 5] = [
+    "/dev/null",
+    "/dev/zero",
+    "/dev/full",
+    "/dev/tty",
+    "/dev/ptmx",
+];
+
 /// The landlock outcome, for the canary and the log line.
 #[derive(Debug)]
 struct LandlockOutcome {
@@ -630,17 +754,23 @@ fn apply_landlock(spec: &SandboxSpec, host_dir: Option<&str>) -> Step<LandlockOu
     use SetupStep::Landlock as L;
     let abi = ABI::V9;
     let in_chroot = host_dir.is_none();
-    let mut writable: Vec<String> = vec!["/tmp".into(), "/dev".into()];
-    match host_dir {
-        None => {
-            writable.push(spec.sandbox_build_dir.clone());
-            writable.push(spec.store_dir.clone());
-        }
-        Some(dir) => {
-            writable.push(spec.real_store_dir.clone());
-            writable.push(dir.to_string());
-        }
-    }
+    // Inside a chroot /tmp and /dev are the sandbox's own; on the host they are shared, so
+    // there the build writes only its build directory, its outputs and a few devices.
+    let (writable, devices): (Vec<String>, &[&str]) = match host_dir {
+        None => (
+            vec![
+                "/tmp".into(),
+                "/dev".into(),
+                spec.sandbox_build_dir.clone(),
+                spec.store_dir.clone(),
+            ],
+            &[],
+        ),
+        Some(dir) => (
+            vec![spec.real_store_dir.clone(), dir.to_string()],
+            &HOST_DEVICES,
+        ),
+    };
     let mut ruleset = Ruleset::default()
         .set_compatibility(CompatLevel::BestEffort)
         .handle_access(AccessFs::from_all(abi))
@@ -663,6 +793,14 @@ fn apply_landlock(spec: &SandboxSpec, host_dir: Option<&str>) -> Step<LandlockOu
         ruleset = ruleset
             .add_rule(PathBeneath::new(fd, AccessFs::from_all(abi)))
             .at(L, || format!("landlock rule for '{path}'"))?;
+    }
+    for device in devices {
+        let Ok(fd) = PathFd::new(device) else {
+            continue;
+        };
+        ruleset = ruleset
+            .add_rule(PathBeneath::new(fd, AccessFs::from_file(abi)))
+            .at(L, || format!("landlock rule for '{device}'"))?;
     }
     match ruleset.restrict_self() {
         Ok(status) => {

@@ -142,6 +142,7 @@ pub mod tests {
             sandbox_uid: 1000,
             sandbox_gid: 100,
             chroot: true,
+            private_store: false,
             network: false,
             input_paths: Default::default(),
             output_paths: Default::default(),

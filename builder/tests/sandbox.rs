@@ -137,6 +137,7 @@ impl Host {
             sandbox_uid: 1000,
             sandbox_gid: 100,
             chroot: true,
+            private_store: false,
             network: false,
             input_paths: [self.busybox.clone()].into(),
             output_paths: [out.clone()].into(),

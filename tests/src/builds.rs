@@ -36,6 +36,14 @@ pub fn start(test: &str, options: DaemonOptions) -> Option<Fixture> {
     Fixture::start(test, sandboxed(options))
 }
 
+/// Like [`start`], with `sandbox = <mode>` (`true`, `false` or `relaxed`) instead of `true`.
+pub fn start_with_sandbox(test: &str, mode: &str, options: DaemonOptions) -> Option<Fixture> {
+    if !have_busybox(test) {
+        return None;
+    }
+    Fixture::start(test, sandboxed(options).conf(format!("sandbox = {mode}")))
+}
+
 /// Writes `name.nix` holding `body` into the test's expression directory.
 pub fn expr(f: &Fixture, name: &str, body: &str) -> PathBuf {
     let dir = f.env.dir("expr");

@@ -65,8 +65,16 @@ pub struct SandboxSpec {
     pub sandbox_gid: u32,
     /// Build in namespaces with a chroot (`sandbox = true`, or `relaxed` without
     /// `__noChroot`). When false the builder runs on the host file system (still as the build
-    /// user, with seccomp and no_new_privs), writing its outputs into the real store directory.
+    /// user, with seccomp, landlock and no_new_privs), writing its outputs into the real store
+    /// directory — or, with [`SandboxSpec::private_store`], into its own view of it.
     pub chroot: bool,
+    /// Without a chroot, in a multi-user store the build user may not write the real store
+    /// (only the store-writer does): the builder then makes a user and mount namespace in
+    /// which the store directory is the build's `store/` (its inputs bound in read-only, its
+    /// outputs written there and collected from there, as with a chroot) and the build
+    /// directory is reachable at [`SandboxSpec::host_build_dir`]. Set by a broker running as
+    /// root; a single-user daemon's builds write the store they own directly.
+    pub private_store: bool,
     /// Keep the host's network namespace (fixed-output builds). Without it the build gets a
     /// network namespace of its own with only loopback. With it the seccomp filter refuses
     /// `socket(AF_UNIX, ...)`, so the build cannot reach the host's abstract unix sockets
@@ -271,6 +279,7 @@ mod tests {
             sandbox_uid: 1000,
             sandbox_gid: 100,
             chroot: true,
+            private_store: false,
             network: false,
             input_paths: [p("ab3li50xq0nl4q5lxdyinb8w8y13my9s-bash")].into(),
             output_paths: [p("0c7kkqq2a2r9d0a1g3g0h3sgx8rz3i5f-hello")].into(),
