@@ -442,4 +442,28 @@ fn nix_build_and_nix_log_with_the_new_cli() {
         )
         .stdout_text();
     assert!(log.contains("new-cli-log-line"), "{log}");
+    // On disk where Nix keeps it, <log-dir>/drvs/<first two>/<rest>.bz2, bzip2-compressed:
+    // a reading of Nix's own `nix-store --read-log` on the files would find it.
+    let base = drv_path.rsplit_once('/').unwrap().1;
+    let on_disk = f
+        .daemon
+        .layout()
+        .log_dir
+        .join("drvs")
+        .join(&base[..2])
+        .join(format!("{}.bz2", &base[2..]));
+    let compressed = std::fs::read(&on_disk)
+        .unwrap_or_else(|e| panic!("reading the log file {}: {e}", on_disk.display()));
+    assert!(
+        compressed.starts_with(b"BZh"),
+        "bzip2 magic in {}",
+        on_disk.display()
+    );
+    let unpacked = std::process::Command::new("bzip2")
+        .arg("-dc")
+        .arg(&on_disk)
+        .output()
+        .expect("running bzip2 -dc");
+    assert!(unpacked.status.success(), "{unpacked:?}");
+    assert_eq!(String::from_utf8_lossy(&unpacked.stdout), log);
 }
