@@ -98,6 +98,8 @@ struct Build {
     /// Without a chroot, outputs written to the build's own `store/` (see
     /// [`SandboxSpec::private_store`]) rather than to the real store.
     private_store: bool,
+    /// The build's cgroup, killed when the builder ends and removed with the build.
+    cgroup: Option<crate::cgroup::BuildCgroup>,
     outputs: Vec<(String, ward_ipc::store_path::StorePath)>,
     requester_uid: u32,
     top: OwnedFd,
@@ -126,6 +128,8 @@ pub struct Builds {
     strays: Vec<Pid>,
     /// The uid the canary ran as.
     canary_uid: u32,
+    /// Where per-build cgroups are made, when the host allows it.
+    cgroups: Option<crate::cgroup::BuildCgroups>,
 }
 
 #[derive(Debug, Clone)]
@@ -159,6 +163,7 @@ impl Builds {
             table: BTreeMap::new(),
             strays: Vec::new(),
             canary_uid: 0,
+            cgroups: None,
         };
         if cfg.builder_bin.is_none() {
             builds.refusal = Some(Refusal::Unavailable(
@@ -179,6 +184,15 @@ impl Builds {
             Err(e) => {
                 eprintln!("ward-broker: build users: {e}; refusing to build");
                 builds.refusal = Some(Refusal::Unavailable(e));
+            }
+        }
+        if nix::unistd::geteuid().is_root() {
+            match crate::cgroup::BuildCgroups::discover() {
+                Ok(c) => builds.cgroups = Some(c),
+                Err(why) => eprintln!(
+                    "ward-broker: no per-build cgroups ({why}); a build's processes are still \
+                     confined to its pid namespace and killed by uid"
+                ),
             }
         }
         builds
@@ -328,6 +342,14 @@ impl Builds {
                 ));
             }
         };
+        let (cgroup, cgroup_procs) = match self.cgroups.as_ref().map(|c| c.create(&dir_name)) {
+            Some(Ok((cg, procs))) => (Some(cg), Some(procs)),
+            Some(Err(e)) => {
+                eprintln!("ward-broker: {build}: no cgroup: {e}");
+                (None, None)
+            }
+            None => (None, None),
+        };
         let host_top = dirs.builds_path.join(&dir_name);
         let spec = SandboxSpec {
             build,
@@ -354,10 +376,14 @@ impl Builds {
             canary: false,
         };
         let private_store = spec.private_store;
-        let started = Self::spawn_builder(&self.cfg, &spec, uid, gid, &top);
+        let started = Self::spawn_builder(&self.cfg, &spec, uid, gid, &top, cgroup_procs.as_ref());
+        drop(cgroup_procs);
         let (pid, channel, log) = match started {
             Ok(x) => x,
             Err((what, e)) => {
+                if let Some(cg) = &cgroup {
+                    cg.remove();
+                }
                 let _ = tree::delete_tree(&dirs.builds, &dir_name);
                 pool.release(uid);
                 return Err(failed(&what, e));
@@ -380,6 +406,7 @@ impl Builds {
                 gid,
                 chroot,
                 private_store,
+                cgroup,
                 outputs: req
                     .outputs
                     .iter()
@@ -415,6 +442,7 @@ impl Builds {
         uid: u32,
         gid: u32,
         top: &OwnedFd,
+        cgroup_procs: Option<&std::fs::File>,
     ) -> Result<(Pid, BrokerBuilderChannel, OwnedFd), (String, String)> {
         let err = |what: &str| {
             let what = what.to_owned();
@@ -437,8 +465,15 @@ impl Builds {
             (theirs.as_raw_fd(), 3),
             (top.as_raw_fd(), 4),
         ];
-        let pid = spawn_as_build_user(&argv, uid, gid, &fds, cfg.allow_new_privileges)
-            .map_err(|e| ("fork".to_owned(), e.to_string()))?;
+        let pid = spawn_as_build_user(
+            &argv,
+            uid,
+            gid,
+            &fds,
+            cfg.allow_new_privileges,
+            cgroup_procs,
+        )
+        .map_err(|e| ("fork".to_owned(), e.to_string()))?;
         drop((log_w, theirs, null));
         let channel = BrokerBuilderChannel::new(ours, builder_frame_limit());
         // A builder that stops reading must not stall the broker.
@@ -525,6 +560,10 @@ impl Builds {
         }
         let (&build, b) = self.table.iter_mut().find(|(_, b)| b.pid == Some(r.pid))?;
         b.pid = None;
+        // Whatever the build started dies with it, wherever it went.
+        if let Some(cg) = &b.cgroup {
+            cg.kill();
+        }
         read_builder_channel(build, b);
         b.channel = None;
         let sweeps = self.pool.as_ref().is_some_and(|p| p.sweeps());
@@ -636,8 +675,15 @@ impl Builds {
         for (i, w) in writes.iter().enumerate() {
             fds.push((w.as_raw_fd(), 5 + i as RawFd));
         }
-        let pid = spawn_as_build_user(&argv, b.uid, b.gid, &fds, self.cfg.allow_new_privileges)
-            .map_err(|e| failed("fork", e.to_string()))?;
+        let pid = spawn_as_build_user(
+            &argv,
+            b.uid,
+            b.gid,
+            &fds,
+            self.cfg.allow_new_privileges,
+            None,
+        )
+        .map_err(|e| failed("fork", e.to_string()))?;
         drop((writes, theirs, null));
         b.collector = Some(pid);
         let channel = BrokerBuilderChannel::new(ours, builder_frame_limit());
@@ -729,6 +775,9 @@ impl Builds {
         if let Some(pid) = b.collector {
             let _ = kill(pid, Signal::SIGKILL);
             let _ = sys::wait4(pid.as_raw(), true);
+        }
+        if let Some(cg) = &b.cgroup {
+            cg.remove();
         }
         let sweeps = self.pool.as_ref().is_some_and(|p| p.sweeps());
         if sweeps && !crate::pool::sweep_uid(b.uid) {
@@ -868,7 +917,7 @@ impl Builds {
             groups_cleared: nix::unistd::geteuid().is_root(),
             canary: true,
         };
-        let result = Self::spawn_builder(&self.cfg, &spec, uid, gid, &top);
+        let result = Self::spawn_builder(&self.cfg, &spec, uid, gid, &top, None);
         let result =
             result
                 .map_err(|(what, e)| format!("{what}: {e}"))
@@ -1109,17 +1158,25 @@ fn exec_argv(bin: &Path, mode: &str) -> Result<Vec<CString>, Errno> {
     ])
 }
 
-/// Fork+exec of `argv` as `uid:gid` (no supplementary groups) with exactly `fds` placed.
+/// Fork+exec of `argv` as `uid:gid` (no supplementary groups) with exactly `fds` placed,
+/// first joining the cgroup whose `cgroup.procs` is `cgroup_procs`.
 fn spawn_as_build_user(
     argv: &[CString],
     uid: u32,
     gid: u32,
     fds: &[(RawFd, RawFd)],
     allow_new_privileges: bool,
+    cgroup_procs: Option<&std::fs::File>,
 ) -> nix::Result<Pid> {
     match sys::fork_process()? {
         ForkResult::Parent { child } => Ok(child),
         ForkResult::Child => {
+            if let Some(procs) = cgroup_procs {
+                if let Err(e) = crate::cgroup::join(procs) {
+                    eprintln!("ward-broker: joining the build's cgroup failed: {e}");
+                    std::process::exit(127);
+                }
+            }
             let Err((what, errno)) = become_build_user(argv, uid, gid, fds, allow_new_privileges);
             eprintln!("ward-broker: starting {argv:?} failed at {what}: {errno}");
             std::process::exit(127);
@@ -1232,6 +1289,7 @@ mod tests {
             table: BTreeMap::new(),
             strays: vec![],
             canary_uid: 0,
+            cgroups: None,
         }
     }
 

@@ -7,6 +7,7 @@
 
 mod args;
 mod builds;
+mod cgroup;
 mod pool;
 mod supervisor;
 mod sys;

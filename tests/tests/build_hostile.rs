@@ -329,3 +329,53 @@ fn the_canary_sees_the_sandbox_the_policy_describes() {
         f.daemon.log()
     );
 }
+
+/// The mount point of the host's cgroup2 file system, from `/proc/self/mountinfo`.
+fn cgroup2_mount() -> Option<std::path::PathBuf> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    mountinfo.lines().find_map(|line| {
+        let (before, after) = line.split_once(" - ")?;
+        (after.split_whitespace().next()? == "cgroup2")
+            .then(|| before.split_whitespace().nth(4).map(Into::into))
+            .flatten()
+    })
+}
+
+#[test]
+fn each_build_runs_in_its_own_cgroup_which_goes_with_it() {
+    let test = "each_build_runs_in_its_own_cgroup_which_goes_with_it";
+    let Some(f) = start(test, DaemonOptions::multi_user()) else {
+        return;
+    };
+    let file = expr(
+        &f,
+        "cgroup",
+        &drv("in-a-cgroup", "cat /proc/self/cgroup > $out", ""),
+    );
+    let out = build(&f.ward, &file);
+    let log = f.daemon.log();
+    if let Some(line) = log.lines().find(|l| l.contains("no per-build cgroups")) {
+        ward_e2e_tests::notice(&format!(
+            "SKIPPED {test}: the host gives the broker no cgroups: {line}"
+        ));
+        return;
+    }
+    let text = read_output(&f, &out);
+    let path = text
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .unwrap_or_else(|| panic!("no cgroup2 line in {text:?}"));
+    let leaf = path.rsplit('/').next().unwrap();
+    assert!(
+        leaf.starts_with("ward-build-") && leaf.ends_with("-in-a-cgroup"),
+        "the build's own cgroup: {path}"
+    );
+    let mount = cgroup2_mount().expect("a cgroup2 mount, since the broker made a cgroup");
+    let dir = mount.join(path.trim_start_matches('/'));
+    assert!(
+        !dir.exists(),
+        "{} is removed once the build is over",
+        dir.display()
+    );
+    assert!(dir.parent().unwrap().exists(), "{}", dir.display());
+}

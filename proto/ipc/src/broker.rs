@@ -246,9 +246,12 @@ pub enum FrontendToBroker {
     /// inside an input path or one of the configured sandbox paths.
     ///
     /// Root does: takes a free build user from the pool; creates a fresh build directory owned
-    /// by it under the configured build root; creates the log pipe; fork+execs the builder
-    /// program with a [`super::BrokerToBuilder::Spec`] built from this request plus the
-    /// broker's own configuration; starts the timeout.
+    /// by it under the configured build root; creates the build's cgroup where the host allows
+    /// (a child of the broker's own, named by the broker, killed through `cgroup.kill` when the
+    /// builder ends and removed with the build); creates the log pipe; fork+execs the builder
+    /// program (joined to that cgroup before it drops root) with a
+    /// [`super::BrokerToBuilder::Spec`] built from this request plus the broker's own
+    /// configuration; starts the timeout.
     ///
     /// Why root is OK: the only privileged effects are allocating a uid from a fixed pool and
     /// creating a directory under a fixed root; everything the frontend chose runs as that
