@@ -3,7 +3,7 @@
 //! end of the build (success, failure, cancel, disconnect, timeout) writes `cgroup.kill`,
 //! which kills them all at once — a second line behind the pid namespace and the uid sweep.
 //!
-//! The cgroups are children of the broker's own cgroup, named `ward-build-<broker pid>-<build
+//! The cgroups are children of the broker's own cgroup, named `ward-build-<broker pid>-<n>-<build
 //! directory name>`; under systemd that is the service's cgroup, delegated with `Delegate=yes`.
 //! No controller is enabled on them: `cgroup.kill` needs none, and enabling one would put the
 //! broker's own cgroup under the "no internal processes" rule. Without a writable cgroup2
@@ -14,6 +14,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// Where build cgroups are made.
@@ -56,14 +57,15 @@ impl BuildCgroups {
 
     /// Creates the cgroup of a build and opens its `cgroup.procs` for the builder to join.
     pub fn create(&self, dir_name: &str) -> std::io::Result<(BuildCgroup, File)> {
-        // The broker's pid keeps daemons that share a cgroup (tests, `--stdio` sessions) apart.
-        let dir = self
-            .parent
-            .join(format!("ward-build-{}-{dir_name}", std::process::id()));
-        if dir.exists() {
-            // A leftover of an earlier broker that had our pid: empty it first.
-            BuildCgroup { dir: dir.clone() }.remove();
-        }
+        // The broker's pid keeps daemons that share a cgroup (tests, `--stdio` sessions) apart,
+        // the sequence number the tables of one process. An existing cgroup of that name is
+        // not ours to kill: this build then goes without one.
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        let seq = NEXT.fetch_add(1, Ordering::Relaxed);
+        let dir = self.parent.join(format!(
+            "ward-build-{}-{seq}-{dir_name}",
+            std::process::id()
+        ));
         fs::create_dir(&dir)?;
         let procs = OpenOptions::new()
             .write(true)
@@ -82,11 +84,13 @@ impl BuildCgroups {
 impl BuildCgroup {
     /// Kills every process in the cgroup.
     pub fn kill(&self) {
-        if let Err(e) = fs::write(self.dir.join("cgroup.kill"), "1") {
-            eprintln!(
+        match fs::write(self.dir.join("cgroup.kill"), "1") {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => eprintln!(
                 "ward-broker: {}: writing cgroup.kill: {e}",
                 self.dir.display()
-            );
+            ),
         }
     }
 

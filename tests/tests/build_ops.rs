@@ -1,7 +1,8 @@
 //! The build ops' options and failures, through Debian's Nix 2.8 client and a sandboxed ward:
 //! Nix's wording for a wrong system, missing system features, a missing builder and
-//! `max-jobs = 0`; `keep-going`; `cores`; `max-build-log-size`; QueryMissing (`--dry-run`);
-//! repair refused to untrusted users; a client that disconnects cancels its build.
+//! `max-jobs = 0`; a clear refusal of floating content-addressed derivations; `keep-going`;
+//! `cores`; `max-build-log-size`; QueryMissing (`--dry-run`); repair refused to untrusted
+//! users; a client that disconnects cancels its build.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -71,6 +72,31 @@ fn failures_before_the_build_use_nix_wording() {
         stderr.contains("/no/such/builder") && stderr.contains("no-builder.drv"),
         "{stderr}"
     );
+
+    // Floating content-addressed derivations (Nix's experimental ca-derivations): refused
+    // with a clear error, nothing registered.
+    let floating = expr(
+        &f,
+        "floating",
+        &drv(
+            "floating-ca",
+            "echo > $out",
+            r#"__contentAddressed = true; outputHashMode = "recursive"; outputHashAlgo = "sha256";"#,
+        ),
+    );
+    let ca = ["--extra-experimental-features", "ca-derivations"];
+    let mut args = vec![floating.to_str().unwrap()];
+    args.extend(ca);
+    let drv_path = f.ward.ok("nix-instantiate", &args).single_line();
+    let before = f.ward.all_valid_paths();
+    let mut args = vec!["--realise", drv_path.as_str()];
+    args.extend(ca);
+    let stderr = f.ward.fails("nix-store", &args).stderr.clone();
+    assert!(
+        stderr.contains("content-addressed") && stderr.contains("floating-ca.drv"),
+        "{stderr}"
+    );
+    assert_eq!(f.ward.all_valid_paths(), before, "{stderr}");
 
     let trivial = expr(&f, "jobs", &drv("no-jobs", "echo > $out", ""));
     let stderr = fails_registering_nothing(&f, &trivial, &["--max-jobs", "0"]);
