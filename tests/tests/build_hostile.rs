@@ -5,6 +5,9 @@
 //!
 //! Each derivation runs its attempts with busybox and writes one line per attempt to `$out`
 //! (`ESCAPED <what>` when an attempt worked); the test then also looks at the host itself.
+//! Extended attributes, which busybox cannot set, are tried by a static C helper compiled
+//! by the test with `cc` (which every Rust toolchain on Linux needs anyway) and bound into
+//! the sandbox with `sandbox-paths`.
 
 use std::collections::BTreeSet;
 use std::io::Read;
@@ -378,4 +381,91 @@ fn each_build_runs_in_its_own_cgroup_which_goes_with_it() {
         dir.display()
     );
     assert!(dir.parent().unwrap().exists(), "{}", dir.display());
+}
+
+/// A static C program that tries every way to set or remove an extended attribute on `$out`
+/// (busybox has no setfattr) and writes one `call=result` line per attempt.
+const XATTR_PROBE_C: &str = r#"
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+
+#define TRY(name, call) do { errno = 0; long r = (call); \
+    fprintf(f, "%s=%s\n", name, r == 0 ? "allowed" : strerror(errno)); } while (0)
+
+int main(void) {
+    const char *out = getenv("out");
+    if (!out) return 2;
+    FILE *f = fopen(out, "w");
+    if (!f) return 3;
+    int fd = fileno(f);
+    TRY("setxattr", setxattr(out, "user.ward", "x", 1, 0));
+    TRY("lsetxattr", lsetxattr(out, "user.ward", "x", 1, 0));
+    TRY("fsetxattr", fsetxattr(fd, "user.ward", "x", 1, 0));
+    TRY("setxattr-acl", setxattr(out, "system.posix_acl_access", "\x02\0\0\0", 4, 0));
+    TRY("removexattr", removexattr(out, "user.ward"));
+    TRY("fremovexattr", fremovexattr(fd, "user.ward"));
+    TRY("setxattrat", syscall(463, AT_FDCWD, out, 0, "user.ward", NULL, 0));
+    TRY("removexattrat", syscall(466, AT_FDCWD, out, 0, "user.ward"));
+    fclose(f);
+    return 0;
+}
+"#;
+
+#[test]
+fn a_builder_cannot_set_or_remove_extended_attributes() {
+    use std::os::unix::fs::PermissionsExt;
+    let test = "a_builder_cannot_set_or_remove_extended_attributes";
+    if !ward_e2e_tests::builds::have_busybox(test) || !ward_e2e_tests::require_root(test) {
+        return;
+    }
+    let helper_dir = tempfile::Builder::new()
+        .prefix("ward-e2e-xattr-")
+        .tempdir()
+        .unwrap();
+    std::fs::set_permissions(helper_dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let source = helper_dir.path().join("xattr-probe.c");
+    let helper = helper_dir.path().join("xattr-probe");
+    std::fs::write(&source, XATTR_PROBE_C).unwrap();
+    let compiled = std::process::Command::new("cc")
+        .args(["-static", "-O", "-o"])
+        .arg(&helper)
+        .arg(&source)
+        .output();
+    match compiled {
+        Ok(o) if o.status.success() => {}
+        other => {
+            ward_e2e_tests::notice(&format!(
+                "SKIPPED {test}: cannot compile a static C helper with cc: {other:?}"
+            ));
+            return;
+        }
+    }
+    let options = ward_e2e_tests::builds::sandboxed(DaemonOptions::multi_user()).conf(format!(
+        "sandbox-paths = /bin/sh={} /bin/xattr-probe={}",
+        ward_e2e_tests::builds::BUSYBOX,
+        helper.display()
+    ));
+    let Some(f) = Fixture::start(test, options) else {
+        return;
+    };
+    let file = expr(
+        &f,
+        "xattr",
+        r#"derivation { name = "xattr"; system = builtins.currentSystem; builder = "/bin/xattr-probe"; }"#,
+    );
+    let text = read_output(&f, &build(&f.ward, &file));
+    let results: Vec<(&str, &str)> = text
+        .lines()
+        .map(|l| l.split_once('=').unwrap_or((l, "")))
+        .collect();
+    assert_eq!(results.len(), 8, "every attempt ran: {text}");
+    for (call, result) in results {
+        assert_eq!(result, "Operation not supported", "{call}: {text}");
+    }
 }
