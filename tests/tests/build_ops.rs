@@ -177,6 +177,53 @@ fn cores_and_max_build_log_size() {
         &stderr[stderr.len().saturating_sub(2000)..]
     );
     assert!(started.elapsed() < Duration::from_secs(60));
+
+    // 32 MiB of log through the daemon to the client: no process of the daemon ever held
+    // much of it (peak resident memory, VmHWM, stays far below the log's size).
+    let flood = expr(
+        &f,
+        "flood",
+        &drv(
+            "flood",
+            "yes ward-flood-line-of-some-length; echo never > $out",
+            "",
+        ),
+    );
+    let limit = 32u64 << 20;
+    let started = Instant::now();
+    let stderr = fails_registering_nothing(
+        &f,
+        &flood,
+        &["--option", "max-build-log-size", &limit.to_string()],
+    );
+    assert!(
+        stderr.len() as u64 > limit / 2,
+        "the client got the log ({} bytes)",
+        stderr.len()
+    );
+    let elapsed = started.elapsed();
+    for pid in f.daemon.process_tree() {
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+            continue;
+        };
+        let field = |key: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .map(|v| v.trim().to_string())
+                .unwrap_or_default()
+        };
+        let hwm_kib: u64 = field("VmHWM:")
+            .trim_end_matches(" kB")
+            .trim()
+            .parse()
+            .unwrap_or(0);
+        assert!(
+            hwm_kib < 28 << 10,
+            "{} (pid {pid}) peaked at {hwm_kib} KiB while streaming {limit} bytes of log in {elapsed:?}",
+            field("Name:")
+        );
+    }
 }
 
 #[test]
