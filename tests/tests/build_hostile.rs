@@ -5,14 +5,15 @@
 //!
 //! Each derivation runs its attempts with busybox and writes one line per attempt to `$out`
 //! (`ESCAPED <what>` when an attempt worked); the test then also looks at the host itself.
-//! Extended attributes, which busybox cannot set, are tried by a static C helper compiled
-//! by the test with `cc` (which every Rust toolchain on Linux needs anyway) and bound into
-//! the sandbox with `sandbox-paths`.
+//! Extended attributes (which busybox cannot set) and the i386 and x32 system call entry
+//! points are tried by static C helpers compiled by the test with `cc` (which every Rust
+//! toolchain on Linux needs anyway) and bound into the sandbox with `sandbox-paths`.
 
 use std::collections::BTreeSet;
 use std::io::Read;
 use std::net::TcpListener;
 use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ward_e2e_tests::builds::{build, drv, expr, read_output, start};
@@ -417,55 +418,156 @@ int main(void) {
 }
 "#;
 
+/// Compiles `source` (C) statically into a directory every user may read; `None` after a
+/// SKIPPED line when no C compiler can.
+fn static_helper(test: &str, name: &str, source: &str) -> Option<(tempfile::TempDir, PathBuf)> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::Builder::new()
+        .prefix("ward-e2e-helper-")
+        .tempdir()
+        .unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let c_file = dir.path().join(format!("{name}.c"));
+    let binary = dir.path().join(name);
+    std::fs::write(&c_file, source).unwrap();
+    let compiled = std::process::Command::new("cc")
+        .args(["-static", "-O", "-o"])
+        .arg(&binary)
+        .arg(&c_file)
+        .output();
+    match compiled {
+        Ok(o) => {
+            assert!(
+                o.status.success(),
+                "cc -static {}: {}",
+                c_file.display(),
+                String::from_utf8_lossy(&o.stderr)
+            );
+            Some((dir, binary))
+        }
+        Err(e) => {
+            ward_e2e_tests::notice(&format!(
+                "SKIPPED {test}: no C compiler to build a static helper (cc: {e})"
+            ));
+            None
+        }
+    }
+}
+
+/// A sandboxed multi-user daemon with `helper` bound in at `/bin/<name>` next to busybox.
+fn start_with_helper(test: &str, name: &str, helper: &Path) -> Option<Fixture> {
+    let options = ward_e2e_tests::builds::sandboxed(DaemonOptions::multi_user()).conf(format!(
+        "sandbox-paths = /bin/sh={} /bin/{name}={}",
+        ward_e2e_tests::builds::BUSYBOX,
+        helper.display()
+    ));
+    Fixture::start(test, options)
+}
+
+/// Builds a derivation whose builder is `/bin/<name>` and returns its `call=result` lines.
+fn helper_results(f: &Fixture, name: &str) -> Vec<(String, String)> {
+    let file = expr(
+        f,
+        name,
+        &format!(
+            r#"derivation {{ name = "{name}"; system = builtins.currentSystem; builder = "/bin/{name}"; }}"#
+        ),
+    );
+    read_output(f, &build(&f.ward, &file))
+        .lines()
+        .map(|l| {
+            let (k, v) = l.split_once('=').unwrap_or((l, ""));
+            (k.to_string(), v.to_string())
+        })
+        .collect()
+}
+
 #[test]
 fn a_builder_cannot_set_or_remove_extended_attributes() {
-    use std::os::unix::fs::PermissionsExt;
     let test = "a_builder_cannot_set_or_remove_extended_attributes";
     if !ward_e2e_tests::builds::have_busybox(test) || !ward_e2e_tests::require_root(test) {
         return;
     }
-    let helper_dir = tempfile::Builder::new()
-        .prefix("ward-e2e-xattr-")
-        .tempdir()
-        .unwrap();
-    std::fs::set_permissions(helper_dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let source = helper_dir.path().join("xattr-probe.c");
-    let helper = helper_dir.path().join("xattr-probe");
-    std::fs::write(&source, XATTR_PROBE_C).unwrap();
-    let compiled = std::process::Command::new("cc")
-        .args(["-static", "-O", "-o"])
-        .arg(&helper)
-        .arg(&source)
-        .output();
-    match compiled {
-        Ok(o) if o.status.success() => {}
-        other => {
-            ward_e2e_tests::notice(&format!(
-                "SKIPPED {test}: cannot compile a static C helper with cc: {other:?}"
-            ));
-            return;
-        }
-    }
-    let options = ward_e2e_tests::builds::sandboxed(DaemonOptions::multi_user()).conf(format!(
-        "sandbox-paths = /bin/sh={} /bin/xattr-probe={}",
-        ward_e2e_tests::builds::BUSYBOX,
-        helper.display()
-    ));
-    let Some(f) = Fixture::start(test, options) else {
+    let Some((_dir, helper)) = static_helper(test, "xattr-probe", XATTR_PROBE_C) else {
         return;
     };
-    let file = expr(
-        &f,
-        "xattr",
-        r#"derivation { name = "xattr"; system = builtins.currentSystem; builder = "/bin/xattr-probe"; }"#,
-    );
-    let text = read_output(&f, &build(&f.ward, &file));
-    let results: Vec<(&str, &str)> = text
-        .lines()
-        .map(|l| l.split_once('=').unwrap_or((l, "")))
-        .collect();
-    assert_eq!(results.len(), 8, "every attempt ran: {text}");
-    for (call, result) in results {
-        assert_eq!(result, "Operation not supported", "{call}: {text}");
+    let Some(f) = start_with_helper(test, "xattr-probe", &helper) else {
+        return;
+    };
+    let results = helper_results(&f, "xattr-probe");
+    assert_eq!(results.len(), 8, "every attempt ran: {results:?}");
+    for (call, result) in &results {
+        assert_eq!(result, "Operation not supported", "{call}: {results:?}");
     }
+}
+
+/// A static C program that makes a system call through the i386 entry point (`int 0x80`, in
+/// a child, whose end it reports) and through the x32 one.
+const ABI_PROBE_C: &str = r#"
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+int main(void) {
+    const char *out = getenv("out");
+    if (!out) return 2;
+    FILE *f = fopen(out, "w");
+    if (!f) return 3;
+    fflush(f);
+    pid_t child = fork();
+    if (child == 0) {
+        long r;
+        __asm__ volatile ("int $0x80" : "=a"(r) : "a"(20L) : "memory");  /* i386 getpid */
+        _exit(r > 0 ? 0 : 1);
+    }
+    int status = 0;
+    waitpid(child, &status, 0);
+    if (WIFSIGNALED(status))
+        fprintf(f, "i386=killed by signal %d\n", WTERMSIG(status));
+    else
+        fprintf(f, "i386=%s\n", WEXITSTATUS(status) == 0 ? "allowed" : "failed");
+    errno = 0;
+    long r = syscall(0x40000000L | SYS_getpid);  /* x32 getpid */
+    fprintf(f, "x32=%s\n", r >= 0 ? "allowed" : strerror(errno));
+    fclose(f);
+    return 0;
+}
+"#;
+
+#[test]
+fn a_builder_cannot_use_the_i386_or_x32_entry_points() {
+    let test = "a_builder_cannot_use_the_i386_or_x32_entry_points";
+    if !cfg!(target_arch = "x86_64") {
+        ward_e2e_tests::notice(&format!("SKIPPED {test}: x86_64 only"));
+        return;
+    }
+    if !ward_e2e_tests::builds::have_busybox(test) || !ward_e2e_tests::require_root(test) {
+        return;
+    }
+    let Some((_dir, helper)) = static_helper(test, "abi-probe", ABI_PROBE_C) else {
+        return;
+    };
+    let Some(f) = start_with_helper(test, "abi-probe", &helper) else {
+        return;
+    };
+    let results = helper_results(&f, "abi-probe");
+    let get = |k: &str| {
+        results
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.as_str())
+            .unwrap_or_else(|| panic!("no {k} in {results:?}"))
+    };
+    // seccomp's architecture check kills the process (SIGSYS) at the first i386 call.
+    assert_eq!(get("i386"), format!("killed by signal {}", libc_sigsys()));
+    assert_eq!(get("x32"), "Function not implemented");
+}
+
+/// SIGSYS's number on Linux.
+fn libc_sigsys() -> i32 {
+    nix::sys::signal::Signal::SIGSYS as i32
 }
