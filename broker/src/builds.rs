@@ -560,14 +560,14 @@ impl Builds {
         }
         let (&build, b) = self.table.iter_mut().find(|(_, b)| b.pid == Some(r.pid))?;
         b.pid = None;
-        // Whatever the build started dies with it, wherever it went.
-        if let Some(cg) = &b.cgroup {
-            cg.kill();
-        }
+        // Whatever the build started dies with it, wherever it went, before its outputs are
+        // read. An emptied cgroup proves it (a build user cannot leave its cgroup); without
+        // one, every process of the build user is killed.
+        let emptied = b.cgroup.as_ref().is_some_and(|cg| cg.kill_and_wait());
         read_builder_channel(build, b);
         b.channel = None;
         let sweeps = self.pool.as_ref().is_some_and(|p| p.sweeps());
-        if sweeps && !crate::pool::sweep_uid(b.uid) {
+        if sweeps && !emptied && !crate::pool::sweep_uid(b.uid) {
             eprintln!(
                 "ward-broker: {build}: uid {} still owns processes after SIGKILL",
                 b.uid
@@ -776,11 +776,16 @@ impl Builds {
             let _ = kill(pid, Signal::SIGKILL);
             let _ = sys::wait4(pid.as_raw(), true);
         }
-        if let Some(cg) = &b.cgroup {
+        // The collector (the only process since, and not in the cgroup) is gone; with the
+        // cgroup emptied nothing else of this build is left, and the next allocation of the
+        // uid sweeps it anyway.
+        let emptied = b.cgroup.as_ref().is_some_and(|cg| {
+            let empty = cg.kill_and_wait();
             cg.remove();
-        }
+            empty
+        });
         let sweeps = self.pool.as_ref().is_some_and(|p| p.sweeps());
-        if sweeps && !crate::pool::sweep_uid(b.uid) {
+        if sweeps && !emptied && !crate::pool::sweep_uid(b.uid) {
             return Err(format!("uid {} still owns processes", b.uid));
         }
         let Some(dirs) = self.dirs.as_ref() else {

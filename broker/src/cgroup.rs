@@ -94,6 +94,20 @@ impl BuildCgroup {
         }
     }
 
+    /// Kills every process in the cgroup and waits (up to 5 s) until none is left; true when
+    /// the cgroup is empty.
+    pub fn kill_and_wait(&self) -> bool {
+        self.kill();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match fs::read_to_string(self.dir.join("cgroup.events")) {
+                Ok(events) if events.lines().any(|l| l == "populated 0") => return true,
+                Ok(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(1)),
+                _ => return false,
+            }
+        }
+    }
+
     /// Kills what is left, waits (briefly) for the cgroup to empty and removes it.
     pub fn remove(&self) {
         self.kill();
