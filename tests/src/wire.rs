@@ -41,6 +41,8 @@ pub mod op {
     pub const ADD_TO_STORE_NAR: u64 = 39;
     /// BuildDerivation.
     pub const BUILD_DERIVATION: u64 = 36;
+    /// EnsurePath.
+    pub const ENSURE_PATH: u64 = 10;
 }
 
 /// A derivation as BuildDerivation sends it (Nix's `BasicDerivation`: no input derivations).
@@ -328,6 +330,15 @@ impl WorkerClient {
         let mut nar = vec![0u8; nar_size as usize];
         self.stream.read_exact(&mut nar)?;
         Ok(nar)
+    }
+
+    /// EnsurePath: Ok when the path is (or could be made) valid.
+    pub fn ensure_path(&mut self, path: &str) -> Result<()> {
+        self.write_u64(op::ENSURE_PATH)?;
+        self.write_string(path.as_bytes())?;
+        self.process_stderr()?;
+        self.read_u64()?;
+        Ok(())
     }
 
     /// BuildDerivation of `drv` under the name `drv_path`, in `mode` (0 normal, 1 repair,

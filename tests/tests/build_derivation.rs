@@ -2,7 +2,7 @@
 //! allows an untrusted client only derivations whose outputs are fixed, and trusts nothing it
 //! says about paths: the derivation's own path and its outputs' paths are recomputed, and the
 //! derivation is written to the store under its real path. A trusted client may build an
-//! input-addressed derivation that is not in the store.
+//! input-addressed derivation that is not in the store. EnsurePath, which only substitutes.
 
 use ward_e2e_tests::builds::{drv, expr, read_output, start};
 use ward_e2e_tests::wire::{BasicDerivation, WireError, WorkerClient};
@@ -183,4 +183,29 @@ fn trusted_build_derivation_builds_a_derivation_that_is_not_in_the_store() {
         .build_derivation(&drv_path, &basic, 0)
         .expect("BuildDerivation again");
     assert_eq!(again.status, 2, "AlreadyValid: {again:?}");
+}
+
+#[test]
+fn ensure_path_takes_valid_paths_and_names_the_missing_one() {
+    let test = "ensure_path_takes_valid_paths_and_names_the_missing_one";
+    let Some(f) = start(test, DaemonOptions::multi_user().untrusted()) else {
+        return;
+    };
+    let valid = f.populate();
+    let mut client = WorkerClient::handshake(&f.daemon.layout().socket).expect("handshake");
+    client.set_options().expect("SetOptions");
+    client
+        .ensure_path(&valid)
+        .expect("EnsurePath of a valid path");
+    // Not valid, and nothing can substitute it (EnsurePath never builds): Nix's words.
+    let missing = forged(&valid);
+    match client.ensure_path(&missing) {
+        Err(WireError::Daemon { message }) => assert_eq!(
+            message,
+            format!("path '{missing}' does not exist and cannot be created")
+        ),
+        other => panic!("EnsurePath of {missing}: {other:?}"),
+    }
+    // The connection goes on.
+    assert!(client.is_valid_path(&valid).expect("IsValidPath"));
 }
