@@ -281,7 +281,8 @@ impl Builds {
                 }
             }
         }
-        if !builder_available(&self.cfg, req) {
+        // Without a chroot the builder is a host path, as in Nix.
+        if chroot && !builder_available(&self.cfg, req) {
             return Err(BrokerError::BuilderNotAvailable {
                 build,
                 builder: req.builder.clone(),

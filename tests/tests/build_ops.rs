@@ -448,3 +448,127 @@ fn an_ordinary_user_runs_a_single_user_daemon_that_builds_sandboxed() {
     // Let the test's cleanup remove what the user's store-writer made read-only.
     let _ = Command::new("chmod").args(["-R", "u+w"]).arg(root).status();
 }
+
+/// Runs `ward daemon` as `user` on a native store under a non-default `NIX_STORE_DIR` (as
+/// Nix's own test suite runs its daemon), builds `expression` with Debian's `nix-build` as
+/// the same user, and returns the output's contents and the daemon's log.
+fn build_as_user_on_native_store(
+    user: &nix::unistd::User,
+    root: &std::path::Path,
+    conf: &str,
+    expression: &str,
+) -> (String, String) {
+    let (uid, gid) = (user.uid.as_raw(), user.gid.as_raw());
+    let env = [
+        ("HOME", root.to_path_buf()),
+        ("PATH", "/usr/bin:/bin".into()),
+        ("NIX_CONF_DIR", root.to_path_buf()),
+        ("NIX_STORE_DIR", root.join("store")),
+        ("NIX_STATE_DIR", root.join("var/nix")),
+        ("NIX_LOG_DIR", root.join("var/log/nix")),
+        ("NIX_DAEMON_SOCKET_PATH", root.join("daemon.sock")),
+    ];
+    let as_user = |program: &std::path::Path| {
+        let mut cmd = Command::new("setpriv");
+        cmd.args([
+            &format!("--reuid={uid}"),
+            &format!("--regid={gid}"),
+            "--init-groups",
+            "--",
+        ])
+        .arg(program)
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .current_dir(root);
+        cmd
+    };
+    for (name, text) in [("nix.conf", conf), ("build.nix", expression)] {
+        std::fs::write(root.join(name), text).unwrap();
+        nix::unistd::chown(&root.join(name), Some(user.uid), Some(user.gid)).unwrap();
+    }
+    let log_file = root.join("daemon.log");
+    let mut daemon = as_user(&ward_e2e_tests::daemon::ward_bin())
+        .arg("daemon")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_file).unwrap())
+        .spawn()
+        .unwrap();
+    let socket = root.join("daemon.sock");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !socket.exists() {
+        assert!(Instant::now() < deadline, "the daemon did not come up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let out = as_user(std::path::Path::new("/usr/bin/nix-build"))
+        .args(["build.nix", "--no-out-link"])
+        .env("NIX_REMOTE", format!("unix://{}", socket.display()))
+        .output()
+        .unwrap();
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    let log = std::fs::read_to_string(&log_file).unwrap_or_default();
+    let _ = std::fs::remove_file(&socket);
+    assert!(
+        out.status.success(),
+        "{}\n{log}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(
+        path.starts_with(&format!("{}/", root.join("store").display())),
+        "{path}"
+    );
+    let text = std::fs::read_to_string(&path).unwrap();
+    (text, log)
+}
+
+#[test]
+fn an_ordinary_user_builds_on_a_native_store_under_a_non_default_store_dir() {
+    let test = "an_ordinary_user_builds_on_a_native_store_under_a_non_default_store_dir";
+    if !ward_e2e_tests::require_root(test)
+        || !ward_e2e_tests::require_nix(test)
+        || !ward_e2e_tests::builds::have_busybox(test)
+    {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let alice = ensure_test_user();
+    let dir = tempfile::Builder::new()
+        .prefix("ward-e2e-native-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let root = dir.path();
+    std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o755)).unwrap();
+    nix::unistd::chown(root, Some(alice.uid), Some(alice.gid)).unwrap();
+    let uid = alice.uid.as_raw();
+
+    // Sandboxed, in an unprivileged user namespace: uid 1000 inside is the user outside.
+    let (text, log) = build_as_user_on_native_store(
+        &alice,
+        root,
+        &format!(
+            "sandbox = true\nsandbox-paths = /bin/sh={}\nsubstituters =\n",
+            ward_e2e_tests::builds::BUSYBOX
+        ),
+        r#"derivation { name = "native-sandboxed"; system = builtins.currentSystem; builder = "/bin/sh";
+  args = [ "-c" "id -u > $out; cat /proc/self/uid_map >> $out" ]; }"#,
+    );
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "1000", "{text}");
+    let map: Vec<&str> = lines[1].split_whitespace().collect();
+    assert_eq!(map, vec!["1000", &uid.to_string(), "1"], "{text}");
+    assert!(log.contains("sandbox check passed"), "{log}");
+
+    // sandbox = false on the same store: on the host, as the user itself.
+    let (text, log) = build_as_user_on_native_store(
+        &alice,
+        root,
+        "sandbox = false\nsubstituters =\n",
+        r#"derivation { name = "native-unsandboxed"; system = builtins.currentSystem; builder = "/bin/sh";
+  args = [ "-c" "/usr/bin/id -u > $out; if [ -d /home ]; then echo host >> $out; fi" ]; }"#,
+    );
+    assert_eq!(text, format!("{uid}\nhost\n"), "{log}");
+    // Let the test's cleanup remove what the user's store-writer made read-only.
+    let _ = Command::new("chmod").args(["-R", "u+w"]).arg(root).status();
+}

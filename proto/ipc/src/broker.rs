@@ -243,7 +243,8 @@ pub enum FrontendToBroker {
     /// builds a derivation sent whole, and it names only logs and the build directory); no output path exists yet
     /// unless it is a leftover the broker may delete (not a valid path — the broker asks
     /// nobody and deletes nothing that is a valid path; it refuses instead); `builder` is
-    /// inside an input path or one of the configured sandbox paths.
+    /// inside an input path or one of the configured sandbox paths (with a chroot; without
+    /// one it is a host path).
     ///
     /// Root does: takes a free build user from the pool; creates a fresh build directory owned
     /// by it under the configured build root; creates the build's cgroup where the host allows
