@@ -198,6 +198,11 @@ impl Builds {
         builds
     }
 
+    /// Whether the store directory builds see differs from where it is on disk.
+    fn diverted_store(&self) -> bool {
+        self.cfg.store_dir != self.cfg.real_store_dir
+    }
+
     fn refuse(&self, build: BuildId) -> Option<BrokerError> {
         self.refusal.as_ref().map(|r| match r {
             Refusal::Unavailable(message) => BrokerError::StartFailed {
@@ -261,6 +266,10 @@ impl Builds {
             SandboxMode::Relaxed => !req.no_chroot,
             SandboxMode::Disabled => false,
         };
+        // In a diverted store (`--store DIR`: the store directory a build names is not where
+        // the files are) only the sandbox's mount tree puts the store where the build looks
+        // for it, so builds there are always sandboxed, as Nix does.
+        let chroot = chroot || self.diverted_store();
         let real = Path::new(&self.cfg.real_store_dir);
         // Not the derivation itself: BuildDerivation builds one that need not be in the store.
         for path in &req.input_paths {
@@ -854,7 +863,9 @@ impl Builds {
     /// Runs the start-up canary when a sandbox is configured; on failure every later
     /// `StartBuild` is refused with `SandboxRefused` naming the part.
     pub fn run_canary(&mut self) {
-        if self.refusal.is_some() || self.cfg.sandbox == SandboxMode::Disabled {
+        if self.refusal.is_some()
+            || (self.cfg.sandbox == SandboxMode::Disabled && !self.diverted_store())
+        {
             return;
         }
         match self.canary() {

@@ -48,6 +48,28 @@ impl<T, E: Display> At<T> for Result<T, E> {
     }
 }
 
+/// unshare(2) with the new user namespace a sandbox starts from; when the kernel refuses one
+/// to this user, the error says so and what to do about it.
+fn unshare_namespaces(flags: CloneFlags) -> Step<()> {
+    nix::sched::unshare(flags).map_err(|e| {
+        let hint = match e {
+            nix::errno::Errno::EPERM | nix::errno::Errno::ENOSPC | nix::errno::Errno::EINVAL
+                if flags.contains(CloneFlags::CLONE_NEWUSER) =>
+            {
+                " (this kernel does not let the build user create a user namespace: see \
+                 user.max_user_namespaces, kernel.unprivileged_userns_clone or AppArmor's \
+                 restrict_unprivileged_userns; or set 'sandbox = false' to build without a \
+                 sandbox)"
+            }
+            _ => "",
+        };
+        fail(
+            SetupStep::Namespaces,
+            format!("unshare({flags:?}): {e}{hint}"),
+        )
+    })
+}
+
 /// `/proc/self/fd/N/rel`: a path through a handle, for mount sources and targets.
 fn fd_path(fd: &impl AsRawFd, rel: &str) -> String {
     if rel.is_empty() {
@@ -216,7 +238,7 @@ pub fn run(channel: &BuilderBrokerChannel, top: OwnedFd, spec: SandboxSpec) -> S
     nix::unistd::fchdir(top.as_raw_fd()).at(SetupStep::Namespaces, || {
         "fchdir to the build directory".into()
     })?;
-    nix::sched::unshare(flags).at(SetupStep::Namespaces, || format!("unshare({flags:?})"))?;
+    unshare_namespaces(flags)?;
     drop(top);
     drop(build_dir);
     let top = open_dir(CWD, ".", SetupStep::Namespaces)?;
@@ -671,7 +693,7 @@ fn run_with_private_store(
     nix::unistd::fchdir(top.as_raw_fd()).at(SetupStep::Namespaces, || {
         "fchdir to the build directory".into()
     })?;
-    nix::sched::unshare(flags).at(SetupStep::Namespaces, || format!("unshare({flags:?})"))?;
+    unshare_namespaces(flags)?;
     drop(top);
     drop(build_dir);
     let top = open_dir(CWD, ".", SetupStep::Namespaces)?;

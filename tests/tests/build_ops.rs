@@ -572,3 +572,143 @@ fn an_ordinary_user_builds_on_a_native_store_under_a_non_default_store_dir() {
     // Let the test's cleanup remove what the user's store-writer made read-only.
     let _ = Command::new("chmod").args(["-R", "u+w"]).arg(root).status();
 }
+
+#[test]
+fn without_user_namespaces_a_sandbox_is_refused_clearly_and_sandbox_false_builds() {
+    let test = "without_user_namespaces_a_sandbox_is_refused_clearly_and_sandbox_false_builds";
+    if !ward_e2e_tests::require_root(test)
+        || !ward_e2e_tests::require_nix(test)
+        || !ward_e2e_tests::builds::have_busybox(test)
+    {
+        return;
+    }
+    if Command::new("python3").arg("--version").output().is_err() {
+        ward_e2e_tests::notice(&format!("SKIPPED {test}: needs python3"));
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let helper =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("support/no-user-namespaces.py");
+    let alice = ensure_test_user();
+    let (uid, gid) = (alice.uid.as_raw(), alice.gid.as_raw());
+    let dir = tempfile::Builder::new()
+        .prefix("ward-e2e-nouserns-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let root = dir.path();
+    std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o755)).unwrap();
+    nix::unistd::chown(root, Some(alice.uid), Some(alice.gid)).unwrap();
+    let expression = root.join("build.nix");
+    std::fs::write(
+        &expression,
+        r#"derivation { name = "wants-a-sandbox"; system = builtins.currentSystem; builder = "/bin/sh";
+  args = [ "-c" "/usr/bin/id -u > $out" ]; }"#,
+    )
+    .unwrap();
+    // A daemon run by the user where the kernel gives it no user namespace, on a native
+    // store (`NIX_STORE_DIR`) or a diverted one (`--store DIR`), and one nix-build.
+    let build = |conf: &str, native: bool| -> (std::process::Output, String, std::path::PathBuf) {
+        std::fs::write(root.join("nix.conf"), conf).unwrap();
+        let (store_root, socket, remote);
+        let mut daemon = Command::new("python3");
+        daemon
+            .arg(&helper)
+            .arg(uid.to_string())
+            .arg(ward_e2e_tests::daemon::ward_bin())
+            .arg("daemon")
+            .env_clear()
+            .env("HOME", root)
+            .env("PATH", "/usr/bin:/bin")
+            .env("NIX_CONF_DIR", root)
+            .current_dir(root);
+        if native {
+            store_root = root.join("native");
+            socket = root.join("native.sock");
+            daemon
+                .env("NIX_STORE_DIR", store_root.join("store"))
+                .env("NIX_STATE_DIR", store_root.join("var/nix"))
+                .env("NIX_LOG_DIR", store_root.join("var/log/nix"))
+                .env("NIX_DAEMON_SOCKET_PATH", &socket);
+            remote = format!("unix://{}", socket.display());
+        } else {
+            store_root = root.join("diverted");
+            socket = store_root.join("nix/var/nix/daemon-socket/socket");
+            daemon.args(["--store", store_root.to_str().unwrap()]);
+            remote = format!("unix://{}?root={}", socket.display(), store_root.display());
+        }
+        let log_file = root.join("daemon.log");
+        let mut daemon = daemon
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log_file).unwrap())
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let group = nix::unistd::Pid::from_raw(daemon.id() as i32);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !socket.exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        let mut client = Command::new("setpriv");
+        client
+            .args([
+                &format!("--reuid={uid}"),
+                &format!("--regid={gid}"),
+                "--init-groups",
+                "--",
+                "/usr/bin/nix-build",
+            ])
+            .arg(&expression)
+            .arg("--no-out-link")
+            .env_clear()
+            .env("HOME", root)
+            .env("PATH", "/usr/bin:/bin")
+            .env("NIX_CONF_DIR", root)
+            .env("NIX_REMOTE", remote)
+            .current_dir(root);
+        if native {
+            client.env("NIX_STORE_DIR", store_root.join("store"));
+        }
+        let out = client.output().unwrap();
+        let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+        let _ = daemon.wait();
+        let _ = std::fs::remove_file(&socket);
+        let log = std::fs::read_to_string(&log_file).unwrap_or_default();
+        (out, log, store_root)
+    };
+    let refused_clearly = |out: &std::process::Output, log: &str| {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{stderr}\n{log}");
+        for needle in [
+            "sandbox check failed",
+            "user namespace",
+            "'sandbox = false'",
+        ] {
+            assert!(stderr.contains(needle), "{needle:?} in: {stderr}\n{log}");
+        }
+    };
+
+    // A sandbox was asked for and cannot be had: refused, saying why and what to do.
+    let sandboxed = format!(
+        "sandbox = true\nsandbox-paths = /bin/sh={}\nsubstituters =\n",
+        ward_e2e_tests::builds::BUSYBOX
+    );
+    let (out, log, _) = build(&sandboxed, true);
+    refused_clearly(&out, &log);
+
+    // sandbox = false: built without one, as the user.
+    let (out, log, store_root) = build("sandbox = false\nsubstituters =\n", true);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}\n{log}");
+    let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let base = path.rsplit_once('/').unwrap().1;
+    let text = std::fs::read_to_string(store_root.join("store").join(base)).unwrap();
+    assert_eq!(text, format!("{uid}\n"));
+
+    // A diverted store builds only in the sandbox (as in Nix), sandbox = false or not: here
+    // that is the same clear refusal.
+    let (out, log, _) = build("sandbox = false\nsubstituters =\n", false);
+    refused_clearly(&out, &log);
+    let _ = Command::new("chmod").args(["-R", "u+w"]).arg(root).status();
+}
