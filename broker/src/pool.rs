@@ -333,6 +333,19 @@ pub(crate) fn live_processes_of(uid: u32) -> std::io::Result<usize> {
         if !name.to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
             continue;
         }
+        // /proc/<pid> belongs to the process's effective uid (or root when it is not
+        // dumpable). A process whose real or saved uid is `uid` but effective uid another
+        // non-root one takes a privileged uid change, which nothing running as a build user
+        // can make: such entries need no reading of `status`, by far the costly part.
+        match std::fs::symlink_metadata(entry.path()) {
+            Ok(meta) => {
+                use std::os::unix::fs::MetadataExt;
+                if meta.uid() != 0 && meta.uid() != uid {
+                    continue;
+                }
+            }
+            Err(_) => continue,
+        }
         // A process that is gone by now is simply not counted.
         let Ok(status) = std::fs::read_to_string(entry.path().join("status")) else {
             continue;
