@@ -32,6 +32,10 @@ pub struct BrokerArgs {
     /// `--parent-pid PID` (`ward daemon --stdio`): the broker serves one session for that
     /// process and exits when it does.
     pub parent_pid: Option<i32>,
+    /// `--secret-key-file` (`secret-key-files`): opened by the broker, which may read them
+    /// when the store-writer may not, and handed to the store-writer as descriptors; never
+    /// read or parsed here.
+    pub secret_key_files: Vec<PathBuf>,
     /// Arguments passed verbatim to both children after their own.
     pub passthrough: Vec<OsString>,
     /// How builds are run (the admin's nix.conf, as passed by `ward daemon`).
@@ -201,6 +205,7 @@ impl BrokerArgs {
         let mut state_dir = None;
         let mut parent_pid = None;
         let mut passthrough = Vec::new();
+        let mut secret_key_files = Vec::new();
         let mut build = BuildSettings::default();
         let mut real_store_dir = None;
         while let Some(arg) = args.next() {
@@ -231,6 +236,7 @@ impl BrokerArgs {
                 "--group" => shared_group = Some(value()?.to_string_lossy().into_owned()),
                 "--ipc-dir" => ipc_dir = Some(PathBuf::from(value()?)),
                 "--state-dir" => state_dir = Some(PathBuf::from(value()?)),
+                "--secret-key-file" => secret_key_files.push(PathBuf::from(value()?)),
                 "--parent-pid" => {
                     let v = value()?;
                     let text = v.to_string_lossy();
@@ -315,6 +321,7 @@ impl BrokerArgs {
             ipc_dir: ipc_dir.ok_or(ArgsError::Required("--ipc-dir"))?,
             state_dir: state_dir.ok_or(ArgsError::Required("--state-dir"))?,
             parent_pid,
+            secret_key_files,
             passthrough,
             build: BuildSettings {
                 real_store_dir: real_store_dir.unwrap_or_else(|| build.store_dir.clone()),

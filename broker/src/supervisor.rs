@@ -141,7 +141,10 @@ fn lookup_identity(user: &str, shared_group: Option<&str>) -> Result<Identity, S
 }
 
 /// Builds the two child specs from the broker's arguments.
-pub fn child_specs(args: &BrokerArgs) -> Result<Vec<ChildSpec>, SupervisorError> {
+pub fn child_specs(
+    args: &BrokerArgs,
+    secret_keys: &[std::fs::File],
+) -> Result<Vec<ChildSpec>, SupervisorError> {
     let ipc_dir = args.ipc_dir.as_os_str().as_bytes();
     let passthrough: Vec<CString> = args
         .passthrough
@@ -167,8 +170,17 @@ pub fn child_specs(args: &BrokerArgs) -> Result<Vec<ChildSpec>, SupervisorError>
         cstring(args.store_writer_bin.as_os_str().as_bytes())?,
         cstring(b"--ipc-dir")?,
         cstring(ipc_dir)?,
-        cstring(b"--")?,
     ];
+    // The secret keys at 3, 4, ...: the store-writer reads them with pread, so a restarted
+    // one reads them whole again.
+    let mut writer_fds = Vec::new();
+    for (i, key) in secret_keys.iter().enumerate() {
+        let target = 3 + i as RawFd;
+        writer_fds.push((key.as_raw_fd(), target));
+        writer_argv.push(cstring(b"--secret-key-fd")?);
+        writer_argv.push(cstring(target.to_string().as_bytes())?);
+    }
+    writer_argv.push(cstring(b"--")?);
     writer_argv.extend(passthrough);
 
     Ok(vec![
@@ -176,7 +188,7 @@ pub fn child_specs(args: &BrokerArgs) -> Result<Vec<ChildSpec>, SupervisorError>
             role: Role::StoreWriter,
             argv: writer_argv,
             identity: identity(&args.store_user)?,
-            fds: vec![],
+            fds: writer_fds,
             env: vec![
                 ("LISTEN_FDS", None),
                 ("LISTEN_PID", None),
@@ -462,10 +474,30 @@ fn reap(children: &mut [Child], builds: &mut Builds) -> Vec<BrokerToFrontend> {
     }
 }
 
+/// Opens the `secret-key-files` for the store-writer (read-only, close-on-exec; the broker
+/// never reads them). One that cannot be opened is reported and left out.
+fn open_secret_keys(paths: &[std::path::PathBuf]) -> Vec<std::fs::File> {
+    paths
+        .iter()
+        .filter_map(|path| match std::fs::File::open(path) {
+            Ok(file) => Some(file),
+            Err(e) => {
+                eprintln!(
+                    "ward-broker: cannot open secret key file '{}' (secret-key-files): {e}; \
+                     nothing will be signed with it",
+                    path.display()
+                );
+                None
+            }
+        })
+        .collect()
+}
+
 /// Starts both children and supervises them until SIGTERM or SIGINT.
 pub fn run(args: &BrokerArgs) -> Result<(), SupervisorError> {
     prepare_ipc_dir(args)?;
-    let specs = child_specs(args)?;
+    let secret_keys = open_secret_keys(&args.secret_key_files);
+    let specs = child_specs(args, &secret_keys)?;
     let mut builds = Builds::new(&args.build, &args.state_dir);
     builds.run_canary();
 
@@ -706,7 +738,7 @@ mod tests {
             .map(OsString::from),
         )
         .unwrap();
-        let specs = child_specs(&args).unwrap();
+        let specs = child_specs(&args, &[]).unwrap();
         let fe = specs.iter().find(|s| s.role == Role::Frontend).unwrap();
         assert_eq!(fe.fds, vec![(7, 3)]);
         let argv: Vec<_> = fe.argv.iter().map(|a| a.to_str().unwrap()).collect();

@@ -298,6 +298,9 @@ fn broker_command(
         ]);
     }
     build_flags(&mut cmd, setup);
+    for key in &setup.settings.secret_key_files {
+        cmd.arg("--secret-key-file").arg(key);
+    }
     if let Some(pid) = stdio_session {
         // The broker ends with this relay, also when it is killed.
         cmd.arg("--parent-pid").arg(pid.to_string());

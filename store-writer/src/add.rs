@@ -347,6 +347,11 @@ impl StagedAddition {
     pub fn info(&self) -> &ValidPathInfo {
         &self.info
     }
+
+    /// The record to be written, for the store's own signatures.
+    pub fn info_mut(&mut self) -> &mut ValidPathInfo {
+        &mut self.info
+    }
 }
 
 impl std::fmt::Debug for Staging {

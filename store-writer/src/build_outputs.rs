@@ -451,6 +451,10 @@ impl Store {
                 _ => to_write.push((output, shown)),
             }
         }
+        // Signed as they are registered, as Nix signs what it builds.
+        for (output, _) in &mut to_write {
+            self.sign(&mut output.info);
+        }
         let mut moved = Vec::with_capacity(to_write.len());
         let result = self.move_and_register(&mut to_write, &mut moved);
         if result.is_err() {

@@ -474,12 +474,12 @@ impl ChannelState {
         );
         let staged = prepared.and_then(|addition| addition.stage(&mut upload));
         let added = match staged {
-            Ok(staged) => {
+            Ok(mut staged) => {
+                let mut store = shared.store();
+                // Content the store-writer hashed itself: signed with secret-key-files.
+                store.sign(staged.info_mut());
                 let info = staged.info().clone();
-                shared
-                    .store()
-                    .commit_addition(staged)
-                    .map(|outcome| (info, outcome))
+                store.commit_addition(staged).map(|outcome| (info, outcome))
             }
             Err(e) => Err(e),
         };

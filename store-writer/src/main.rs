@@ -4,13 +4,15 @@
 //! reads the same command line and settings as every other ward process, opens the store,
 //! confines itself (no_new_privs, seccomp, landlock) and then serves the frontend's typed
 //! requests on `DIR/store-writer.socket`, one thread per channel.
-#![forbid(unsafe_code)]
+// Unsafe only in `secret_keys`, to adopt the descriptors the broker hands over.
+#![deny(unsafe_code)]
 
 mod buildlog;
 mod confine;
 mod errors;
 mod handler;
 mod roots;
+mod secret_keys;
 mod server;
 mod temproots;
 mod upload;
@@ -26,13 +28,16 @@ const EX_USAGE: u8 = 64;
 /// Exit code for a bad configuration (sysexits EX_CONFIG).
 const EX_CONFIG: u8 = 78;
 
-const USAGE: &str = "usage: ward-store-writer --ipc-dir DIR -- [nix-daemon options]";
+const USAGE: &str =
+    "usage: ward-store-writer --ipc-dir DIR [--secret-key-fd N ...] -- [nix-daemon options]";
 
 /// The store-writer's own command line.
 #[derive(Debug, PartialEq, Eq)]
 struct CommandLine {
     /// Where to put `store-writer.socket`.
     ipc_dir: PathBuf,
+    /// `--secret-key-fd`: descriptors of the `secret-key-files`, opened by the broker.
+    secret_key_fds: Vec<i32>,
     /// The daemon's arguments, after `--`.
     daemon_args: Vec<OsString>,
 }
@@ -46,6 +51,8 @@ enum CommandLineError {
     MissingIpcDir,
     #[error("the ipc directory '{0}' must be an absolute path")]
     RelativeIpcDir(PathBuf),
+    #[error("'--secret-key-fd' requires a descriptor number, got '{0}'")]
+    BadSecretKeyFd(String),
     #[error("unexpected argument '{0}' before '--'")]
     Unexpected(String),
 }
@@ -53,11 +60,21 @@ enum CommandLineError {
 fn parse_command_line(args: Vec<OsString>) -> Result<CommandLine, CommandLineError> {
     let mut args = args.into_iter();
     let mut ipc_dir = None;
+    let mut secret_key_fds = Vec::new();
     let mut daemon_args = Vec::new();
     while let Some(arg) = args.next() {
         if arg == "--" {
             daemon_args = args.collect();
             break;
+        } else if arg == "--secret-key-fd" {
+            let value = args.next().unwrap_or_default();
+            let text = value.to_string_lossy();
+            let fd = text
+                .parse::<i32>()
+                .ok()
+                .filter(|fd| *fd > 2)
+                .ok_or_else(|| CommandLineError::BadSecretKeyFd(text.into_owned()))?;
+            secret_key_fds.push(fd);
         } else if arg == "--ipc-dir" {
             ipc_dir = Some(PathBuf::from(
                 args.next().ok_or(CommandLineError::MissingIpcDirValue)?,
@@ -74,6 +91,7 @@ fn parse_command_line(args: Vec<OsString>) -> Result<CommandLine, CommandLineErr
     }
     Ok(CommandLine {
         ipc_dir,
+        secret_key_fds,
         daemon_args,
     })
 }
@@ -126,7 +144,8 @@ fn main() -> ExitCode {
         }
     };
     init_logging(setup.args.verbosity);
-    match server::run(&setup, &command_line.ipc_dir) {
+    let signing_keys = secret_keys::load(&command_line.secret_key_fds);
+    match server::run(&setup, &command_line.ipc_dir, signing_keys) {
         Ok(never) => match never {},
         Err(e) => {
             tracing::error!("{e}");
@@ -145,11 +164,22 @@ mod tests {
 
     #[test]
     fn command_line_splits_at_the_double_dash() {
-        let parsed = parse_command_line(os(&["--ipc-dir", "/run/w", "--", "--store", "/x"]));
+        let parsed = parse_command_line(os(&[
+            "--ipc-dir",
+            "/run/w",
+            "--secret-key-fd",
+            "3",
+            "--secret-key-fd",
+            "4",
+            "--",
+            "--store",
+            "/x",
+        ]));
         assert_eq!(
             parsed.unwrap(),
             CommandLine {
                 ipc_dir: PathBuf::from("/run/w"),
+                secret_key_fds: vec![3, 4],
                 daemon_args: os(&["--store", "/x"]),
             }
         );
@@ -171,6 +201,12 @@ mod tests {
             parse_command_line(os(&["--ipc-dir", "rel"])),
             Err(CommandLineError::RelativeIpcDir(PathBuf::from("rel")))
         );
+        for bad in ["1", "x", ""] {
+            assert_eq!(
+                parse_command_line(os(&["--ipc-dir", "/x", "--secret-key-fd", bad])),
+                Err(CommandLineError::BadSecretKeyFd(bad.into()))
+            );
+        }
         assert_eq!(
             parse_command_line(os(&["--verbose", "--ipc-dir", "/x"])),
             Err(CommandLineError::Unexpected("--verbose".into()))

@@ -337,7 +337,11 @@ fn bind_socket(path: &Path) -> Result<UnixListener, ServerError> {
 }
 
 /// Opens everything, confines the process and serves until killed.
-pub fn run(setup: &DaemonSetup, ipc_dir: &Path) -> Result<Infallible, ServerError> {
+pub fn run(
+    setup: &DaemonSetup,
+    ipc_dir: &Path,
+    signing_keys: Vec<ward_proto::signature::SecretKey>,
+) -> Result<Infallible, ServerError> {
     let layout = store_layout(setup)?;
     // SQLite's temporary files (large sorts) would go to /var/tmp or /tmp, which landlock
     // will not let us write; the staging directory is private, on the store's file system and
@@ -349,11 +353,12 @@ pub fn run(setup: &DaemonSetup, ipc_dir: &Path) -> Result<Infallible, ServerErro
         use_sqlite_wal: setup.settings.use_sqlite_wal,
         ca_derivations: setup.settings.has_experimental_feature("ca-derivations"),
     };
-    let store = Store::open(
+    let mut store = Store::open(
         layout.clone(),
         &create_options(setup, group.is_some()),
         &db_settings,
     )?;
+    store.signing_keys = signing_keys;
     if db_settings.use_sqlite_wal {
         ensure_wal_files(&store)?;
     }

@@ -15,6 +15,7 @@ use rustix::fs::{FlockOperation, Mode};
 use rustix::io::Errno;
 use thiserror::Error;
 use ward_proto::derivation::HashModuloCache;
+use ward_proto::path_info::ValidPathInfo;
 
 use crate::db::{DbError, DbSettings, StoreDb};
 use crate::fsutil::{self, FsError};
@@ -65,6 +66,9 @@ pub struct Store {
     /// hashDerivationModulo of derivations already read, for checking the outputs of `.drv`
     /// files being registered (never stale: `.drv` paths are content addresses).
     pub(crate) drv_hash_cache: HashModuloCache,
+    /// `secret-key-files`: every path built here, and every path added with content the
+    /// store-writer hashed itself, is signed with each (as `nix store sign` would).
+    pub signing_keys: Vec<ward_proto::signature::SecretKey>,
 }
 
 impl Store {
@@ -86,6 +90,7 @@ impl Store {
             staging_fd,
             next_staging: 0,
             drv_hash_cache: HashModuloCache::new(),
+            signing_keys: Vec::new(),
         };
         let removed = store.clean_staging()?;
         if removed > 0 {
@@ -95,6 +100,21 @@ impl Store {
             );
         }
         Ok(store)
+    }
+
+    /// Adds this store's signatures (`secret-key-files`) to `info`.
+    pub fn sign(&self, info: &mut ValidPathInfo) {
+        if self.signing_keys.is_empty() {
+            return;
+        }
+        match info.fingerprint(self.layout.store_dir()) {
+            Ok(fingerprint) => {
+                for key in &self.signing_keys {
+                    info.sigs.insert(key.sign(&fingerprint));
+                }
+            }
+            Err(e) => tracing::warn!("not signing: {e}"),
+        }
     }
 
     /// Where the store's files are.

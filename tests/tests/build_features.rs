@@ -467,3 +467,95 @@ fn nix_build_and_nix_log_with_the_new_cli() {
     assert!(unpacked.status.success(), "{unpacked:?}");
     assert_eq!(String::from_utf8_lossy(&unpacked.stdout), log);
 }
+
+#[test]
+fn secret_key_files_sign_what_is_built_and_added() {
+    use std::os::unix::fs::PermissionsExt;
+    let test = "secret_key_files_sign_what_is_built_and_added";
+    if !ward_e2e_tests::require_root(test) || !ward_e2e_tests::require_nix(test) {
+        return;
+    }
+    // A key made by Nix itself, readable by root only (as Nix's docs have it): the broker
+    // opens it, the store-writer (another user) signs with it.
+    let keys = tempfile::Builder::new()
+        .prefix("ward-e2e-keys-")
+        .tempdir()
+        .unwrap();
+    let (secret, public) = (keys.path().join("secret"), keys.path().join("public"));
+    let made = std::process::Command::new("nix-store")
+        .args(["--generate-binary-cache-key", "ward-test-1"])
+        .args([&secret, &public])
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let public_key = std::fs::read_to_string(&public).unwrap().trim().to_string();
+    let Some(f) = start(
+        test,
+        DaemonOptions::multi_user().conf(format!("secret-key-files = {}", secret.display())),
+    ) else {
+        return;
+    };
+    let built = build(
+        &f.ward,
+        &expr(&f, "signed", &drv("signed", "echo signed > $out", "")),
+    );
+    let added = f.ward.add(&[&ward_e2e_tests::inputs::file(
+        &f.env.dir("added"),
+        "added.txt",
+        b"added and signed\n",
+    )])[0]
+        .clone();
+    for path in [&built, &added] {
+        let info = f.ward.path_info_json(path);
+        let sigs = info["signatures"].as_array().cloned().unwrap_or_default();
+        assert!(
+            sigs.iter()
+                .any(|s| s.as_str().is_some_and(|s| s.starts_with("ward-test-1:"))),
+            "{path} is signed: {info}"
+        );
+        // Nix checks the signature against the public key.
+        f.ward.ok(
+            "nix",
+            &[
+                "--extra-experimental-features",
+                "nix-command",
+                "store",
+                "verify",
+                "--sigs-needed",
+                "1",
+                "--option",
+                "trusted-public-keys",
+                &public_key,
+                path,
+            ],
+        );
+    }
+    // Against another key it does not verify: the check above means something.
+    let other = keys.path().join("other");
+    let other_public = keys.path().join("other.pub");
+    std::process::Command::new("nix-store")
+        .args(["--generate-binary-cache-key", "ward-test-2"])
+        .args([&other, &other_public])
+        .output()
+        .unwrap();
+    let other_key = std::fs::read_to_string(&other_public)
+        .unwrap()
+        .trim()
+        .to_string();
+    f.ward.fails(
+        "nix",
+        &[
+            "--extra-experimental-features",
+            "nix-command",
+            "store",
+            "verify",
+            "--sigs-needed",
+            "1",
+            "--option",
+            "trusted-public-keys",
+            &other_key,
+            &built,
+        ],
+    );
+}
