@@ -558,4 +558,43 @@ fn secret_key_files_sign_what_is_built_and_added() {
             &built,
         ],
     );
+    // `nix store sign --key-file` (AddSignatures) adds a signature for a trusted client and is
+    // refused to an untrusted one with Nix's words.
+    let sign = |client: &ward_e2e_tests::NixClient| {
+        client.run(
+            "nix",
+            &[
+                "--extra-experimental-features",
+                "nix-command",
+                "store",
+                "sign",
+                "--key-file",
+                other.to_str().unwrap(),
+                &added,
+            ],
+        )
+    };
+    let alice = ensure_test_user();
+    for p in [keys.path(), other.as_path()] {
+        let mode = if p.is_dir() { 0o755 } else { 0o644 };
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let refused = sign(&f.env.client_as(&f.daemon, &alice));
+    assert!(!refused.status.success(), "{refused}");
+    assert!(
+        refused
+            .stderr
+            .contains("you are not privileged to add signatures"),
+        "{refused}"
+    );
+    let signed = sign(&f.ward);
+    assert!(signed.status.success(), "{signed}");
+    let info = f.ward.path_info_json(&added);
+    let names: Vec<&str> = info["signatures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s.as_str()?.split(':').next())
+        .collect();
+    assert_eq!(names, ["ward-test-1", "ward-test-2"], "{info}");
 }
