@@ -495,7 +495,20 @@ impl Connection {
                 if r.repair {
                     self.require_trusted("repair paths")?;
                 }
-                Err(not_yet(Op::VerifyStore))
+                let (errors, messages) = self
+                    .writer()
+                    .await?
+                    .verify_store(r.check_contents, r.repair)
+                    .await?;
+                for (finding, text) in messages {
+                    let level = if finding {
+                        Verbosity::Error
+                    } else {
+                        Verbosity::Info
+                    };
+                    self.log(level, &text);
+                }
+                self.reply(Reply::VerifyStore(errors)).await
             }
             R::BuildPaths(r) => {
                 self.check_build_mode(r.mode)?;

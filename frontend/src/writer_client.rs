@@ -468,6 +468,26 @@ impl WriterClient {
             .await
     }
 
+    /// VerifyStore: whether errors were found, and the messages for the client (findings
+    /// marked `true`).
+    pub async fn verify_store(
+        &mut self,
+        check_contents: bool,
+        repair: bool,
+    ) -> Result<(bool, Vec<(bool, String)>), ClientError> {
+        let request = FrontendToStoreWriter::VerifyStore {
+            check_contents,
+            repair,
+        };
+        match self.exchange(&request, &[]).await? {
+            StoreWriterToFrontend::Verified {
+                errors_found,
+                messages,
+            } => Ok((errors_found, messages)),
+            other => Err(unexpected(&request, &other)),
+        }
+    }
+
     /// RegisterDrvOutput: records a realisation (as the worker protocol carries it).
     pub async fn register_realisation(
         &mut self,

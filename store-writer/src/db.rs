@@ -566,6 +566,32 @@ impl StoreDb {
         rows.iter().map(|p| self.parse(p)).collect()
     }
 
+    /// Makes `paths` invalid in one transaction (their references and derivation outputs go
+    /// with them, through the schema's cascades; a path still referred to by a valid path
+    /// outside `paths` makes the whole transaction fail).
+    pub fn invalidate_paths(&mut self, paths: &[StorePath]) -> Result<(), DbError> {
+        if self.read_only {
+            return Err(DbError::ReadOnly);
+        }
+        let db = self.db_file.clone();
+        let printed: Vec<String> = paths.iter().map(|p| self.print(p)).collect();
+        let sql_err = |action: String| {
+            let db = db.clone();
+            move |source| DbError::Sqlite { action, db, source }
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sql_err("starting a transaction to invalidate paths".into()))?;
+        for path in &printed {
+            tx.execute("delete from ValidPaths where path = ?1", [path])
+                .map_err(sql_err(format!("invalidating '{path}'")))?;
+        }
+        tx.commit()
+            .map_err(sql_err("committing the invalidation of paths".into()))?;
+        Ok(())
+    }
+
     /// Valid paths that refer to `path` (including `path` itself if it refers to itself).
     pub fn query_referrers(&self, path: &StorePath) -> Result<BTreeSet<StorePath>, DbError> {
         let printed = self.print(path);

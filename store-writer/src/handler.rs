@@ -298,10 +298,27 @@ impl ChannelState {
                 "garbage collection of",
                 self.shared.store_dir().to_string(),
             )),
-            FrontendToStoreWriter::VerifyStore { .. } => Err(not_implemented(
-                "verifying",
-                self.shared.store_dir().to_string(),
-            )),
+            FrontendToStoreWriter::VerifyStore {
+                check_contents,
+                repair,
+            } => {
+                let shared = Arc::clone(&self.shared);
+                let verified = shared
+                    .store()
+                    .verify(check_contents, repair)
+                    .map_err(|e| errors::db_error(e, &shared.store_dir().to_string()))?;
+                for path in &verified.invalidated {
+                    tracing::warn!(
+                        channel = self.id,
+                        path = %shared.print(path),
+                        "verify: its files were gone; removed from the database"
+                    );
+                }
+                Ok(StoreWriterToFrontend::Verified {
+                    errors_found: verified.errors_found,
+                    messages: verified.messages,
+                })
+            }
             FrontendToStoreWriter::OptimiseStore => Err(not_implemented(
                 "optimising",
                 self.shared.store_dir().to_string(),

@@ -22,6 +22,7 @@ pub mod layout;
 pub mod lock;
 pub mod refscan;
 pub mod store;
+pub mod verify;
 
 #[cfg(test)]
 mod test_support;

@@ -283,9 +283,10 @@ pub enum FrontendToStoreWriter {
         /// Stop after freeing this many bytes; 0 means no limit.
         max_freed: u64,
     },
-    /// Serving phase (later issue). VerifyStore; the frontend refuses `repair` for untrusted
-    /// clients. Checks the database against the store directory, and with `check_contents`
-    /// every NAR hash; with `repair`, re-fetches or re-registers what is broken.
+    /// Serving phase. VerifyStore; the frontend refuses `repair` for untrusted clients.
+    /// Checks the database against the store directory (a path whose files are gone is
+    /// dropped when nothing valid refers to it), and with `check_contents` every NAR hash;
+    /// `repair` cannot fetch anything yet (no substituters) and says so per broken path.
     /// Reply: [`StoreWriterToFrontend::Verified`].
     VerifyStore {
         /// Re-hash every path.
@@ -430,6 +431,9 @@ pub enum StoreWriterToFrontend {
     Verified {
         /// Whether anything was found broken (and, without repair, left so).
         errors_found: bool,
+        /// What the client is told, in Nix's words, in order: progress (`false`) and
+        /// findings (`true`, shown at error level).
+        messages: Vec<(bool, String)>,
     },
     /// Answer to `OptimiseStore`.
     Optimised {
@@ -905,7 +909,10 @@ mod tests {
                 paths: [out].into(),
                 bytes_freed: 4096,
             },
-            StoreWriterToFrontend::Verified { errors_found: true },
+            StoreWriterToFrontend::Verified {
+                errors_found: true,
+                messages: vec![(false, "checking path existence...".into())],
+            },
             StoreWriterToFrontend::Optimised {
                 bytes_freed: 10,
                 files_linked: 2,
