@@ -565,7 +565,18 @@ impl Connection {
                 }
                 Err(not_yet(Op::CollectGarbage))
             }
-            R::OptimiseStore(_) => Err(not_yet(Op::OptimiseStore)),
+            R::OptimiseStore(_) => {
+                // As in Nix, any client may ask: it changes no path's contents.
+                let (bytes_freed, files_linked) = self.writer().await?.optimise_store().await?;
+                self.log(
+                    Verbosity::Info,
+                    &format!(
+                        "{:.2} MiB freed by hard-linking {files_linked} files",
+                        bytes_freed as f64 / (1024.0 * 1024.0)
+                    ),
+                );
+                self.reply(Reply::OptimiseStore).await
+            }
             R::QueryFailedPaths(_) | R::ClearFailedPaths(_) => {
                 Err(OpError::Fatal(format!("invalid operation {}", op.code())))
             }

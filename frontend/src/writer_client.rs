@@ -488,6 +488,18 @@ impl WriterClient {
         }
     }
 
+    /// OptimiseStore: bytes freed and files linked.
+    pub async fn optimise_store(&mut self) -> Result<(u64, u64), ClientError> {
+        let request = FrontendToStoreWriter::OptimiseStore;
+        match self.exchange(&request, &[]).await? {
+            StoreWriterToFrontend::Optimised {
+                bytes_freed,
+                files_linked,
+            } => Ok((bytes_freed, files_linked)),
+            other => Err(unexpected(&request, &other)),
+        }
+    }
+
     /// RegisterDrvOutput: records a realisation (as the worker protocol carries it).
     pub async fn register_realisation(
         &mut self,

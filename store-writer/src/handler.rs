@@ -319,10 +319,34 @@ impl ChannelState {
                     messages: verified.messages,
                 })
             }
-            FrontendToStoreWriter::OptimiseStore => Err(not_implemented(
-                "optimising",
-                self.shared.store_dir().to_string(),
-            )),
+            FrontendToStoreWriter::OptimiseStore => {
+                let shared = Arc::clone(&self.shared);
+                let optimised = shared.store().optimise().map_err(|e| match e {
+                    ward_store::optimise::OptimiseError::Db(e) => {
+                        errors::db_error(e, &shared.store_dir().to_string())
+                    }
+                    ward_store::optimise::OptimiseError::Io { what, path, source } => {
+                        StoreWriterError::Io {
+                            operation: format!("optimising: {what}"),
+                            path: path.display().to_string(),
+                            message: source.to_string(),
+                        }
+                    }
+                })?;
+                for warning in &optimised.warnings {
+                    tracing::warn!(channel = self.id, "optimise: {warning}");
+                }
+                tracing::info!(
+                    channel = self.id,
+                    files_linked = optimised.files_linked,
+                    bytes_freed = optimised.bytes_freed,
+                    "optimised the store"
+                );
+                Ok(StoreWriterToFrontend::Optimised {
+                    bytes_freed: optimised.bytes_freed,
+                    files_linked: optimised.files_linked,
+                })
+            }
         }
     }
 

@@ -20,6 +20,7 @@ pub mod db;
 pub mod fsutil;
 pub mod layout;
 pub mod lock;
+pub mod optimise;
 pub mod refscan;
 pub mod store;
 pub mod verify;

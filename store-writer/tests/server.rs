@@ -198,23 +198,6 @@ fn start_up_confines_the_process_and_prepares_the_database() {
         writer.log()
     );
     let client = writer.connect();
-    // VerifyStore is served: an empty store verifies, saying what it checked.
-    match call(
-        &client,
-        FrontendToStoreWriter::VerifyStore {
-            check_contents: true,
-            repair: false,
-        },
-    ) {
-        StoreWriterToFrontend::Verified {
-            errors_found,
-            messages,
-        } => {
-            assert!(!errors_found, "{messages:?}");
-            assert!(messages.contains(&(false, "checking store hashes...".to_string())));
-        }
-        other => panic!("VerifyStore: {other:?}"),
-    }
     assert_eq!(
         call(&client, FrontendToStoreWriter::Ping),
         StoreWriterToFrontend::Pong
@@ -483,23 +466,44 @@ fn build_logs_signatures_and_realisations() {
 fn operations_of_later_issues_answer_at_once_with_a_clear_error() {
     let writer = Writer::start("");
     let client = writer.connect();
-    for (request, words) in [
-        (
-            FrontendToStoreWriter::CollectGarbage {
-                action: GcAction::ReturnDead,
-                paths: BTreeSet::new(),
-                max_freed: 0,
-            },
-            "garbage collection",
-        ),
-        (FrontendToStoreWriter::OptimiseStore, "optimising"),
-    ] {
-        let e = refused(call(&client, request)).to_string();
-        assert!(
-            e.contains(words) && e.contains("not implemented yet"),
-            "{e}"
-        );
+    let e = refused(call(
+        &client,
+        FrontendToStoreWriter::CollectGarbage {
+            action: GcAction::ReturnDead,
+            paths: BTreeSet::new(),
+            max_freed: 0,
+        },
+    ))
+    .to_string();
+    assert!(
+        e.contains("garbage collection") && e.contains("not implemented yet"),
+        "{e}"
+    );
+    // VerifyStore is served: an empty store verifies, saying what it checked.
+    match call(
+        &client,
+        FrontendToStoreWriter::VerifyStore {
+            check_contents: true,
+            repair: false,
+        },
+    ) {
+        StoreWriterToFrontend::Verified {
+            errors_found,
+            messages,
+        } => {
+            assert!(!errors_found, "{messages:?}");
+            assert!(messages.contains(&(false, "checking store hashes...".to_string())));
+        }
+        other => panic!("VerifyStore: {other:?}"),
     }
+    // So is OptimiseStore: nothing to link in an empty store.
+    assert_eq!(
+        call(&client, FrontendToStoreWriter::OptimiseStore),
+        StoreWriterToFrontend::Optimised {
+            bytes_freed: 0,
+            files_linked: 0
+        }
+    );
     assert_eq!(
         call(&client, FrontendToStoreWriter::Ping),
         StoreWriterToFrontend::Pong

@@ -1,7 +1,8 @@
 //! `nix-store --verify` through ward with Debian's Nix 2.8 client: an intact store verifies;
 //! a path changed by hand is named with both hashes by `--check-contents` (and only then); a
 //! path whose files are gone and that nothing refers to is removed from the database; repair
-//! is refused to untrusted clients with Nix's words.
+//! is refused to untrusted clients with Nix's words. `nix-store --optimise` and `nix store
+//! optimise` hard-link identical files and say how much they freed.
 
 use std::os::unix::fs::PermissionsExt;
 
@@ -87,4 +88,51 @@ fn verify_repair_is_refused_to_untrusted_clients() {
     // Checking without repair is open to everyone.
     let out = f.ward.run("nix-store", &["--verify", "--check-contents"]);
     assert!(out.status.success(), "{out}");
+}
+
+#[test]
+fn optimise_links_identical_files_and_reports_what_it_freed() {
+    use std::os::unix::fs::MetadataExt;
+    let test = "optimise_links_identical_files_and_reports_what_it_freed";
+    let Some(f) = Fixture::single_user(test) else {
+        return;
+    };
+    let dir = f.env.dir("inputs");
+    let contents = vec![b'x'; 3 * 1024 * 1024];
+    let one = f.ward.add(&[&inputs::file(&dir, "one.bin", &contents)])[0].clone();
+    let two = f.ward.add(&[&inputs::file(&dir, "two.bin", &contents)])[0].clone();
+    let other = f
+        .ward
+        .add(&[&inputs::file(&dir, "other.bin", b"different\n")])[0]
+        .clone();
+    let ino = |p: &str| std::fs::symlink_metadata(f.real_path(p)).unwrap().ino();
+    assert_ne!(ino(&one), ino(&two));
+
+    let out = f.ward.ok("nix-store", &["--optimise"]);
+    assert!(
+        out.stderr
+            .contains("3.00 MiB freed by hard-linking 1 files"),
+        "{out}"
+    );
+    assert_eq!(ino(&one), ino(&two), "identical files are one inode");
+    assert_ne!(ino(&one), ino(&other));
+    assert_eq!(std::fs::read(f.real_path(&two)).unwrap(), contents);
+    f.ward.ok("nix-store", &["--verify", "--check-contents"]);
+
+    // The new CLI's spelling; nothing is left to link.
+    let again = f.ward.ok(
+        "nix",
+        &[
+            "--extra-experimental-features",
+            "nix-command",
+            "store",
+            "optimise",
+        ],
+    );
+    assert!(
+        again
+            .stderr
+            .contains("0.00 MiB freed by hard-linking 0 files"),
+        "{again}"
+    );
 }

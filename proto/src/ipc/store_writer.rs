@@ -294,7 +294,7 @@ pub enum FrontendToStoreWriter {
         /// Repair what is found broken.
         repair: bool,
     },
-    /// Serving phase (later issue). OptimiseStore: hard-links identical files through
+    /// Serving phase. OptimiseStore: hard-links identical files through
     /// `.links/`. Reply: [`StoreWriterToFrontend::Optimised`].
     OptimiseStore,
     /// Any phase after the handshake: health check. Reply: [`StoreWriterToFrontend::Pong`].
