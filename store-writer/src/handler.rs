@@ -398,7 +398,25 @@ impl ChannelState {
         Ok(StoreWriterToFrontend::Done)
     }
 
+    /// `auto-optimise-store`: links the new paths' files to identical ones. A failure costs
+    /// only the saving, never the addition.
+    fn auto_optimise(&self, paths: &[StorePath]) {
+        let mut store = self.shared.store();
+        if !store.auto_optimise {
+            return;
+        }
+        match store.optimise_paths(paths) {
+            Ok(stats) => {
+                for warning in &stats.warnings {
+                    tracing::warn!(channel = self.id, "auto-optimise: {warning}");
+                }
+            }
+            Err(e) => tracing::warn!(channel = self.id, "auto-optimise: {e}"),
+        }
+    }
+
     fn registered_info(&self, path: &StorePath) -> Outcome {
+        self.auto_optimise(std::slice::from_ref(path));
         let shown = self.shared.print(path);
         let info = self
             .shared
@@ -738,6 +756,8 @@ impl ChannelState {
         };
         match registered {
             Ok(outputs) => {
+                let paths: Vec<StorePath> = outputs.values().map(|i| i.path.clone()).collect();
+                self.auto_optimise(&paths);
                 tracing::info!(
                     channel = self.id,
                     %build,

@@ -14,6 +14,8 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use ward_proto::hash::{HashAlgo, Hasher};
 
+use ward_proto::store_path::StorePath;
+
 use crate::db::DbError;
 use crate::store::Store;
 
@@ -60,13 +62,7 @@ fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> 
 impl Store {
     /// Hard-links identical files of all valid paths (see the module documentation).
     pub fn optimise(&mut self) -> Result<OptimiseStats, OptimiseError> {
-        let real = self.layout.real_store_dir().to_owned();
-        let links = real.join(LINKS_DIR);
-        match fs::create_dir(&links) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(io("creating directory", &links)(e)),
-        }
+        let links = self.links_dir()?;
         // Inodes already in .links: their files need no hashing.
         let mut linked: HashSet<u64> = HashSet::new();
         for entry in fs::read_dir(&links).map_err(io("reading directory", &links))? {
@@ -75,11 +71,37 @@ impl Store {
                 linked.insert(meta.ino());
             }
         }
+        let paths: Vec<StorePath> = self.db.query_all_valid_paths()?.into_iter().collect();
+        self.optimise_with(&paths, &links, &mut linked)
+    }
+
+    /// The same for `paths` only (`auto-optimise-store`, just after they were registered:
+    /// without reading all of `.links` first, as Nix does for one path).
+    pub fn optimise_paths(&mut self, paths: &[StorePath]) -> Result<OptimiseStats, OptimiseError> {
+        let links = self.links_dir()?;
+        self.optimise_with(paths, &links, &mut HashSet::new())
+    }
+
+    fn links_dir(&self) -> Result<PathBuf, OptimiseError> {
+        let links = self.layout.real_store_dir().join(LINKS_DIR);
+        match fs::create_dir(&links) {
+            Ok(()) => Ok(links),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(links),
+            Err(e) => Err(io("creating directory", &links)(e)),
+        }
+    }
+
+    fn optimise_with(
+        &self,
+        paths: &[StorePath],
+        links: &Path,
+        linked: &mut HashSet<u64>,
+    ) -> Result<OptimiseStats, OptimiseError> {
+        let real = self.layout.real_store_dir().to_owned();
         let mut stats = OptimiseStats::default();
-        let paths = self.db.query_all_valid_paths()?;
         for path in paths {
-            let top = self.layout.real_path(&path);
-            self.optimise_tree(&top, &real, &links, &mut linked, &mut stats)?;
+            let top = self.layout.real_path(path);
+            self.optimise_tree(&top, &real, links, linked, &mut stats)?;
         }
         Ok(stats)
     }
@@ -224,7 +246,6 @@ mod tests {
     use std::collections::BTreeSet;
     use ward_proto::content_address::{ContentAddressMethod, FileIngestionMethod};
     use ward_proto::nar::NarWriter;
-    use ward_proto::store_path::StorePath;
 
     /// A directory path holding `files` (name, contents, executable).
     fn add_tree(store: &mut Store, name: &str, files: &[(&str, &[u8], bool)]) -> StorePath {

@@ -359,6 +359,7 @@ pub fn run(
         &db_settings,
     )?;
     store.signing_keys = signing_keys;
+    store.auto_optimise = setup.settings.auto_optimise_store;
     if db_settings.use_sqlite_wal {
         ensure_wal_files(&store)?;
     }

@@ -69,6 +69,8 @@ pub struct Store {
     /// `secret-key-files`: every path built here, and every path added with content the
     /// store-writer hashed itself, is signed with each (as `nix store sign` would).
     pub signing_keys: Vec<ward_proto::signature::SecretKey>,
+    /// `auto-optimise-store`: new paths are hard-linked to identical files as they come.
+    pub auto_optimise: bool,
 }
 
 impl Store {
@@ -91,6 +93,7 @@ impl Store {
             next_staging: 0,
             drv_hash_cache: HashModuloCache::new(),
             signing_keys: Vec::new(),
+            auto_optimise: false,
         };
         let removed = store.clean_staging()?;
         if removed > 0 {

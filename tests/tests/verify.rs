@@ -136,3 +136,27 @@ fn optimise_links_identical_files_and_reports_what_it_freed() {
         "{again}"
     );
 }
+
+#[test]
+fn auto_optimise_store_links_paths_as_they_are_added() {
+    use std::os::unix::fs::MetadataExt;
+    let test = "auto_optimise_store_links_paths_as_they_are_added";
+    let Some(f) = Fixture::start(
+        test,
+        DaemonOptions::single_user().conf("auto-optimise-store = true"),
+    ) else {
+        return;
+    };
+    let dir = f.env.dir("inputs");
+    let one = f
+        .ward
+        .add(&[&inputs::file(&dir, "first.txt", b"twice the same\n")])[0]
+        .clone();
+    let two = f
+        .ward
+        .add(&[&inputs::file(&dir, "second.txt", b"twice the same\n")])[0]
+        .clone();
+    let ino = |p: &str| std::fs::symlink_metadata(f.real_path(p)).unwrap().ino();
+    assert_eq!(ino(&one), ino(&two), "linked on addition, no optimise run");
+    f.ward.ok("nix-store", &["--verify", "--check-contents"]);
+}
