@@ -1325,14 +1325,29 @@ async fn connect_writer<'a>(
     slot: &'a mut Option<WriterClient>,
     shared: &Shared,
 ) -> OpResult<&'a mut WriterClient> {
+    let mut replay = BTreeSet::new();
     if slot.as_ref().is_some_and(WriterClient::is_closed) {
-        *slot = None;
+        if let Some(mut old) = slot.take() {
+            replay = old.take_temp_roots();
+        }
     }
     if slot.is_none() {
-        let client = WriterClient::connect(&shared.ipc_dir, WRITER_CONNECT_TIMEOUT)
+        let mut client = WriterClient::connect(&shared.ipc_dir, WRITER_CONNECT_TIMEOUT)
             .await?
             .with_path_info_cache(Arc::clone(shared.store.path_info_cache()));
+        // The old channel's temporary roots died with it (the store-writer restarted): this
+        // connection's paths are kept alive again before anything else happens on it. Should
+        // that fail, the new channel still owes them, and the next one replays them.
+        let mut replayed = Ok(());
+        for root in &replay {
+            replayed = client.add_temp_root(root.clone()).await;
+            if replayed.is_err() {
+                break;
+            }
+        }
+        client.keep_temp_roots(replay);
         *slot = Some(client);
+        replayed?;
     }
     Ok(slot.as_mut().expect("set above"))
 }

@@ -153,6 +153,11 @@ pub struct WriterClient {
     unusable: bool,
     /// Bypassed and emptied around requests that change recorded paths.
     cache: Option<Arc<PathInfoCache>>,
+    /// The temporary roots the store-writer holds for this channel (asked for, or made by it
+    /// for paths this channel added or built): they die with the channel, so a client
+    /// connection that has to open a new one (the store-writer restarted) gives them to it
+    /// again.
+    temp_roots: BTreeSet<StorePath>,
 }
 
 impl WriterClient {
@@ -203,6 +208,7 @@ impl WriterClient {
             channel,
             unusable: false,
             cache: None,
+            temp_roots: BTreeSet::new(),
         };
         let hello = FrontendToStoreWriter::Hello {
             ipc_version: IPC_VERSION,
@@ -294,7 +300,41 @@ impl WriterClient {
         self.channel.send(request, fds).await?;
         let reply = self.channel.recv().await?;
         self.unusable = false;
-        refusal_to_error(reply.message)
+        let reply = refusal_to_error(reply.message)?;
+        self.remember_roots(request, &reply);
+        Ok(reply)
+    }
+
+    /// Notes the temporary roots a successful request left on this channel.
+    fn remember_roots(&mut self, request: &FrontendToStoreWriter, reply: &StoreWriterToFrontend) {
+        match (request, reply) {
+            (FrontendToStoreWriter::AddTempRoot { path }, StoreWriterToFrontend::Done)
+            | (
+                FrontendToStoreWriter::AddPermRoot { path, .. },
+                StoreWriterToFrontend::RootAdded { .. },
+            ) => {
+                self.temp_roots.insert(path.clone());
+            }
+            (_, StoreWriterToFrontend::PathAdded(info)) => {
+                self.temp_roots.insert(info.path.clone());
+            }
+            (_, StoreWriterToFrontend::OutputsRegistered { outputs }) => {
+                self.temp_roots
+                    .extend(outputs.values().map(|info| info.path.clone()));
+            }
+            _ => {}
+        }
+    }
+
+    /// Counts `roots` as this channel's temporary roots (those of the channel it replaces).
+    pub fn keep_temp_roots(&mut self, roots: BTreeSet<StorePath>) {
+        self.temp_roots.extend(roots);
+    }
+
+    /// The temporary roots this channel holds (see [`WriterClient::temp_roots`]), for the
+    /// channel that replaces it.
+    pub fn take_temp_roots(&mut self) -> BTreeSet<StorePath> {
+        std::mem::take(&mut self.temp_roots)
     }
 
     /// Sends a request that carries a data pipe, copies `data` into the pipe while waiting
@@ -361,7 +401,9 @@ impl WriterClient {
         if let Some(e) = source_error {
             return Err(ClientError::Source(e));
         }
-        refusal_to_error(reply.message)
+        let reply = refusal_to_error(reply.message)?;
+        self.remember_roots(request, &reply);
+        Ok(reply)
     }
 
     /// AddToStoreNar and friends: adds a path from its NAR, read from `nar`. Returns the path
@@ -616,8 +658,27 @@ mod tests {
             channel,
             unusable: false,
             cache: None,
+            temp_roots: BTreeSet::new(),
         };
         (client, fake)
+    }
+
+    #[tokio::test]
+    async fn the_roots_a_channel_holds_are_remembered_for_its_successor() {
+        let (mut client, _fake) = pair().await;
+        let added = path();
+        client.remember_roots(
+            &FrontendToStoreWriter::AddTempRoot {
+                path: added.clone(),
+            },
+            &StoreWriterToFrontend::Done,
+        );
+        // A refusal leaves nothing to remember; an unrelated reply neither.
+        client.remember_roots(&FrontendToStoreWriter::Ping, &StoreWriterToFrontend::Pong);
+        assert_eq!(client.take_temp_roots(), BTreeSet::from([added.clone()]));
+        assert!(client.take_temp_roots().is_empty(), "taken once");
+        client.keep_temp_roots(BTreeSet::from([added.clone()]));
+        assert_eq!(client.take_temp_roots(), BTreeSet::from([added]));
     }
 
     fn path() -> StorePath {

@@ -420,12 +420,48 @@ fn killed_store_writer_is_restarted_and_the_frontend_left_alone() {
                 daemon.log_tail()
             )
         });
+    // The old connection's temporary roots died with the old store-writer; the frontend gave
+    // them to the new one: a collector (Nix's, reading temproots/ as it does) sees both
+    // paths of the still open connection as live roots.
+    let live = live_temp_roots(&daemon.layout().state_dir.join("temproots"));
+    for path in [&early_path, &late_path] {
+        assert!(
+            live.contains(path),
+            "{path} is a live temporary root: {live:?}"
+        );
+    }
     let mut valid = client.all_valid_paths();
     valid.sort();
     let mut expected = vec![before[0].clone(), after[0].clone(), early_path, late_path];
     expected.sort();
     assert_eq!(valid, expected);
     assert_eq!(single_process_named(broker, FRONTEND), Some(frontend));
+}
+
+/// The paths in the temporary-root files whose owner is alive, as Nix's collector reads them:
+/// a file whose lock can be taken belongs to a dead process and does not count.
+fn live_temp_roots(dir: &std::path::Path) -> std::collections::BTreeSet<String> {
+    use std::os::fd::AsRawFd;
+    let mut live = std::collections::BTreeSet::new();
+    for entry in std::fs::read_dir(dir)
+        .expect("reading temproots/")
+        .flatten()
+    {
+        let Ok(file) = std::fs::File::open(entry.path()) else {
+            continue;
+        };
+        #[allow(deprecated)]
+        let free =
+            nix::fcntl::flock(file.as_raw_fd(), nix::fcntl::FlockArg::LockSharedNonblock).is_ok();
+        if free {
+            continue;
+        }
+        let text = std::fs::read(entry.path()).unwrap_or_default();
+        for root in text.split(|b| *b == 0).filter(|r| !r.is_empty()) {
+            live.insert(String::from_utf8_lossy(root).into_owned());
+        }
+    }
+    live
 }
 
 #[test]
