@@ -609,10 +609,15 @@ fn drop_privileges(spec: &SandboxSpec) -> Step<()> {
     );
     nix::unistd::setresgid(gid, gid, gid).at(D, || format!("setresgid({gid})"))?;
     nix::unistd::setresuid(uid, uid, uid).at(D, || format!("setresuid({uid})"))?;
-    let groups = nix::unistd::getgroups().at(D, || "getgroups".into())?;
+    check_groups_cleared(spec)
+}
+
+/// When the broker cleared the supplementary groups (as root), none may be left.
+fn check_groups_cleared(spec: &SandboxSpec) -> Step<()> {
+    let groups = nix::unistd::getgroups().at(SetupStep::DropPrivileges, || "getgroups".into())?;
     if spec.groups_cleared && !groups.is_empty() {
         return Err(fail(
-            D,
+            SetupStep::DropPrivileges,
             format!(
                 "supplementary groups {groups:?} remain (the broker must clear them before exec)"
             ),
@@ -633,13 +638,7 @@ fn run_without_chroot(
         format!("chdir '{}'", spec.host_build_dir)
     })?;
     drop(top);
-    let groups = nix::unistd::getgroups().at(SetupStep::DropPrivileges, || "getgroups".into())?;
-    if spec.groups_cleared && !groups.is_empty() {
-        return Err(fail(
-            SetupStep::DropPrivileges,
-            format!("supplementary groups {groups:?} remain"),
-        ));
-    }
+    check_groups_cleared(&spec)?;
     let env = spec::rewrite_env_for_host(&spec.env, &spec.sandbox_build_dir, &spec.host_build_dir);
     let host_dir = fd_path(&build_dir, "");
     let result = confine_and_exec(channel, &spec, env, None, Some(host_dir));
@@ -660,13 +659,7 @@ fn run_with_private_store(
     spec: SandboxSpec,
 ) -> Step<Infallible> {
     use SetupStep::MountTree as M;
-    let groups = nix::unistd::getgroups().at(SetupStep::DropPrivileges, || "getgroups".into())?;
-    if spec.groups_cleared && !groups.is_empty() {
-        return Err(fail(
-            SetupStep::DropPrivileges,
-            format!("supplementary groups {groups:?} remain"),
-        ));
-    }
+    check_groups_cleared(&spec)?;
     let host_build = std::path::Path::new(&spec.host_build_dir);
     let (Some(own_dir), Some(builds)) = (
         host_build.parent(),

@@ -76,3 +76,22 @@ pub fn read_output(f: &Fixture, out: &str) -> String {
     let real = f.daemon.layout().real_path(out);
     std::fs::read_to_string(&real).unwrap_or_else(|e| panic!("reading {}: {e}", real.display()))
 }
+
+/// Instantiates `file`, realises it expecting failure, and checks that nothing but the .drv
+/// files was registered. Returns the client's stderr.
+pub fn fails_registering_nothing(f: &Fixture, file: &Path, extra: &[&str]) -> String {
+    let drv_path = f
+        .ward
+        .ok("nix-instantiate", &[file.to_str().unwrap()])
+        .single_line();
+    let before = f.ward.all_valid_paths();
+    let mut args = vec!["--realise", drv_path.as_str()];
+    args.extend_from_slice(extra);
+    let stderr = f.ward.fails("nix-store", &args).stderr.clone();
+    assert_eq!(
+        f.ward.all_valid_paths(),
+        before,
+        "nothing registered: {stderr}"
+    );
+    stderr
+}

@@ -481,15 +481,23 @@ fn secret_key_files_sign_what_is_built_and_added() {
         .prefix("ward-e2e-keys-")
         .tempdir()
         .unwrap();
-    let (secret, public) = (keys.path().join("secret"), keys.path().join("public"));
-    let made = std::process::Command::new("nix-store")
-        .args(["--generate-binary-cache-key", "ward-test-1"])
-        .args([&secret, &public])
-        .output()
-        .unwrap();
-    assert!(made.status.success(), "{made:?}");
+    // `nix-store --generate-binary-cache-key`: the secret key file and the public key.
+    let make_key = |name: &str| {
+        let (secret, public) = (
+            keys.path().join(name),
+            keys.path().join(format!("{name}.pub")),
+        );
+        let made = std::process::Command::new("nix-store")
+            .args(["--generate-binary-cache-key", name])
+            .args([&secret, &public])
+            .output()
+            .unwrap();
+        assert!(made.status.success(), "{made:?}");
+        let public_key = std::fs::read_to_string(&public).unwrap().trim().to_string();
+        (secret, public_key)
+    };
+    let (secret, public_key) = make_key("ward-test-1");
     std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let public_key = std::fs::read_to_string(&public).unwrap().trim().to_string();
     let Some(f) = start(
         test,
         DaemonOptions::multi_user().conf(format!("secret-key-files = {}", secret.display())),
@@ -506,16 +514,8 @@ fn secret_key_files_sign_what_is_built_and_added() {
         b"added and signed\n",
     )])[0]
         .clone();
-    for path in [&built, &added] {
-        let info = f.ward.path_info_json(path);
-        let sigs = info["signatures"].as_array().cloned().unwrap_or_default();
-        assert!(
-            sigs.iter()
-                .any(|s| s.as_str().is_some_and(|s| s.starts_with("ward-test-1:"))),
-            "{path} is signed: {info}"
-        );
-        // Nix checks the signature against the public key.
-        f.ward.ok(
+    let verify_with = |key: &str, path: &str| {
+        f.ward.run(
             "nix",
             &[
                 "--extra-experimental-features",
@@ -526,38 +526,25 @@ fn secret_key_files_sign_what_is_built_and_added() {
                 "1",
                 "--option",
                 "trusted-public-keys",
-                &public_key,
+                key,
                 path,
             ],
+        )
+    };
+    for path in [&built, &added] {
+        let info = f.ward.path_info_json(path);
+        let sigs = info["signatures"].as_array().cloned().unwrap_or_default();
+        assert!(
+            sigs.iter()
+                .any(|s| s.as_str().is_some_and(|s| s.starts_with("ward-test-1:"))),
+            "{path} is signed: {info}"
         );
+        // Nix checks the signature against the public key.
+        verify_with(&public_key, path).assert_success();
     }
     // Against another key it does not verify: the check above means something.
-    let other = keys.path().join("other");
-    let other_public = keys.path().join("other.pub");
-    std::process::Command::new("nix-store")
-        .args(["--generate-binary-cache-key", "ward-test-2"])
-        .args([&other, &other_public])
-        .output()
-        .unwrap();
-    let other_key = std::fs::read_to_string(&other_public)
-        .unwrap()
-        .trim()
-        .to_string();
-    f.ward.fails(
-        "nix",
-        &[
-            "--extra-experimental-features",
-            "nix-command",
-            "store",
-            "verify",
-            "--sigs-needed",
-            "1",
-            "--option",
-            "trusted-public-keys",
-            &other_key,
-            &built,
-        ],
-    );
+    let (other, other_key) = make_key("ward-test-2");
+    verify_with(&other_key, &built).assert_failure();
     // `nix store sign --key-file` (AddSignatures) adds a signature for a trusted client and is
     // refused to an untrusted one with Nix's words.
     let sign = |client: &ward_e2e_tests::NixClient| {

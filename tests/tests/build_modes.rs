@@ -8,7 +8,9 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use ward_e2e_tests::builds::{build, drv, expr, read_output, start, start_with_sandbox};
+use ward_e2e_tests::builds::{
+    build, drv, expr, fails_registering_nothing, read_output, start, start_with_sandbox,
+};
 use ward_e2e_tests::{DaemonOptions, Fixture};
 
 /// Where the build ran and what it could do, written to `$out` with nothing but the shell and
@@ -19,9 +21,20 @@ fn probe_script(outside: &Path) -> String {
          read map < /proc/self/uid_map; echo uid_map=$map >> $out; \
          read map < /proc/self/gid_map; echo gid_map=$map >> $out; \
          if ( echo x > $NIX_BUILD_TOP/scratch ) 2>/dev/null; then echo build_dir=writable >> $out; fi; \
-         if ( echo x > {outside} ) 2>/dev/null; then echo outside=written >> $out; else echo outside=denied >> $out; fi",
+         if ( echo x > {outside} ) 2>/dev/null; then echo outside=written >> $out; else echo outside=denied >> $out; fi; \
+         ( echo x > $NIX_STORE/{STORE_ESCAPE} ) 2>/dev/null; true",
         outside = outside.display()
     )
+}
+
+/// A name the probe tries to create in the store directory; it must never appear in the real
+/// store (only the store-writer writes it).
+const STORE_ESCAPE: &str = "ward-build-mode-escape";
+
+/// Asserts the probe's attempt on the store left the real store alone.
+fn assert_store_untouched(f: &Fixture) {
+    let escaped = f.daemon.layout().real_store_dir.join(STORE_ESCAPE);
+    assert!(!escaped.exists(), "{} was created", escaped.display());
 }
 
 /// A `key=value` line of a probe's output.
@@ -102,6 +115,7 @@ fn relaxed_sandbox_honours_no_chroot_and_sandbox_true_refuses_it() {
     assert_runs_as_itself(&text);
     assert_eq!(field(&text, "outside"), "denied", "{text}");
     assert!(!outside.exists(), "{} was created", outside.display());
+    assert_store_untouched(&f);
 
     // Relaxed or not, a derivation that does not ask for it is chrooted.
     let chrooted = expr(&f, "chrooted", &drv("chrooted", &script, ""));
@@ -122,21 +136,11 @@ fn relaxed_sandbox_honours_no_chroot_and_sandbox_true_refuses_it() {
         "nochroot",
         &drv("no-chroot", &script, "__noChroot = true;"),
     );
-    let drv_path = f
-        .ward
-        .ok("nix-instantiate", &[no_chroot.to_str().unwrap()])
-        .single_line();
-    let before = f.ward.all_valid_paths();
-    let stderr = f
-        .ward
-        .fails("nix-store", &["--realise", &drv_path])
-        .stderr
-        .clone();
+    let stderr = fails_registering_nothing(&f, &no_chroot, &[]);
     assert!(
         stderr.contains("__noChroot") && stderr.contains("sandbox = relaxed"),
         "{stderr}"
     );
-    assert_eq!(f.ward.all_valid_paths(), before, "{stderr}");
 }
 
 #[test]
@@ -154,6 +158,7 @@ fn sandbox_false_builds_on_the_host_as_a_build_user_under_landlock() {
     assert_runs_as_itself(&text);
     assert_eq!(field(&text, "outside"), "denied", "{text}");
     assert!(!outside.exists(), "{} was created", outside.display());
+    assert_store_untouched(&f);
 
     let uid_file = expr(
         &f,

@@ -7,26 +7,28 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ward_e2e_tests::builds::{build, drv, expr, read_output, start};
-use ward_e2e_tests::{ensure_test_user, DaemonOptions, Fixture};
+use ward_e2e_tests::builds::{build, drv, expr, fails_registering_nothing, read_output, start};
+use ward_e2e_tests::{ensure_test_user, DaemonOptions};
 
-/// Instantiates `file`, realises it expecting failure, and checks that nothing but the .drv
-/// files was registered. Returns the client's stderr.
-fn fails_registering_nothing(f: &Fixture, file: &std::path::Path, extra: &[&str]) -> String {
-    let drv_path = f
-        .ward
-        .ok("nix-instantiate", &[file.to_str().unwrap()])
-        .single_line();
-    let before = f.ward.all_valid_paths();
-    let mut args = vec!["--realise", drv_path.as_str()];
-    args.extend_from_slice(extra);
-    let stderr = f.ward.fails("nix-store", &args).stderr.clone();
-    assert_eq!(
-        f.ward.all_valid_paths(),
-        before,
-        "nothing registered: {stderr}"
-    );
-    stderr
+/// For the tests of a daemon run by an ordinary user: the requirements (root to set it up,
+/// the Nix client, busybox), the test user, and a 0755 scratch directory under /tmp that the
+/// user owns. `None` after a SKIPPED line.
+fn user_scratch(test: &str, prefix: &str) -> Option<(nix::unistd::User, tempfile::TempDir)> {
+    use std::os::unix::fs::PermissionsExt;
+    if !ward_e2e_tests::require_root(test)
+        || !ward_e2e_tests::require_nix(test)
+        || !ward_e2e_tests::builds::have_busybox(test)
+    {
+        return None;
+    }
+    let user = ensure_test_user();
+    let dir = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in("/tmp")
+        .unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    nix::unistd::chown(dir.path(), Some(user.uid), Some(user.gid)).unwrap();
+    Some((user, dir))
 }
 
 #[test]
@@ -356,21 +358,10 @@ fn a_client_that_disconnects_cancels_its_build() {
 #[test]
 fn an_ordinary_user_runs_a_single_user_daemon_that_builds_sandboxed() {
     let test = "an_ordinary_user_runs_a_single_user_daemon_that_builds_sandboxed";
-    if !ward_e2e_tests::require_root(test)
-        || !ward_e2e_tests::require_nix(test)
-        || !ward_e2e_tests::builds::have_busybox(test)
-    {
+    let Some((alice, dir)) = user_scratch(test, "ward-e2e-alice-") else {
         return;
-    }
-    use std::os::unix::fs::PermissionsExt;
-    let alice = ensure_test_user();
-    // A scratch directory the user owns: its nix.conf, expression, store and home.
-    let dir = tempfile::Builder::new()
-        .prefix("ward-e2e-alice-")
-        .tempdir_in("/tmp")
-        .unwrap();
+    };
     let root = dir.path();
-    std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::write(
         root.join("nix.conf"),
         format!(
@@ -526,21 +517,10 @@ fn build_as_user_on_native_store(
 #[test]
 fn an_ordinary_user_builds_on_a_native_store_under_a_non_default_store_dir() {
     let test = "an_ordinary_user_builds_on_a_native_store_under_a_non_default_store_dir";
-    if !ward_e2e_tests::require_root(test)
-        || !ward_e2e_tests::require_nix(test)
-        || !ward_e2e_tests::builds::have_busybox(test)
-    {
+    let Some((alice, dir)) = user_scratch(test, "ward-e2e-native-") else {
         return;
-    }
-    use std::os::unix::fs::PermissionsExt;
-    let alice = ensure_test_user();
-    let dir = tempfile::Builder::new()
-        .prefix("ward-e2e-native-")
-        .tempdir_in("/tmp")
-        .unwrap();
+    };
     let root = dir.path();
-    std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o755)).unwrap();
-    nix::unistd::chown(root, Some(alice.uid), Some(alice.gid)).unwrap();
     let uid = alice.uid.as_raw();
 
     // Sandboxed, in an unprivileged user namespace: uid 1000 inside is the user outside.
@@ -576,21 +556,17 @@ fn an_ordinary_user_builds_on_a_native_store_under_a_non_default_store_dir() {
 #[test]
 fn without_user_namespaces_a_sandbox_is_refused_clearly_and_sandbox_false_builds() {
     let test = "without_user_namespaces_a_sandbox_is_refused_clearly_and_sandbox_false_builds";
-    if !ward_e2e_tests::require_root(test)
-        || !ward_e2e_tests::require_nix(test)
-        || !ward_e2e_tests::builds::have_busybox(test)
-    {
+    let Some((alice, dir)) = user_scratch(test, "ward-e2e-nouserns-") else {
         return;
-    }
+    };
+    let root = dir.path();
     if Command::new("python3").arg("--version").output().is_err() {
         ward_e2e_tests::notice(&format!("SKIPPED {test}: needs python3"));
         return;
     }
-    use std::os::unix::fs::PermissionsExt;
     use std::os::unix::process::CommandExt;
     let helper =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("support/no-user-namespaces.py");
-    let alice = ensure_test_user();
     let (uid, gid) = (alice.uid.as_raw(), alice.gid.as_raw());
     // The helper needs a user namespace of its own in which it may lower the limit; where
     // the host gives none, there is nothing to simulate.
@@ -605,13 +581,6 @@ fn without_user_namespaces_a_sandbox_is_refused_clearly_and_sandbox_false_builds
         ));
         return;
     }
-    let dir = tempfile::Builder::new()
-        .prefix("ward-e2e-nouserns-")
-        .tempdir_in("/tmp")
-        .unwrap();
-    let root = dir.path();
-    std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o755)).unwrap();
-    nix::unistd::chown(root, Some(alice.uid), Some(alice.gid)).unwrap();
     let expression = root.join("build.nix");
     std::fs::write(
         &expression,
