@@ -237,6 +237,30 @@ fn drv_output_string(id: &DrvOutput) -> String {
     id.to_string()
 }
 
+/// One valid path as the garbage collector sees it.
+#[derive(Debug, Clone)]
+pub struct GcPathRow {
+    /// The path.
+    pub path: StorePath,
+    /// Its recorded deriver, if any (valid or not).
+    pub deriver: Option<StorePath>,
+    /// Its NAR size.
+    pub nar_size: u64,
+}
+
+/// A consistent read of the valid paths and the edges between them; see
+/// [`StoreDb::gc_snapshot`].
+#[derive(Debug, Clone, Default)]
+pub struct GcSnapshot {
+    /// Every valid path.
+    pub paths: Vec<GcPathRow>,
+    /// (referrer, reference), as indices into `paths`; self-references included.
+    pub references: Vec<(usize, usize)>,
+    /// (derivation, output path) for each recorded output of a valid derivation; the output
+    /// need not be valid.
+    pub derivation_outputs: Vec<(usize, StorePath)>,
+}
+
 /// The store database; see the [module documentation](self).
 #[derive(Debug)]
 pub struct StoreDb {
@@ -589,6 +613,93 @@ impl StoreDb {
         }
         tx.commit()
             .map_err(sql_err("committing the invalidation of paths".into()))?;
+        Ok(())
+    }
+
+    /// Everything the garbage collector needs to know about the valid paths, read in one
+    /// transaction so it is consistent: each path with its NAR size and deriver, the
+    /// references and the recorded derivation outputs (as indices into `paths`, or, for
+    /// outputs, the output's path).
+    pub fn gc_snapshot(&self) -> Result<GcSnapshot, DbError> {
+        let tx = self
+            .conn
+            .unchecked_transaction()
+            .map_err(self.err("starting a read of the whole database"))?;
+        let mut ids = std::collections::HashMap::new();
+        let mut snapshot = GcSnapshot::default();
+        {
+            let rows: Vec<(i64, String, Option<String>, Option<i64>)> = tx
+                .prepare("select id, path, deriver, narSize from ValidPaths")
+                .and_then(|mut s| {
+                    s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+                        .collect()
+                })
+                .map_err(self.err("reading the valid paths"))?;
+            for (id, path, deriver, nar_size) in rows {
+                ids.insert(id, snapshot.paths.len());
+                snapshot.paths.push(GcPathRow {
+                    path: self.parse(&path)?,
+                    deriver: deriver
+                        .filter(|d| !d.is_empty())
+                        .and_then(|d| self.store_dir.parse_path(&d).ok()),
+                    nar_size: nar_size.unwrap_or(0).max(0) as u64,
+                });
+            }
+        }
+        let refs: Vec<(i64, i64)> = tx
+            .prepare("select referrer, reference from Refs")
+            .and_then(|mut s| s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
+            .map_err(self.err("reading the references"))?;
+        for (referrer, reference) in refs {
+            if let (Some(&from), Some(&to)) = (ids.get(&referrer), ids.get(&reference)) {
+                snapshot.references.push((from, to));
+            }
+        }
+        let outputs: Vec<(i64, String)> = tx
+            .prepare("select drv, path from DerivationOutputs")
+            .and_then(|mut s| s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
+            .map_err(self.err("reading the derivation outputs"))?;
+        for (drv, path) in outputs {
+            if let (Some(&drv), Ok(path)) = (ids.get(&drv), self.store_dir.parse_path(&path)) {
+                snapshot.derivation_outputs.push((drv, path));
+            }
+        }
+        tx.finish()
+            .map_err(self.err("ending a read of the whole database"))?;
+        Ok(snapshot)
+    }
+
+    /// Invalidates `paths` for the garbage collector, in one transaction: first their own
+    /// references are dropped (so the order among them does not matter), then their rows. A
+    /// path outside `paths` that still refers to one of them makes the whole transaction fail
+    /// and nothing changes.
+    pub fn invalidate_garbage(&mut self, paths: &[StorePath]) -> Result<(), DbError> {
+        if self.read_only {
+            return Err(DbError::ReadOnly);
+        }
+        let db = self.db_file.clone();
+        let printed: Vec<String> = paths.iter().map(|p| self.print(p)).collect();
+        let sql_err = |action: String| {
+            let db = db.clone();
+            move |source| DbError::Sqlite { action, db, source }
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sql_err("starting a transaction to delete garbage".into()))?;
+        for path in &printed {
+            tx.execute(
+                "delete from Refs where referrer = (select id from ValidPaths where path = ?1)",
+                [path],
+            )
+            .map_err(sql_err(format!("dropping the references of '{path}'")))?;
+        }
+        for path in &printed {
+            tx.execute("delete from ValidPaths where path = ?1", [path])
+                .map_err(sql_err(format!("invalidating '{path}'")))?;
+        }
+        tx.commit()
+            .map_err(sql_err("committing the deletion of garbage".into()))?;
         Ok(())
     }
 

@@ -325,11 +325,33 @@ fn canonicalise_children(root: Frame) -> Result<(OwnedFd, rustix::fs::Stat), FsE
 /// are made writable by their owner first, so read-only store trees can be removed.
 /// Returns whether anything was there.
 pub fn remove_tree_at(dir: BorrowedFd<'_>, name: &OsStr, shown: &Path) -> Result<bool, FsError> {
+    let mut freed = 0;
+    remove_tree_counting(dir, name, shown, &mut freed)
+}
+
+/// The bytes a file's removal frees, as Nix counts them: its size if this is its last link,
+/// or one of two (the other then usually being its `.links` entry, which goes next).
+fn freed_by_unlinking(st: &rustix::fs::Stat) -> u64 {
+    if st.st_nlink <= 2 {
+        st.st_size.max(0) as u64
+    } else {
+        0
+    }
+}
+
+/// [`remove_tree_at`], adding the bytes freed to `freed`.
+pub fn remove_tree_counting(
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    shown: &Path,
+    freed: &mut u64,
+) -> Result<bool, FsError> {
     let Some(st) = stat_at(dir, name, shown)? else {
         return Ok(false);
     };
     if FileType::from_raw_mode(st.st_mode) != FileType::Directory {
         unlink_if_exists(dir, name, AtFlags::empty(), shown)?;
+        *freed += freed_by_unlinking(&st);
         return Ok(true);
     }
     struct DirFrame {
@@ -370,6 +392,7 @@ pub fn remove_tree_at(dir: BorrowedFd<'_>, name: &OsStr, shown: &Path) -> Result
                     stack.push(next);
                 } else {
                     unlink_if_exists(parent, &child, AtFlags::empty(), &path)?;
+                    *freed += freed_by_unlinking(&st);
                 }
             }
             None => {

@@ -18,6 +18,7 @@ pub mod add;
 pub mod build_outputs;
 pub mod db;
 pub mod fsutil;
+pub mod gc;
 pub mod layout;
 pub mod lock;
 pub mod optimise;
