@@ -19,6 +19,8 @@ pub struct BrokerArgs {
     pub frontend_bin: PathBuf,
     /// The store-writer binary.
     pub store_writer_bin: PathBuf,
+    /// `--gc-roots`: the `ward-gc-roots` helper, run for `FindRoots`.
+    pub gc_roots_bin: Option<PathBuf>,
     /// User the frontend runs as (multi-user mode); `None` keeps the broker's own user.
     pub frontend_user: Option<String>,
     /// User the store-writer runs as (multi-user mode); `None` keeps the broker's own user.
@@ -198,6 +200,7 @@ impl BrokerArgs {
         let mut listen_fd = None;
         let mut frontend_bin = None;
         let mut store_writer_bin = None;
+        let mut gc_roots_bin = None;
         let mut frontend_user = None;
         let mut store_user = None;
         let mut shared_group = None;
@@ -231,6 +234,7 @@ impl BrokerArgs {
                 }
                 "--frontend" => frontend_bin = Some(PathBuf::from(value()?)),
                 "--store-writer" => store_writer_bin = Some(PathBuf::from(value()?)),
+                "--gc-roots" => gc_roots_bin = Some(PathBuf::from(value()?)),
                 "--frontend-user" => frontend_user = Some(value()?.to_string_lossy().into_owned()),
                 "--store-user" => store_user = Some(value()?.to_string_lossy().into_owned()),
                 "--group" => shared_group = Some(value()?.to_string_lossy().into_owned()),
@@ -315,6 +319,7 @@ impl BrokerArgs {
             listen_fd: listen_fd.ok_or(ArgsError::Required("--listen-fd"))?,
             frontend_bin: frontend_bin.ok_or(ArgsError::Required("--frontend"))?,
             store_writer_bin: store_writer_bin.ok_or(ArgsError::Required("--store-writer"))?,
+            gc_roots_bin,
             frontend_user,
             store_user,
             shared_group,

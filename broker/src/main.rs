@@ -9,6 +9,7 @@ mod args;
 mod builds;
 mod cgroup;
 mod pool;
+mod roots;
 mod supervisor;
 mod sys;
 mod tree;

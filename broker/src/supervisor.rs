@@ -16,6 +16,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
+use crate::roots::RootFinders;
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -24,7 +25,10 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{ForkResult, Gid, Group, Pid, Uid, User};
 use ward_ipc::broker::{BrokerError, BrokerToFrontend, FrontendToBroker};
-use ward_ipc::{BrokerFrontendChannel, FrameLimit, IpcMessage, Phase, IPC_VERSION};
+use ward_ipc::broker::{BrokerToStoreWriter, StoreWriterToBroker};
+use ward_ipc::{
+    BrokerFrontendChannel, BrokerStoreWriterChannel, FrameLimit, IpcMessage, Phase, IPC_VERSION,
+};
 
 use crate::args::BrokerArgs;
 use crate::builds::Builds;
@@ -140,6 +144,11 @@ fn lookup_identity(user: &str, shared_group: Option<&str>) -> Result<Identity, S
     })
 }
 
+/// Where the store-writer finds its channel to the broker: after the `n_keys` key files.
+fn store_writer_broker_fd(n_keys: usize) -> RawFd {
+    3 + n_keys as RawFd
+}
+
 /// Builds the two child specs from the broker's arguments.
 pub fn child_specs(
     args: &BrokerArgs,
@@ -180,6 +189,13 @@ pub fn child_specs(
         writer_argv.push(cstring(b"--secret-key-fd")?);
         writer_argv.push(cstring(target.to_string().as_bytes())?);
     }
+    // The channel to this broker comes right after the keys.
+    writer_argv.push(cstring(b"--broker-fd")?);
+    writer_argv.push(cstring(
+        store_writer_broker_fd(secret_keys.len())
+            .to_string()
+            .as_bytes(),
+    )?);
     writer_argv.push(cstring(b"--")?);
     writer_argv.extend(passthrough);
 
@@ -339,7 +355,12 @@ impl FrontendLink {
 
     /// Answers one request. Returns false when the channel must be closed: the frontend went
     /// away or broke the protocol (a less-privileged peer's violation is never recovered from).
-    fn serve_one(&mut self, state_dir: &std::path::Path, builds: &mut Builds) -> bool {
+    fn serve_one(
+        &mut self,
+        state_dir: &std::path::Path,
+        builds: &mut Builds,
+        finders: &mut RootFinders,
+    ) -> bool {
         let request = match self.channel.recv() {
             Ok(received) => received.message,
             Err(e) => {
@@ -401,6 +422,13 @@ impl FrontendLink {
                 builds.release(build, keep_failed)
             }
             FrontendToBroker::QueryBuild { build } => builds.query(build),
+            FrontendToBroker::FindRoots => match finders.start() {
+                Ok(pipe) => {
+                    replies.push((BrokerToFrontend::RootsPipe, vec![pipe]));
+                    return self.send_all(replies);
+                }
+                Err(reason) => BrokerToFrontend::Error(BrokerError::Roots { reason }),
+            },
         };
         replies.push((reply, vec![]));
         self.send_all(replies)
@@ -416,6 +444,74 @@ impl FrontendLink {
             }
         }
         true
+    }
+}
+
+/// The broker's end of its channel to the running store-writer.
+struct StoreWriterLink {
+    channel: BrokerStoreWriterChannel,
+    phase: Phase,
+}
+
+impl StoreWriterLink {
+    fn new(socket: UnixStream) -> Option<StoreWriterLink> {
+        socket.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        Some(StoreWriterLink {
+            channel: BrokerStoreWriterChannel::new(socket, FrameLimit::DEFAULT),
+            phase: Phase::Handshake,
+        })
+    }
+
+    /// Answers one request; false when the channel must be closed.
+    fn serve_one(&mut self, finders: &mut RootFinders) -> bool {
+        let request = match self.channel.recv() {
+            Ok(received) => received.message,
+            Err(e) => {
+                eprintln!("ward-broker: closing the store-writer channel: {e}");
+                return false;
+            }
+        };
+        if !request.permitted_in(self.phase) {
+            let error = BrokerError::NotPermitted {
+                request: request.variant_name().to_owned(),
+                phase: self.phase,
+            };
+            eprintln!("ward-broker: store-writer protocol violation: {error}");
+            let _ = self.channel.send(&BrokerToStoreWriter::Error(error), &[]);
+            return false;
+        }
+        let (reply, fds) = match request {
+            StoreWriterToBroker::Hello { ipc_version } => {
+                if ipc_version != IPC_VERSION {
+                    let error = BrokerError::VersionMismatch {
+                        ours: IPC_VERSION,
+                        theirs: ipc_version,
+                    };
+                    let _ = self.channel.send(&BrokerToStoreWriter::Error(error), &[]);
+                    return false;
+                }
+                self.phase = Phase::Serving;
+                let hello = BrokerToStoreWriter::Hello {
+                    ipc_version: IPC_VERSION,
+                };
+                (hello, vec![])
+            }
+            StoreWriterToBroker::FindRoots => match finders.start() {
+                Ok(pipe) => (BrokerToStoreWriter::RootsPipe, vec![pipe]),
+                Err(reason) => (
+                    BrokerToStoreWriter::Error(BrokerError::Roots { reason }),
+                    vec![],
+                ),
+            },
+        };
+        let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
+        match self.channel.send(&reply, &borrowed) {
+            Ok(()) => true,
+            Err(e) => {
+                eprintln!("ward-broker: replying to the store-writer: {e}");
+                false
+            }
+        }
     }
 }
 
@@ -439,7 +535,11 @@ fn notify(
 
 /// Reaps every exited child: schedules the restart of the frontend or store-writer, and
 /// finishes builds (their `BuildFinished` notices are returned).
-fn reap(children: &mut [Child], builds: &mut Builds) -> Vec<BrokerToFrontend> {
+fn reap(
+    children: &mut [Child],
+    builds: &mut Builds,
+    finders: &mut RootFinders,
+) -> Vec<BrokerToFrontend> {
     let mut notices = Vec::new();
     loop {
         let reaped = match sys::wait4(-1, false) {
@@ -451,6 +551,9 @@ fn reap(children: &mut [Child], builds: &mut Builds) -> Vec<BrokerToFrontend> {
             }
         };
         let status = reaped.status;
+        if finders.reaped(reaped.pid) {
+            continue;
+        }
         let Some(child) = children
             .iter_mut()
             .find(|c| c.pid.is_some() && c.pid == Some(reaped.pid))
@@ -499,6 +602,12 @@ pub fn run(args: &BrokerArgs) -> Result<(), SupervisorError> {
     let secret_keys = open_secret_keys(&args.secret_key_files);
     let specs = child_specs(args, &secret_keys)?;
     let mut builds = Builds::new(&args.build, &args.state_dir);
+    let mut finders = RootFinders::new(
+        args.gc_roots_bin.as_deref(),
+        &args.state_dir,
+        &args.build.store_dir,
+        &args.build.real_store_dir,
+    );
     builds.run_canary();
 
     let mut mask = SigSet::empty();
@@ -516,6 +625,7 @@ pub fn run(args: &BrokerArgs) -> Result<(), SupervisorError> {
         .map_err(sys_err("signalfd"))?;
 
     let mut frontend: Option<FrontendLink> = None;
+    let mut store_writer: Option<StoreWriterLink> = None;
     let mut children: Vec<Child> = specs
         .into_iter()
         .map(|spec| Child {
@@ -533,29 +643,37 @@ pub fn run(args: &BrokerArgs) -> Result<(), SupervisorError> {
             if child.restart_at.is_some_and(|t| t <= now) {
                 child.restart_at = None;
                 child.started = now;
-                // The frontend gets a fresh channel to the broker at fd 4 on every start.
-                let pair = if child.spec.role == Role::Frontend {
-                    match UnixStream::pair() {
-                        Ok(pair) => Some(pair),
-                        Err(e) => {
-                            eprintln!("ward-broker: socketpair for the frontend: {e}");
-                            None
-                        }
+                // Each child gets a fresh channel to the broker on every start: the frontend
+                // at fd 4, the store-writer after its key files.
+                let pair = match UnixStream::pair() {
+                    Ok(pair) => Some(pair),
+                    Err(e) => {
+                        eprintln!(
+                            "ward-broker: socketpair for the {}: {e}",
+                            child.spec.role.name()
+                        );
+                        None
                     }
-                } else {
-                    None
+                };
+                let target = match child.spec.role {
+                    Role::Frontend => 4,
+                    Role::StoreWriter => store_writer_broker_fd(secret_keys.len()),
                 };
                 let extra: Vec<(RawFd, RawFd)> = pair
                     .iter()
-                    .map(|(_, theirs)| (theirs.as_raw_fd(), 4))
+                    .map(|(_, theirs)| (theirs.as_raw_fd(), target))
                     .collect();
                 match spawn(&child.spec, &extra) {
                     Ok(pid) => {
                         child.pid = Some(pid);
                         if let Some((ours, _theirs)) = pair {
-                            // Builds of an earlier frontend have nobody to report to.
-                            builds.abandon_all();
-                            frontend = FrontendLink::new(ours);
+                            if child.spec.role == Role::Frontend {
+                                // Builds of an earlier frontend have nobody to report to.
+                                builds.abandon_all();
+                                frontend = FrontendLink::new(ours);
+                            } else {
+                                store_writer = StoreWriterLink::new(ours);
+                            }
                         }
                     }
                     Err(e) => {
@@ -576,9 +694,16 @@ pub fn run(args: &BrokerArgs) -> Result<(), SupervisorError> {
             Some(d) => PollTimeout::try_from(d).unwrap_or(PollTimeout::MAX),
             None => PollTimeout::NONE,
         };
-        let (link_ready, builders_ready) = {
+        let (link_ready, writer_ready, builders_ready) = {
             let mut fds = vec![PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
             if let Some(link) = &frontend {
+                fds.push(PollFd::new(
+                    link.channel.socket().as_fd(),
+                    PollFlags::POLLIN,
+                ));
+            }
+            let writer_at = fds.len();
+            if let Some(link) = &store_writer {
                 fds.push(PollFd::new(
                     link.channel.socket().as_fd(),
                     PollFlags::POLLIN,
@@ -600,13 +725,14 @@ pub fn run(args: &BrokerArgs) -> Result<(), SupervisorError> {
             }
             let ready = |f: &PollFd<'_>| f.revents().is_some_and(|r| !r.is_empty());
             let link_ready = frontend.is_some() && fds.get(1).is_some_and(ready);
+            let writer_ready = store_writer.is_some() && fds.get(writer_at).is_some_and(ready);
             let builders_ready: Vec<_> = builder_fds
                 .iter()
                 .zip(&fds[first_builder..])
                 .filter(|(_, f)| ready(f))
                 .map(|((id, _), _)| *id)
                 .collect();
-            (link_ready, builders_ready)
+            (link_ready, writer_ready, builders_ready)
         };
         for id in builders_ready {
             builds.channel_ready(id);
@@ -614,10 +740,18 @@ pub fn run(args: &BrokerArgs) -> Result<(), SupervisorError> {
         if link_ready {
             let keep = frontend
                 .as_mut()
-                .is_some_and(|link| link.serve_one(&args.state_dir, &mut builds));
+                .is_some_and(|link| link.serve_one(&args.state_dir, &mut builds, &mut finders));
             if !keep {
                 frontend = None;
                 builds.abandon_all();
+            }
+        }
+        if writer_ready {
+            let keep = store_writer
+                .as_mut()
+                .is_some_and(|link| link.serve_one(&mut finders));
+            if !keep {
+                store_writer = None;
             }
         }
         let expired = builds.expire(Instant::now());
@@ -625,7 +759,7 @@ pub fn run(args: &BrokerArgs) -> Result<(), SupervisorError> {
         while let Ok(Some(info)) = signals.read_signal() {
             match Signal::try_from(info.ssi_signo as i32) {
                 Ok(Signal::SIGCHLD) => {
-                    let finished = reap(&mut children, &mut builds);
+                    let finished = reap(&mut children, &mut builds, &mut finders);
                     notify(&mut frontend, &mut builds, finished);
                 }
                 Ok(Signal::SIGTERM | Signal::SIGINT) => {

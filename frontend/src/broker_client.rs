@@ -232,6 +232,16 @@ impl BrokerClient {
         }
     }
 
+    /// Starts the root-side roots helper; returns the read end of its output.
+    pub async fn find_roots(&self) -> Result<OwnedFd, String> {
+        let mut reply = self.request(FrontendToBroker::FindRoots).await?;
+        match reply.message {
+            BrokerToFrontend::RootsPipe => reply.fds.pop().ok_or_else(|| "no pipe came".into()),
+            BrokerToFrontend::Error(e) => Err(e.to_string()),
+            other => Err(format!("unexpected answer to FindRoots: {other:?}")),
+        }
+    }
+
     /// Makes sure `profiles/per-user/<user>` and `gcroots/per-user/<user>` exist for `uid`.
     pub async fn ensure_user_dirs(&self, uid: u32) -> Result<(), String> {
         if lock(&self.users_done).contains(&uid) {

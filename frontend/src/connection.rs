@@ -17,13 +17,14 @@ use tracing::{debug, info, warn};
 use ward_config::{ClientOptions, MessageLevel, Settings};
 use ward_proto::content_address::{ContentAddressMethod, FileIngestionMethod};
 use ward_proto::hash::HashAlgo;
+use ward_proto::ipc::store_writer::{GcAction, StoreWriterError};
 use ward_proto::nar;
 use ward_proto::path_info::ValidPathInfo;
 use ward_proto::store_path::StorePath;
 use ward_proto::wire::{FramedReader, Limits, WireError, WireReader, WireWriter};
 use ward_proto::worker::types::{
-    placeholder_drv_output, BuildResult, BuildStatus, DerivedPath, KeyedBuildResult, MissingInfo,
-    OutputsSpec, TrustFlag,
+    placeholder_drv_output, BuildResult, BuildStatus, DerivedPath, GcAction as WireGcAction,
+    GcPaths, GcResult, KeyedBuildResult, MissingInfo, OutputsSpec, TrustFlag,
 };
 use ward_proto::worker::{
     read_op, AddToStore, AddToStoreReply, ClientHandshakeInfo, DaemonError, Op, QueryRealisation,
@@ -400,7 +401,11 @@ impl Connection {
             }
             R::SyncWithGC(_) => self.reply(Reply::SyncWithGC).await,
             R::FindRoots(_) => {
-                let roots = crate::roots::find_roots(&self.shared, self.trusted());
+                let roots = crate::roots::find_roots(&self.shared, self.trusted())
+                    .await
+                    .map_err(|e| {
+                        OpError::Client(format!("cannot find the garbage collector's roots: {e}"))
+                    })?;
                 self.reply(Reply::FindRoots(roots)).await
             }
             R::AddSignatures(r) => {
@@ -563,7 +568,51 @@ impl Connection {
                         "you are not allowed to ignore liveness".into(),
                     ));
                 }
-                Err(not_yet(Op::CollectGarbage))
+                let paths = match r.paths {
+                    GcPaths::WholeStore => BTreeSet::new(),
+                    GcPaths::Specific {
+                        delete_referrers: true,
+                        ..
+                    } => {
+                        return Err(OpError::Client(
+                            "ward does not delete the referrers of the paths named \
+                             (delete-dead-specific-referrers); name them too"
+                                .into(),
+                        ))
+                    }
+                    GcPaths::Specific { paths, .. } => paths,
+                };
+                let action = match r.action {
+                    WireGcAction::ReturnLive => GcAction::ReturnLive,
+                    WireGcAction::ReturnDead => GcAction::ReturnDead,
+                    WireGcAction::DeleteDead => GcAction::DeleteDead,
+                    WireGcAction::DeleteSpecific => GcAction::DeleteSpecific,
+                };
+                let (keep_outputs, keep_derivations) =
+                    (self.settings.keep_outputs, self.settings.keep_derivations);
+                let collected = self
+                    .writer()
+                    .await?
+                    .collect_garbage(action, paths, r.max_freed, keep_outputs, keep_derivations)
+                    .await;
+                let (paths, bytes_freed, messages) = match collected {
+                    Err(e) => {
+                        if let Some(StoreWriterError::StillAlive { path }) = e.refusal() {
+                            return Err(OpError::Client(format!(
+                                "Cannot delete path '{}' since it is still alive. \
+                                 To find out why, use: nix-store --query --roots",
+                                self.shared.store.store_dir().print(path)
+                            )));
+                        }
+                        return Err(e.into());
+                    }
+                    Ok(collected) => collected,
+                };
+                for message in messages {
+                    self.log(Verbosity::Info, &message);
+                }
+                self.reply(Reply::CollectGarbage(GcResult { paths, bytes_freed }))
+                    .await
             }
             R::OptimiseStore(_) => {
                 // As in Nix, any client may ask: it changes no path's contents.
@@ -1398,10 +1447,6 @@ fn build_succeeded(result: &BuildResult) -> bool {
             | BuildStatus::AlreadyValid
             | BuildStatus::ResolvesToAlreadyValid
     )
-}
-
-fn not_yet(op: Op) -> OpError {
-    OpError::Client(format!("operation {op:?} is not implemented by ward yet"))
 }
 
 fn config_verbosity(v: Verbosity) -> ward_config::Verbosity {

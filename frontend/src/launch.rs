@@ -316,6 +316,12 @@ fn broker_command(
 /// frontend). Without the `ward-builder` binary the broker refuses builds but serves the rest.
 fn build_flags(cmd: &mut Command, setup: &DaemonSetup) {
     let s = &setup.settings;
+    match sibling_binary("ward-gc-roots") {
+        Ok(path) => {
+            cmd.arg("--gc-roots").arg(path);
+        }
+        Err(e) => eprintln!("ward: {e}; garbage collection and --print-roots are refused"),
+    }
     match sibling_binary("ward-builder") {
         Ok(path) => {
             cmd.arg("--builder").arg(path);

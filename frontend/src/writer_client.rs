@@ -23,7 +23,7 @@ use tokio::net::unix::pipe::Sender;
 use ward_proto::content_address::ContentAddressMethod;
 use ward_proto::hash::HashAlgo;
 use ward_proto::ipc::store_writer::{
-    AddContent, AddPathFromNar, FrontendToStoreWriter, PathInfo, StoreWriterError,
+    AddContent, AddPathFromNar, FrontendToStoreWriter, GcAction, PathInfo, StoreWriterError,
     StoreWriterToFrontend,
 };
 use ward_proto::ipc::{FrameLimit, FrontendStoreWriterChannel, IpcError, IpcMessage, IPC_VERSION};
@@ -526,6 +526,32 @@ impl WriterClient {
                 errors_found,
                 messages,
             } => Ok((errors_found, messages)),
+            other => Err(unexpected(&request, &other)),
+        }
+    }
+
+    /// CollectGarbage: the paths, the bytes freed and what to tell the client.
+    pub async fn collect_garbage(
+        &mut self,
+        action: GcAction,
+        paths: BTreeSet<StorePath>,
+        max_freed: u64,
+        keep_outputs: bool,
+        keep_derivations: bool,
+    ) -> Result<(BTreeSet<String>, u64, Vec<String>), ClientError> {
+        let request = FrontendToStoreWriter::CollectGarbage {
+            action,
+            paths,
+            max_freed,
+            keep_outputs,
+            keep_derivations,
+        };
+        match self.exchange(&request, &[]).await? {
+            StoreWriterToFrontend::GarbageCollected {
+                paths,
+                bytes_freed,
+                messages,
+            } => Ok((paths, bytes_freed, messages)),
             other => Err(unexpected(&request, &other)),
         }
     }

@@ -13,6 +13,7 @@
 pub mod content_address;
 pub mod db;
 pub mod derivation;
+pub mod gc_roots;
 pub mod hash;
 pub mod ipc;
 pub mod nar;

@@ -20,6 +20,7 @@ use ward_proto::ipc::{Channel, FrameLimit, IpcError, IpcMessage, Phase, IPC_VERS
 use ward_proto::signature::Signature;
 use ward_proto::store_path::{check_name, StorePath};
 use ward_store::build_outputs::{BuildOutput, OutputError};
+use ward_store::gc::GcRequest;
 use ward_store::{AddOptions, AddOutcome};
 
 use crate::buildlog::{self, BuildLogError};
@@ -191,15 +192,6 @@ fn temp_root_error(e: TempRootError) -> StoreWriterError {
     }
 }
 
-/// The typed reply for an operation ward does not implement yet.
-fn not_implemented(operation: &str, path: String) -> Failure {
-    Failure::from(StoreWriterError::Io {
-        operation: operation.to_owned(),
-        path,
-        message: "not implemented yet in ward".to_owned(),
-    })
-}
-
 /// The reply to a refused addition: a failure to read its data comes first (that is what went
 /// wrong, whatever the NAR parser made of it), then the addition's own error.
 fn refused_addition<R: std::io::Read>(
@@ -294,10 +286,23 @@ impl ChannelState {
                 fds,
                 channel,
             ),
-            FrontendToStoreWriter::CollectGarbage { .. } => Err(not_implemented(
-                "garbage collection of",
-                self.shared.store_dir().to_string(),
-            )),
+            FrontendToStoreWriter::CollectGarbage {
+                action,
+                paths,
+                max_freed,
+                keep_outputs,
+                keep_derivations,
+            } => crate::collect::collect_garbage(
+                &self.shared,
+                &GcRequest {
+                    action,
+                    paths,
+                    max_freed,
+                    keep_outputs,
+                    keep_derivations,
+                },
+            )
+            .map_err(Failure::from),
             FrontendToStoreWriter::VerifyStore {
                 check_contents,
                 repair,
@@ -534,6 +539,11 @@ impl ChannelState {
         let staged = prepared.and_then(|addition| addition.stage(&mut upload));
         let added = match staged {
             Ok(mut staged) => {
+                // The root comes first, so a collection that runs now either keeps the path
+                // or has deleted it before the commit below looks at validity.
+                self.temp_roots
+                    .add(&staged.info().path)
+                    .map_err(temp_root_error)?;
                 let mut store = shared.store();
                 // Content the store-writer hashed itself: signed with secret-key-files.
                 store.sign(staged.info_mut());
@@ -547,7 +557,6 @@ impl ChannelState {
                 if outcome == AddOutcome::Added {
                     tracing::info!(channel = self.id, path = %shared.print(&info.path), "added path");
                 }
-                self.temp_roots.add(&info.path).map_err(temp_root_error)?;
                 self.registered_info(&info.path)
             }
             Err(e) => Err(refused_addition(

@@ -7,7 +7,9 @@
 // Unsafe only in `secret_keys`, to adopt the descriptors the broker hands over.
 #![deny(unsafe_code)]
 
+mod broker_link;
 mod buildlog;
+mod collect;
 mod confine;
 mod errors;
 mod handler;
@@ -29,7 +31,7 @@ const EX_USAGE: u8 = 64;
 const EX_CONFIG: u8 = 78;
 
 const USAGE: &str =
-    "usage: ward-store-writer --ipc-dir DIR [--secret-key-fd N ...] -- [nix-daemon options]";
+    "usage: ward-store-writer --ipc-dir DIR [--secret-key-fd N ...] [--broker-fd N] -- [nix-daemon options]";
 
 /// The store-writer's own command line.
 #[derive(Debug, PartialEq, Eq)]
@@ -38,6 +40,8 @@ struct CommandLine {
     ipc_dir: PathBuf,
     /// `--secret-key-fd`: descriptors of the `secret-key-files`, opened by the broker.
     secret_key_fds: Vec<i32>,
+    /// `--broker-fd`: the channel to the broker (for the roots of a collection).
+    broker_fd: Option<i32>,
     /// The daemon's arguments, after `--`.
     daemon_args: Vec<OsString>,
 }
@@ -53,6 +57,8 @@ enum CommandLineError {
     RelativeIpcDir(PathBuf),
     #[error("'--secret-key-fd' requires a descriptor number, got '{0}'")]
     BadSecretKeyFd(String),
+    #[error("'--broker-fd' requires a descriptor number, got '{0}'")]
+    BadBrokerFd(String),
     #[error("unexpected argument '{0}' before '--'")]
     Unexpected(String),
 }
@@ -61,6 +67,7 @@ fn parse_command_line(args: Vec<OsString>) -> Result<CommandLine, CommandLineErr
     let mut args = args.into_iter();
     let mut ipc_dir = None;
     let mut secret_key_fds = Vec::new();
+    let mut broker_fd = None;
     let mut daemon_args = Vec::new();
     while let Some(arg) = args.next() {
         if arg == "--" {
@@ -75,6 +82,15 @@ fn parse_command_line(args: Vec<OsString>) -> Result<CommandLine, CommandLineErr
                 .filter(|fd| *fd > 2)
                 .ok_or_else(|| CommandLineError::BadSecretKeyFd(text.into_owned()))?;
             secret_key_fds.push(fd);
+        } else if arg == "--broker-fd" {
+            let value = args.next().unwrap_or_default();
+            let text = value.to_string_lossy();
+            let fd = text
+                .parse::<i32>()
+                .ok()
+                .filter(|fd| *fd > 2)
+                .ok_or_else(|| CommandLineError::BadBrokerFd(text.into_owned()))?;
+            broker_fd = Some(fd);
         } else if arg == "--ipc-dir" {
             ipc_dir = Some(PathBuf::from(
                 args.next().ok_or(CommandLineError::MissingIpcDirValue)?,
@@ -92,6 +108,7 @@ fn parse_command_line(args: Vec<OsString>) -> Result<CommandLine, CommandLineErr
     Ok(CommandLine {
         ipc_dir,
         secret_key_fds,
+        broker_fd,
         daemon_args,
     })
 }
@@ -145,7 +162,17 @@ fn main() -> ExitCode {
     };
     init_logging(setup.args.verbosity);
     let signing_keys = secret_keys::load(&command_line.secret_key_fds);
-    match server::run(&setup, &command_line.ipc_dir, signing_keys) {
+    let broker = command_line
+        .broker_fd
+        .and_then(secret_keys::adopt_broker_channel)
+        .and_then(|socket| match broker_link::BrokerLink::hello(socket) {
+            Ok(link) => Some(link),
+            Err(e) => {
+                tracing::error!("the broker channel: {e}; collecting garbage is refused");
+                None
+            }
+        });
+    match server::run(&setup, &command_line.ipc_dir, signing_keys, broker) {
         Ok(never) => match never {},
         Err(e) => {
             tracing::error!("{e}");
@@ -180,6 +207,7 @@ mod tests {
             CommandLine {
                 ipc_dir: PathBuf::from("/run/w"),
                 secret_key_fds: vec![3, 4],
+                broker_fd: None,
                 daemon_args: os(&["--store", "/x"]),
             }
         );

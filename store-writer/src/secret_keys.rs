@@ -2,6 +2,10 @@
 //! broker may open a root-only key file that the store-writer's own user could not, and never
 //! reads it; the store-writer parses it here. A key that cannot be read or parsed is reported
 //! and left out, so a bad key file costs signatures, not the store.
+//!
+//! The other descriptor the broker hands over, the store-writer's channel to it
+//! (`--broker-fd N`), is adopted here too: this is the one module of the binary that adopts
+//! descriptors by number.
 #![allow(unsafe_code)]
 
 use std::fs::File;
@@ -38,6 +42,24 @@ pub fn load(fds: &[RawFd]) -> Vec<SecretKey> {
         }
     }
     keys
+}
+
+/// Takes the inherited broker channel `fd` (once, at start-up); `None` if it is not an open
+/// socket.
+pub fn adopt_broker_channel(fd: RawFd) -> Option<std::os::unix::net::UnixStream> {
+    use std::os::unix::fs::FileTypeExt;
+    let meta = std::fs::metadata(format!("/proc/self/fd/{fd}")).ok()?;
+    if fd < 3 || !meta.file_type().is_socket() {
+        tracing::error!(
+            fd,
+            "--broker-fd names no open socket; collecting garbage is refused"
+        );
+        return None;
+    }
+    // SAFETY: the broker placed this socket at exec for exactly this purpose (`--broker-fd`);
+    // it is open (checked above), nothing else in this process refers to it, and this runs
+    // once at start-up, so the stream is its only owner.
+    Some(unsafe { std::os::unix::net::UnixStream::from_raw_fd(fd) })
 }
 
 /// Reads the key from the start of the file (pread: the broker keeps the descriptor for the

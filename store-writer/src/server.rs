@@ -18,6 +18,7 @@ use ward_store::db::DbSettings;
 use ward_store::layout::{CreateOptions, StoreLayout, StoreUser};
 use ward_store::Store;
 
+use crate::broker_link::BrokerLink;
 use crate::confine;
 use crate::handler;
 
@@ -79,11 +80,21 @@ pub struct Shared {
     pub require_sigs: bool,
     /// `compress-build-log`.
     pub compress_build_log: bool,
+    /// The channel to the broker, for the roots of a collection (none: collections are
+    /// refused).
+    pub broker: Option<BrokerLink>,
+    /// Held by the one collection that runs.
+    pub collecting: Mutex<()>,
     open_channels: AtomicUsize,
     next_channel: AtomicU64,
 }
 
 impl Shared {
+    /// The store's lock itself, for the collector, which takes it in short steps.
+    pub fn store_mutex(&self) -> &Mutex<Store> {
+        &self.store
+    }
+
     /// The store, for one request's worth of work. A panic while it was held leaves the
     /// library's state consistent (it is crash-safe on disk and has no half-done in-memory
     /// state between calls), so a poisoned lock is taken over with a log line.
@@ -341,6 +352,7 @@ pub fn run(
     setup: &DaemonSetup,
     ipc_dir: &Path,
     signing_keys: Vec<ward_proto::signature::SecretKey>,
+    broker: Option<BrokerLink>,
 ) -> Result<Infallible, ServerError> {
     let layout = store_layout(setup)?;
     // SQLite's temporary files (large sorts) would go to /var/tmp or /tmp, which landlock
@@ -393,6 +405,8 @@ pub fn run(
         keys,
         require_sigs: setup.settings.require_sigs,
         compress_build_log: setup.settings.compress_build_log,
+        broker,
+        collecting: Mutex::new(()),
         open_channels: AtomicUsize::new(0),
         next_channel: AtomicU64::new(0),
     });
@@ -508,6 +522,8 @@ mod tests {
             keys: PublicKeys::new(),
             require_sigs: true,
             compress_build_log: true,
+            broker: None,
+            collecting: Mutex::new(()),
             open_channels: AtomicUsize::new(0),
             next_channel: AtomicU64::new(0),
         });

@@ -368,10 +368,31 @@ pub enum FrontendToBroker {
         /// The connected client's uid (from SO_PEERCRED).
         uid: u32,
     },
+    /// Sent by: the frontend, for a client's FindRoots (`nix-store --gc --print-roots`).
+    /// Phase: serving.
+    ///
+    /// Re-checks: nothing (no fields). Root does: starts `ward-gc-roots` (its path from the
+    /// broker's command line) with the state and store directories from its own
+    /// configuration and its stdout a new pipe; at most [`MAX_ROOT_FINDERS`] run at once.
+    /// The helper drops to `nobody` with only `CAP_DAC_READ_SEARCH` and `CAP_SYS_PTRACE`
+    /// and no_new_privs before it reads anything, walks `gcroots/` and `profiles/` without
+    /// following a symlink it walks, reads `/proc`, and writes records naming the links and
+    /// the store paths in use; it writes nothing else.
+    ///
+    /// Why root is OK: the answer reveals which store paths running processes use and where
+    /// users' root links are (the frontend shows runtime roots only to trusted clients, as
+    /// Nix does); nothing is changed, and the helper cannot write or exec.
+    ///
+    /// Reply: [`BrokerToFrontend::RootsPipe`] or [`BrokerToFrontend::Error`] with
+    /// [`BrokerError::Roots`].
+    FindRoots,
     /// Sent by: the frontend. Phase: serving or draining. Health check; root does nothing.
     /// Reply: [`BrokerToFrontend::Pong`].
     Ping,
 }
+
+/// Most `ward-gc-roots` helpers running at once (for both channels together).
+pub const MAX_ROOT_FINDERS: usize = 4;
 
 impl FrontendToBroker {
     /// Whether this request is accepted in `phase`. The broker checks it before dispatch.
@@ -381,7 +402,8 @@ impl FrontendToBroker {
             FrontendToBroker::StartBuild(_)
             | FrontendToBroker::CollectOutputs { .. }
             | FrontendToBroker::ShuttingDown
-            | FrontendToBroker::CreateUserDirs { .. } => phase == Phase::Serving,
+            | FrontendToBroker::CreateUserDirs { .. }
+            | FrontendToBroker::FindRoots => phase == Phase::Serving,
             FrontendToBroker::CancelBuild { .. }
             | FrontendToBroker::ReleaseBuild { .. }
             | FrontendToBroker::QueryBuild { .. }
@@ -409,6 +431,7 @@ impl IpcMessage for FrontendToBroker {
             FrontendToBroker::QueryBuild { .. } => "QueryBuild",
             FrontendToBroker::ShuttingDown => "ShuttingDown",
             FrontendToBroker::CreateUserDirs { .. } => "CreateUserDirs",
+            FrontendToBroker::FindRoots => "FindRoots",
             FrontendToBroker::Ping => "Ping",
         }
     }
@@ -518,6 +541,10 @@ pub enum BrokerToFrontend {
         /// The user's name, as the broker found it.
         user: String,
     },
+    /// Answer to `FindRoots`. Carries one descriptor: the read end of the `ward-gc-roots`
+    /// helper's output (records as `ward_proto::gc_roots` reads them), at end of file when
+    /// the helper is done.
+    RootsPipe,
     /// A request was refused or failed.
     Error(BrokerError),
 }
@@ -528,7 +555,9 @@ impl IpcMessage for BrokerToFrontend {
 
     fn fd_count(&self) -> usize {
         match self {
-            BrokerToFrontend::BuildStarted { .. } | BrokerToFrontend::StoreWriterRestarted => 1,
+            BrokerToFrontend::BuildStarted { .. }
+            | BrokerToFrontend::StoreWriterRestarted
+            | BrokerToFrontend::RootsPipe => 1,
             BrokerToFrontend::OutputsCollected { outputs, .. } => outputs.len(),
             BrokerToFrontend::BuildReleased { .. }
             | BrokerToFrontend::Hello { .. }
@@ -553,6 +582,7 @@ impl IpcMessage for BrokerToFrontend {
             BrokerToFrontend::StoreWriterRestarted => "StoreWriterRestarted",
             BrokerToFrontend::Pong => "Pong",
             BrokerToFrontend::UserDirsReady { .. } => "UserDirsReady",
+            BrokerToFrontend::RootsPipe => "RootsPipe",
             BrokerToFrontend::Error(_) => "Error",
         }
     }
@@ -692,6 +722,93 @@ pub enum BrokerError {
         /// What went wrong, naming the path.
         reason: String,
     },
+    /// `FindRoots` could not start the roots helper.
+    #[error("cannot list the garbage collector's roots: {reason}")]
+    Roots {
+        /// Why, naming the helper or the limit.
+        reason: String,
+    },
+}
+
+/// Requests from the store-writer to the broker, on the channel the broker gives it at start
+/// (`--broker-fd`). Sent by: the store-writer only. The store-writer is less privileged than
+/// the broker and is assumed compromised like the frontend; nothing here names a path, a uid
+/// or a program.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StoreWriterToBroker {
+    /// First frame, once. Re-checks: `ipc_version` equals [`super::IPC_VERSION`], else the
+    /// channel is closed after an error reply. Reply: [`BrokerToStoreWriter::Hello`].
+    Hello {
+        /// The store-writer's version.
+        ipc_version: u32,
+    },
+    /// Serving phase: the roots for a garbage collection (permanent, indirect and runtime).
+    /// Root does exactly what [`FrontendToBroker::FindRoots`] does. Why root is OK: the
+    /// store-writer deletes only what these roots, its own temporary roots and the database
+    /// leave dead; a helper that cannot run fails the collection instead of emptying it.
+    /// Reply: [`BrokerToStoreWriter::RootsPipe`] or [`BrokerToStoreWriter::Error`].
+    FindRoots,
+}
+
+impl StoreWriterToBroker {
+    /// Whether this request is accepted in `phase`.
+    pub fn permitted_in(&self, phase: Phase) -> bool {
+        match self {
+            StoreWriterToBroker::Hello { .. } => phase == Phase::Handshake,
+            StoreWriterToBroker::FindRoots => phase == Phase::Serving,
+        }
+    }
+}
+
+impl IpcMessage for StoreWriterToBroker {
+    const NAME: &'static str = "StoreWriterToBroker";
+    const TAG: [u8; 4] = *b"W>BR";
+
+    /// The store-writer never passes descriptors to root.
+    fn fd_count(&self) -> usize {
+        0
+    }
+
+    fn variant_name(&self) -> &'static str {
+        match self {
+            StoreWriterToBroker::Hello { .. } => "Hello",
+            StoreWriterToBroker::FindRoots => "FindRoots",
+        }
+    }
+}
+
+/// Replies from the broker to the store-writer, one per request. Sent by the broker only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BrokerToStoreWriter {
+    /// Answer to `Hello`: the broker's [`super::IPC_VERSION`].
+    Hello {
+        /// The broker's version.
+        ipc_version: u32,
+    },
+    /// Answer to `FindRoots`; one descriptor, as [`BrokerToFrontend::RootsPipe`].
+    RootsPipe,
+    /// A request was refused or failed.
+    Error(BrokerError),
+}
+
+impl IpcMessage for BrokerToStoreWriter {
+    const NAME: &'static str = "BrokerToStoreWriter";
+    const TAG: [u8; 4] = *b"BR>W";
+
+    fn fd_count(&self) -> usize {
+        match self {
+            BrokerToStoreWriter::RootsPipe => 1,
+            BrokerToStoreWriter::Hello { .. } | BrokerToStoreWriter::Error(_) => 0,
+        }
+    }
+
+    fn variant_name(&self) -> &'static str {
+        match self {
+            BrokerToStoreWriter::Hello { .. } => "Hello",
+            BrokerToStoreWriter::RootsPipe => "RootsPipe",
+            BrokerToStoreWriter::Error(_) => "Error",
+        }
+    }
 }
 
 #[cfg(test)]

@@ -38,7 +38,7 @@ use std::os::unix::net::UnixStream;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-pub use broker::{BrokerToFrontend, FrontendToBroker};
+pub use broker::{BrokerToFrontend, BrokerToStoreWriter, FrontendToBroker, StoreWriterToBroker};
 pub use builder::{BrokerToBuilder, BuilderToBroker};
 pub use frame::FrameLimit;
 
@@ -330,6 +330,10 @@ impl<Out: IpcMessage, In: IpcMessage> AsyncChannel<Out, In> {
 pub type FrontendBrokerChannel = AsyncChannel<FrontendToBroker, BrokerToFrontend>;
 /// The broker's end of its channel to the frontend (blocking: the broker has no tokio).
 pub type BrokerFrontendChannel = Channel<BrokerToFrontend, FrontendToBroker>;
+/// The broker's end of its channel to the store-writer.
+pub type BrokerStoreWriterChannel = Channel<BrokerToStoreWriter, StoreWriterToBroker>;
+/// The store-writer's end of its channel to the broker.
+pub type StoreWriterBrokerChannel = Channel<StoreWriterToBroker, BrokerToStoreWriter>;
 /// The broker's end of its channel to one builder.
 pub type BrokerBuilderChannel = Channel<BrokerToBuilder, BuilderToBroker>;
 /// A builder's end of its channel to the broker.

@@ -272,16 +272,25 @@ pub enum FrontendToStoreWriter {
         drv_path: StorePath,
     },
     /// Serving phase. CollectGarbage (the frontend refuses `ignoreLiveness` for everyone, so it
-    /// cannot be expressed). Checks: with `DeleteSpecific`, each path is refused with
-    /// `StillAlive` if it is reachable from a root; roots include every channel's temporary
-    /// roots. Takes `gc.lock` exclusively. Reply: [`StoreWriterToFrontend::GarbageCollected`].
+    /// cannot be expressed). Roots: the permanent and runtime roots come from the broker's
+    /// roots helper, asked by the store-writer itself (never from the frontend, so a lying
+    /// frontend cannot hide a root), plus every channel's temporary roots; a collection
+    /// whose roots cannot be found is refused. Checks: with `DeleteSpecific`, a path that is
+    /// alive (or kept alive by a path not named) refuses the whole request with `StillAlive`
+    /// and nothing is deleted. Only one collection runs at a time. Reply:
+    /// [`StoreWriterToFrontend::GarbageCollected`].
     CollectGarbage {
         /// What to do.
         action: GcAction,
         /// The paths for `DeleteSpecific` (ignored otherwise).
         paths: BTreeSet<StorePath>,
-        /// Stop after freeing this many bytes; 0 means no limit.
+        /// Stop deleting once more than this many bytes are freed; as in Nix, 0 returns and
+        /// deletes nothing and clients send `u64::MAX` for no limit.
         max_freed: u64,
+        /// `keep-outputs` as it applies to this client.
+        keep_outputs: bool,
+        /// `keep-derivations` as it applies to this client.
+        keep_derivations: bool,
     },
     /// Serving phase. VerifyStore; the frontend refuses `repair` for untrusted clients.
     /// Checks the database against the store directory (a path whose files are gone is
@@ -422,10 +431,13 @@ pub enum StoreWriterToFrontend {
     },
     /// Answer to `CollectGarbage`.
     GarbageCollected {
-        /// Live or dead paths (`ReturnLive`/`ReturnDead`) or the paths deleted.
-        paths: BTreeSet<StorePath>,
+        /// Full paths: the live or dead ones (`ReturnLive`/`ReturnDead`) or those deleted
+        /// (which may include store entries that were not valid paths).
+        paths: BTreeSet<String>,
         /// Bytes freed by deleting.
         bytes_freed: u64,
+        /// What the client is told, in Nix's words, in order.
+        messages: Vec<String>,
     },
     /// Answer to `VerifyStore`.
     Verified {
@@ -643,7 +655,7 @@ pub enum StoreWriterError {
         /// What failed.
         reason: String,
     },
-    /// DeleteSpecific on a live path.
+    /// DeleteSpecific on a live path (the frontend words it as Nix does, with the full path).
     #[error("cannot delete path '{path}' since it is still alive")]
     StillAlive {
         /// The path.
@@ -882,6 +894,8 @@ mod tests {
                 action: GcAction::DeleteSpecific,
                 paths: [out].into(),
                 max_freed: 0,
+                keep_outputs: true,
+                keep_derivations: false,
             },
             FrontendToStoreWriter::VerifyStore {
                 check_contents: true,
@@ -906,8 +920,9 @@ mod tests {
                 gc_root: "/nix/var/nix/gcroots/x".into(),
             },
             StoreWriterToFrontend::GarbageCollected {
-                paths: [out].into(),
+                paths: [format!("/nix/store/{out}")].into(),
                 bytes_freed: 4096,
+                messages: vec!["deleting garbage...".into()],
             },
             StoreWriterToFrontend::Verified {
                 errors_found: true,

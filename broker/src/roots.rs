@@ -1,0 +1,132 @@
+//! `FindRoots`: starts the `ward-gc-roots` helper and hands back the read end of its output.
+//!
+//! The broker neither reads nor parses what the helper writes; it only forks, places the
+//! pipe at the helper's stdout, and execs it with the state and store directories from its
+//! own configuration. The helper confines itself (see `gc_roots.rs`) before reading anything.
+
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::{fcntl, FcntlArg};
+use nix::sys::signal::{SigSet, SigmaskHow};
+use nix::unistd::{ForkResult, Pid};
+use ward_ipc::broker::MAX_ROOT_FINDERS;
+
+use crate::sys;
+
+/// The helpers this broker started and has not reaped yet.
+#[derive(Debug)]
+pub struct RootFinders {
+    bin: Option<PathBuf>,
+    argv: Vec<CString>,
+    running: Vec<Pid>,
+}
+
+impl RootFinders {
+    /// Helpers of `bin` (none configured: every request fails, naming the missing binary).
+    pub fn new(
+        bin: Option<&Path>,
+        state_dir: &Path,
+        store_dir: &str,
+        real_store_dir: &str,
+    ) -> RootFinders {
+        let argv = bin
+            .and_then(|bin| {
+                [
+                    bin.as_os_str().as_bytes(),
+                    b"--state-dir",
+                    state_dir.as_os_str().as_bytes(),
+                    b"--store-dir",
+                    store_dir.as_bytes(),
+                    b"--real-store-dir",
+                    real_store_dir.as_bytes(),
+                ]
+                .into_iter()
+                .map(|a| CString::new(a).ok())
+                .collect::<Option<Vec<_>>>()
+            })
+            .unwrap_or_default();
+        RootFinders {
+            bin: bin.map(Path::to_owned),
+            argv,
+            running: Vec::new(),
+        }
+    }
+
+    /// Starts one helper; returns the read end of its stdout.
+    pub fn start(&mut self) -> Result<OwnedFd, String> {
+        if self.bin.is_none() || self.argv.is_empty() {
+            return Err("the ward-gc-roots helper is not installed next to ward".into());
+        }
+        if self.running.len() >= MAX_ROOT_FINDERS {
+            return Err(format!(
+                "{MAX_ROOT_FINDERS} root searches are already running; try again"
+            ));
+        }
+        let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+            .map_err(|e| format!("pipe: {e}"))?;
+        let null = std::fs::File::open("/dev/null").map_err(|e| format!("/dev/null: {e}"))?;
+        let fds = [(null.as_raw_fd(), 0), (write.as_raw_fd(), 1), (2, 2)];
+        match sys::fork_process().map_err(|e| format!("fork: {e}"))? {
+            ForkResult::Parent { child } => {
+                self.running.push(child);
+                Ok(read)
+            }
+            ForkResult::Child => {
+                let Err((what, errno)) = exec_helper(&self.argv, &fds);
+                eprintln!("ward-broker: starting ward-gc-roots failed at {what}: {errno}");
+                std::process::exit(127);
+            }
+        }
+    }
+
+    /// Forgets a reaped helper; false if `pid` was not one.
+    pub fn reaped(&mut self, pid: Pid) -> bool {
+        match self.running.iter().position(|p| *p == pid) {
+            Some(at) => {
+                self.running.swap_remove(at);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// In the forked child: descriptors 0–2 only, default signals, exec.
+fn exec_helper(
+    argv: &[CString],
+    fds: &[(RawFd, RawFd)],
+) -> Result<std::convert::Infallible, (&'static str, Errno)> {
+    nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
+        .map_err(|e| ("unblocking signals", e))?;
+    sys::default_sigpipe().map_err(|e| ("resetting SIGPIPE", e))?;
+    let parked: Vec<(RawFd, RawFd)> = fds
+        .iter()
+        .map(|&(src, dst)| fcntl(src, FcntlArg::F_DUPFD_CLOEXEC(100)).map(|p| (p, dst)))
+        .collect::<Result<_, _>>()
+        .map_err(|e| ("parking descriptors", e))?;
+    for (parked_fd, dst) in parked {
+        nix::unistd::dup2(parked_fd, dst).map_err(|e| ("placing descriptors", e))?;
+    }
+    sys::close_fds_from(3).map_err(|e| ("closing inherited descriptors", e))?;
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+        .map_err(|e| ("pdeathsig", e))?;
+    let env: [CString; 0] = [];
+    nix::unistd::execve(&argv[0], argv, &env).map_err(|e| ("exec", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_the_helper_the_request_fails_naming_it() {
+        let mut finders =
+            RootFinders::new(None, Path::new("/nix/var/nix"), "/nix/store", "/nix/store");
+        let err = finders.start().unwrap_err();
+        assert!(err.contains("ward-gc-roots"), "{err}");
+    }
+}
