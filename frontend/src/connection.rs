@@ -795,6 +795,21 @@ impl Connection {
         while let Ok(event) = rx.try_recv() {
             self.queue_build_event(event);
         }
+        // As Nix's daemon does for a build it was asked for: the derivation and its outputs
+        // are this connection's temporary roots, so a collection cannot take them before the
+        // client has made its own root.
+        let mut rooted = BTreeSet::new();
+        for (target, result) in targets.iter().zip(&done) {
+            if let DerivedPath::Built { drv_path, .. } = target {
+                rooted.insert(drv_path.clone());
+            }
+            rooted.extend(result.built_outputs.values().map(|r| r.out_path.clone()));
+        }
+        for path in rooted {
+            if self.is_valid(&path)? {
+                self.writer().await?.add_temp_root(path).await?;
+            }
+        }
         for (target, result) in targets.into_iter().zip(done) {
             results.push(KeyedBuildResult {
                 path: target,

@@ -43,6 +43,22 @@ pub mod op {
     pub const BUILD_DERIVATION: u64 = 36;
     /// EnsurePath.
     pub const ENSURE_PATH: u64 = 10;
+    /// AddTextToStore.
+    pub const ADD_TEXT_TO_STORE: u64 = 8;
+    /// CollectGarbage.
+    pub const COLLECT_GARBAGE: u64 = 20;
+}
+
+/// CollectGarbage's actions.
+pub mod gc_action {
+    /// List the live paths.
+    pub const RETURN_LIVE: u64 = 0;
+    /// List the dead paths.
+    pub const RETURN_DEAD: u64 = 1;
+    /// Delete the dead paths.
+    pub const DELETE_DEAD: u64 = 2;
+    /// Delete the paths named.
+    pub const DELETE_SPECIFIC: u64 = 3;
 }
 
 /// A derivation as BuildDerivation sends it (Nix's `BasicDerivation`: no input derivations).
@@ -434,6 +450,45 @@ impl WorkerClient {
         self.send_frames(nar, chunk)?;
         self.end_frames()?;
         self.process_stderr()
+    }
+
+    /// AddTextToStore: a text path with `references`; returns its store path. On this
+    /// connection it is a temporary root until the connection ends.
+    pub fn add_text_to_store(
+        &mut self,
+        name: &str,
+        text: &[u8],
+        references: &[String],
+    ) -> Result<String> {
+        self.write_u64(op::ADD_TEXT_TO_STORE)?;
+        self.write_string(name.as_bytes())?;
+        self.write_string(text)?;
+        self.write_strings(references)?;
+        self.process_stderr()?;
+        self.read_string()
+    }
+
+    /// CollectGarbage: the paths reported or deleted and the bytes freed.
+    pub fn collect_garbage(
+        &mut self,
+        action: u64,
+        paths: &[String],
+        ignore_liveness: bool,
+        max_freed: u64,
+    ) -> Result<(Vec<String>, u64)> {
+        self.write_u64(op::COLLECT_GARBAGE)?;
+        self.write_u64(action)?;
+        self.write_strings(paths)?;
+        self.write_u64(u64::from(ignore_liveness))?;
+        self.write_u64(max_freed)?;
+        for _obsolete in 0..3 {
+            self.write_u64(0)?;
+        }
+        self.process_stderr()?;
+        let paths = self.read_strings()?;
+        let freed = self.read_u64()?;
+        let _obsolete = self.read_u64()?;
+        Ok((paths, freed))
     }
 
     /// Writes raw bytes (for malformed requests).
