@@ -1,13 +1,15 @@
 //! CollectGarbage: the roots from the broker's helper, stale indirect roots removed, then
-//! [`ward_store::gc`].
+//! [`ward_store::gc`]; and the automatic collection of `min-free` / `max-free`.
 
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use rustix::fs::{AtFlags, FileType};
 use rustix::io::Errno;
 use ward_proto::gc_roots::RootRecord;
-use ward_proto::ipc::store_writer::{StoreWriterError, StoreWriterToFrontend};
+use ward_proto::ipc::store_writer::{GcAction, StoreWriterError, StoreWriterToFrontend};
 use ward_store::gc::{self, ExternalRoots, GcError, GcRequest};
 
 use crate::server::Shared;
@@ -85,6 +87,106 @@ pub fn collect_garbage(
         bytes_freed: outcome.bytes_freed,
         messages,
     })
+}
+
+/// Nix's test hook, honoured the same way: a file holding the free bytes to assume.
+const FAKE_FREE_SPACE_VAR: &str = "_NIX_TEST_FREE_SPACE_FILE";
+
+/// `min-free` / `max-free`: before an addition (or a build's registration), as Nix's
+/// `autoGC`, if at most every `min-free-check-interval` seconds the store's file system has
+/// less than `min-free` bytes available, a collection frees up to `max-free` minus what is
+/// available. The addition waits for it, as in Nix; additions that arrive meanwhile wait for
+/// the same one instead of starting another.
+#[derive(Debug)]
+pub struct AutoGc {
+    min_free: u64,
+    max_free: u64,
+    interval: Duration,
+    keep_outputs: bool,
+    keep_derivations: bool,
+    state: Mutex<AutoGcState>,
+    running: Mutex<()>,
+}
+
+#[derive(Debug)]
+struct AutoGcState {
+    last_check: Option<Instant>,
+    /// Space after the last automatic collection: one that could not free 3 % more is not
+    /// repeated until space drops below this again.
+    avail_after_gc: u64,
+}
+
+impl AutoGc {
+    /// From `nix.conf`.
+    pub fn from_settings(settings: &ward_config::Settings) -> AutoGc {
+        AutoGc {
+            min_free: settings.min_free,
+            max_free: settings.max_free,
+            interval: Duration::from_secs(settings.min_free_check_interval),
+            keep_outputs: settings.keep_outputs,
+            keep_derivations: settings.keep_derivations,
+            state: Mutex::new(AutoGcState {
+                last_check: None,
+                avail_after_gc: u64::MAX,
+            }),
+            running: Mutex::new(()),
+        }
+    }
+
+    /// Bytes available to unprivileged users on the store's file system.
+    fn available(real_store_dir: &Path) -> Option<u64> {
+        if let Some(file) = std::env::var_os(FAKE_FREE_SPACE_VAR) {
+            return std::fs::read_to_string(file).ok()?.trim().parse().ok();
+        }
+        let st = rustix::fs::statvfs(real_store_dir).ok()?;
+        Some(st.f_bavail.saturating_mul(st.f_frsize))
+    }
+
+    /// Collects garbage if space is short (see the type's documentation).
+    pub fn run_if_needed(&self, shared: &Shared) {
+        if self.min_free == 0 {
+            return;
+        }
+        // One that runs: wait for it, then go on (its result is as good as ours).
+        let Ok(_running) = self.running.try_lock() else {
+            drop(self.running.lock());
+            return;
+        };
+        let real = shared.layout.real_store_dir();
+        let avail = {
+            let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            let now = Instant::now();
+            if state.last_check.is_some_and(|t| now < t + self.interval) {
+                return;
+            }
+            state.last_check = Some(now);
+            let Some(avail) = Self::available(real) else {
+                return;
+            };
+            if avail >= self.min_free || avail >= self.max_free {
+                return;
+            }
+            if avail as f64 > state.avail_after_gc as f64 * 0.97 {
+                return;
+            }
+            avail
+        };
+        let max_freed = self.max_free - avail;
+        tracing::info!("running auto-GC to free {max_freed} bytes");
+        let request = GcRequest {
+            action: GcAction::DeleteDead,
+            paths: Default::default(),
+            max_freed,
+            keep_outputs: self.keep_outputs,
+            keep_derivations: self.keep_derivations,
+        };
+        if let Err(e) = collect_garbage(shared, &request) {
+            tracing::error!("the automatic garbage collection failed: {e}");
+        }
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.avail_after_gc = Self::available(real).unwrap_or(u64::MAX);
+        state.last_check = Some(Instant::now());
+    }
 }
 
 /// Removes `link` from `gcroots/auto` if it is a symlink there whose `target` is gone for us

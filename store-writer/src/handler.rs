@@ -440,6 +440,7 @@ impl ChannelState {
         channel: &WriterChannel,
     ) -> Outcome {
         let shared = Arc::clone(&self.shared);
+        shared.auto_gc.run_if_needed(&shared);
         let mut info = request.info.clone();
         let path = info.path.clone();
         let shown = shared.print(&path);
@@ -504,6 +505,7 @@ impl ChannelState {
         fd: Option<OwnedFd>,
         channel: &WriterChannel,
     ) -> Outcome {
+        self.shared.auto_gc.run_if_needed(&self.shared);
         let shared = Arc::clone(&self.shared);
         let pipe = Self::take_pipe(fd, &request.name)?;
         check_name(&request.name).map_err(|e| StoreWriterError::BadName {
@@ -725,6 +727,7 @@ impl ChannelState {
         channel: &WriterChannel,
     ) -> Outcome {
         let shared = Arc::clone(&self.shared);
+        shared.auto_gc.run_if_needed(&shared);
         let drv_shown = shared.print(drv_path);
         let mut wanted = Vec::with_capacity(outputs.len());
         for (name, kind) in outputs {

@@ -85,6 +85,8 @@ pub struct Shared {
     pub broker: Option<BrokerLink>,
     /// Held by the one collection that runs.
     pub collecting: Mutex<()>,
+    /// `min-free` / `max-free`: collections started by additions when space runs low.
+    pub auto_gc: crate::collect::AutoGc,
     open_channels: AtomicUsize,
     next_channel: AtomicU64,
 }
@@ -407,6 +409,7 @@ pub fn run(
         compress_build_log: setup.settings.compress_build_log,
         broker,
         collecting: Mutex::new(()),
+        auto_gc: crate::collect::AutoGc::from_settings(&setup.settings),
         open_channels: AtomicUsize::new(0),
         next_channel: AtomicU64::new(0),
     });
@@ -524,6 +527,7 @@ mod tests {
             compress_build_log: true,
             broker: None,
             collecting: Mutex::new(()),
+            auto_gc: crate::collect::AutoGc::from_settings(&ward_config::Settings::defaults()),
             open_channels: AtomicUsize::new(0),
             next_channel: AtomicU64::new(0),
         });

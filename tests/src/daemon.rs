@@ -7,6 +7,7 @@
 //! daemon's whole process tree is killed when the [`WardDaemon`] is dropped.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::OsString;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
@@ -121,6 +122,7 @@ pub struct DaemonOptions {
     args: Vec<String>,
     socket_path: Option<PathBuf>,
     store_root: Option<PathBuf>,
+    env: Vec<(String, OsString)>,
 }
 
 impl DaemonOptions {
@@ -132,7 +134,14 @@ impl DaemonOptions {
             args: Vec::new(),
             socket_path: None,
             store_root: None,
+            env: Vec::new(),
         }
+    }
+
+    /// Sets an environment variable for the daemon (its environment is cleared otherwise).
+    pub fn env(mut self, name: impl Into<String>, value: impl Into<OsString>) -> DaemonOptions {
+        self.env.push((name.into(), value.into()));
+        self
     }
 
     /// A multi-user daemon (root only); only root is trusted.
@@ -377,6 +386,9 @@ impl WardDaemon {
             .process_group(0);
         if let Some(filter) = std::env::var_os("RUST_LOG") {
             cmd.env("RUST_LOG", filter);
+        }
+        for (name, value) in &options.env {
+            cmd.env(name, value);
         }
         match (self.kind, options.mode) {
             (DaemonKind::Ward, Mode::SingleUser) => {

@@ -385,3 +385,55 @@ fn paths_added_while_collections_run_are_never_lost() {
         "{valid:?}"
     );
 }
+
+/// `min-free` / `max-free`: an addition that finds less than `min-free` bytes available first
+/// collects garbage (the free space is faked with Nix's own test hook, which ward honours).
+#[test]
+fn additions_collect_garbage_when_space_runs_low() {
+    let test = "additions_collect_garbage_when_space_runs_low";
+    let scratch = tempfile::tempdir().unwrap();
+    let free_file = scratch.path().join("free-bytes");
+    let Some(f) = Fixture::start(
+        test,
+        DaemonOptions::single_user()
+            .conf("min-free = 1000")
+            .conf("max-free = 5000")
+            .conf("min-free-check-interval = 0")
+            .env("_NIX_TEST_FREE_SPACE_FILE", free_file.as_os_str()),
+    ) else {
+        return;
+    };
+    let dir = f.env.dir("inputs");
+    let add = |name: &str| {
+        let contents = format!("{name}\n").repeat(200);
+        f.ward
+            .add(&[&inputs::file(&dir, name, contents.as_bytes())])[0]
+            .clone()
+    };
+    // Without the file there is nothing to go by: no collection.
+    let junk: Vec<String> = (0..3).map(|i| add(&format!("junk{i}"))).collect();
+    let valid = f.ward.all_valid_paths();
+    assert!(junk.iter().all(|p| valid.contains(p)), "{valid:?}");
+    // Plenty of space: no collection either.
+    std::fs::write(&free_file, "1000000").unwrap();
+    let roomy = add("roomy");
+    let valid = f.ward.all_valid_paths();
+    assert!(junk.iter().all(|p| valid.contains(p)), "{valid:?}");
+    // Short of space: the next addition first collects the garbage, then adds.
+    std::fs::write(&free_file, "100").unwrap();
+    let tight = add("tight");
+    let valid = f.ward.all_valid_paths();
+    assert!(
+        junk.iter().chain([&roomy]).all(|p| !valid.contains(p)),
+        "garbage collected: {valid:?}\n{}",
+        f.daemon.log_tail()
+    );
+    assert!(valid.contains(&tight), "{valid:?}");
+    assert!(
+        f.daemon
+            .log()
+            .contains("running auto-GC to free 4900 bytes"),
+        "{}",
+        f.daemon.log_tail()
+    );
+}
