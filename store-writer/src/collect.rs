@@ -133,6 +133,23 @@ impl AutoGc {
         }
     }
 
+    /// Never collects (`min-free = 0`).
+    #[cfg(test)]
+    pub fn disabled() -> AutoGc {
+        AutoGc {
+            min_free: 0,
+            max_free: u64::MAX,
+            interval: Duration::from_secs(5),
+            keep_outputs: false,
+            keep_derivations: true,
+            state: Mutex::new(AutoGcState {
+                last_check: None,
+                avail_after_gc: u64::MAX,
+            }),
+            running: Mutex::new(()),
+        }
+    }
+
     /// Bytes available to unprivileged users on the store's file system.
     fn available(real_store_dir: &Path) -> Option<u64> {
         if let Some(file) = std::env::var_os(FAKE_FREE_SPACE_VAR) {

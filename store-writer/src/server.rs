@@ -527,7 +527,7 @@ mod tests {
             compress_build_log: true,
             broker: None,
             collecting: Mutex::new(()),
-            auto_gc: crate::collect::AutoGc::from_settings(&ward_config::Settings::defaults()),
+            auto_gc: crate::collect::AutoGc::disabled(),
             open_channels: AtomicUsize::new(0),
             next_channel: AtomicU64::new(0),
         });
