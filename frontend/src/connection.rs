@@ -150,7 +150,13 @@ impl Connection {
         StderrMessage::Last.write(&mut self.out, self.ctx.version);
         self.flush().await?;
 
+        let mut restarts = self.shared.writer_restarts.clone();
         loop {
+            // While waiting for the next request, a restarted store-writer gets this
+            // connection's temporary roots at once.
+            if let Some(restarts) = restarts.as_mut() {
+                self.wait_for_request(restarts).await?;
+            }
             let op = match read_op(&mut self.r).await {
                 Ok(Some(op)) => op,
                 Ok(None) => return Ok(()),
@@ -252,6 +258,39 @@ impl Connection {
 
     fn print(&self, path: &StorePath) -> String {
         self.ctx.store_dir.print(path)
+    }
+
+    /// Returns when the client's next request has begun to arrive (or it hung up), giving
+    /// this connection's temporary roots to a restarted store-writer meanwhile.
+    async fn wait_for_request(
+        &mut self,
+        restarts: &mut tokio::sync::watch::Receiver<u64>,
+    ) -> Result<(), String> {
+        use tokio::io::AsyncBufReadExt;
+        loop {
+            if !self.r.buffered().is_empty() {
+                return Ok(());
+            }
+            let holds_roots = self
+                .writer
+                .as_ref()
+                .is_some_and(WriterClient::has_temp_roots);
+            // `fill_buf` is cancel safe: nothing is consumed.
+            let restarted = tokio::select! {
+                filled = self.r.fill_buf() => {
+                    filled.map_err(|e| format!("reading the next operation: {e}"))?;
+                    false
+                }
+                changed = restarts.changed(), if holds_roots => changed.is_ok(),
+            };
+            if !restarted {
+                return Ok(());
+            }
+            match connect_writer(&mut self.writer, &self.shared).await {
+                Ok(_) => debug!("temporary roots given to the restarted store-writer"),
+                Err(e) => debug!("replaying temporary roots: {e:?}; retried at the next request"),
+            }
+        }
     }
 
     async fn writer(&mut self) -> OpResult<&mut WriterClient> {

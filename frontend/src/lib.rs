@@ -17,3 +17,4 @@ pub mod server;
 pub mod store;
 pub mod workers;
 pub mod writer_client;
+pub mod writer_watch;

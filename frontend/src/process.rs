@@ -192,6 +192,10 @@ pub fn run(args: Vec<OsString>) -> Result<(), String> {
             store,
             ipc_dir: args.ipc_dir.clone(),
             trust_override: setup.args.trust_override,
+            writer_restarts: Some(
+                crate::writer_watch::start(args.ipc_dir.clone())
+                    .map_err(|e| format!("starting the store-writer watch: {e}"))?,
+            ),
         });
         crate::confine::confine_frontend(&setup.layout)
             .map_err(|e| format!("confining the frontend: {e}"))?;

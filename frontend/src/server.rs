@@ -35,6 +35,9 @@ pub struct Shared {
     pub broker: Option<Arc<crate::broker_client::BrokerClient>>,
     /// Running goals and build slots, shared by all connections.
     pub builds: crate::build::Builds,
+    /// Bumped when the store-writer was restarted (`writer_watch.rs`); absent in tests that
+    /// run without one.
+    pub writer_restarts: Option<tokio::sync::watch::Receiver<u64>>,
 }
 
 impl Shared {

@@ -331,6 +331,11 @@ impl WriterClient {
         self.temp_roots.extend(roots);
     }
 
+    /// Whether this channel holds temporary roots.
+    pub fn has_temp_roots(&self) -> bool {
+        !self.temp_roots.is_empty()
+    }
+
     /// The temporary roots this channel holds (see [`WriterClient::temp_roots`]), for the
     /// channel that replaces it.
     pub fn take_temp_roots(&mut self) -> BTreeSet<StorePath> {

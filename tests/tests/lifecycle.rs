@@ -438,6 +438,51 @@ fn killed_store_writer_is_restarted_and_the_frontend_left_alone() {
     assert_eq!(single_process_named(broker, FRONTEND), Some(frontend));
 }
 
+#[test]
+fn idle_connections_give_their_roots_to_a_restarted_store_writer_at_once() {
+    let test = "idle_connections_give_their_roots_to_a_restarted_store_writer_at_once";
+    if !require_nix(test) || no_process_tree(test) {
+        return;
+    }
+    let env = TestEnv::new("idle-roots-after-restart");
+    let daemon = WardDaemon::start(DaemonOptions::single_user());
+    let client = env.client(&daemon);
+    let writer = wait_child(&daemon, STORE_WRITER, None);
+    let mut idle = WorkerClient::connect(daemon.socket()).expect("connect");
+    let nar_bytes = nar::nar_of_file(
+        b"added by a connection that then sits idle
+",
+        false,
+    );
+    let (path, ca) = nar::source_path("/nix/store", "idle.txt", &nar_bytes);
+    let mut info = PathInfo::for_nar(&path, &nar_bytes);
+    info.ca = ca;
+    idle.add_to_store_nar(&info, &nar_bytes, 4096, false)
+        .expect("AddToStoreNar");
+
+    kill_9(writer);
+    wait_child(&daemon, STORE_WRITER, Some(writer));
+    // The idle connection sends nothing; the frontend replays its roots by itself.
+    let temproots = daemon.layout().state_dir.join("temproots");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !live_temp_roots(&temproots).contains(&path) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{path} was not replayed to the new store-writer: {}",
+            daemon.log_tail()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let gc = client.ok("nix-store", &["--gc"]);
+    assert!(
+        client.all_valid_paths().contains(&path),
+        "a collection after the restart kept the idle connection's path: {gc}"
+    );
+    assert!(idle
+        .is_valid_path(&path)
+        .expect("the idle connection still works"));
+}
+
 /// The paths in the temporary-root files whose owner is alive, as Nix's collector reads them:
 /// a file whose lock can be taken belongs to a dead process and does not count.
 fn live_temp_roots(dir: &std::path::Path) -> std::collections::BTreeSet<String> {
