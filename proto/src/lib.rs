@@ -10,6 +10,7 @@
 //! for framing; no parser in this crate trusts a length it read before checking it.
 #![forbid(unsafe_code)]
 
+pub mod binary_cache;
 pub mod content_address;
 pub mod db;
 pub mod derivation;
