@@ -13,22 +13,13 @@ pub const CACHE_INFO_FILE: &str = "nix-cache-info";
 /// Compressions of a NAR that ward can undo (Nix's names).
 pub const SUPPORTED_COMPRESSIONS: [&str; 4] = ["none", "xz", "bzip2", "zstd"];
 
-/// What `nix-cache-info` says.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What `nix-cache-info` says (defaults as Nix's: no mass queries, priority 0).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CacheInfo {
     /// `WantMassQuery: 1`: the cache may be asked about many paths at once.
     pub want_mass_query: bool,
     /// `Priority`: lower is tried first (Nix's default is 0).
     pub priority: i64,
-}
-
-impl Default for CacheInfo {
-    fn default() -> Self {
-        CacheInfo {
-            want_mass_query: false,
-            priority: 0,
-        }
-    }
 }
 
 /// Why a cache, or one of its narinfos, is not used.
