@@ -15,6 +15,7 @@ pub mod process;
 pub mod roots;
 pub mod server;
 pub mod store;
+pub mod substitute;
 pub mod workers;
 pub mod writer_client;
 pub mod writer_watch;
