@@ -24,7 +24,7 @@ use ward_proto::store_path::StorePath;
 use ward_proto::wire::{FramedReader, Limits, WireError, WireReader, WireWriter};
 use ward_proto::worker::types::{
     placeholder_drv_output, BuildResult, BuildStatus, DerivedPath, GcAction as WireGcAction,
-    GcPaths, GcResult, KeyedBuildResult, MissingInfo, OutputsSpec, TrustFlag,
+    GcPaths, GcResult, KeyedBuildResult, OutputsSpec, TrustFlag,
 };
 use ward_proto::worker::{
     read_op, AddToStore, AddToStoreReply, ClientHandshakeInfo, DaemonError, Op, QueryRealisation,
@@ -318,7 +318,14 @@ impl Connection {
                 let valid = self.is_valid(&r.path)?;
                 self.reply(Reply::IsValidPath(valid)).await
             }
-            R::HasSubstitutes(_) => self.reply(Reply::HasSubstitutes(false)).await,
+            R::HasSubstitutes(r) => {
+                let found = self
+                    .ask_substituters(move |subs, messages| {
+                        subs.substitutable_paths(&[r.path].into(), messages)
+                    })
+                    .await;
+                self.reply(Reply::HasSubstitutes(!found.is_empty())).await
+            }
             R::QueryPathHash(r) => {
                 let info = self.valid_info(&r.path)?;
                 self.reply(Reply::QueryPathHash(info.nar_hash)).await
@@ -394,19 +401,42 @@ impl Connection {
                 let outputs = self.derivation_outputs(&r.path)?;
                 self.reply(Reply::QueryDerivationOutputMap(outputs)).await
             }
-            R::QuerySubstitutablePathInfo(_) => {
-                self.reply(Reply::QuerySubstitutablePathInfo(None)).await
-            }
-            R::QuerySubstitutablePathInfos(_) => {
-                self.reply(Reply::QuerySubstitutablePathInfos(BTreeMap::new()))
+            R::QuerySubstitutablePathInfo(r) => {
+                let mut infos = self
+                    .ask_substituters(move |subs, messages| {
+                        subs.path_infos([&r.path], messages).into_values().next()
+                    })
+                    .await;
+                self.reply(Reply::QuerySubstitutablePathInfo(infos.take()))
                     .await
             }
-            R::QuerySubstitutablePaths(_) => {
-                self.reply(Reply::QuerySubstitutablePaths(BTreeSet::new()))
-                    .await
+            R::QuerySubstitutablePathInfos(r) => {
+                // Content addresses would matter only for a cache of another store directory,
+                // which ward does not use.
+                let infos = self
+                    .ask_substituters(move |subs, messages| {
+                        subs.path_infos(r.paths.keys(), messages)
+                    })
+                    .await;
+                self.reply(Reply::QuerySubstitutablePathInfos(infos)).await
+            }
+            R::QuerySubstitutablePaths(r) => {
+                let found = self
+                    .ask_substituters(move |subs, messages| {
+                        subs.substitutable_paths(&r.paths, messages)
+                    })
+                    .await;
+                self.reply(Reply::QuerySubstitutablePaths(found)).await
             }
             R::QueryMissing(r) => {
-                let missing = self.query_missing(&r.targets)?;
+                let shared = Arc::clone(&self.shared);
+                let targets = r.targets;
+                let missing = self
+                    .ask_substituters(move |subs, messages| {
+                        crate::build::missing::query_missing(&shared, subs, &targets, messages)
+                    })
+                    .await
+                    .map_err(OpError::Client)?;
                 self.reply(Reply::QueryMissing(missing)).await
             }
             R::SetOptions(r) => {
@@ -415,10 +445,23 @@ impl Connection {
             }
             R::EnsurePath(r) => {
                 if !self.is_valid(&r.path)? {
-                    return Err(OpError::Client(format!(
-                        "path '{}' does not exist and cannot be created",
-                        self.print(&r.path)
-                    )));
+                    let target = DerivedPath::Opaque(r.path.clone());
+                    let results = self
+                        .build_targets(vec![target], ward_proto::worker::types::BuildMode::Normal)
+                        .await?;
+                    let result = &results[0].result;
+                    if !build_succeeded(result) {
+                        return Err(OpError::Client(
+                            if result.status == BuildStatus::NoSubstituters {
+                                format!(
+                                    "path '{}' does not exist and cannot be created",
+                                    self.print(&r.path)
+                                )
+                            } else {
+                                result.error_msg.clone()
+                            },
+                        ));
+                    }
                 }
                 self.writer().await?.add_temp_root(r.path).await?;
                 self.reply(Reply::EnsurePath).await
@@ -709,13 +752,11 @@ impl Connection {
                     if self.is_valid(path)? {
                         Pending::Done(BuildResult::new(BuildStatus::AlreadyValid, ""))
                     } else {
-                        Pending::Done(BuildResult::new(
-                            BuildStatus::NoSubstituters,
-                            format!(
-                                "path '{}' is required, but there is no substituter that can build it",
-                                self.print(path)
-                            ),
-                        ))
+                        // Rooted before it exists, so a collection cannot take it between
+                        // its substitution and the end of this op.
+                        self.writer().await?.add_temp_root(path.clone()).await?;
+                        let handle = crate::build::substitution_for(&self.shared, path, &ctx);
+                        Pending::Goal(handle, BTreeSet::new())
                     }
                 }
                 DerivedPath::Built { drv_path, outputs } => {
@@ -839,9 +880,10 @@ impl Connection {
         // client has made its own root.
         let mut rooted = BTreeSet::new();
         for (target, result) in targets.iter().zip(&done) {
-            if let DerivedPath::Built { drv_path, .. } = target {
-                rooted.insert(drv_path.clone());
-            }
+            match target {
+                DerivedPath::Built { drv_path, .. } => rooted.insert(drv_path.clone()),
+                DerivedPath::Opaque(path) => rooted.insert(path.clone()),
+            };
             rooted.extend(result.built_outputs.values().map(|r| r.out_path.clone()));
         }
         for path in rooted {
@@ -991,6 +1033,22 @@ impl Connection {
                     StderrMessage::Next(bytes)
                 }
             }
+            E::Copy {
+                activity,
+                path,
+                from,
+            } => StderrMessage::StartActivity(StartActivity {
+                id: activity,
+                level: Verbosity::Info,
+                activity_type: ActivityType::CopyPath,
+                text: format!("copying path '{path}' from '{from}'"),
+                fields: vec![
+                    LogField::from(path.as_str()),
+                    LogField::from(from.as_str()),
+                    LogField::from("local"),
+                ],
+                parent: 0,
+            }),
             E::Stop { activity } => StderrMessage::StopActivity(activity),
             E::Message(text) => StderrMessage::log_line(&text),
         };
@@ -1041,69 +1099,26 @@ impl Connection {
             .map_err(|e| OpError::Client(format!("parsing derivation '{}': {e}", self.print(drv))))
     }
 
-    /// What building `targets` would take: every derivation (inputs included) with an output
-    /// that is not valid, and the paths that are neither valid nor buildable. There are no
-    /// substituters yet, so nothing is substituted and nothing downloaded.
-    fn query_missing(&self, targets: &[DerivedPath]) -> OpResult<MissingInfo> {
-        let mut missing = MissingInfo::default();
-        let mut todo: Vec<(StorePath, Option<BTreeSet<String>>)> = Vec::new();
-        for target in targets {
-            match target {
-                DerivedPath::Opaque(path) => {
-                    if !self.is_valid(path)? {
-                        missing.unknown.insert(path.clone());
-                    }
-                }
-                DerivedPath::Built { drv_path, outputs } => {
-                    let wanted = match outputs {
-                        OutputsSpec::All => None,
-                        OutputsSpec::Names(names) => Some(names.iter().cloned().collect()),
-                    };
-                    todo.push((drv_path.clone(), wanted));
-                }
-            }
+    /// Runs `query` against this connection's substituters on the blocking pool (it reads
+    /// files and the network); what the caches said wrong is shown to the client as warnings.
+    async fn ask_substituters<T: Send + 'static>(
+        &mut self,
+        query: impl FnOnce(&crate::substitute::Substituters, &mut Vec<String>) -> T + Send + 'static,
+    ) -> T {
+        let shared = Arc::clone(&self.shared);
+        let settings = Arc::clone(&self.settings);
+        let (value, messages) = tokio::task::spawn_blocking(move || {
+            let mut messages = Vec::new();
+            let subs = shared.substituters.select(&settings, &mut messages);
+            let value = query(&subs, &mut messages);
+            (value, messages)
+        })
+        .await
+        .expect("substituter queries do not panic");
+        for m in messages {
+            self.log(Verbosity::Error, &format!("warning: {m}"));
         }
-        let mut seen = BTreeSet::new();
-        while let Some((drv_path, wanted)) = todo.pop() {
-            if !seen.insert(drv_path.clone()) {
-                continue;
-            }
-            if !self.is_valid(&drv_path)? {
-                missing.unknown.insert(drv_path);
-                continue;
-            }
-            let drv = match crate::build::goal::read_derivation(&self.shared, &drv_path) {
-                Ok(d) => d,
-                Err(_) => {
-                    missing.unknown.insert(drv_path);
-                    continue;
-                }
-            };
-            let known = self.derivation_outputs(&drv_path)?;
-            let mut all_valid = true;
-            for (name, path) in &known {
-                if wanted.as_ref().is_some_and(|w| !w.contains(name)) {
-                    continue;
-                }
-                match path {
-                    Some(p) if self.is_valid(p)? => {}
-                    _ => all_valid = false,
-                }
-            }
-            if all_valid {
-                continue;
-            }
-            missing.will_build.insert(drv_path.clone());
-            for (input, outputs) in &drv.input_drvs {
-                todo.push((input.clone(), Some(outputs.clone())));
-            }
-            for src in &drv.input_srcs {
-                if !self.is_valid(src)? {
-                    missing.unknown.insert(src.clone());
-                }
-            }
-        }
-        Ok(missing)
+        value
     }
 
     fn set_options(&mut self, r: ward_proto::worker::types::SetOptions) {

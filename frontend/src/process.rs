@@ -189,6 +189,10 @@ pub fn run(args: Vec<OsString>) -> Result<(), String> {
             builds: crate::build::Builds::new(setup.settings.max_jobs),
             policy: Shared::policy_from(&setup.settings),
             settings: setup.settings.clone(),
+            substituters: crate::substitute::CachePool::new(
+                &setup.settings,
+                store.store_dir().clone(),
+            ),
             store,
             ipc_dir: args.ipc_dir.clone(),
             trust_override: setup.args.trust_override,

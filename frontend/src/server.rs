@@ -38,6 +38,8 @@ pub struct Shared {
     /// Bumped when the store-writer was restarted (`writer_watch.rs`); absent in tests that
     /// run without one.
     pub writer_restarts: Option<tokio::sync::watch::Receiver<u64>>,
+    /// The binary caches, opened on first use.
+    pub substituters: crate::substitute::CachePool,
 }
 
 impl Shared {

@@ -22,6 +22,10 @@ use ward_proto::worker::types::BuildMode;
 use crate::server::Shared;
 
 use super::run::{self, BuildPlan};
+use crate::writer_client::WriterClient;
+
+/// How long a goal waits for the store-writer's channel.
+pub(crate) const WRITER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// What a client's build request sees of the build's progress.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,6 +48,15 @@ pub enum LogEvent {
     Stop {
         /// The activity id.
         activity: u64,
+    },
+    /// A path is being copied from a substituter (Nix's `actCopyPath` activity).
+    Copy {
+        /// The activity id.
+        activity: u64,
+        /// The path, printed.
+        path: String,
+        /// The cache's URL.
+        from: String,
     },
     /// A message for the user (e.g. where a failed build was kept).
     Message(String),
@@ -81,6 +94,9 @@ pub struct GoalResult {
     pub cpu_user_micros: Option<u64>,
     /// CPU time of the build, in microseconds.
     pub cpu_system_micros: Option<u64>,
+    /// A substitution that failed because a cache failed (not because no cache had the
+    /// path): without `fallback`, the derivation needing it is not built from source.
+    pub substituter_failed: bool,
 }
 
 impl GoalResult {
@@ -98,6 +114,7 @@ impl GoalResult {
             stop_time: 0,
             cpu_user_micros: None,
             cpu_system_micros: None,
+            substituter_failed: false,
         }
     }
 
@@ -111,10 +128,12 @@ impl GoalResult {
     }
 }
 
+/// What a goal realises: a derivation's outputs (built, or substituted when they can be), or
+/// one store path fetched from a substituter.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct GoalKey {
-    drv: StorePath,
-    mode: BuildMode,
+pub(crate) enum GoalKey {
+    Derivation { drv: StorePath, mode: BuildMode },
+    Substitution { path: StorePath },
 }
 
 /// A waiter's hold on a goal; the goal is cancelled when the last one is dropped.
@@ -189,13 +208,22 @@ pub fn goal_for(
     mode: BuildMode,
     ctx: &BuildCtx,
 ) -> Arc<GoalHandle> {
-    let key = GoalKey {
+    let key = GoalKey::Derivation {
         drv: drv.clone(),
         mode,
     };
+    start_goal(shared, key, ctx)
+}
+
+/// The goal that fetches `path` from a substituter (with its references first).
+pub fn substitution_for(shared: &Arc<Shared>, path: &StorePath, ctx: &BuildCtx) -> Arc<GoalHandle> {
+    start_goal(shared, GoalKey::Substitution { path: path.clone() }, ctx)
+}
+
+fn start_goal(shared: &Arc<Shared>, key: GoalKey, ctx: &BuildCtx) -> Arc<GoalHandle> {
     let mut goals = lock(&shared.builds.goals);
     if let Some(handle) = goals.get(&key).and_then(Weak::upgrade) {
-        debug!(drv = %drv, "joining a running goal");
+        debug!(goal = ?key, "joining a running goal");
         return handle;
     }
     let (result_tx, result_rx) = watch::channel(None);
@@ -209,10 +237,20 @@ pub fn goal_for(
     drop(goals);
     let shared = Arc::clone(shared);
     let ctx = ctx.clone();
-    let span = info_span!("goal", drv = %key.drv, uid = ctx.uid);
+    let span = match &key {
+        GoalKey::Derivation { drv, .. } => info_span!("goal", drv = %drv, uid = ctx.uid),
+        GoalKey::Substitution { path } => info_span!("substitution", path = %path, uid = ctx.uid),
+    };
     tokio::spawn(
         async move {
-            let result = realise(&shared, &key, &ctx, cancel_rx).await;
+            let result = match &key {
+                GoalKey::Derivation { drv, mode } => {
+                    realise(&shared, drv, *mode, &ctx, cancel_rx).await
+                }
+                GoalKey::Substitution { path } => {
+                    super::substitution::substitute(&shared, path, &ctx, cancel_rx).await
+                }
+            };
             debug!(status = ?result.status, "goal done");
             let _ = result_tx.send(Some(Arc::new(result)));
             let mut goals = lock(&shared.builds.goals);
@@ -301,13 +339,13 @@ fn is_valid(shared: &Shared, path: &StorePath) -> Result<bool, String> {
 
 async fn realise(
     shared: &Arc<Shared>,
-    key: &GoalKey,
+    drv_path: &StorePath,
+    mode: BuildMode,
     ctx: &BuildCtx,
     mut cancel: watch::Receiver<bool>,
 ) -> GoalResult {
     use ward_proto::worker::types::BuildStatus as S;
     let store_dir = shared.store.store_dir().clone();
-    let drv_path = &key.drv;
     let drv = match read_derivation(shared, drv_path) {
         Ok(d) => d,
         Err(e) => return GoalResult::failed(S::MiscFailure, e),
@@ -334,7 +372,7 @@ async fn realise(
             Err(e) => return GoalResult::failed(S::MiscFailure, e),
         }
     }
-    match key.mode {
+    match mode {
         BuildMode::Normal if all_valid => {
             let mut r = GoalResult::failed(S::AlreadyValid, "");
             r.outputs = outputs;
@@ -352,6 +390,59 @@ async fn realise(
         _ => {}
     }
     let _ = any_valid;
+
+    // Outputs from a substituter before building, as Nix: all of them, or the build runs
+    // (a failing cache stops it unless `fallback` is set).
+    if mode == BuildMode::Normal
+        && ctx.settings.substitute
+        && !ctx.settings.substituters.is_empty()
+        && substitutes_allowed(&drv, &ctx.settings)
+    {
+        let mut missing = Vec::new();
+        for path in outputs.values() {
+            match is_valid(shared, path) {
+                Ok(true) => {}
+                Ok(false) => missing.push(path.clone()),
+                Err(e) => return GoalResult::failed(S::MiscFailure, e),
+            }
+        }
+        let handles: Vec<_> = missing
+            .iter()
+            .map(|p| substitution_for(shared, p, ctx))
+            .collect();
+        let mut substituter_failed = false;
+        for handle in &handles {
+            let result = tokio::select! {
+                r = handle.wait() => r,
+                _ = cancelled(&mut cancel) => {
+                    return GoalResult::failed(S::MiscFailure, "build cancelled");
+                }
+            };
+            substituter_failed |= result.substituter_failed;
+        }
+        drop(handles);
+        let mut now_valid = true;
+        for path in &missing {
+            match is_valid(shared, path) {
+                Ok(v) => now_valid &= v,
+                Err(e) => return GoalResult::failed(S::MiscFailure, e),
+            }
+        }
+        if now_valid {
+            let mut r = GoalResult::failed(S::Substituted, "");
+            r.outputs = outputs;
+            return r;
+        }
+        if substituter_failed && !ctx.settings.fallback {
+            return GoalResult::failed(
+                S::TransientFailure,
+                format!(
+                    "some substitutes for the outputs of derivation '{}' failed (usually happens due to networking issues); try '--fallback' to build derivation from source ",
+                    store_dir.print(drv_path)
+                ),
+            );
+        }
+    }
 
     // Inputs first: every input derivation's goal, at once.
     let mut waits = Vec::new();
@@ -387,6 +478,38 @@ async fn realise(
         if needed {
             let handle = goal_for(shared, input, BuildMode::Normal, ctx);
             waits.push((input.clone(), handle));
+        }
+    }
+    // Sources that are not here come from a substituter.
+    for src in &drv.input_srcs {
+        match is_valid(shared, src) {
+            Ok(true) => {}
+            Ok(false) => waits.push((src.clone(), substitution_for(shared, src, ctx))),
+            Err(e) => return GoalResult::failed(S::MiscFailure, e),
+        }
+    }
+    // What the inputs' goals produce is this goal's temporary root from now until the build
+    // ends: their own channels to the store-writer close when they finish.
+    let mut roots_channel = None;
+    if !waits.is_empty() {
+        match WriterClient::connect(&shared.ipc_dir, WRITER_TIMEOUT).await {
+            Ok(mut writer) => {
+                for path in input_paths(shared, &drv) {
+                    if let Err(e) = writer.add_temp_root(path).await {
+                        return GoalResult::failed(
+                            S::MiscFailure,
+                            format!("ward's store-writer is unavailable: {e}"),
+                        );
+                    }
+                }
+                roots_channel = Some(writer);
+            }
+            Err(e) => {
+                return GoalResult::failed(
+                    S::MiscFailure,
+                    format!("ward's store-writer is unavailable: {e}"),
+                )
+            }
         }
     }
     let mut failed = 0usize;
@@ -471,14 +594,52 @@ async fn realise(
         drv,
         outputs,
         input_closure,
-        mode: key.mode,
+        mode,
         name: format!(
             "building of '{}!{}' from .drv file",
             store_dir.print(drv_path),
             plan_outputs.join(",")
         ),
     };
-    run::run_build(shared, plan, ctx, cancel).await
+    let result = run::run_build(shared, plan, ctx, cancel).await;
+    drop(roots_channel);
+    result
+}
+
+/// The input sources and the wanted outputs of the input derivations of `drv` (those whose
+/// paths are known).
+fn input_paths(shared: &Shared, drv: &Derivation) -> BTreeSet<StorePath> {
+    let mut paths = drv.input_srcs.clone();
+    for (input, wanted) in &drv.input_drvs {
+        if let Ok(outputs) = output_map(shared, input) {
+            for name in wanted {
+                if let Some(Some(p)) = outputs.get(name) {
+                    paths.insert(p.clone());
+                }
+            }
+        }
+    }
+    paths
+}
+
+/// `allowSubstitutes` (default true; `always-allow-substitutes` overrides a false).
+fn substitutes_allowed(drv: &Derivation, settings: &Settings) -> bool {
+    if settings.get("always-allow-substitutes").as_deref() == Some("true") {
+        return true;
+    }
+    match drv.env.get(b"__json".as_slice()) {
+        Some(json) => serde_json::from_slice::<serde_json::Value>(json)
+            .ok()
+            .and_then(|v| {
+                v.get("allowSubstitutes")
+                    .and_then(serde_json::Value::as_bool)
+            })
+            .unwrap_or(true),
+        None => drv
+            .env
+            .get(b"allowSubstitutes".as_slice())
+            .is_none_or(|v| v == b"1"),
+    }
 }
 
 /// Resolves when the goal is cancelled.

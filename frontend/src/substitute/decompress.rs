@@ -1,7 +1,7 @@
 //! Undoing a cached NAR's compression, with memory bounded against hostile archives (an xz
 //! stream may ask for a dictionary of gigabytes; it is refused beyond [`XZ_MEMORY_LIMIT`]).
 
-use std::io::{self, Read};
+use std::io;
 
 use super::source::Stream;
 
@@ -43,7 +43,8 @@ pub fn decoder(compression: &str, raw: Stream) -> io::Result<Stream> {
 #[cfg(test)]
 fn decode_all(compression: &str, bytes: Vec<u8>) -> io::Result<Vec<u8>> {
     let mut out = Vec::new();
-    decoder(compression, Box::new(io::Cursor::new(bytes)))?.read_to_end(&mut out)?;
+    let mut d = decoder(compression, Box::new(io::Cursor::new(bytes)))?;
+    io::Read::read_to_end(&mut d, &mut out)?;
     Ok(out)
 }
 

@@ -45,6 +45,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// A narinfo answer (`None`: not in the cache) and when it was fetched.
+type Remembered = (Instant, Option<Arc<NarInfo>>);
+
 /// One binary cache, opened.
 #[derive(Debug)]
 pub struct Cache {
@@ -59,7 +62,7 @@ pub struct Cache {
     /// `WantMassQuery` (or `?want-mass-query=`).
     pub want_mass_query: bool,
     opened: Instant,
-    narinfos: Mutex<HashMap<String, (Instant, Option<Arc<NarInfo>>)>>,
+    narinfos: Mutex<HashMap<String, Remembered>>,
     disabled_until: Mutex<Option<Instant>>,
 }
 
