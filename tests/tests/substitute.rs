@@ -1,0 +1,473 @@
+//! Substituters through ward with Debian's Nix 2.8 client: a binary cache written by the real
+//! `nix copy --to file://…` (xz, none, bzip2, zstd) and served from a directory or over HTTP
+//! (Python's http.server); `nix-store --realise` and `nix-build` fetch from it instead of
+//! building, `--dry-run` shows what would be fetched and its sizes; and a hostile cache gets
+//! nowhere: an unsigned path, a NAR that does not match its narinfo (or tries to climb out with
+//! `..`), a narinfo for another path, a narinfo that is a symlink to a file outside the cache,
+//! and an untrusted client naming a cache the daemon does not list are all refused with the
+//! store unchanged.
+
+use std::path::{Path, PathBuf};
+
+use ward_e2e_tests::builds::{self, drv, expr};
+use ward_e2e_tests::nar::NarNode;
+use ward_e2e_tests::{inputs, DaemonOptions, Fixture, ImportedGraph, SigningKey};
+
+/// A cache directory filled by the real client from `src`'s store: `paths` and their
+/// closures, signed with `key` when given.
+fn fill_cache(src: &Fixture, dir: &Path, params: &str, key: Option<&SigningKey>, paths: &[&str]) {
+    let mut url = format!("file://{}?{params}", dir.display());
+    if let Some(key) = key {
+        url.push_str(&format!("&secret-key={}", key.secret_arg()));
+    }
+    let mut args = vec!["copy", "--to", url.as_str()];
+    args.extend_from_slice(paths);
+    src.ward.ok("nix", &args);
+}
+
+fn file_url(dir: &Path) -> String {
+    format!("file://{}", dir.display())
+}
+
+/// A daemon that substitutes from `url`, trusting `key`.
+fn substituting(test: &str, url: &str, key: &SigningKey, extra: DaemonOptions) -> Option<Fixture> {
+    Fixture::start(
+        test,
+        extra
+            .conf(format!("substituters = {url}"))
+            .conf(format!("trusted-public-keys = {}", key.public)),
+    )
+}
+
+fn narinfo_file(dir: &Path, path: &str) -> PathBuf {
+    let base = path.rsplit('/').next().unwrap();
+    dir.join(format!("{}.narinfo", &base[..32]))
+}
+
+/// The value of `key` in the narinfo of `path`.
+fn narinfo_field(dir: &Path, path: &str, key: &str) -> String {
+    let text = std::fs::read_to_string(narinfo_file(dir, path)).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}: ")))
+        .unwrap_or_else(|| panic!("no {key} in {text}"))
+        .to_string()
+}
+
+/// The source daemon with an imported graph a ← b ← c, and a key.
+fn source(test: &str) -> Option<(Fixture, ImportedGraph, SigningKey)> {
+    let src = Fixture::single_user(&format!("{test}-src"))?;
+    let store_dir = src.daemon.layout().logical_store_dir.clone();
+    let graph = ImportedGraph::new(&src.env.dir("graph"), &store_dir, test);
+    graph.import(&src.ward);
+    let key = SigningKey::generate(&src.env, "cache-1");
+    Some((src, graph, key))
+}
+
+fn with_substituters<'a>(url: &'a str, args: &[&'a str]) -> Vec<&'a str> {
+    let mut all = args.to_vec();
+    all.extend(["--option", "substituters", url]);
+    all
+}
+
+#[test]
+fn nix_store_realise_fetches_a_closure_from_a_file_cache() {
+    let test = "nix_store_realise_fetches_a_closure_from_a_file_cache";
+    let Some((src, graph, key)) = source(test) else {
+        return;
+    };
+    let cache = src.env.dir("cache");
+    fill_cache(&src, &cache, "", Some(&key), &[&graph.c]);
+    assert_eq!(narinfo_field(&cache, &graph.c, "Compression"), "xz");
+    let url = file_url(&cache);
+    let Some(f) = substituting(test, &url, &key, DaemonOptions::single_user()) else {
+        return;
+    };
+
+    // QueryMissing: what would be fetched, with sizes.
+    let dry = f.ward.ok(
+        "nix-store",
+        &with_substituters(&url, &["--realise", "--dry-run", &graph.c]),
+    );
+    dry.assert_stderr_contains("these 3 paths will be fetched");
+    assert!(
+        f.ward.all_valid_paths().is_empty(),
+        "a dry run fetches nothing"
+    );
+
+    let out = f.ward.ok(
+        "nix-store",
+        &with_substituters(&url, &["--realise", &graph.c]),
+    );
+    assert_eq!(out.single_line(), graph.c);
+    out.assert_stderr_contains(&format!("copying path '{}' from '{url}'", graph.a));
+    let valid = f.ward.all_valid_paths();
+    for p in [&graph.a, &graph.b, &graph.c] {
+        assert!(valid.contains(p), "{p} substituted: {valid:?}");
+    }
+    // The same contents, references and signature as in the source store.
+    for (i, p) in [&graph.a, &graph.b, &graph.c].into_iter().enumerate() {
+        let dumped = f.ward.ok("nix", &["store", "dump-path", p]);
+        assert_eq!(dumped.stdout, graph.nars[i], "{p}");
+    }
+    let refs = f.ward.ok("nix-store", &["-q", "--references", &graph.b]);
+    assert_eq!(refs.lines(), vec![graph.a.clone()]);
+    let info = f.ward.path_info_json(&graph.c);
+    let sigs = info.to_string();
+    assert!(sigs.contains("cache-1:"), "{sigs}");
+    assert!(!sigs.contains("\"ultimate\":true"), "{sigs}");
+}
+
+#[test]
+fn every_compression_nix_writes_is_read() {
+    let test = "every_compression_nix_writes_is_read";
+    let Some(src) = Fixture::single_user(&format!("{test}-src")) else {
+        return;
+    };
+    let key = SigningKey::generate(&src.env, "cache-1");
+    let dir = src.env.dir("inputs");
+    let mut caches = Vec::new();
+    for compression in ["none", "bzip2", "zstd", "xz"] {
+        let tree = inputs::tree(&dir, &format!("tree-{compression}"), compression);
+        let path = src.ward.add(&[&tree]).remove(0);
+        let cache = src.env.dir(&format!("cache-{compression}"));
+        fill_cache(
+            &src,
+            &cache,
+            &format!("compression={compression}"),
+            Some(&key),
+            &[&path],
+        );
+        assert_eq!(narinfo_field(&cache, &path, "Compression"), compression);
+        caches.push((compression, path, file_url(&cache)));
+    }
+    let all: Vec<&str> = caches.iter().map(|(_, _, u)| u.as_str()).collect();
+    let list = all.join(" ");
+    let Some(f) = substituting(test, &list, &key, DaemonOptions::single_user()) else {
+        return;
+    };
+    for (compression, path, _) in &caches {
+        f.ward
+            .ok("nix-store", &with_substituters(&list, &["--realise", path]));
+        let want = src.ward.ok("nix", &["store", "dump-path", path]).stdout;
+        let got = f.ward.ok("nix", &["store", "dump-path", path]).stdout;
+        assert_eq!(got, want, "{compression}");
+    }
+}
+
+/// `python3 -m http.server` serving `dir` on a free port, killed on drop.
+struct HttpServer {
+    child: std::process::Child,
+    url: String,
+}
+
+impl HttpServer {
+    fn start(dir: &Path) -> HttpServer {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let child = std::process::Command::new("python3")
+            .args(["-m", "http.server", "--bind", "127.0.0.1", "--directory"])
+            .arg(dir)
+            .arg(port.to_string())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("starting python3 -m http.server");
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(25));
+        }
+        HttpServer {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        }
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn paths_are_fetched_over_http() {
+    let test = "paths_are_fetched_over_http";
+    let Some((src, graph, key)) = source(test) else {
+        return;
+    };
+    let cache = src.env.dir("cache");
+    fill_cache(&src, &cache, "", Some(&key), &[&graph.c]);
+    let server = HttpServer::start(&cache);
+    let Some(f) = substituting(test, &server.url, &key, DaemonOptions::single_user()) else {
+        return;
+    };
+    let out = f.ward.ok(
+        "nix-store",
+        &with_substituters(&server.url, &["--realise", &graph.c]),
+    );
+    out.assert_stderr_contains(&format!("copying path '{}' from '{}'", graph.c, server.url));
+    assert_eq!(
+        f.ward.ok("nix", &["store", "dump-path", &graph.c]).stdout,
+        graph.nars[2]
+    );
+    // A path the cache does not have (404) is Nix's error, and the daemon goes on.
+    let missing = ward_e2e_tests::nar::made_up_path("/nix/store", "absent", test);
+    let failed = f.ward.fails(
+        "nix-store",
+        &with_substituters(&server.url, &["--realise", &missing]),
+    );
+    failed.assert_stderr_contains("don't know how to build these paths");
+    f.ward.ok("nix-store", &["--verify-path", &graph.c]);
+}
+
+#[test]
+fn nix_build_substitutes_outputs_instead_of_building() {
+    let test = "nix_build_substitutes_outputs_instead_of_building";
+    if !builds::have_busybox(test) {
+        return;
+    }
+    let Some(src) = builds::start(&format!("{test}-src"), DaemonOptions::single_user()) else {
+        return;
+    };
+    let key = SigningKey::generate(&src.env, "cache-1");
+    let body = drv("subst", "echo built by the source daemon > $out", "");
+    let file = expr(&src, "subst", &body);
+    let out = builds::build(&src.ward, &file);
+    let cache = src.env.dir("cache");
+    fill_cache(&src, &cache, "", Some(&key), &[&out]);
+    let url = file_url(&cache);
+
+    let Some(f) = builds::start(
+        test,
+        DaemonOptions::single_user()
+            .conf(format!("substituters = {url}"))
+            .conf(format!("trusted-public-keys = {}", key.public)),
+    ) else {
+        return;
+    };
+    let file = expr(&f, "subst", &body);
+    let built = f.ward.ok(
+        "nix-build",
+        &with_substituters(&url, &[file.to_str().unwrap(), "--no-out-link"]),
+    );
+    assert_eq!(built.single_line(), out);
+    assert!(
+        !built.stderr.contains("building '"),
+        "fetched, not built: {}",
+        built.stderr
+    );
+    built.assert_stderr_contains(&format!("copying path '{out}' from '{url}'"));
+    assert_eq!(
+        builds::read_output(&f, &out),
+        "built by the source daemon\n"
+    );
+}
+
+#[test]
+fn an_unsigned_path_is_not_fetched() {
+    let test = "an_unsigned_path_is_not_fetched";
+    let Some((src, graph, key)) = source(test) else {
+        return;
+    };
+    let cache = src.env.dir("cache");
+    fill_cache(&src, &cache, "", None, &[&graph.a]);
+    let url = file_url(&cache);
+    let Some(f) = substituting(test, &url, &key, DaemonOptions::single_user()) else {
+        return;
+    };
+    let before = f.snapshot();
+    let failed = f.ward.fails(
+        "nix-store",
+        &with_substituters(&url, &["--realise", &graph.a]),
+    );
+    failed.assert_stderr_contains(&format!(
+        "the substitute for '{}' from '{url}' is not signed by any of the keys in 'trusted-public-keys'",
+        graph.a
+    ));
+    before.assert_unchanged(f.daemon.layout(), "after an unsigned substitute");
+}
+
+/// Replaces the (uncompressed) NAR of `path` in `cache` with `nar`.
+fn replace_nar(cache: &Path, path: &str, nar: &[u8]) {
+    let url = narinfo_field(cache, path, "URL");
+    std::fs::write(cache.join(url), nar).unwrap();
+}
+
+#[test]
+fn a_nar_that_does_not_match_its_narinfo_is_refused() {
+    let test = "a_nar_that_does_not_match_its_narinfo_is_refused";
+    let Some((src, graph, key)) = source(test) else {
+        return;
+    };
+    let cache = src.env.dir("cache");
+    fill_cache(
+        &src,
+        &cache,
+        "compression=none",
+        Some(&key),
+        &[&graph.a, &graph.b],
+    );
+    // a: other contents; b: a NAR whose entry climbs out with `..`.
+    replace_nar(
+        &cache,
+        &graph.a,
+        &ward_e2e_tests::nar::nar_of_file(b"not what was signed\n", false),
+    );
+    let climbing = NarNode::Directory(vec![(
+        b"..".to_vec(),
+        NarNode::File {
+            contents: b"pwned\n".to_vec(),
+            executable: false,
+        },
+    )]);
+    replace_nar(&cache, &graph.b, &climbing.to_nar());
+    let url = file_url(&cache);
+    let Some(f) = substituting(test, &url, &key, DaemonOptions::single_user()) else {
+        return;
+    };
+    f.populate();
+    let before = f.snapshot();
+    let failed = f.ward.fails(
+        "nix-store",
+        &with_substituters(&url, &["--realise", &graph.a]),
+    );
+    failed.assert_stderr_contains(&graph.a);
+    failed.assert_stderr_contains("hash mismatch");
+    before.assert_unchanged(f.daemon.layout(), "after a NAR with the wrong hash");
+
+    // b's NAR is refused too (a first has to be fetched, and is not).
+    let failed = f.ward.fails(
+        "nix-store",
+        &with_substituters(&url, &["--realise", &graph.b]),
+    );
+    failed.assert_stderr_contains(&graph.b);
+    before.assert_unchanged(f.daemon.layout(), "after a NAR climbing out");
+    let store_parent = f
+        .real_path(&graph.b)
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_owned();
+    assert!(!store_parent.join("pwned").exists());
+    assert!(!f.real_path("/nix/store/pwned").exists());
+
+    // The daemon still serves.
+    f.ward
+        .ok("nix-store", &["-q", "--hash", &before.paths()[0]]);
+}
+
+#[test]
+fn a_narinfo_for_another_path_is_refused() {
+    let test = "a_narinfo_for_another_path_is_refused";
+    let Some((src, graph, key)) = source(test) else {
+        return;
+    };
+    let cache = src.env.dir("cache");
+    fill_cache(&src, &cache, "", Some(&key), &[&graph.a]);
+    // A validly signed narinfo, served under c's name.
+    std::fs::copy(
+        narinfo_file(&cache, &graph.a),
+        narinfo_file(&cache, &graph.c),
+    )
+    .unwrap();
+    let url = file_url(&cache);
+    let Some(f) = substituting(test, &url, &key, DaemonOptions::single_user()) else {
+        return;
+    };
+    let before = f.snapshot();
+    let failed = f.ward.fails(
+        "nix-store",
+        &with_substituters(&url, &["--realise", &graph.c]),
+    );
+    failed.assert_stderr_contains(&format!(
+        "binary cache '{url}' answered for '{}' with the narinfo of '{}'",
+        graph.c, graph.a
+    ));
+    before.assert_unchanged(f.daemon.layout(), "after a narinfo for another path");
+}
+
+#[test]
+fn a_narinfo_symlinked_out_of_the_cache_is_not_followed() {
+    let test = "a_narinfo_symlinked_out_of_the_cache_is_not_followed";
+    let Some((src, graph, key)) = source(test) else {
+        return;
+    };
+    let cache = src.env.dir("cache");
+    fill_cache(&src, &cache, "", Some(&key), &[&graph.a]);
+    // The real narinfo moves outside the cache; the cache holds a link to it.
+    let outside = src.env.dir("outside").join("secret.narinfo");
+    std::fs::rename(narinfo_file(&cache, &graph.a), &outside).unwrap();
+    std::os::unix::fs::symlink(&outside, narinfo_file(&cache, &graph.a)).unwrap();
+    let url = file_url(&cache);
+    let Some(f) = substituting(test, &url, &key, DaemonOptions::single_user()) else {
+        return;
+    };
+    let before = f.snapshot();
+    let failed = f.ward.fails(
+        "nix-store",
+        &with_substituters(&url, &["--realise", &graph.a]),
+    );
+    failed.assert_stderr_contains(
+        "is a symlink; ward does not follow symlinks inside a binary cache",
+    );
+    before.assert_unchanged(f.daemon.layout(), "after a symlinked narinfo");
+}
+
+#[test]
+fn an_untrusted_client_cannot_add_a_cache() {
+    let test = "an_untrusted_client_cannot_add_a_cache";
+    let Some((src, graph, key)) = source(test) else {
+        return;
+    };
+    let cache = src.env.dir("cache");
+    fill_cache(&src, &cache, "", Some(&key), &[&graph.a, &graph.b]);
+    let url = file_url(&cache);
+    // The daemon lists no substituter; the cache is only a trusted substituter.
+    let Some(f) = Fixture::start(
+        test,
+        DaemonOptions::single_user()
+            .untrusted()
+            .conf(format!("trusted-public-keys = {}", key.public))
+            .conf(format!("trusted-substituters = {url}/trusted-only")),
+    ) else {
+        return;
+    };
+    let before = f.snapshot();
+    let failed = f.ward.fails(
+        "nix-store",
+        &with_substituters(&url, &["--realise", &graph.a]),
+    );
+    failed.assert_stderr_contains(&format!("ignoring untrusted substituter '{url}'"));
+    before.assert_unchanged(f.daemon.layout(), "after an untrusted client's cache");
+}
+
+#[test]
+fn an_untrusted_client_may_pick_a_trusted_substituter() {
+    let test = "an_untrusted_client_may_pick_a_trusted_substituter";
+    let Some((src, graph, key)) = source(test) else {
+        return;
+    };
+    let cache = src.env.dir("cache");
+    fill_cache(&src, &cache, "", Some(&key), &[&graph.a]);
+    let url = file_url(&cache);
+    let Some(f) = Fixture::start(
+        test,
+        DaemonOptions::single_user()
+            .untrusted()
+            .conf(format!("trusted-public-keys = {}", key.public))
+            .conf(format!("trusted-substituters = {url}")),
+    ) else {
+        return;
+    };
+    f.ward.ok(
+        "nix-store",
+        &with_substituters(&url, &["--realise", &graph.a]),
+    );
+    assert!(f.ward.all_valid_paths().contains(&graph.a));
+}
