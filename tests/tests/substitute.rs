@@ -471,3 +471,100 @@ fn an_untrusted_client_may_pick_a_trusted_substituter() {
     );
     assert!(f.ward.all_valid_paths().contains(&graph.a));
 }
+
+#[test]
+fn a_failing_cache_stops_the_build_unless_fallback_is_set() {
+    let test = "a_failing_cache_stops_the_build_unless_fallback_is_set";
+    if !builds::have_busybox(test) {
+        return;
+    }
+    let Some(src) = builds::start(&format!("{test}-src"), DaemonOptions::single_user()) else {
+        return;
+    };
+    let key = SigningKey::generate(&src.env, "cache-1");
+    let body = drv("fallback", "echo built here > $out", "");
+    let out = builds::build(&src.ward, &expr(&src, "fallback", &body));
+    let cache = src.env.dir("cache");
+    fill_cache(&src, &cache, "compression=none", Some(&key), &[&out]);
+    replace_nar(
+        &cache,
+        &out,
+        &ward_e2e_tests::nar::nar_of_file(b"tampered\n", false),
+    );
+    let url = file_url(&cache);
+    let Some(f) = builds::start(
+        test,
+        DaemonOptions::single_user()
+            .conf(format!("substituters = {url}"))
+            .conf(format!("trusted-public-keys = {}", key.public)),
+    ) else {
+        return;
+    };
+    let file = expr(&f, "fallback", &body);
+    let file = file.to_str().unwrap();
+    let failed = f.ward.fails(
+        "nix-build",
+        &with_substituters(&url, &[file, "--no-out-link"]),
+    );
+    failed.assert_stderr_contains("some substitutes for the outputs of derivation");
+    failed.assert_stderr_contains("try '--fallback' to build derivation from source");
+    assert!(!f.ward.all_valid_paths().contains(&out));
+
+    let built = f.ward.ok(
+        "nix-build",
+        &with_substituters(&url, &[file, "--no-out-link", "--fallback"]),
+    );
+    assert_eq!(built.single_line(), out);
+    built.assert_stderr_contains("building '");
+    assert_eq!(builds::read_output(&f, &out), "built here\n");
+}
+
+#[test]
+fn the_multi_user_frontend_reads_a_file_cache() {
+    let test = "the_multi_user_frontend_reads_a_file_cache";
+    if !ward_e2e_tests::require_nix(test) || !ward_e2e_tests::require_root(test) {
+        return;
+    }
+    let env = ward_e2e_tests::TestEnv::new(test);
+    let key = SigningKey::generate(&env, "cache-1");
+    let cache = env.dir("cache");
+    let url = file_url(&cache);
+    let f = Fixture::with_env(
+        env,
+        DaemonOptions::multi_user()
+            .conf(format!("substituters = {url}"))
+            .conf(format!("trusted-public-keys = {}", key.public)),
+    );
+    // The cache is written by real Nix from a store with the daemon's store directory.
+    let store_dir = f.daemon.layout().logical_store_dir.clone();
+    let graph = ImportedGraph::new(&f.env.dir("graph"), &store_dir, test);
+    graph.import(&f.reference.client);
+    let to = format!("{url}?secret-key={}", key.secret_arg());
+    f.reference
+        .client
+        .ok("nix", &["copy", "--to", &to, &graph.b]);
+    // The frontend runs as ward-frontend: the cache must be readable by others.
+    std::process::Command::new("chmod")
+        .args(["-R", "a+rX"])
+        .arg(&cache)
+        .status()
+        .unwrap();
+    let mut dir = cache.clone();
+    while dir.pop() && dir.starts_with(f.env.path()) {
+        std::process::Command::new("chmod")
+            .arg("a+rx")
+            .arg(&dir)
+            .status()
+            .unwrap();
+    }
+
+    f.ward.ok(
+        "nix-store",
+        &with_substituters(&url, &["--realise", &graph.b]),
+    );
+    let valid = f.ward.all_valid_paths();
+    assert!(
+        valid.contains(&graph.a) && valid.contains(&graph.b),
+        "{valid:?}"
+    );
+}
