@@ -582,7 +582,7 @@ impl Connection {
                 if r.repair {
                     self.require_trusted("repair paths")?;
                 }
-                let (errors, messages) = self
+                let (mut errors, messages, to_repair) = self
                     .writer()
                     .await?
                     .verify_store(r.check_contents, r.repair)
@@ -594,6 +594,16 @@ impl Connection {
                         Verbosity::Info
                     };
                     self.log(level, &text);
+                }
+                for printed in to_repair {
+                    let repaired = match self.ctx.store_dir.parse_path(&printed) {
+                        Ok(path) => self.repair_path(&path).await?,
+                        Err(_) => false,
+                    };
+                    if !repaired {
+                        self.log(Verbosity::Error, &format!("cannot repair path '{printed}'"));
+                        errors = true;
+                    }
                 }
                 self.reply(Reply::VerifyStore(errors)).await
             }
@@ -718,6 +728,35 @@ impl Connection {
         }
     }
 
+    /// Repairs a valid path whose files are damaged or gone, as Nix's `repairPath`: fetched
+    /// again from a substituter, else its deriver (when valid) rebuilt in repair mode.
+    async fn repair_path(&mut self, path: &StorePath) -> OpResult<bool> {
+        use ward_proto::worker::types::BuildMode;
+        let fetched = self
+            .build_targets(vec![DerivedPath::Opaque(path.clone())], BuildMode::Repair)
+            .await?;
+        if build_succeeded(&fetched[0].result) {
+            return Ok(true);
+        }
+        let deriver = self.query_info(path)?.and_then(|i| i.deriver.clone());
+        let Some(deriver) = deriver else {
+            return Ok(false);
+        };
+        if !self.is_valid(&deriver)? {
+            return Ok(false);
+        }
+        let rebuilt = self
+            .build_targets(
+                vec![DerivedPath::Built {
+                    drv_path: deriver,
+                    outputs: OutputsSpec::All,
+                }],
+                BuildMode::Repair,
+            )
+            .await?;
+        Ok(build_succeeded(&rebuilt[0].result))
+    }
+
     fn build_ctx(
         &self,
         log: tokio::sync::mpsc::Sender<crate::build::LogEvent>,
@@ -749,7 +788,11 @@ impl Connection {
         for target in &targets {
             let entry = match target {
                 DerivedPath::Opaque(path) => {
-                    if self.is_valid(path)? {
+                    if mode == BuildMode::Repair {
+                        self.writer().await?.add_temp_root(path.clone()).await?;
+                        let handle = crate::build::repair_for(&self.shared, path, &ctx);
+                        Pending::Goal(handle, BTreeSet::new())
+                    } else if self.is_valid(path)? {
                         Pending::Done(BuildResult::new(BuildStatus::AlreadyValid, ""))
                     } else {
                         // Rooted before it exists, so a collection cannot take it between

@@ -521,7 +521,7 @@ impl WriterClient {
         &mut self,
         check_contents: bool,
         repair: bool,
-    ) -> Result<(bool, Vec<(bool, String)>), ClientError> {
+    ) -> Result<(bool, Vec<(bool, String)>, Vec<String>), ClientError> {
         let request = FrontendToStoreWriter::VerifyStore {
             check_contents,
             repair,
@@ -530,7 +530,8 @@ impl WriterClient {
             StoreWriterToFrontend::Verified {
                 errors_found,
                 messages,
-            } => Ok((errors_found, messages)),
+                to_repair,
+            } => Ok((errors_found, messages, to_repair)),
             other => Err(unexpected(&request, &other)),
         }
     }

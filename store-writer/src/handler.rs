@@ -322,6 +322,7 @@ impl ChannelState {
                 Ok(StoreWriterToFrontend::Verified {
                     errors_found: verified.errors_found,
                     messages: verified.messages,
+                    to_repair: verified.to_repair.iter().map(|p| shared.print(p)).collect(),
                 })
             }
             FrontendToStoreWriter::OptimiseStore => {

@@ -5,8 +5,9 @@
 //! recorded one. References must name valid paths (the schema makes that so; it is checked
 //! anyway). Findings are returned in Nix's words, for the client's log.
 //!
-//! Repair cannot fetch anything yet (ward has no substituters): with `repair`, a corrupted
-//! path is reported as "cannot repair path" and still counts as an error.
+//! The store-writer cannot fetch anything: with `repair`, a corrupted path, or one gone while
+//! still referred to, is listed in [`Verification::to_repair`] for the frontend, which fetches
+//! it again from a substituter (or rebuilds it) through an AddPathFromNar with `repair`.
 
 use std::collections::BTreeSet;
 
@@ -25,6 +26,8 @@ pub struct Verification {
     pub messages: Vec<(bool, String)>,
     /// Paths removed from the database because their files were gone.
     pub invalidated: Vec<StorePath>,
+    /// With `repair`: broken paths, not counted in `errors_found`.
+    pub to_repair: Vec<StorePath>,
 }
 
 /// A finding, shown to the client at error level.
@@ -79,10 +82,10 @@ impl Store {
                     "path '{shown}' disappeared, but it still has valid referrers!"
                 )));
                 if repair {
-                    out.messages
-                        .push(error(format!("cannot repair path '{shown}'")));
+                    out.to_repair.push(path.clone());
+                } else {
+                    out.errors_found = true;
                 }
-                out.errors_found = true;
             }
         }
         if !removable.is_empty() {
@@ -149,10 +152,10 @@ impl Store {
                         current.to_prefixed_nix32()
                     )));
                     if repair {
-                        out.messages
-                            .push(error(format!("cannot repair path '{shown}'")));
+                        out.to_repair.push(path.clone());
+                    } else {
+                        out.errors_found = true;
                     }
-                    out.errors_found = true;
                 }
             }
         }
@@ -254,7 +257,6 @@ mod tests {
 
         let v = store.verify(true, true).unwrap();
         let text = joined(&v);
-        assert!(v.errors_found);
         assert!(
             text.contains(&format!(
                 "{}' was modified! expected hash 'sha256:",
@@ -262,13 +264,12 @@ mod tests {
             )),
             "{text}"
         );
-        assert!(
-            text.contains(&format!(
-                "cannot repair path '/nix/store/{}'",
-                c.base_name()
-            )),
-            "{text}"
-        );
+        // Repair is the frontend's: the broken paths (`a` is gone but `b` refers to it, `c`
+        // was modified) are handed to it, not counted as errors.
+        assert_eq!(v.to_repair, vec![a.clone(), c.clone()]);
+        assert!(!v.errors_found, "{text}");
+        let v = store.verify(true, false).unwrap();
+        assert!(v.errors_found && v.to_repair.is_empty());
         // Once `b` is gone too, both go.
         remove_real(&store, &b);
         let v = store.verify(false, false).unwrap();

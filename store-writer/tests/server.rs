@@ -496,6 +496,7 @@ fn maintenance_ops_are_served_or_refused_with_a_clear_error() {
         StoreWriterToFrontend::Verified {
             errors_found,
             messages,
+            ..
         } => {
             assert!(!errors_found, "{messages:?}");
             assert!(messages.contains(&(false, "checking store hashes...".to_string())));

@@ -568,3 +568,85 @@ fn the_multi_user_frontend_reads_a_file_cache() {
         "{valid:?}"
     );
 }
+
+fn tamper(f: &Fixture, path: &str, contents: &[u8]) {
+    use std::os::unix::fs::PermissionsExt;
+    let real = f.real_path(path);
+    std::fs::set_permissions(&real, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::write(&real, contents).unwrap();
+    std::fs::set_permissions(&real, std::fs::Permissions::from_mode(0o444)).unwrap();
+}
+
+#[test]
+fn verify_repair_fetches_damaged_and_vanished_paths_again() {
+    let test = "verify_repair_fetches_damaged_and_vanished_paths_again";
+    let Some((src, graph, key)) = source(test) else {
+        return;
+    };
+    let cache = src.env.dir("cache");
+    fill_cache(&src, &cache, "", Some(&key), &[&graph.c]);
+    let url = file_url(&cache);
+    let Some(f) = substituting(test, &url, &key, DaemonOptions::single_user()) else {
+        return;
+    };
+    f.ward.ok(
+        "nix-store",
+        &with_substituters(&url, &["--realise", &graph.c]),
+    );
+
+    // a changed by hand: named, then fetched again.
+    tamper(&f, &graph.a, b"tampered\n");
+    let checked = f.ward.run("nix-store", &["--verify", "--check-contents"]);
+    assert!(!checked.status.success(), "{checked}");
+    checked.assert_stderr_contains(&format!("path '{}' was modified!", graph.a));
+    let repaired = f.ward.ok(
+        "nix-store",
+        &with_substituters(&url, &["--verify", "--check-contents", "--repair"]),
+    );
+    repaired.assert_stderr_contains(&format!("copying path '{}' from '{url}'", graph.a));
+    f.ward.ok("nix-store", &["--verify", "--check-contents"]);
+    assert_eq!(
+        f.ward.ok("nix", &["store", "dump-path", &graph.a]).stdout,
+        graph.nars[0]
+    );
+
+    // a gone while b still refers to it: kept in the database and fetched again.
+    std::fs::remove_file(f.real_path(&graph.a)).unwrap();
+    let repaired = f.ward.ok(
+        "nix-store",
+        &with_substituters(&url, &["--verify", "--repair"]),
+    );
+    repaired.assert_stderr_contains(&format!(
+        "path '{}' disappeared, but it still has valid referrers!",
+        graph.a
+    ));
+    assert!(f.real_path(&graph.a).exists());
+    f.ward.ok("nix-store", &["--verify", "--check-contents"]);
+
+    // `nix-store --realise --repair` fetches a named path again too.
+    tamper(&f, &graph.a, b"tampered again\n");
+    f.ward.ok(
+        "nix-store",
+        &with_substituters(&url, &["--realise", "--repair", &graph.a]),
+    );
+    f.ward.ok("nix-store", &["--verify", "--check-contents"]);
+}
+
+#[test]
+fn a_path_no_cache_has_cannot_be_repaired() {
+    let test = "a_path_no_cache_has_cannot_be_repaired";
+    let Some(f) = Fixture::single_user(test) else {
+        return;
+    };
+    let dir = f.env.dir("inputs");
+    let path = f
+        .ward
+        .add(&[&inputs::file(&dir, "lone.txt", b"original\n")])[0]
+        .clone();
+    tamper(&f, &path, b"tampered\n");
+    let out = f
+        .ward
+        .run("nix-store", &["--verify", "--check-contents", "--repair"]);
+    assert!(!out.status.success(), "{out}");
+    out.assert_stderr_contains(&format!("cannot repair path '{path}'"));
+}

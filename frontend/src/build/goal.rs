@@ -133,7 +133,7 @@ impl GoalResult {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) enum GoalKey {
     Derivation { drv: StorePath, mode: BuildMode },
-    Substitution { path: StorePath },
+    Substitution { path: StorePath, repair: bool },
 }
 
 /// A waiter's hold on a goal; the goal is cancelled when the last one is dropped.
@@ -217,7 +217,27 @@ pub fn goal_for(
 
 /// The goal that fetches `path` from a substituter (with its references first).
 pub fn substitution_for(shared: &Arc<Shared>, path: &StorePath, ctx: &BuildCtx) -> Arc<GoalHandle> {
-    start_goal(shared, GoalKey::Substitution { path: path.clone() }, ctx)
+    start_goal(
+        shared,
+        GoalKey::Substitution {
+            path: path.clone(),
+            repair: false,
+        },
+        ctx,
+    )
+}
+
+/// The goal that fetches `path` again from a substituter even though it is valid (its files
+/// are damaged or gone), replacing what is in the store.
+pub fn repair_for(shared: &Arc<Shared>, path: &StorePath, ctx: &BuildCtx) -> Arc<GoalHandle> {
+    start_goal(
+        shared,
+        GoalKey::Substitution {
+            path: path.clone(),
+            repair: true,
+        },
+        ctx,
+    )
 }
 
 fn start_goal(shared: &Arc<Shared>, key: GoalKey, ctx: &BuildCtx) -> Arc<GoalHandle> {
@@ -239,7 +259,9 @@ fn start_goal(shared: &Arc<Shared>, key: GoalKey, ctx: &BuildCtx) -> Arc<GoalHan
     let ctx = ctx.clone();
     let span = match &key {
         GoalKey::Derivation { drv, .. } => info_span!("goal", drv = %drv, uid = ctx.uid),
-        GoalKey::Substitution { path } => info_span!("substitution", path = %path, uid = ctx.uid),
+        GoalKey::Substitution { path, repair } => {
+            info_span!("substitution", path = %path, repair, uid = ctx.uid)
+        }
     };
     tokio::spawn(
         async move {
@@ -247,8 +269,8 @@ fn start_goal(shared: &Arc<Shared>, key: GoalKey, ctx: &BuildCtx) -> Arc<GoalHan
                 GoalKey::Derivation { drv, mode } => {
                     realise(&shared, drv, *mode, &ctx, cancel_rx).await
                 }
-                GoalKey::Substitution { path } => {
-                    super::substitution::substitute(&shared, path, &ctx, cancel_rx).await
+                GoalKey::Substitution { path, repair } => {
+                    super::substitution::substitute(&shared, path, *repair, &ctx, cancel_rx).await
                 }
             };
             debug!(status = ?result.status, "goal done");
@@ -393,24 +415,33 @@ async fn realise(
 
     // Outputs from a substituter before building, as Nix: all of them, or the build runs
     // (a failing cache stops it unless `fallback` is set).
-    if mode == BuildMode::Normal
+    if matches!(mode, BuildMode::Normal | BuildMode::Repair)
         && ctx.settings.substitute
         && !ctx.settings.substituters.is_empty()
         && substitutes_allowed(&drv, &ctx.settings)
     {
+        // Repairing fetches every output again; otherwise only the missing ones.
+        let repair = mode == BuildMode::Repair;
         let mut missing = Vec::new();
         for path in outputs.values() {
             match is_valid(shared, path) {
-                Ok(true) => {}
-                Ok(false) => missing.push(path.clone()),
+                Ok(true) if !repair => {}
+                Ok(_) => missing.push(path.clone()),
                 Err(e) => return GoalResult::failed(S::MiscFailure, e),
             }
         }
         let handles: Vec<_> = missing
             .iter()
-            .map(|p| substitution_for(shared, p, ctx))
+            .map(|p| {
+                if repair {
+                    repair_for(shared, p, ctx)
+                } else {
+                    substitution_for(shared, p, ctx)
+                }
+            })
             .collect();
         let mut substituter_failed = false;
+        let mut all_fetched = true;
         for handle in &handles {
             let result = tokio::select! {
                 r = handle.wait() => r,
@@ -419,9 +450,10 @@ async fn realise(
                 }
             };
             substituter_failed |= result.substituter_failed;
+            all_fetched &= result.succeeded();
         }
         drop(handles);
-        let mut now_valid = true;
+        let mut now_valid = all_fetched;
         for path in &missing {
             match is_valid(shared, path) {
                 Ok(v) => now_valid &= v,
@@ -433,7 +465,7 @@ async fn realise(
             r.outputs = outputs;
             return r;
         }
-        if substituter_failed && !ctx.settings.fallback {
+        if substituter_failed && !ctx.settings.fallback && !repair {
             return GoalResult::failed(
                 S::TransientFailure,
                 format!(

@@ -12,4 +12,4 @@ pub mod missing;
 pub mod run;
 pub mod substitution;
 
-pub use goal::{goal_for, substitution_for, BuildCtx, Builds, GoalResult, LogEvent};
+pub use goal::{goal_for, repair_for, substitution_for, BuildCtx, Builds, GoalResult, LogEvent};

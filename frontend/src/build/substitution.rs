@@ -1,4 +1,5 @@
-//! Substitution goals: one store path fetched from a binary cache, its references first.
+//! Substitution goals: one store path fetched from a binary cache, its references first (or,
+//! repairing, fetched again over a valid path whose files are damaged).
 //!
 //! As Nix's `PathSubstitutionGoal`: the caches are tried in priority order; one that does not
 //! have the path, or whose narinfo is not signed by a trusted key, is skipped; references
@@ -60,14 +61,15 @@ fn writer_error(shared: &Shared, e: &ClientError) -> String {
 pub(crate) async fn substitute(
     shared: &Arc<Shared>,
     path: &StorePath,
+    repair: bool,
     ctx: &BuildCtx,
     mut cancel: watch::Receiver<bool>,
 ) -> GoalResult {
     let store_dir = shared.store.store_dir().clone();
     let shown = store_dir.print(path);
     match shared.store.is_valid(path) {
-        Ok(true) => return GoalResult::failed(S::AlreadyValid, ""),
-        Ok(false) => {}
+        Ok(true) if !repair => return GoalResult::failed(S::AlreadyValid, ""),
+        Ok(_) => {}
         Err(e) => {
             return GoalResult::failed(S::MiscFailure, format!("reading the store database: {e}"))
         }
@@ -211,7 +213,7 @@ pub(crate) async fn substitute(
         info.ultimate = false;
         info.registration_time = 0;
         let added = tokio::select! {
-            added = writer.add_path_from_nar(info, false, !cache.trusted, nar_out) => added,
+            added = writer.add_path_from_nar(info, repair, !cache.trusted, nar_out) => added,
             _ = cancelled(&mut cancel) => {
                 return GoalResult::failed(S::MiscFailure, "substitution cancelled");
             }

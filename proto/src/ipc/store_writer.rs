@@ -294,8 +294,10 @@ pub enum FrontendToStoreWriter {
     },
     /// Serving phase. VerifyStore; the frontend refuses `repair` for untrusted clients.
     /// Checks the database against the store directory (a path whose files are gone is
-    /// dropped when nothing valid refers to it), and with `check_contents` every NAR hash;
-    /// `repair` cannot fetch anything yet (no substituters) and says so per broken path.
+    /// dropped when nothing valid refers to it), and with `check_contents` every NAR hash.
+    /// With `repair`, the broken paths are listed in the reply for the frontend to fetch
+    /// again (from a substituter, else by rebuilding their deriver) instead of counting as
+    /// errors.
     /// Reply: [`StoreWriterToFrontend::Verified`].
     VerifyStore {
         /// Re-hash every path.
@@ -446,6 +448,9 @@ pub enum StoreWriterToFrontend {
         /// What the client is told, in Nix's words, in order: progress (`false`) and
         /// findings (`true`, shown at error level).
         messages: Vec<(bool, String)>,
+        /// With `repair`: the paths to repair (modified, or gone while still referred to);
+        /// they are not counted in `errors_found`.
+        to_repair: Vec<String>,
     },
     /// Answer to `OptimiseStore`.
     Optimised {
@@ -927,6 +932,7 @@ mod tests {
             StoreWriterToFrontend::Verified {
                 errors_found: true,
                 messages: vec![(false, "checking path existence...".into())],
+                to_repair: vec![format!("/nix/store/{out}")],
             },
             StoreWriterToFrontend::Optimised {
                 bytes_freed: 10,
