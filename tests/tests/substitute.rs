@@ -649,4 +649,8 @@ fn a_path_no_cache_has_cannot_be_repaired() {
         .run("nix-store", &["--verify", "--check-contents", "--repair"]);
     assert!(!out.status.success(), "{out}");
     out.assert_stderr_contains(&format!("cannot repair path '{path}'"));
+    // Nix 2.8's `--repair-path` never reaches a daemon: the client refuses it itself.
+    let client_side = f.ward.run("nix-store", &["--repair-path", &path]);
+    assert!(!client_side.status.success(), "{client_side}");
+    client_side.assert_stderr_contains("repairPath");
 }
