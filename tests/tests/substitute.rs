@@ -187,6 +187,109 @@ impl HttpServer {
     }
 }
 
+impl HttpServer {
+    /// An HTTPS server for `dir` with a certificate for 127.0.0.1 signed by a CA made here;
+    /// returns it and the CA's certificate file.
+    fn start_tls(dir: &Path, scratch: &Path) -> (HttpServer, PathBuf) {
+        let run = |args: &[&str]| {
+            let out = std::process::Command::new("openssl")
+                .args(args)
+                .current_dir(scratch)
+                .output()
+                .expect("running openssl");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        run(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=ward test CA",
+        ]);
+        run(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "srv.key",
+            "-out",
+            "srv.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ]);
+        std::fs::write(
+            scratch.join("srv.ext"),
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            "srv.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "srv.crt",
+            "-days",
+            "2",
+            "-extfile",
+            "srv.ext",
+        ]);
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let script = format!(
+            "import http.server, ssl, functools\n\
+             h = functools.partial(http.server.SimpleHTTPRequestHandler, directory={dir:?})\n\
+             s = http.server.ThreadingHTTPServer(('127.0.0.1', {port}), h)\n\
+             c = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)\n\
+             c.load_cert_chain({crt:?}, {key:?})\n\
+             s.socket = c.wrap_socket(s.socket, server_side=True)\n\
+             s.serve_forever()\n",
+            dir = dir.display().to_string(),
+            crt = scratch.join("srv.crt").display().to_string(),
+            key = scratch.join("srv.key").display().to_string(),
+        );
+        let child = std::process::Command::new("python3")
+            .args(["-c", &script])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("starting the HTTPS server");
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(25));
+        }
+        (
+            HttpServer {
+                child,
+                url: format!("https://127.0.0.1:{port}"),
+            },
+            scratch.join("ca.crt"),
+        )
+    }
+}
+
 impl Drop for HttpServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -653,4 +756,50 @@ fn a_path_no_cache_has_cannot_be_repaired() {
     let client_side = f.ward.run("nix-store", &["--repair-path", &path]);
     assert!(!client_side.status.success(), "{client_side}");
     client_side.assert_stderr_contains("repairPath");
+}
+
+#[test]
+fn paths_are_fetched_over_https_with_the_configured_roots_only() {
+    let test = "paths_are_fetched_over_https_with_the_configured_roots_only";
+    let Some((src, graph, key)) = source(test) else {
+        return;
+    };
+    let cache = src.env.dir("cache");
+    fill_cache(&src, &cache, "", Some(&key), &[&graph.a]);
+    let (server, ca) = HttpServer::start_tls(&cache, &src.env.dir("tls"));
+
+    // Without the CA, the certificate is refused and nothing is fetched.
+    let Some(untrusting) = substituting(
+        &format!("{test}-no-ca"),
+        &server.url,
+        &key,
+        DaemonOptions::single_user(),
+    ) else {
+        return;
+    };
+    let failed = untrusting.ward.fails(
+        "nix-store",
+        &with_substituters(&server.url, &["--realise", &graph.a]),
+    );
+    failed.assert_stderr_contains(&server.url);
+    assert!(!untrusting.ward.all_valid_paths().contains(&graph.a));
+
+    // With `ssl-cert-file` naming it, the path comes over TLS.
+    let Some(f) = substituting(
+        test,
+        &server.url,
+        &key,
+        DaemonOptions::single_user().conf(format!("ssl-cert-file = {}", ca.display())),
+    ) else {
+        return;
+    };
+    let out = f.ward.ok(
+        "nix-store",
+        &with_substituters(&server.url, &["--realise", &graph.a]),
+    );
+    out.assert_stderr_contains(&format!("copying path '{}' from '{}'", graph.a, server.url));
+    assert_eq!(
+        f.ward.ok("nix", &["store", "dump-path", &graph.a]).stdout,
+        graph.nars[0]
+    );
 }

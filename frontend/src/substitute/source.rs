@@ -216,10 +216,16 @@ fn http_get(agent: &ureq::Agent, url: &str, attempts: u32) -> Result<Option<Stre
                     }
                 }
             }
-            Err(e) => FetchError::Transfer {
-                url: url.to_owned(),
-                reason: e.to_string(),
-            },
+            Err(e) => {
+                let failure = FetchError::Transfer {
+                    url: url.to_owned(),
+                    reason: e.to_string(),
+                };
+                if !is_transient(&e) {
+                    return Err(failure);
+                }
+                failure
+            }
         };
         if attempt >= attempts {
             return Err(failure);
@@ -227,6 +233,19 @@ fn http_get(agent: &ureq::Agent, url: &str, attempts: u32) -> Result<Option<Stre
         tracing::debug!(%url, attempt, "retrying a download: {failure}");
         std::thread::sleep(Duration::from_millis(250u64 << (attempt - 1).min(6)));
         attempt += 1;
+    }
+}
+
+/// Whether trying again may help: not for a refused certificate or a malformed URL (rustls
+/// reports TLS failures as `InvalidData`).
+fn is_transient(e: &ureq::Error) -> bool {
+    match e {
+        ureq::Error::Io(io) => io.kind() != io::ErrorKind::InvalidData,
+        ureq::Error::Timeout(_)
+        | ureq::Error::HostNotFound
+        | ureq::Error::ConnectionFailed
+        | ureq::Error::Protocol(_) => true,
+        _ => false,
     }
 }
 
