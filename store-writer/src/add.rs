@@ -382,13 +382,53 @@ pub(crate) fn new_staging(store: &mut Store, shown: &str) -> Result<Staging, Add
     })
 }
 
-/// Unpacks `nar` into the staging entry, hashing what the parser consumes.
+/// Reads at most `limit` bytes; one more is an error. A NAR claimed to be N bytes is cut off
+/// there, so a stream that never ends (a decompression bomb from a cache, a client that keeps
+/// sending) fills no more of the disk than its claim.
+struct ClaimedSize<R> {
+    inner: R,
+    left: u64,
+    claimed: u64,
+}
+
+impl<R: Read> Read for ClaimedSize<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        // One byte past the claim is allowed to be asked for, so that overrunning is noticed.
+        let want = buf
+            .len()
+            .min(usize::try_from(self.left.saturating_add(1)).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..want])?;
+        if n as u64 > self.left {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "the NAR is longer than the {} bytes claimed for it",
+                    self.claimed
+                ),
+            ));
+        }
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
+/// Unpacks `nar` into the staging entry, hashing what the parser consumes; with `claimed`,
+/// a NAR longer than that is refused as soon as it gets longer.
 fn unpack_into(
     staging: &Staging,
     nar: impl Read,
+    claimed: Option<u64>,
     extra: Option<HashAlgo>,
     shown: &str,
 ) -> Result<NarDigest, AddError> {
+    let nar = ClaimedSize {
+        inner: nar,
+        left: claimed.unwrap_or(u64::MAX),
+        claimed: claimed.unwrap_or(u64::MAX),
+    };
     let mut tee = TeeReader::new(BufReader::new(nar), NarDigester::new(extra));
     nar::unpack_with(&mut tee, &staging.staged_path(), whole_stream_options()).map_err(
         |source| AddError::Nar {
@@ -711,7 +751,7 @@ impl PathAddition {
             nar_hash,
             nar_size,
             extra,
-        } = unpack_into(&staging, nar, extra, &shown)?;
+        } = unpack_into(&staging, nar, Some(info.nar_size), extra, &shown)?;
         check_nar_claim(&info, &nar_hash, nar_size, &shown)?;
         if let Some(ca) = &info.ca {
             let actual = match ca.method {
@@ -765,7 +805,7 @@ impl ContentAddition {
                     nar_hash,
                     nar_size,
                     extra,
-                } = unpack_into(&staging, content, extra, &name)?;
+                } = unpack_into(&staging, content, None, extra, &name)?;
                 (extra.unwrap_or(nar_hash), nar_hash, nar_size)
             }
             _ => {

@@ -803,3 +803,31 @@ fn paths_are_fetched_over_https_with_the_configured_roots_only() {
         graph.nars[0]
     );
 }
+
+#[test]
+fn a_nar_far_longer_than_its_narinfo_claims_is_cut_off() {
+    let test = "a_nar_far_longer_than_its_narinfo_claims_is_cut_off";
+    let Some((src, graph, key)) = source(test) else {
+        return;
+    };
+    let cache = src.env.dir("cache");
+    fill_cache(&src, &cache, "compression=none", Some(&key), &[&graph.a]);
+    // 64 MiB where a few hundred bytes were signed for (as a decompression bomb would).
+    replace_nar(
+        &cache,
+        &graph.a,
+        &ward_e2e_tests::nar::nar_of_file(&vec![0u8; 64 << 20], false),
+    );
+    let url = file_url(&cache);
+    let Some(f) = substituting(test, &url, &key, DaemonOptions::single_user()) else {
+        return;
+    };
+    f.populate();
+    let before = f.snapshot();
+    let failed = f.ward.fails(
+        "nix-store",
+        &with_substituters(&url, &["--realise", &graph.a]),
+    );
+    failed.assert_stderr_contains("the NAR is longer than the");
+    before.assert_unchanged(f.daemon.layout(), "after an overlong NAR");
+}

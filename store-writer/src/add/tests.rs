@@ -185,6 +185,37 @@ fn wrong_hash_is_refused_and_leaves_nothing() {
 }
 
 #[test]
+fn a_nar_longer_than_claimed_is_cut_off_at_the_claim() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open_store(dir.path());
+    let before = store_entries(&store);
+    let nar = nar_of(&sample_tree());
+    let mut info = plain_claim("p", &nar, &[]);
+    info.nar_size = 10;
+    // A stream that would never end: refused after the claimed bytes, not read to its end.
+    let endless = nar.iter().copied().chain(std::iter::repeat(0u8));
+    struct Endless<I>(I, u64);
+    impl<I: Iterator<Item = u8>> std::io::Read for Endless<I> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            for b in buf.iter_mut() {
+                *b = self.0.next().unwrap();
+            }
+            self.1 += buf.len() as u64;
+            assert!(self.1 < 1 << 24, "read far past the claim");
+            Ok(buf.len())
+        }
+    }
+    let err = store
+        .add_path(&info, Endless(endless, 0), AddOptions::default())
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("longer than the 10 bytes claimed"),
+        "{err}"
+    );
+    assert_unchanged(&store, &before, &info.path);
+}
+
+#[test]
 fn wrong_size_is_refused_and_leaves_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let mut store = open_store(dir.path());
