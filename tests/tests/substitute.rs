@@ -395,6 +395,102 @@ fn an_unsigned_path_is_not_fetched() {
     before.assert_unchanged(f.daemon.layout(), "after an unsigned substitute");
 }
 
+#[test]
+fn a_path_signed_by_an_untrusted_key_is_not_fetched() {
+    let test = "a_path_signed_by_an_untrusted_key_is_not_fetched";
+    let Some((src, graph, trusted)) = source(test) else {
+        return;
+    };
+    let other = SigningKey::generate(&src.env, "someone-else-1");
+    let cache = src.env.dir("cache");
+    fill_cache(&src, &cache, "", Some(&other), &[&graph.a]);
+    let url = file_url(&cache);
+    let Some(f) = substituting(test, &url, &trusted, DaemonOptions::single_user()) else {
+        return;
+    };
+    let before = f.snapshot();
+    let failed = f.ward.fails(
+        "nix-store",
+        &with_substituters(&url, &["--realise", &graph.a]),
+    );
+    failed.assert_stderr_contains(&format!(
+        "the substitute for '{}' from '{url}' is not signed by any of the keys in 'trusted-public-keys'",
+        graph.a
+    ));
+    before.assert_unchanged(f.daemon.layout(), "after a wrongly signed substitute");
+}
+
+/// A server for `dir` that sends only the first half of every NAR (with the full
+/// Content-Length) and then closes the connection, as a cache dying mid-download does.
+fn start_dying_server(dir: &Path) -> HttpServer {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let script = format!(
+        "import http.server, os\n\
+         root = {root:?}\n\
+         class H(http.server.BaseHTTPRequestHandler):\n\
+         \x20   def do_GET(self):\n\
+         \x20       p = os.path.join(root, self.path.lstrip('/'))\n\
+         \x20       if not os.path.isfile(p):\n\
+         \x20           self.send_error(404); return\n\
+         \x20       data = open(p, 'rb').read()\n\
+         \x20       self.send_response(200)\n\
+         \x20       self.send_header('Content-Length', str(len(data)))\n\
+         \x20       self.end_headers()\n\
+         \x20       if self.path.startswith('/nar/'):\n\
+         \x20           data = data[:len(data) // 2]\n\
+         \x20       self.wfile.write(data); self.wfile.flush()\n\
+         \x20       self.close_connection = True\n\
+         http.server.ThreadingHTTPServer(('127.0.0.1', {port}), H).serve_forever()\n",
+        root = dir.display().to_string(),
+    );
+    let child = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("starting the dying server");
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    HttpServer {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+    }
+}
+
+#[test]
+fn a_cache_dying_mid_download_registers_nothing() {
+    let test = "a_cache_dying_mid_download_registers_nothing";
+    let Some((src, graph, key)) = source(test) else {
+        return;
+    };
+    let cache = src.env.dir("cache");
+    fill_cache(&src, &cache, "compression=none", Some(&key), &[&graph.a]);
+    let server = start_dying_server(&cache);
+    let Some(f) = substituting(test, &server.url, &key, DaemonOptions::single_user()) else {
+        return;
+    };
+    f.populate();
+    let before = f.snapshot();
+    let failed = f.ward.fails(
+        "nix-store",
+        &with_substituters(&server.url, &["--realise", &graph.a]),
+    );
+    failed.assert_stderr_contains(&format!(
+        "error: substituting '{}' from '{}'",
+        graph.a, server.url
+    ));
+    before.assert_unchanged(f.daemon.layout(), "after a cache died mid-download");
+    // The daemon still serves.
+    f.ward.ok("nix-store", &["--verify", "--check-contents"]);
+}
+
 /// Replaces the (uncompressed) NAR of `path` in `cache` with `nar`.
 fn replace_nar(cache: &Path, path: &str, nar: &[u8]) {
     let url = narinfo_field(cache, path, "URL");
