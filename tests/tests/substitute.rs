@@ -420,38 +420,63 @@ fn a_path_signed_by_an_untrusted_key_is_not_fetched() {
     before.assert_unchanged(f.daemon.layout(), "after a wrongly signed substitute");
 }
 
-/// A server for `dir` that sends only the first half of every NAR (with the full
-/// Content-Length) and then closes the connection, as a cache dying mid-download does.
-fn start_dying_server(dir: &Path) -> HttpServer {
+/// How [`start_nar_server`] serves NARs.
+#[derive(Clone, Copy)]
+enum NarServing {
+    /// The first half (with the full Content-Length), then the connection closes, as a
+    /// cache dying mid-download does.
+    Half,
+    /// All of it, 64 KiB every 10 ms.
+    Slow,
+}
+
+/// An HTTP server for `dir` (Python's http.server) that serves NARs as `serving` says.
+fn start_nar_server(dir: &Path, serving: NarServing) -> HttpServer {
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
-    let script = format!(
-        "import http.server, os\n\
-         root = {root:?}\n\
-         class H(http.server.BaseHTTPRequestHandler):\n\
-         \x20   def do_GET(self):\n\
-         \x20       p = os.path.join(root, self.path.lstrip('/'))\n\
-         \x20       if not os.path.isfile(p):\n\
-         \x20           self.send_error(404); return\n\
-         \x20       data = open(p, 'rb').read()\n\
-         \x20       self.send_response(200)\n\
-         \x20       self.send_header('Content-Length', str(len(data)))\n\
-         \x20       self.end_headers()\n\
-         \x20       if self.path.startswith('/nar/'):\n\
-         \x20           data = data[:len(data) // 2]\n\
-         \x20       self.wfile.write(data); self.wfile.flush()\n\
-         \x20       self.close_connection = True\n\
-         http.server.ThreadingHTTPServer(('127.0.0.1', {port}), H).serve_forever()\n",
-        root = dir.display().to_string(),
-    );
+    let mode = match serving {
+        NarServing::Half => "half",
+        NarServing::Slow => "slow",
+    };
+    let script = r#"
+import http.server, os, sys, time
+root, port, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+class H(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+    def do_GET(self):
+        p = os.path.join(root, self.path.lstrip('/'))
+        if not os.path.isfile(p):
+            self.send_error(404)
+            return
+        data = open(p, 'rb').read()
+        self.send_response(200)
+        self.send_header('Content-Length', str(len(data)))
+        self.end_headers()
+        if not self.path.startswith('/nar/'):
+            self.wfile.write(data)
+        elif mode == 'half':
+            self.wfile.write(data[:len(data) // 2])
+        else:
+            for i in range(0, len(data), 65536):
+                self.wfile.write(data[i:i + 65536])
+                self.wfile.flush()
+                time.sleep(0.01)
+        self.wfile.flush()
+        self.close_connection = True
+http.server.ThreadingHTTPServer(('127.0.0.1', port), H).serve_forever()
+"#;
     let child = std::process::Command::new("python3")
-        .args(["-c", &script])
+        .args(["-c", script])
+        .arg(dir)
+        .arg(port.to_string())
+        .arg(mode)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
-        .expect("starting the dying server");
+        .expect("starting the NAR server");
     for _ in 0..200 {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
             break;
@@ -472,7 +497,7 @@ fn a_cache_dying_mid_download_registers_nothing() {
     };
     let cache = src.env.dir("cache");
     fill_cache(&src, &cache, "compression=none", Some(&key), &[&graph.a]);
-    let server = start_dying_server(&cache);
+    let server = start_nar_server(&cache, NarServing::Half);
     let Some(f) = substituting(test, &server.url, &key, DaemonOptions::single_user()) else {
         return;
     };
@@ -926,4 +951,58 @@ fn a_nar_far_longer_than_its_narinfo_claims_is_cut_off() {
     );
     failed.assert_stderr_contains("the NAR is longer than the");
     before.assert_unchanged(f.daemon.layout(), "after an overlong NAR");
+}
+
+#[test]
+fn a_store_writer_killed_mid_substitution_leaves_nothing_partial() {
+    use ward_e2e_tests::lifecycle::{kill_9, wait_for_process};
+    let test = "a_store_writer_killed_mid_substitution_leaves_nothing_partial";
+    let Some(src) = Fixture::single_user(&format!("{test}-src")) else {
+        return;
+    };
+    let key = SigningKey::generate(&src.env, "cache-1");
+    let dir = src.env.dir("inputs");
+    let big = inputs::file(&dir, "big.bin", &vec![7u8; 16 << 20]);
+    let path = src.ward.add(&[&big]).remove(0);
+    let cache = src.env.dir("cache");
+    fill_cache(&src, &cache, "compression=none", Some(&key), &[&path]);
+    let server = start_nar_server(&cache, NarServing::Slow);
+    let Some(f) = substituting(test, &server.url, &key, DaemonOptions::single_user()) else {
+        return;
+    };
+    let broker = f.daemon.pid().expect("ward runs");
+    let timeout = std::time::Duration::from_secs(30);
+    let writer = wait_for_process(broker, "ward-store-writer", None, timeout).unwrap();
+    f.populate();
+    let before = f.snapshot();
+
+    // About 2.5 s of download; the store-writer dies a second in.
+    let client = f.ward.clone();
+    let (url, target) = (server.url.clone(), path.clone());
+    let realise = std::thread::spawn(move || {
+        client.run(
+            "nix-store",
+            &with_substituters(&url, &["--realise", &target]),
+        )
+    });
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    kill_9(writer);
+    let out = realise.join().unwrap();
+    assert!(
+        !out.status.success(),
+        "the substitution was cut short: {out}"
+    );
+    wait_for_process(broker, "ward-store-writer", Some(writer), timeout).unwrap();
+    before.assert_unchanged(
+        f.daemon.layout(),
+        "after the store-writer died mid-substitution",
+    );
+    f.ward.ok("nix-store", &["--verify", "--check-contents"]);
+
+    // The restarted store-writer takes the whole path.
+    f.ward.ok(
+        "nix-store",
+        &with_substituters(&server.url, &["--realise", &path]),
+    );
+    f.ward.ok("nix-store", &["--verify-path", &path]);
 }
