@@ -244,7 +244,8 @@ async fn a_hash_mismatch_names_the_path_and_both_hashes_and_registers_nothing() 
     assert!(!writer.db().is_valid(&claim.path).unwrap());
     assert!(!writer.layout().real_path(&claim.path).exists());
 
-    // A claimed size that is too small: the excess is not stored, and the size is reported.
+    // A claimed size that is too small: the NAR is cut off at the claim (nothing past it is
+    // read or stored), and the claim is reported.
     let mut claim = plain_claim("two", "tree", &nar);
     claim.nar_size = 100;
     let e = refusal(
@@ -255,10 +256,9 @@ async fn a_hash_mismatch_names_the_path_and_both_hashes_and_registers_nothing() 
     );
     assert_eq!(
         e,
-        StoreWriterError::SizeMismatch {
+        StoreWriterError::LongerThanClaimed {
             path: claim.path.clone(),
             expected: 100,
-            actual: nar.len() as u64,
         }
     );
     assert!(!writer.db().is_valid(&claim.path).unwrap());

@@ -149,6 +149,16 @@ pub enum AddError {
         /// The actual size.
         got: u64,
     },
+    /// The NAR went on past its claimed size (cut off there).
+    #[error(
+        "size mismatch importing path '{path}';\n  specified: {specified}\n  got:       more than {specified}"
+    )]
+    LongerThanClaimed {
+        /// The path.
+        path: String,
+        /// The claimed size.
+        specified: u64,
+    },
     /// The content does not hash to the claimed content address.
     #[error(
         "ca hash mismatch importing path '{path}';\n  specified: {specified}\n  got:       {got}"
@@ -385,13 +395,14 @@ pub(crate) fn new_staging(store: &mut Store, shown: &str) -> Result<Staging, Add
 /// Reads at most `limit` bytes; one more is an error. A NAR claimed to be N bytes is cut off
 /// there, so a stream that never ends (a decompression bomb from a cache, a client that keeps
 /// sending) fills no more of the disk than its claim.
-struct ClaimedSize<R> {
+struct ClaimedSize<'a, R> {
     inner: R,
     left: u64,
     claimed: u64,
+    overran: &'a std::cell::Cell<bool>,
 }
 
-impl<R: Read> Read for ClaimedSize<R> {
+impl<R: Read> Read for ClaimedSize<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         if buf.is_empty() {
             return Ok(0);
@@ -402,6 +413,7 @@ impl<R: Read> Read for ClaimedSize<R> {
             .min(usize::try_from(self.left.saturating_add(1)).unwrap_or(usize::MAX));
         let n = self.inner.read(&mut buf[..want])?;
         if n as u64 > self.left {
+            self.overran.set(true);
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
                 format!(
@@ -424,16 +436,24 @@ fn unpack_into(
     extra: Option<HashAlgo>,
     shown: &str,
 ) -> Result<NarDigest, AddError> {
+    let overran = std::cell::Cell::new(false);
     let nar = ClaimedSize {
         inner: nar,
         left: claimed.unwrap_or(u64::MAX),
         claimed: claimed.unwrap_or(u64::MAX),
+        overran: &overran,
     };
     let mut tee = TeeReader::new(BufReader::new(nar), NarDigester::new(extra));
     nar::unpack_with(&mut tee, &staging.staged_path(), whole_stream_options()).map_err(
-        |source| AddError::Nar {
-            path: shown.to_owned(),
-            source,
+        |source| match claimed {
+            Some(specified) if overran.get() => AddError::LongerThanClaimed {
+                path: shown.to_owned(),
+                specified,
+            },
+            _ => AddError::Nar {
+                path: shown.to_owned(),
+                source,
+            },
         },
     )?;
     let (_, digester) = tee.into_parts();

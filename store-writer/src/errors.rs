@@ -100,6 +100,16 @@ pub fn add_error(e: AddError, ctx: &AddContext<'_>) -> StoreWriterError {
                 format!("size mismatch: specified {specified}, got {got}"),
             ),
         },
+        AddError::LongerThanClaimed { specified, .. } => match claimed_path {
+            Some(path) => StoreWriterError::LongerThanClaimed {
+                path: path.clone(),
+                expected: specified,
+            },
+            None => ctx.io(
+                "sizing",
+                format!("the NAR is longer than the {specified} bytes claimed"),
+            ),
+        },
         AddError::CaHashMismatch { specified, got, .. } => {
             let parsed = (
                 Hash::parse_any_prefixed(&specified),

@@ -530,6 +530,17 @@ pub enum StoreWriterError {
         /// The size that arrived.
         actual: u64,
     },
+    /// The NAR went on past its claimed size; it was cut off there, so its real size is not
+    /// known.
+    #[error(
+        "size mismatch importing path '{path}';\n  specified: {expected}\n  got:       more than {expected}"
+    )]
+    LongerThanClaimed {
+        /// The path being added.
+        path: StorePath,
+        /// The claimed size.
+        expected: u64,
+    },
     /// The NAR could not be parsed.
     #[error("malformed nar for path '{path}': {reason}")]
     MalformedNar {
@@ -732,6 +743,7 @@ impl StoreWriterError {
         match self {
             E::HashMismatch { path, .. }
             | E::SizeMismatch { path, .. }
+            | E::LongerThanClaimed { path, .. }
             | E::MalformedNar { path, .. }
             | E::SignatureMissing { path }
             | E::BadSignature { path, .. }
@@ -961,6 +973,10 @@ mod tests {
                 path: p.clone(),
                 expected: 1,
                 actual: 2,
+            },
+            StoreWriterError::LongerThanClaimed {
+                path: p.clone(),
+                expected: 1,
             },
             StoreWriterError::MalformedNar {
                 path: p.clone(),

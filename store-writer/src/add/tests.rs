@@ -209,9 +209,10 @@ fn a_nar_longer_than_claimed_is_cut_off_at_the_claim() {
         .add_path(&info, Endless(endless, 0), AddOptions::default())
         .unwrap_err();
     assert!(
-        err.to_string().contains("longer than the 10 bytes claimed"),
+        matches!(err, AddError::LongerThanClaimed { specified: 10, .. }),
         "{err}"
     );
+    assert!(err.to_string().contains("got:       more than 10"), "{err}");
     assert_unchanged(&store, &before, &info.path);
 }
 
