@@ -73,6 +73,10 @@ pub struct CachePool {
     agent: ureq::Agent,
     attempts: u32,
     caches: Mutex<HashMap<String, Arc<Cache>>>,
+    /// Caches that could not be opened, with when and why: not asked again for
+    /// [`DISABLE_AFTER_FAILURE`] (an unreachable `cache.nixos.org` on an offline host would
+    /// otherwise cost every build its retries).
+    unopenable: Mutex<HashMap<String, (Instant, String)>>,
 }
 
 /// A cache URL taken apart.
@@ -132,6 +136,7 @@ impl CachePool {
             agent: source::http_agent(settings),
             attempts: settings.download_attempts,
             caches: Mutex::new(HashMap::new()),
+            unopenable: Mutex::new(HashMap::new()),
         }
     }
 
@@ -143,6 +148,25 @@ impl CachePool {
                 return Ok(Arc::clone(cache));
             }
         }
+        if let Some((at, why)) = lock(&self.unopenable).get(url) {
+            if at.elapsed() < DISABLE_AFTER_FAILURE {
+                return Err(why.clone());
+            }
+        }
+        let opened = self.open_uncached(url);
+        match &opened {
+            Ok(cache) => {
+                lock(&self.unopenable).remove(url);
+                lock(&self.caches).insert(url.to_owned(), Arc::clone(cache));
+            }
+            Err(why) => {
+                lock(&self.unopenable).insert(url.to_owned(), (Instant::now(), why.clone()));
+            }
+        }
+        opened
+    }
+
+    fn open_uncached(&self, url: &str) -> Result<Arc<Cache>, String> {
         let parsed = parse_url(url)?;
         let source = match parsed.kind {
             UrlKind::File(dir) => Source::File(dir),
@@ -180,7 +204,6 @@ impl CachePool {
             narinfos: Mutex::new(HashMap::new()),
             disabled_until: Mutex::new(None),
         });
-        lock(&self.caches).insert(url.to_owned(), Arc::clone(&cache));
         Ok(cache)
     }
 

@@ -203,3 +203,18 @@ fn trusted_caches_need_no_signature() {
     assert!(cache.trusted);
     subs.check(&cache, &p, &info).unwrap();
 }
+
+#[test]
+fn a_cache_that_cannot_be_opened_is_not_asked_again_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    std::fs::create_dir(&cache).unwrap();
+    std::fs::write(cache.join("nix-cache-info"), "StoreDir: /gnu/store\n").unwrap();
+    let s = settings(&[("substituters", &url(&cache))]);
+    let pool = CachePool::new(&s, StoreDir::default());
+    let first = pool.open(&url(&cache)).unwrap_err();
+    assert!(first.contains("/gnu/store"), "{first}");
+    // Fixed meanwhile, but the failure is remembered for a while.
+    std::fs::write(cache.join("nix-cache-info"), "StoreDir: /nix/store\n").unwrap();
+    assert_eq!(pool.open(&url(&cache)).unwrap_err(), first);
+}
