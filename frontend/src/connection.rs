@@ -68,7 +68,10 @@ impl From<ClientError> for OpError {
 }
 
 /// A store-writer failure as the Nix client sees it.
-fn writer_message(store_dir: &ward_proto::store_path::StoreDir, e: &ClientError) -> String {
+pub(crate) fn writer_message(
+    store_dir: &ward_proto::store_path::StoreDir,
+    e: &ClientError,
+) -> String {
     match e {
         ClientError::Store(e) => e.to_client_message(store_dir),
         other => format!("ward's store-writer is unavailable: {other}"),

@@ -154,6 +154,23 @@ fn every_compression_nix_writes_is_read() {
     }
 }
 
+/// A port nothing listens on now.
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// Waits (up to 5 s) until a test server accepts connections on `port`.
+fn wait_listening(port: u16) {
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    panic!("no test server came up on port {port}");
+}
+
 /// `python3 -m http.server` serving `dir` on a free port, killed on drop.
 struct HttpServer {
     child: std::process::Child,
@@ -162,10 +179,7 @@ struct HttpServer {
 
 impl HttpServer {
     fn start(dir: &Path) -> HttpServer {
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().port()
-        };
+        let port = free_port();
         let child = std::process::Command::new("python3")
             .args(["-m", "http.server", "--bind", "127.0.0.1", "--directory"])
             .arg(dir)
@@ -174,12 +188,7 @@ impl HttpServer {
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("starting python3 -m http.server");
-        for _ in 0..200 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(25));
-        }
+        wait_listening(port);
         HttpServer {
             child,
             url: format!("http://127.0.0.1:{port}"),
@@ -252,10 +261,7 @@ impl HttpServer {
             "-extfile",
             "srv.ext",
         ]);
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().port()
-        };
+        let port = free_port();
         let script = format!(
             "import http.server, ssl, functools\n\
              h = functools.partial(http.server.SimpleHTTPRequestHandler, directory={dir:?})\n\
@@ -274,12 +280,7 @@ impl HttpServer {
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("starting the HTTPS server");
-        for _ in 0..200 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(25));
-        }
+        wait_listening(port);
         (
             HttpServer {
                 child,
@@ -432,10 +433,7 @@ enum NarServing {
 
 /// An HTTP server for `dir` (Python's http.server) that serves NARs as `serving` says.
 fn start_nar_server(dir: &Path, serving: NarServing) -> HttpServer {
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let port = free_port();
     let mode = match serving {
         NarServing::Half => "half",
         NarServing::Slow => "slow",
@@ -477,12 +475,7 @@ http.server.ThreadingHTTPServer(('127.0.0.1', port), H).serve_forever()
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("starting the NAR server");
-    for _ in 0..200 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(25));
-    }
+    wait_listening(port);
     HttpServer {
         child,
         url: format!("http://127.0.0.1:{port}"),

@@ -51,10 +51,7 @@ pub async fn select(shared: &Arc<Shared>, ctx: &BuildCtx) -> Substituters {
 }
 
 fn writer_error(shared: &Shared, e: &ClientError) -> String {
-    match e {
-        ClientError::Store(e) => e.to_client_message(shared.store.store_dir()),
-        other => format!("ward's store-writer is unavailable: {other}"),
-    }
+    crate::connection::writer_message(shared.store.store_dir(), e)
 }
 
 /// Realises `path` from a substituter.
