@@ -13,10 +13,9 @@ use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nix::errno::Errno;
-use nix::fcntl::{fcntl, FcntlArg};
-use nix::sys::signal::{kill, sigprocmask, SigSet, SigmaskHow, Signal};
+use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::WaitStatus;
-use nix::unistd::{ForkResult, Gid, Pid, Uid};
+use nix::unistd::{Gid, Pid, Uid};
 use ward_ipc::broker::{
     BrokerError, BrokerToFrontend, BuildOutcome, BuildRequest, BuildTimings, CancelReason,
 };
@@ -26,6 +25,7 @@ use ward_ipc::builder::{
 use ward_ipc::{BrokerBuilderChannel, BuildId, FrameLimit};
 
 use crate::args::{BuildSettings, SandboxMode};
+use crate::exec::{self, ExecSpec, Identity};
 use crate::pool::{Pool, Source};
 use crate::sys;
 use crate::tree::{self, BuildDirs};
@@ -1176,7 +1176,8 @@ fn exec_argv(bin: &Path, mode: &str) -> Result<Vec<CString>, Errno> {
 }
 
 /// Fork+exec of `argv` as `uid:gid` (no supplementary groups) with exactly `fds` placed,
-/// first joining the cgroup whose `cgroup.procs` is `cgroup_procs`.
+/// first joining the cgroup whose `cgroup.procs` is `cgroup_procs`. Not root (single-user
+/// mode): `uid` is the broker's own and no switch happens.
 fn spawn_as_build_user(
     argv: &[CString],
     uid: u32,
@@ -1185,69 +1186,35 @@ fn spawn_as_build_user(
     allow_new_privileges: bool,
     cgroup_procs: Option<&std::fs::File>,
 ) -> nix::Result<Pid> {
-    match sys::fork_process()? {
-        ForkResult::Parent { child } => Ok(child),
-        ForkResult::Child => {
-            if let Some(procs) = cgroup_procs {
-                if let Err(e) = crate::cgroup::join(procs) {
-                    eprintln!("ward-broker: joining the build's cgroup failed: {e}");
-                    std::process::exit(127);
-                }
-            }
-            let Err((what, errno)) = become_build_user(argv, uid, gid, fds, allow_new_privileges);
-            eprintln!("ward-broker: starting {argv:?} failed at {what}: {errno}");
-            std::process::exit(127);
-        }
+    if uid == 0 {
+        return Err(Errno::EPERM);
     }
-}
-
-fn become_build_user(
-    argv: &[CString],
-    uid: u32,
-    gid: u32,
-    fds: &[(RawFd, RawFd)],
-    allow_new_privileges: bool,
-) -> Result<std::convert::Infallible, (&'static str, Errno)> {
-    sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
-        .map_err(|e| ("unblocking signals", e))?;
-    sys::default_sigpipe().map_err(|e| ("resetting SIGPIPE", e))?;
-    let parked: Vec<(RawFd, RawFd)> = fds
-        .iter()
-        .map(|&(src, dst)| fcntl(src, FcntlArg::F_DUPFD_CLOEXEC(100)).map(|p| (p, dst)))
-        .collect::<Result<_, _>>()
-        .map_err(|e| ("parking descriptors", e))?;
-    let mut highest = 0;
-    for (parked_fd, dst) in parked {
-        nix::unistd::dup2(parked_fd, dst).map_err(|e| ("placing descriptors", e))?;
-        highest = highest.max(dst);
+    let identity = nix::unistd::geteuid().is_root().then(|| Identity {
+        uid: Uid::from_raw(uid),
+        gid: Gid::from_raw(gid),
+        groups: Vec::new(),
+    });
+    if identity.is_none() && nix::unistd::getuid().as_raw() != uid {
+        return Err(Errno::EPERM);
     }
-    sys::close_fds_from(highest + 1).map_err(|e| ("closing inherited descriptors", e))?;
-    if nix::unistd::geteuid().is_root() {
-        if uid == 0 {
-            return Err(("refusing to build as root", Errno::EPERM));
-        }
-        sys::drop_capability_bounding_set().map_err(|e| ("dropping capabilities", e))?;
-        nix::unistd::setgroups(&[]).map_err(|e| ("setgroups", e))?;
-        let (g, u) = (Gid::from_raw(gid), Uid::from_raw(uid));
-        nix::unistd::setresgid(g, g, g).map_err(|e| ("setresgid", e))?;
-        nix::unistd::setresuid(u, u, u).map_err(|e| ("setresuid", e))?;
-    }
-    if nix::unistd::getuid().as_raw() != uid || nix::unistd::geteuid().as_raw() != uid {
-        return Err(("uid did not change", Errno::EPERM));
-    }
-    match sys::clear_ambient_capabilities() {
-        Ok(()) | Err(Errno::EINVAL) => {}
-        Err(e) => return Err(("clearing ambient capabilities", e)),
-    }
-    if !allow_new_privileges {
-        nix::sys::prctl::set_no_new_privs().map_err(|e| ("no_new_privs", e))?;
-    }
-    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(|e| ("pdeathsig", e))?;
-    // Its own session: no terminal and no signal meant for the daemon's process group.
-    nix::unistd::setsid().map_err(|e| ("setsid", e))?;
-    let env: [CString; 1] =
-        [CString::new("PATH=/usr/bin:/bin").map_err(|_| ("env", Errno::EINVAL))?];
-    nix::unistd::execve(&argv[0], argv, &env).map_err(|e| ("exec", e))
+    let env = [CString::new("PATH=/usr/bin:/bin").map_err(|_| Errno::EINVAL)?];
+    let spec = ExecSpec {
+        argv,
+        env: Some(&env),
+        fds,
+        identity: identity.as_ref(),
+        no_new_privs: !allow_new_privileges,
+        death_signal: Signal::SIGKILL,
+        // Its own session: no terminal and no signal meant for the daemon's process group.
+        new_session: true,
+        cwd: None,
+    };
+    let what = format!("{:?}", argv.first());
+    exec::spawn(&spec, &what, || match cgroup_procs {
+        Some(procs) => crate::cgroup::join(procs)
+            .map_err(|e| format!("joining the build's cgroup failed: {e}")),
+        None => Ok(()),
+    })
 }
 
 #[cfg(test)]

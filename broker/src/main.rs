@@ -8,6 +8,7 @@
 mod args;
 mod builds;
 mod cgroup;
+mod exec;
 mod pool;
 mod roots;
 mod supervisor;

@@ -5,17 +5,14 @@
 //! own configuration. The helper confines itself (see `gc_roots.rs`) before reading anything.
 
 use std::ffi::CString;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use nix::errno::Errno;
-use nix::fcntl::{fcntl, FcntlArg};
-use nix::sys::signal::{SigSet, SigmaskHow};
-use nix::unistd::{ForkResult, Pid};
+use nix::unistd::Pid;
 use ward_ipc::broker::MAX_ROOT_FINDERS;
 
-use crate::sys;
+use crate::exec::{self, ExecSpec};
 
 /// The helpers this broker started and has not reaped yet.
 #[derive(Debug)]
@@ -70,17 +67,23 @@ impl RootFinders {
             .map_err(|e| format!("pipe: {e}"))?;
         let null = std::fs::File::open("/dev/null").map_err(|e| format!("/dev/null: {e}"))?;
         let fds = [(null.as_raw_fd(), 0), (write.as_raw_fd(), 1), (2, 2)];
-        match sys::fork_process().map_err(|e| format!("fork: {e}"))? {
-            ForkResult::Parent { child } => {
-                self.running.push(child);
-                Ok(read)
-            }
-            ForkResult::Child => {
-                let Err((what, errno)) = exec_helper(&self.argv, &fds);
-                eprintln!("ward-broker: starting ward-gc-roots failed at {what}: {errno}");
-                std::process::exit(127);
-            }
-        }
+        let env: [CString; 0] = [];
+        let spec = ExecSpec {
+            argv: &self.argv,
+            env: Some(&env),
+            fds: &fds,
+            identity: None,
+            // The helper drops to nobody and sets no_new_privs itself, keeping the two
+            // capabilities it needs; it must start as root for that.
+            no_new_privs: false,
+            death_signal: nix::sys::signal::Signal::SIGKILL,
+            new_session: false,
+            cwd: None,
+        };
+        let child =
+            exec::spawn(&spec, "ward-gc-roots", || Ok(())).map_err(|e| format!("fork: {e}"))?;
+        self.running.push(child);
+        Ok(read)
     }
 
     /// Forgets a reaped helper; false if `pid` was not one.
@@ -93,29 +96,6 @@ impl RootFinders {
             None => false,
         }
     }
-}
-
-/// In the forked child: descriptors 0–2 only, default signals, exec.
-fn exec_helper(
-    argv: &[CString],
-    fds: &[(RawFd, RawFd)],
-) -> Result<std::convert::Infallible, (&'static str, Errno)> {
-    nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
-        .map_err(|e| ("unblocking signals", e))?;
-    sys::default_sigpipe().map_err(|e| ("resetting SIGPIPE", e))?;
-    let parked: Vec<(RawFd, RawFd)> = fds
-        .iter()
-        .map(|&(src, dst)| fcntl(src, FcntlArg::F_DUPFD_CLOEXEC(100)).map(|p| (p, dst)))
-        .collect::<Result<_, _>>()
-        .map_err(|e| ("parking descriptors", e))?;
-    for (parked_fd, dst) in parked {
-        nix::unistd::dup2(parked_fd, dst).map_err(|e| ("placing descriptors", e))?;
-    }
-    sys::close_fds_from(3).map_err(|e| ("closing inherited descriptors", e))?;
-    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
-        .map_err(|e| ("pdeathsig", e))?;
-    let env: [CString; 0] = [];
-    nix::unistd::execve(&argv[0], argv, &env).map_err(|e| ("exec", e))
 }
 
 #[cfg(test)]

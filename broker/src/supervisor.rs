@@ -23,7 +23,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-use nix::unistd::{ForkResult, Gid, Group, Pid, Uid, User};
+use nix::unistd::{Group, Pid, User};
 use ward_ipc::broker::{BrokerError, BrokerToFrontend, FrontendToBroker};
 use ward_ipc::broker::{BrokerToStoreWriter, StoreWriterToBroker};
 use ward_ipc::{
@@ -32,6 +32,7 @@ use ward_ipc::{
 
 use crate::args::BrokerArgs;
 use crate::builds::Builds;
+use crate::exec::{self, ExecSpec, Identity};
 use crate::sys;
 
 /// Shortest wait before restarting a child that died.
@@ -59,17 +60,6 @@ impl Role {
             Role::StoreWriter => "store-writer",
         }
     }
-}
-
-/// The uid, gid and groups a child switches to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Identity {
-    /// User id.
-    pub uid: Uid,
-    /// Primary group id.
-    pub gid: Gid,
-    /// Supplementary groups.
-    pub groups: Vec<Gid>,
 }
 
 /// Everything needed to (re)start one child.
@@ -227,70 +217,22 @@ pub fn child_specs(
     ])
 }
 
-/// Runs in the forked child; returns only on failure.
-fn become_child(
-    spec: &ChildSpec,
-    extra_fds: &[(RawFd, RawFd)],
-) -> Result<std::convert::Infallible, (&'static str, Errno)> {
-    sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
-        .map_err(|e| ("unblocking signals", e))?;
-    sys::default_sigpipe().map_err(|e| ("resetting SIGPIPE", e))?;
-
-    // Park every source descriptor above the targets first, so dup2 cannot clobber one.
-    let parked: Vec<(RawFd, RawFd)> = spec
-        .fds
-        .iter()
-        .chain(extra_fds)
-        .map(|&(src, dst)| fcntl(src, FcntlArg::F_DUPFD_CLOEXEC(100)).map(|p| (p, dst)))
-        .collect::<Result<_, _>>()
-        .map_err(|e| ("parking descriptors", e))?;
-    let mut highest = 2;
-    for (parked_fd, dst) in parked {
-        nix::unistd::dup2(parked_fd, dst).map_err(|e| ("placing descriptors", e))?;
-        highest = highest.max(dst);
-    }
-    sys::close_fds_from(highest + 1).map_err(|e| ("closing inherited descriptors", e))?;
-
-    if let Some(id) = &spec.identity {
-        sys::drop_capability_bounding_set().map_err(|e| ("dropping capabilities", e))?;
-        nix::unistd::setgroups(&id.groups).map_err(|e| ("setgroups", e))?;
-        nix::unistd::setresgid(id.gid, id.gid, id.gid).map_err(|e| ("setresgid", e))?;
-        nix::unistd::setresuid(id.uid, id.uid, id.uid).map_err(|e| ("setresuid", e))?;
-        if nix::unistd::getuid() != id.uid || nix::unistd::geteuid() != id.uid {
-            return Err(("uid did not change", Errno::EPERM));
-        }
-    }
-    match sys::clear_ambient_capabilities() {
-        Ok(()) | Err(Errno::EINVAL) => {}
-        Err(e) => return Err(("clearing ambient capabilities", e)),
-    }
-    // The child is single-threaded right after fork, so changing the environment is sound.
-    for (name, value) in &spec.env {
-        match value {
-            Some(v) => std::env::set_var(name, v),
-            None => std::env::remove_var(name),
-        }
-    }
-    nix::sys::prctl::set_no_new_privs().map_err(|e| ("no_new_privs", e))?;
-    nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).map_err(|e| ("pdeathsig", e))?;
-    nix::unistd::execv(&spec.argv[0], &spec.argv).map_err(|e| ("exec", e))
-}
-
 fn spawn(spec: &ChildSpec, extra_fds: &[(RawFd, RawFd)]) -> Result<Pid, SupervisorError> {
-    match sys::fork_process().map_err(sys_err("fork"))? {
-        ForkResult::Parent { child } => {
-            eprintln!("ward-broker: started {} as pid {child}", spec.role.name());
-            Ok(child)
-        }
-        ForkResult::Child => {
-            let Err((what, errno)) = become_child(spec, extra_fds);
-            eprintln!(
-                "ward-broker: starting {} failed at {what}: {errno}",
-                spec.role.name()
-            );
-            std::process::exit(127);
-        }
-    }
+    let fds: Vec<(RawFd, RawFd)> = spec.fds.iter().chain(extra_fds).copied().collect();
+    let env = exec::environment_with(&spec.env);
+    let exec_spec = ExecSpec {
+        argv: &spec.argv,
+        env: Some(&env),
+        fds: &fds,
+        identity: spec.identity.as_ref(),
+        no_new_privs: true,
+        death_signal: Signal::SIGTERM,
+        new_session: false,
+        cwd: None,
+    };
+    let pid = exec::spawn(&exec_spec, spec.role.name(), || Ok(())).map_err(sys_err("fork"))?;
+    eprintln!("ward-broker: started {} as pid {pid}", spec.role.name());
+    Ok(pid)
 }
 
 fn terminate(children: &mut [Child]) {
