@@ -42,6 +42,20 @@ pub struct BrokerArgs {
     pub passthrough: Vec<OsString>,
     /// How builds are run (the admin's nix.conf, as passed by `ward daemon`).
     pub build: BuildSettings,
+    /// The `post-build-hook` and who runs it.
+    pub hooks: HookSettings,
+}
+
+/// The hooks the broker runs: the admin's, never the frontend's.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HookSettings {
+    /// `--post-build-hook` (nix.conf's `post-build-hook`).
+    pub post_build_hook: Option<PathBuf>,
+    /// `--hook-user`: who runs a root-owned hook program.
+    pub hook_user: Option<String>,
+    /// `--daemon-socket`: the socket clients reach the daemon on, named to hooks in
+    /// `NIX_REMOTE` so a hook's `nix copy` goes through ward.
+    pub daemon_socket: Option<PathBuf>,
 }
 
 /// The `sandbox` setting.
@@ -211,6 +225,7 @@ impl BrokerArgs {
         let mut secret_key_files = Vec::new();
         let mut build = BuildSettings::default();
         let mut real_store_dir = None;
+        let mut hooks = HookSettings::default();
         while let Some(arg) = args.next() {
             let flag = arg.to_string_lossy().into_owned();
             if flag == "--" {
@@ -312,6 +327,12 @@ impl BrokerArgs {
                         build.build_dir = Some(PathBuf::from(v));
                     }
                 }
+                "--post-build-hook" => {
+                    let v = value()?;
+                    hooks.post_build_hook = (!v.is_empty()).then(|| PathBuf::from(v));
+                }
+                "--hook-user" => hooks.hook_user = Some(text(value()?)),
+                "--daemon-socket" => hooks.daemon_socket = Some(PathBuf::from(value()?)),
                 _ => return Err(ArgsError::Unknown(flag)),
             }
         }
@@ -328,6 +349,7 @@ impl BrokerArgs {
             parent_pid,
             secret_key_files,
             passthrough,
+            hooks,
             build: BuildSettings {
                 real_store_dir: real_store_dir.unwrap_or_else(|| build.store_dir.clone()),
                 ..build

@@ -198,6 +198,11 @@ impl Builds {
         builds
     }
 
+    /// Whether builds run as `uid` (a hook never does: a build could tamper with it).
+    pub fn is_build_user(&self, uid: u32) -> bool {
+        self.pool.as_ref().is_some_and(|p| p.contains(uid))
+    }
+
     /// Whether the store directory builds see differs from where it is on disk.
     fn diverted_store(&self) -> bool {
         self.cfg.store_dir != self.cfg.real_store_dir

@@ -9,6 +9,7 @@ mod args;
 mod builds;
 mod cgroup;
 mod exec;
+mod hooks;
 mod pool;
 mod roots;
 mod supervisor;

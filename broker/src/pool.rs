@@ -152,6 +152,15 @@ impl Pool {
         self.gid.unwrap_or(uid)
     }
 
+    /// Whether builds may run as `uid` (in single-user mode: the broker's own uid).
+    pub fn contains(&self, uid: u32) -> bool {
+        match &self.source {
+            Source::Static(uids) => uids.binary_search(&uid).is_ok(),
+            Source::Range { start, count } => uid >= *start && uid - start < *count,
+            Source::Own => uid == self.own_uid,
+        }
+    }
+
     /// How many builds can hold a user at once (`u32::MAX` in single-user mode).
     pub fn capacity(&self) -> usize {
         match &self.source {

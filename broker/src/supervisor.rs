@@ -33,6 +33,7 @@ use ward_ipc::{
 use crate::args::BrokerArgs;
 use crate::builds::Builds;
 use crate::exec::{self, ExecSpec, Identity};
+use crate::hooks::Hooks;
 use crate::sys;
 
 /// Shortest wait before restarting a child that died.
@@ -302,6 +303,7 @@ impl FrontendLink {
         state_dir: &std::path::Path,
         builds: &mut Builds,
         finders: &mut RootFinders,
+        hooks: &mut Hooks,
     ) -> bool {
         let request = match self.channel.recv() {
             Ok(received) => received.message,
@@ -371,6 +373,23 @@ impl FrontendLink {
                 }
                 Err(reason) => BrokerToFrontend::Error(BrokerError::Roots { reason }),
             },
+            FrontendToBroker::RunPostBuildHook {
+                build,
+                drv_path,
+                out_paths,
+            } => match hooks.start(build, &drv_path, &out_paths, |uid| {
+                builds.is_build_user(uid)
+            }) {
+                Ok((reply, pipe)) => {
+                    replies.push((reply, vec![pipe]));
+                    return self.send_all(replies);
+                }
+                Err(error) => {
+                    eprintln!("ward-broker: {error}");
+                    BrokerToFrontend::Error(error)
+                }
+            },
+            FrontendToBroker::CancelPostBuildHook { build } => hooks.cancel(build),
         };
         replies.push((reply, vec![]));
         self.send_all(replies)
@@ -461,6 +480,7 @@ impl StoreWriterLink {
 fn notify(
     frontend: &mut Option<FrontendLink>,
     builds: &mut Builds,
+    hooks: &mut Hooks,
     notices: Vec<BrokerToFrontend>,
 ) {
     if notices.is_empty() {
@@ -472,6 +492,7 @@ fn notify(
     if !ok {
         *frontend = None;
         builds.abandon_all();
+        hooks.abandon_all();
     }
 }
 
@@ -481,6 +502,7 @@ fn reap(
     children: &mut [Child],
     builds: &mut Builds,
     finders: &mut RootFinders,
+    hooks: &mut Hooks,
 ) -> Vec<BrokerToFrontend> {
     let mut notices = Vec::new();
     loop {
@@ -494,6 +516,10 @@ fn reap(
         };
         let status = reaped.status;
         if finders.reaped(reaped.pid) {
+            continue;
+        }
+        if let Some(notice) = hooks.reaped(reaped.pid, status) {
+            notices.extend(notice);
             continue;
         }
         let Some(child) = children
@@ -550,6 +576,7 @@ pub fn run(args: &BrokerArgs) -> Result<(), SupervisorError> {
         &args.build.store_dir,
         &args.build.real_store_dir,
     );
+    let mut hooks = Hooks::new(&args.hooks, &args.build.store_dir, args.build.max_jobs);
     builds.run_canary();
 
     let mut mask = SigSet::empty();
@@ -610,8 +637,10 @@ pub fn run(args: &BrokerArgs) -> Result<(), SupervisorError> {
                         child.pid = Some(pid);
                         if let Some((ours, _theirs)) = pair {
                             if child.spec.role == Role::Frontend {
-                                // Builds of an earlier frontend have nobody to report to.
+                                // Builds and hooks of an earlier frontend have nobody to
+                                // report to.
                                 builds.abandon_all();
+                                hooks.abandon_all();
                                 frontend = FrontendLink::new(ours);
                             } else {
                                 store_writer = StoreWriterLink::new(ours);
@@ -680,12 +709,13 @@ pub fn run(args: &BrokerArgs) -> Result<(), SupervisorError> {
             builds.channel_ready(id);
         }
         if link_ready {
-            let keep = frontend
-                .as_mut()
-                .is_some_and(|link| link.serve_one(&args.state_dir, &mut builds, &mut finders));
+            let keep = frontend.as_mut().is_some_and(|link| {
+                link.serve_one(&args.state_dir, &mut builds, &mut finders, &mut hooks)
+            });
             if !keep {
                 frontend = None;
                 builds.abandon_all();
+                hooks.abandon_all();
             }
         }
         if writer_ready {
@@ -697,16 +727,17 @@ pub fn run(args: &BrokerArgs) -> Result<(), SupervisorError> {
             }
         }
         let expired = builds.expire(Instant::now());
-        notify(&mut frontend, &mut builds, expired);
+        notify(&mut frontend, &mut builds, &mut hooks, expired);
         while let Ok(Some(info)) = signals.read_signal() {
             match Signal::try_from(info.ssi_signo as i32) {
                 Ok(Signal::SIGCHLD) => {
-                    let finished = reap(&mut children, &mut builds, &mut finders);
-                    notify(&mut frontend, &mut builds, finished);
+                    let finished = reap(&mut children, &mut builds, &mut finders, &mut hooks);
+                    notify(&mut frontend, &mut builds, &mut hooks, finished);
                 }
                 Ok(Signal::SIGTERM | Signal::SIGINT) => {
                     eprintln!("ward-broker: shutting down");
                     builds.abandon_all();
+                    hooks.abandon_all();
                     terminate(&mut children);
                     return Ok(());
                 }

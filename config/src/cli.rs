@@ -95,6 +95,9 @@ pub struct DaemonArgs {
     /// connections after a reply, while clients send requests back to back, before it
     /// sleeps. Zero turns it off.
     pub busy_poll: Duration,
+    /// `--hook-user USER` (ward only): who runs a root-owned `post-build-hook` (ward never
+    /// runs a hook as root; a hook owned by another user runs as its owner).
+    pub hook_user: Option<String>,
     /// The first flag that needs `daemon-trust-override` (checked once settings are loaded).
     trust_flag: Option<&'static str>,
 }
@@ -111,6 +114,7 @@ impl Default for DaemonArgs {
             read_only: false,
             config: CommandLineConfig::default(),
             busy_poll: DEFAULT_BUSY_POLL,
+            hook_user: None,
             trust_flag: None,
         }
     }
@@ -171,6 +175,9 @@ Daemon options:
                           ward only: after a reply, while a client sends requests
                           back to back, keep polling this long before sleeping
                           (default 400; 0 turns it off; at most 100000)
+  --hook-user USER        ward only: run a root-owned post-build-hook as USER
+                          (ward never runs hooks as root; a hook program owned
+                          by another user runs as its owner)
 
 Settings:
   --option NAME VALUE     set a nix.conf setting; a bad value is only a warning
@@ -373,6 +380,10 @@ impl Parser {
                 self.args.socket_path = Some(PathBuf::from(value));
             }
             "--busy-poll" => self.args.busy_poll = self.busy_poll(arg)?,
+            "--hook-user" => {
+                let value = self.take_one(arg)?;
+                self.args.hook_user = Some(value);
+            }
             _ => return self.setting_flag(arg),
         }
         Ok(Some(Step::Continue))
@@ -518,6 +529,10 @@ mod tests {
     fn daemon_flags() {
         let a = run(&["--stdio", "--daemon", "--process-ops"]);
         assert!(a.stdio && a.process_ops);
+        assert_eq!(
+            run(&["--hook-user", "nix-upload"]).hook_user.as_deref(),
+            Some("nix-upload")
+        );
         let a = run(&["--socket-path", "/run/ward.sock"]);
         assert_eq!(a.socket_path, Some(PathBuf::from("/run/ward.sock")));
         assert!(!a.stdio);

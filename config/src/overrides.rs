@@ -158,6 +158,17 @@ fn apply_override(
              daemon load plugins"
                 .to_owned(),
         )),
+        // The broker runs only the daemon's own hook, and never as root; a trusted client's
+        // hook would otherwise be a way to run a program as whoever runs the daemon's.
+        "post-build-hook" if trusted => {
+            if value != settings.post_build_hook {
+                messages.push(OverrideMessage::warning(format!(
+                    "ignoring the client-specified setting 'post-build-hook': ward runs only \
+                     the post-build-hook of the daemon's nix.conf ('{}'), never as root",
+                    settings.post_build_hook
+                )));
+            }
+        }
         _ if trusted || allowed_for_untrusted(name, value) => match settings.set(name, value) {
             Ok(applied) => messages.extend(
                 applied
@@ -389,6 +400,28 @@ mod tests {
         assert_eq!(out.settings.sandbox, daemon.sandbox);
         assert_eq!(warnings(&out).len(), 1);
         assert!(warnings(&out)[0].contains("'sandbox'"));
+    }
+
+    #[test]
+    fn a_trusted_client_cannot_change_the_post_build_hook() {
+        let mut daemon = daemon_settings();
+        daemon.set("post-build-hook", "/etc/nix/upload").unwrap();
+        let out = apply_client_options(
+            true,
+            &options(&[("post-build-hook", "/home/mallory/hook")]),
+            &daemon,
+        );
+        assert_eq!(out.settings.post_build_hook, "/etc/nix/upload");
+        let shown = warnings(&out);
+        assert_eq!(shown.len(), 1);
+        assert!(shown[0].contains("'/etc/nix/upload'"), "{}", shown[0]);
+        // The same value (a client repeating the daemon's nix.conf) is no news.
+        let out = apply_client_options(
+            true,
+            &options(&[("post-build-hook", "/etc/nix/upload")]),
+            &daemon,
+        );
+        assert!(warnings(&out).is_empty());
     }
 
     #[test]

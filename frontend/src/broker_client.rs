@@ -1,7 +1,8 @@
 //! The frontend's end of its channel to the broker (fd 4), shared by every connection.
 //!
 //! The broker answers every request exactly once and in order; the only messages it sends
-//! unasked are [`BrokerToFrontend::BuildFinished`] (a build ended) and
+//! unasked are [`BrokerToFrontend::BuildFinished`] (a build ended),
+//! [`BrokerToFrontend::PostBuildHookFinished`] (a hook ended) and
 //! [`BrokerToFrontend::StoreWriterRestarted`]. So one reader thread owns the receiving side:
 //! a `BuildFinished` goes to whoever waits for that build, anything else answers the oldest
 //! request still waiting. Requests are sent under one lock that also queues their waiter, so
@@ -11,7 +12,7 @@
 //! ended on its own just before, with `Error(UnknownBuild)`: the client does not queue a waiter
 //! for it and drops such an error for a build it cancelled.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
@@ -23,6 +24,7 @@ use ward_proto::ipc::broker::{
     FrontendToBroker,
 };
 use ward_proto::ipc::{BuildId, Channel, FrameLimit, Received, IPC_VERSION};
+use ward_proto::store_path::StorePath;
 
 type Waiter = oneshot::Sender<Received<BrokerToFrontend>>;
 
@@ -39,6 +41,8 @@ pub struct Finished {
 struct Waiting {
     replies: VecDeque<Waiter>,
     finished: HashMap<BuildId, oneshot::Sender<Finished>>,
+    /// Post-build hooks waiting for their `PostBuildHookFinished`.
+    hooks: HashMap<BuildId, oneshot::Sender<BuildOutcome>>,
     cancelled: HashSet<BuildId>,
     /// Set when the channel failed: every later request fails at once.
     broken: Option<String>,
@@ -112,7 +116,9 @@ impl BrokerClient {
             if let Some((build, tx)) = finished {
                 waiting.finished.insert(build, tx);
             }
-            if let FrontendToBroker::CancelBuild { build, .. } = request {
+            if let FrontendToBroker::CancelBuild { build, .. }
+            | FrontendToBroker::CancelPostBuildHook { build } = request
+            {
                 waiting.cancelled.insert(*build);
             }
             if expect_reply {
@@ -232,6 +238,55 @@ impl BrokerClient {
         }
     }
 
+    /// Runs the daemon's post-build-hook for a build whose outputs were registered. Returns
+    /// the read end of the hook's output, the user it runs as, and a receiver for its end.
+    pub async fn run_post_build_hook(
+        &self,
+        build: BuildId,
+        drv_path: StorePath,
+        out_paths: BTreeSet<StorePath>,
+    ) -> Result<(OwnedFd, String, oneshot::Receiver<BuildOutcome>), String> {
+        let (tx, finished) = oneshot::channel();
+        lock(&self.waiting).hooks.insert(build, tx);
+        let reply = self
+            .request(FrontendToBroker::RunPostBuildHook {
+                build,
+                drv_path,
+                out_paths,
+            })
+            .await;
+        let refused = |waiting: &Mutex<Waiting>, why: String| {
+            lock(waiting).hooks.remove(&build);
+            Err(why)
+        };
+        let mut reply = match reply {
+            Ok(reply) => reply,
+            Err(e) => return refused(&self.waiting, e),
+        };
+        match reply.message {
+            BrokerToFrontend::PostBuildHookStarted { user, .. } => match reply.fds.pop() {
+                Some(pipe) => Ok((pipe, user, finished)),
+                None => refused(&self.waiting, "the hook's pipe did not come".into()),
+            },
+            BrokerToFrontend::Error(e) => refused(&self.waiting, e.to_string()),
+            other => refused(
+                &self.waiting,
+                format!("unexpected answer to RunPostBuildHook: {other:?}"),
+            ),
+        }
+    }
+
+    /// Asks the broker to kill a running post-build hook; its end arrives as usual.
+    pub fn cancel_post_build_hook(&self, build: BuildId) {
+        if let Err(e) = self.send(
+            &FrontendToBroker::CancelPostBuildHook { build },
+            None,
+            false,
+        ) {
+            warn!(%build, "cancelling the post-build-hook: {e}");
+        }
+    }
+
     /// Starts the root-side roots helper; returns the read end of its output.
     pub async fn find_roots(&self) -> Result<OwnedFd, String> {
         let mut reply = self.request(FrontendToBroker::FindRoots).await?;
@@ -286,6 +341,7 @@ fn fail_all(waiting: &Mutex<Waiting>, reason: &str) {
     // Dropping the senders wakes every waiter with an error.
     waiting.replies.clear();
     waiting.finished.clear();
+    waiting.hooks.clear();
 }
 
 fn read_loop(receiver: Channel<FrontendToBroker, BrokerToFrontend>, waiting: Arc<Mutex<Waiting>>) {
@@ -311,6 +367,15 @@ fn read_loop(receiver: Channel<FrontendToBroker, BrokerToFrontend>, waiting: Arc
                         outcome: outcome.clone(),
                         timings: *timings,
                     });
+                }
+                continue;
+            }
+            BrokerToFrontend::PostBuildHookFinished { build, outcome } => {
+                // A cancelled hook's id stays in `cancelled` (a few bytes per cancel): an
+                // UnknownBuild error for it may still come and must be dropped.
+                debug!(%build, ?outcome, "post-build-hook finished");
+                if let Some(tx) = w.hooks.remove(build) {
+                    let _ = tx.send(outcome.clone());
                 }
                 continue;
             }

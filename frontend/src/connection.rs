@@ -1095,6 +1095,32 @@ impl Connection {
                 ],
                 parent: 0,
             }),
+            E::HookStart {
+                activity,
+                hook,
+                drv,
+            } => StderrMessage::StartActivity(StartActivity {
+                id: activity,
+                level: Verbosity::Info,
+                activity_type: ActivityType::PostBuildHook,
+                text: format!("running post-build-hook '{hook}'"),
+                fields: vec![LogField::from(drv.as_str())],
+                parent: 0,
+            }),
+            E::HookLine { activity, line } => {
+                if activities {
+                    StderrMessage::Result(ActivityResult {
+                        id: activity,
+                        result_type: ResultType::PostBuildLogLine,
+                        fields: vec![LogField::String(line)],
+                    })
+                } else {
+                    let mut bytes = b"post-build-hook: ".to_vec();
+                    bytes.extend_from_slice(&line);
+                    bytes.push(b'\n');
+                    StderrMessage::Next(bytes)
+                }
+            }
             E::Stop { activity } => StderrMessage::StopActivity(activity),
             E::Message(text) => StderrMessage::log_line(&text),
         };

@@ -301,6 +301,15 @@ fn broker_command(
     for key in &setup.settings.secret_key_files {
         cmd.arg("--secret-key-file").arg(key);
     }
+    if !setup.settings.post_build_hook.is_empty() {
+        cmd.arg("--post-build-hook")
+            .arg(&setup.settings.post_build_hook)
+            .arg("--daemon-socket")
+            .arg(&setup.layout.socket_path);
+    }
+    if let Some(user) = &setup.args.hook_user {
+        cmd.arg("--hook-user").arg(user);
+    }
     if let Some(pid) = stdio_session {
         // The broker ends with this relay, also when it is killed.
         cmd.arg("--parent-pid").arg(pid.to_string());

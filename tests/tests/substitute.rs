@@ -1000,3 +1000,98 @@ fn a_store_writer_killed_mid_substitution_leaves_nothing_partial() {
     );
     f.ward.ok("nix-store", &["--verify-path", &path]);
 }
+
+/// An HTTP cache that also takes uploads: GET and HEAD serve `dir`, PUT writes into it (as
+/// Nix's `nix copy --to http://…` sends files) and appends the path to `log`.
+fn start_upload_server(dir: &Path, log: &Path) -> HttpServer {
+    let port = free_port();
+    let script = r#"
+import functools, http.server, os, sys
+root, port, log = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+class H(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+    def do_PUT(self):
+        rel = self.path.split('?')[0].lstrip('/')
+        if '..' in rel.split('/'):
+            self.send_error(400)
+            return
+        if self.headers.get('Transfer-Encoding', '').lower() == 'chunked':
+            data = b''
+            while True:
+                size = int(self.rfile.readline().strip(), 16)
+                if size == 0:
+                    self.rfile.readline()
+                    break
+                data += self.rfile.read(size)
+                self.rfile.readline()
+        else:
+            data = self.rfile.read(int(self.headers.get('Content-Length', '0')))
+        target = os.path.join(root, rel)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        with open(target, 'wb') as f:
+            f.write(data)
+        with open(log, 'a') as f:
+            f.write('PUT /' + rel + ' ' + str(len(data)) + '\n')
+        self.send_response(201)
+        self.send_header('Content-Length', '0')
+        self.end_headers()
+handler = functools.partial(H, directory=root)
+http.server.ThreadingHTTPServer(('127.0.0.1', port), handler).serve_forever()
+"#;
+    let child = std::process::Command::new("python3")
+        .args(["-c", script])
+        .arg(dir)
+        .arg(port.to_string())
+        .arg(log)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("starting the upload server");
+    wait_listening(port);
+    HttpServer {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+    }
+}
+
+#[test]
+fn nix_copy_uploads_a_closure_to_an_http_cache_that_a_fresh_store_fetches() {
+    let test = "nix_copy_uploads_a_closure_to_an_http_cache_that_a_fresh_store_fetches";
+    let Some((src, graph, key)) = source(test) else {
+        return;
+    };
+    let cache = src.env.dir("cache");
+    let log = src.env.dir("server").join("puts.log");
+    let server = start_upload_server(&cache, &log);
+    // The client reads the NARs from ward (NarFromPath) and PUTs them to the cache itself.
+    let to = format!("{}?secret-key={}", server.url, key.secret_arg());
+    src.ward.ok("nix", &["copy", "--to", &to, &graph.c]);
+    let puts = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(puts.contains("PUT /nix-cache-info"), "{puts}");
+    for p in [&graph.a, &graph.b, &graph.c] {
+        let base = p.rsplit('/').next().unwrap();
+        assert!(
+            puts.contains(&format!("PUT /{}.narinfo", &base[..32])),
+            "{p} uploaded: {puts}"
+        );
+        assert_eq!(narinfo_field(&cache, p, "StorePath"), *p);
+    }
+    assert!(puts.contains("PUT /nar/"), "{puts}");
+
+    // A fresh store fetches the closure back over HTTP, signature checked.
+    let Some(f) = substituting(test, &server.url, &key, DaemonOptions::single_user()) else {
+        return;
+    };
+    f.ward.ok(
+        "nix-store",
+        &with_substituters(&server.url, &["--realise", &graph.c]),
+    );
+    for (i, p) in [&graph.a, &graph.b, &graph.c].into_iter().enumerate() {
+        assert_eq!(
+            f.ward.ok("nix", &["store", "dump-path", p]).stdout,
+            graph.nars[i],
+            "{p}"
+        );
+    }
+}

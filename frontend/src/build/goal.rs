@@ -58,6 +58,22 @@ pub enum LogEvent {
         /// The cache's URL.
         from: String,
     },
+    /// The post-build hook started (Nix's `actPostBuildHook` activity).
+    HookStart {
+        /// The activity id.
+        activity: u64,
+        /// The hook program, as configured.
+        hook: String,
+        /// The derivation, printed.
+        drv: String,
+    },
+    /// One line of the hook's output, without its newline.
+    HookLine {
+        /// The activity id.
+        activity: u64,
+        /// The line.
+        line: Vec<u8>,
+    },
     /// A message for the user (e.g. where a failed build was kept).
     Message(String),
 }

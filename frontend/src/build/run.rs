@@ -298,6 +298,25 @@ pub async fn run_build(
     drop(permit);
     if result.succeeded() {
         result.times_built = 1;
+        // As Nix: after the outputs are registered, before the build counts as done; a
+        // failing hook fails the build (its outputs stay valid).
+        let outputs = result.outputs.values().cloned().collect();
+        if let Err(e) = super::hook::run_post_build_hook(
+            shared,
+            &broker,
+            ctx,
+            build,
+            &plan.drv_path,
+            outputs,
+            &mut cancel,
+        )
+        .await
+        {
+            let stop = now();
+            let mut failed = GoalResult::failed(S::MiscFailure, e);
+            failed.times_built = 1;
+            return finish(failed, start_time, stop);
+        }
     }
     finish(result, start_time, stop_time)
 }

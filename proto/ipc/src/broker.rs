@@ -12,7 +12,9 @@
 //!   `/`, so it cannot leave the store directory, and the broker bind-mounts each one
 //!   read-only only after checking it exists there as a real file, directory or symlink;
 //! * network access for fixed-output builds — the frontend could fetch the same data itself;
-//!   the build still runs as a build user in its own namespaces.
+//!   the build still runs as a build user in its own namespaces;
+//! * which store paths a `post-build-hook` is told about — the program, its user and the rest
+//!   of its environment are the broker's.
 //!
 //! The broker picks, from its own configuration: the build user, the build directory, the
 //! sandbox paths (`sandbox-paths`), the seccomp and landlock policy, the store directory, and
@@ -24,10 +26,11 @@
 //! * [`Phase::Serving`]: builds are started, queried and cancelled. **Every request gets
 //!   exactly one reply, in request order**; replies and errors about a build carry its
 //!   [`BuildId`]. The only unasked messages are [`BrokerToFrontend::BuildFinished`] (when a
-//!   build ends by itself or by its timeout) and [`BrokerToFrontend::StoreWriterRestarted`];
-//!   they may come between the replies. `CancelBuild`'s reply *is* the build's
-//!   `BuildFinished` (no second one follows); `ShuttingDown` is answered by one
-//!   `BuildFinished` per running build, then `Drained`.
+//!   build ends by itself or by its timeout), [`BrokerToFrontend::PostBuildHookFinished`] and
+//!   [`BrokerToFrontend::StoreWriterRestarted`]; they may come between the replies.
+//!   `CancelBuild`'s reply *is* the build's `BuildFinished` (no second one follows), and
+//!   likewise for `CancelPostBuildHook`; `ShuttingDown` is answered by one `BuildFinished`
+//!   per running build, then `Drained`.
 //! * [`Phase::Draining`]: after [`FrontendToBroker::ShuttingDown`]; only status requests.
 //! * A request outside its phase, a frame error or a wrong descriptor count is a protocol
 //!   violation: the broker logs it with the frontend's pid and uid, kills the builds started
@@ -386,10 +389,59 @@ pub enum FrontendToBroker {
     /// Reply: [`BrokerToFrontend::RootsPipe`] or [`BrokerToFrontend::Error`] with
     /// [`BrokerError::Roots`].
     FindRoots,
+    /// Sent by: the frontend, after the outputs of a build it ran were registered, when the
+    /// daemon's `post-build-hook` is set. Phase: serving.
+    ///
+    /// Re-checks: the broker has a `post-build-hook` of its own (from its command line, i.e.
+    /// the admin's nix.conf — the frontend names no program); `build` has no hook running on
+    /// this channel; at most [`MAX_HOOK_OUTPUTS`] output paths; fewer hooks run than the
+    /// broker allows. At each run, on the program file itself (`stat`, following links):
+    /// it is not writable by group or others, and its owner decides the user it runs as —
+    /// a non-root owner that is not a build user runs it as that owner; a root-owned program
+    /// runs as the broker's `--hook-user`, and without one it is refused. A program owned by
+    /// a user other than root or `--hook-user`, or by a build user, is refused. The broker
+    /// is never root's: hooks run as root nowhere.
+    ///
+    /// Root does: fork+execs the program as that user (its groups from the user database, no
+    /// capabilities, no_new_privs, its own session, cwd `/`), stdin `/dev/null`, stdout and
+    /// stderr one new pipe, with an environment the broker builds: `DRV_PATH` and `OUT_PATHS`
+    /// (full paths, space-separated, as Nix sets them), `HOME`, `USER`, `LOGNAME` of that
+    /// user, `NIX_REMOTE` naming the daemon's socket (unless the broker's environment sets
+    /// it), and from the broker's environment only `PATH`, locale, time zone, proxy, TLS
+    /// and `NIX_*` variables.
+    ///
+    /// Why root is OK: the program and the user are the admin's choice (the program's owner
+    /// could run it as themselves anyway); the frontend chooses only which store paths are
+    /// named in two variables, and store paths are world-readable.
+    ///
+    /// Reply: [`BrokerToFrontend::PostBuildHookStarted`] with the output pipe's read end, later
+    /// [`BrokerToFrontend::PostBuildHookFinished`]; or [`BrokerToFrontend::Error`] with
+    /// [`BrokerError::PostBuildHook`].
+    RunPostBuildHook {
+        /// The build the hook is for (its id names the hook until it finishes).
+        build: BuildId,
+        /// The derivation that was built.
+        drv_path: StorePath,
+        /// Its output paths.
+        out_paths: BTreeSet<StorePath>,
+    },
+    /// Sent by: the frontend, when nobody waits for a build whose hook still runs any more.
+    /// Phase: serving or draining. Re-checks: a hook for `build` runs on this channel.
+    /// Root does: SIGKILLs the hook's process group and reaps the hook. Why root is OK: it
+    /// only kills a hook this channel started.
+    /// Reply: [`BrokerToFrontend::PostBuildHookFinished`] — the hook's only one — or
+    /// [`BrokerToFrontend::Error`] with [`BrokerError::UnknownBuild`] when it has already ended.
+    CancelPostBuildHook {
+        /// The build whose hook to stop.
+        build: BuildId,
+    },
     /// Sent by: the frontend. Phase: serving or draining. Health check; root does nothing.
     /// Reply: [`BrokerToFrontend::Pong`].
     Ping,
 }
+
+/// Most output paths one `RunPostBuildHook` may name.
+pub const MAX_HOOK_OUTPUTS: usize = 1024;
 
 /// Most `ward-gc-roots` helpers running at once (for both channels together).
 pub const MAX_ROOT_FINDERS: usize = 4;
@@ -403,8 +455,10 @@ impl FrontendToBroker {
             | FrontendToBroker::CollectOutputs { .. }
             | FrontendToBroker::ShuttingDown
             | FrontendToBroker::CreateUserDirs { .. }
-            | FrontendToBroker::FindRoots => phase == Phase::Serving,
+            | FrontendToBroker::FindRoots
+            | FrontendToBroker::RunPostBuildHook { .. } => phase == Phase::Serving,
             FrontendToBroker::CancelBuild { .. }
+            | FrontendToBroker::CancelPostBuildHook { .. }
             | FrontendToBroker::ReleaseBuild { .. }
             | FrontendToBroker::QueryBuild { .. }
             | FrontendToBroker::Ping => matches!(phase, Phase::Serving | Phase::Draining),
@@ -432,6 +486,8 @@ impl IpcMessage for FrontendToBroker {
             FrontendToBroker::ShuttingDown => "ShuttingDown",
             FrontendToBroker::CreateUserDirs { .. } => "CreateUserDirs",
             FrontendToBroker::FindRoots => "FindRoots",
+            FrontendToBroker::RunPostBuildHook { .. } => "RunPostBuildHook",
+            FrontendToBroker::CancelPostBuildHook { .. } => "CancelPostBuildHook",
             FrontendToBroker::Ping => "Ping",
         }
     }
@@ -545,6 +601,21 @@ pub enum BrokerToFrontend {
     /// helper's output (records as `ward_proto::gc_roots` reads them), at end of file when
     /// the helper is done.
     RootsPipe,
+    /// Answer to `RunPostBuildHook`: the hook runs. Carries one descriptor: the read end of
+    /// the hook's stdout and stderr.
+    PostBuildHookStarted {
+        /// The build the hook is for.
+        build: BuildId,
+        /// The user it runs as, for the log.
+        user: String,
+    },
+    /// Sent unasked when a hook exits; the reply to `CancelPostBuildHook`. Once per hook.
+    PostBuildHookFinished {
+        /// The build the hook was for.
+        build: BuildId,
+        /// How it ended (`Exited`, `Signalled` or `Cancelled`).
+        outcome: BuildOutcome,
+    },
     /// A request was refused or failed.
     Error(BrokerError),
 }
@@ -557,7 +628,8 @@ impl IpcMessage for BrokerToFrontend {
         match self {
             BrokerToFrontend::BuildStarted { .. }
             | BrokerToFrontend::StoreWriterRestarted
-            | BrokerToFrontend::RootsPipe => 1,
+            | BrokerToFrontend::RootsPipe
+            | BrokerToFrontend::PostBuildHookStarted { .. } => 1,
             BrokerToFrontend::OutputsCollected { outputs, .. } => outputs.len(),
             BrokerToFrontend::BuildReleased { .. }
             | BrokerToFrontend::Hello { .. }
@@ -566,6 +638,7 @@ impl IpcMessage for BrokerToFrontend {
             | BrokerToFrontend::Drained
             | BrokerToFrontend::Pong
             | BrokerToFrontend::UserDirsReady { .. }
+            | BrokerToFrontend::PostBuildHookFinished { .. }
             | BrokerToFrontend::Error(_) => 0,
         }
     }
@@ -583,6 +656,8 @@ impl IpcMessage for BrokerToFrontend {
             BrokerToFrontend::Pong => "Pong",
             BrokerToFrontend::UserDirsReady { .. } => "UserDirsReady",
             BrokerToFrontend::RootsPipe => "RootsPipe",
+            BrokerToFrontend::PostBuildHookStarted { .. } => "PostBuildHookStarted",
+            BrokerToFrontend::PostBuildHookFinished { .. } => "PostBuildHookFinished",
             BrokerToFrontend::Error(_) => "Error",
         }
     }
@@ -728,6 +803,14 @@ pub enum BrokerError {
         /// Why, naming the helper or the limit.
         reason: String,
     },
+    /// `RunPostBuildHook` was refused or could not start the hook.
+    #[error("{reason}")]
+    PostBuildHook {
+        /// The build the hook was for.
+        build: BuildId,
+        /// Why, naming the program, its owner or the setting at fault.
+        reason: String,
+    },
 }
 
 /// Requests from the store-writer to the broker, on the channel the broker gives it at start
@@ -870,6 +953,13 @@ mod tests {
             },
             FrontendToBroker::ShuttingDown,
             FrontendToBroker::CreateUserDirs { uid: 1000 },
+            FrontendToBroker::FindRoots,
+            FrontendToBroker::RunPostBuildHook {
+                build: BuildId(1),
+                drv_path: path("7h7qgvs4kgzsn8a6rb273saxyqh4jxlz-hello.drv"),
+                out_paths: [path("0c7kkqq2a2r9d0a1g3g0h3sgx8rz3i5f-hello")].into(),
+            },
+            FrontendToBroker::CancelPostBuildHook { build: BuildId(1) },
             FrontendToBroker::Ping,
         ]
     }
@@ -911,6 +1001,19 @@ mod tests {
             BrokerToFrontend::Error(BrokerError::UserDirs {
                 uid: 7,
                 reason: "x".into(),
+            }),
+            BrokerToFrontend::RootsPipe,
+            BrokerToFrontend::PostBuildHookStarted {
+                build: b,
+                user: "upload".into(),
+            },
+            BrokerToFrontend::PostBuildHookFinished {
+                build: b,
+                outcome: BuildOutcome::Exited { code: 1 },
+            },
+            BrokerToFrontend::Error(BrokerError::PostBuildHook {
+                build: b,
+                reason: "owned by root".into(),
             }),
         ];
         for outcome in [
@@ -1072,6 +1175,19 @@ mod tests {
             ),
             (R::ShuttingDown, [false, true, false]),
             (R::CreateUserDirs { uid: 1000 }, [false, true, false]),
+            (R::FindRoots, [false, true, false]),
+            (
+                R::RunPostBuildHook {
+                    build: BuildId(1),
+                    drv_path: path("7h7qgvs4kgzsn8a6rb273saxyqh4jxlz-hello.drv"),
+                    out_paths: BTreeSet::new(),
+                },
+                [false, true, false],
+            ),
+            (
+                R::CancelPostBuildHook { build: BuildId(1) },
+                [false, true, true],
+            ),
             (R::Ping, [false, true, true]),
         ];
         assert_eq!(cases.len(), all_requests().len());
