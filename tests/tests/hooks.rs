@@ -275,3 +275,71 @@ fn a_hook_pushes_what_was_built_to_a_binary_cache() {
     );
     assert!(narinfo.contains("Compression: none"), "{narinfo}");
 }
+
+#[test]
+fn a_hook_whose_client_went_away_is_killed_with_what_it_started() {
+    let test = "a_hook_whose_client_went_away_is_killed_with_what_it_started";
+    if !require_root(test) {
+        return;
+    }
+    let alice = ensure_test_user();
+    let hooks = HookDir::new();
+    // A sleep whose argument no other process on the host has, started in the background by
+    // the hook (same process group) and waited for.
+    let seconds = 400_000 + std::process::id() % 100_000;
+    let marker = format!("sleep\0{seconds}");
+    let hook = hooks.script(
+        "sleeper",
+        &format!("sleep {seconds} &\nwait"),
+        0o755,
+        alice.uid.as_raw(),
+    );
+    let Some(f) = daemon_with_hook(test, &hook, DaemonOptions::single_user()) else {
+        return;
+    };
+    let (_, drv_path, out) = instantiate(&f, "slow-hooked", "built");
+    let running = || -> usize {
+        fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| {
+                let name = e.ok()?.file_name().into_string().ok()?;
+                let cmdline = fs::read(format!("/proc/{name}/cmdline")).ok()?;
+                String::from_utf8_lossy(&cmdline)
+                    .contains(&marker)
+                    .then_some(())
+            })
+            .count()
+    };
+    let mut client = std::process::Command::new("nix-store");
+    client
+        .args(["--realise", &drv_path])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .env("NIX_REMOTE", f.daemon.layout().client_url())
+        .env("HOME", f.env.dir("cancel-home"));
+    for (k, v) in f.daemon.layout().client_env() {
+        client.env(k, v);
+    }
+    let mut child = client.spawn().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while running() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the hook never started: {}",
+            f.daemon.log_tail()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while running() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the hook's sleep outlived the client by 20 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // The build itself had finished: its output is valid, and the daemon goes on serving.
+    assert!(f.ward.all_valid_paths().contains(&out), "{out} stays valid");
+}
