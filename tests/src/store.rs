@@ -11,6 +11,9 @@ use std::time::{Duration, Instant};
 use rusqlite::{Connection, OpenFlags};
 
 use crate::daemon::{DaemonKind, StoreLayout};
+use crate::nar;
+use crate::nixcmd::NixClient;
+use crate::wire::PathInfo;
 
 /// How long a daemon may take to clean up after a failed request.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -205,6 +208,96 @@ fn read_db(db: &Path) -> DbContents {
         }
         Err(e) => panic!("reading {}: {e}", db.display()),
     }
+}
+
+/// Checks every valid path of the store on disk that is not in `checked` yet: its files exist
+/// and their NAR (serialised here, independently of ward) has the recorded hash and size. A
+/// path this test uploaded (in `known`, with its NAR) is compared byte for byte with that NAR,
+/// whose hash was computed once, instead of being hashed again (hashing 4 MiB takes a quarter
+/// of a second in a debug build). A valid path never changes, so each is checked once;
+/// `nix-store --verify-path` re-checks them all each round. Returns the valid paths.
+pub fn assert_valid_paths_complete(
+    layout: &StoreLayout,
+    known: &[&PathInfo],
+    known_nars: &[&[u8]],
+    checked: &mut BTreeSet<(String, String)>,
+    context: &str,
+) -> Vec<String> {
+    let snapshot = StoreSnapshot::take(layout);
+    for row in &snapshot.valid_paths {
+        if !checked.insert((row.path.clone(), row.hash.clone())) {
+            continue;
+        }
+        let real = layout.real_path(&row.path);
+        let nar = nar::dump_path(&real).unwrap_or_else(|e| {
+            panic!(
+                "{context}: '{}' is registered valid but its files cannot be read at {}: {e}",
+                row.path,
+                real.display()
+            )
+        });
+        let uploaded = known.iter().position(|info| info.path == row.path);
+        let actual = match uploaded {
+            Some(i) if nar == known_nars[i] => format!("sha256:{}", known[i].nar_hash),
+            Some(_) => panic!(
+                "{context}: '{}' is registered valid but its files differ from what was \
+                 uploaded ({} bytes of NAR on disk, {} uploaded)",
+                row.path,
+                nar.len(),
+                known_nars[uploaded.unwrap_or_default()].len()
+            ),
+            None => format!("sha256:{}", nar::base16(&nar::sha256(&nar))),
+        };
+        assert_eq!(
+            row.hash, actual,
+            "{context}: '{}' is registered valid with a NAR hash its files do not have",
+            row.path
+        );
+        assert_eq!(
+            row.nar_size,
+            Some(nar.len() as i64),
+            "{context}: '{}' has the wrong NAR size",
+            row.path
+        );
+    }
+    snapshot.paths()
+}
+
+/// `nix-store --verify-path` (real Nix hashing what the daemon serves) of every path.
+pub fn assert_verify_path(client: &NixClient, paths: &[String], context: &str) {
+    if paths.is_empty() {
+        return;
+    }
+    let mut args = vec!["--verify-path"];
+    args.extend(paths.iter().map(String::as_str));
+    let out = client.run("nix-store", &args);
+    assert!(out.status.success(), "{context}: {out}");
+}
+
+/// The paths in the temporary-root files whose owner is alive, as Nix's collector reads them:
+/// a file whose lock can be taken belongs to a dead process and does not count.
+pub fn live_temp_roots(dir: &std::path::Path) -> std::collections::BTreeSet<String> {
+    use std::os::fd::AsRawFd;
+    let mut live = std::collections::BTreeSet::new();
+    for entry in std::fs::read_dir(dir)
+        .expect("reading temproots/")
+        .flatten()
+    {
+        let Ok(file) = std::fs::File::open(entry.path()) else {
+            continue;
+        };
+        #[allow(deprecated)]
+        let free =
+            nix::fcntl::flock(file.as_raw_fd(), nix::fcntl::FlockArg::LockSharedNonblock).is_ok();
+        if free {
+            continue;
+        }
+        let text = std::fs::read(entry.path()).unwrap_or_default();
+        for root in text.split(|b| *b == 0).filter(|r| !r.is_empty()) {
+            live.insert(String::from_utf8_lossy(root).into_owned());
+        }
+    }
+    live
 }
 
 #[cfg(test)]

@@ -649,3 +649,13 @@ impl WorkerClient {
         (0..count).map(|_| self.read_string()).collect()
     }
 }
+
+/// A file's NAR and its path info with the content address `nix-store --add` gives it, for
+/// adds over the raw protocol.
+pub fn ca_nar(name: &str, contents: &[u8]) -> (PathInfo, Vec<u8>) {
+    let nar = crate::nar::nar_of_file(contents, false);
+    let (path, ca) = crate::nar::source_path("/nix/store", name, &nar);
+    let mut info = PathInfo::for_nar(&path, &nar);
+    info.ca = ca;
+    (info, nar)
+}

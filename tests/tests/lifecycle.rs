@@ -17,10 +17,11 @@ use ward_e2e_tests::lifecycle::{
     run_to_exit, single_process_named, wait_for_log_text, wait_for_process, NixEnv, Rng, Running,
     Scratch, StdioDaemon, BROKER, FRONTEND, STORE_WRITER,
 };
-use ward_e2e_tests::wire::{PathInfo, WireError, WorkerClient};
+use ward_e2e_tests::store::{assert_valid_paths_complete, assert_verify_path, live_temp_roots};
+use ward_e2e_tests::wire::{ca_nar, PathInfo, WireError, WorkerClient};
 use ward_e2e_tests::{
     current_user_name, inputs, known_nix_daemon_deviation, nar, require_nix, CmdOutput,
-    DaemonOptions, NixClient, StoreLayout, StoreSnapshot, TestEnv, WardDaemon,
+    DaemonOptions, NixClient, TestEnv, WardDaemon,
 };
 
 /// How long a killed child may take to be replaced (the first restart waits 200 ms).
@@ -52,70 +53,6 @@ fn wait_child(daemon: &WardDaemon, name: &str, other_than: Option<u32>) -> u32 {
     wait_for_process(broker_pid(daemon), name, other_than, RESTART_TIMEOUT).unwrap_or_else(|e| {
         panic!("{e}; daemon log:\n{}", daemon.log_tail());
     })
-}
-
-/// Checks every valid path of the store on disk that is not in `checked` yet: its files exist
-/// and their NAR (serialised here, independently of ward) has the recorded hash and size. A
-/// path this test uploaded (in `known`, with its NAR) is compared byte for byte with that NAR,
-/// whose hash was computed once, instead of being hashed again (hashing 4 MiB takes a quarter
-/// of a second in a debug build). A valid path never changes, so each is checked once;
-/// `nix-store --verify-path` re-checks them all each round. Returns the valid paths.
-fn assert_valid_paths_complete(
-    layout: &StoreLayout,
-    known: &[&PathInfo],
-    known_nars: &[&[u8]],
-    checked: &mut BTreeSet<(String, String)>,
-    context: &str,
-) -> Vec<String> {
-    let snapshot = StoreSnapshot::take(layout);
-    for row in &snapshot.valid_paths {
-        if !checked.insert((row.path.clone(), row.hash.clone())) {
-            continue;
-        }
-        let real = layout.real_path(&row.path);
-        let nar = nar::dump_path(&real).unwrap_or_else(|e| {
-            panic!(
-                "{context}: '{}' is registered valid but its files cannot be read at {}: {e}",
-                row.path,
-                real.display()
-            )
-        });
-        let uploaded = known.iter().position(|info| info.path == row.path);
-        let actual = match uploaded {
-            Some(i) if nar == known_nars[i] => format!("sha256:{}", known[i].nar_hash),
-            Some(_) => panic!(
-                "{context}: '{}' is registered valid but its files differ from what was \
-                 uploaded ({} bytes of NAR on disk, {} uploaded)",
-                row.path,
-                nar.len(),
-                known_nars[uploaded.unwrap_or_default()].len()
-            ),
-            None => format!("sha256:{}", nar::base16(&nar::sha256(&nar))),
-        };
-        assert_eq!(
-            row.hash, actual,
-            "{context}: '{}' is registered valid with a NAR hash its files do not have",
-            row.path
-        );
-        assert_eq!(
-            row.nar_size,
-            Some(nar.len() as i64),
-            "{context}: '{}' has the wrong NAR size",
-            row.path
-        );
-    }
-    snapshot.paths()
-}
-
-/// `nix-store --verify-path` (real Nix hashing what the daemon serves) of every path.
-fn assert_verify_path(client: &NixClient, paths: &[String], context: &str) {
-    if paths.is_empty() {
-        return;
-    }
-    let mut args = vec!["--verify-path"];
-    args.extend(paths.iter().map(String::as_str));
-    let out = client.run("nix-store", &args);
-    assert!(out.status.success(), "{context}: {out}");
 }
 
 /// A 4 MiB upload (AddToStoreNar of a file's NAR, content-addressed as `nix-store --add`
@@ -483,32 +420,6 @@ fn idle_connections_give_their_roots_to_a_restarted_store_writer_at_once() {
         .expect("the idle connection still works"));
 }
 
-/// The paths in the temporary-root files whose owner is alive, as Nix's collector reads them:
-/// a file whose lock can be taken belongs to a dead process and does not count.
-fn live_temp_roots(dir: &std::path::Path) -> std::collections::BTreeSet<String> {
-    use std::os::fd::AsRawFd;
-    let mut live = std::collections::BTreeSet::new();
-    for entry in std::fs::read_dir(dir)
-        .expect("reading temproots/")
-        .flatten()
-    {
-        let Ok(file) = std::fs::File::open(entry.path()) else {
-            continue;
-        };
-        #[allow(deprecated)]
-        let free =
-            nix::fcntl::flock(file.as_raw_fd(), nix::fcntl::FlockArg::LockSharedNonblock).is_ok();
-        if free {
-            continue;
-        }
-        let text = std::fs::read(entry.path()).unwrap_or_default();
-        for root in text.split(|b| *b == 0).filter(|r| !r.is_empty()) {
-            live.insert(String::from_utf8_lossy(root).into_owned());
-        }
-    }
-    live
-}
-
 #[test]
 fn a_child_that_keeps_dying_is_restarted_after_growing_delays() {
     let test = "a_child_that_keeps_dying_is_restarted_after_growing_delays";
@@ -603,15 +514,6 @@ impl HandStarted {
         );
         run_nix(program, args, &env)
     }
-}
-
-/// A NAR with a content address, for adds over the raw protocol.
-fn ca_nar(name: &str, contents: &[u8]) -> (PathInfo, Vec<u8>) {
-    let nar = nar::nar_of_file(contents, false);
-    let (path, ca) = nar::source_path("/nix/store", name, &nar);
-    let mut info = PathInfo::for_nar(&path, &nar);
-    info.ca = ca;
-    (info, nar)
 }
 
 #[test]

@@ -966,32 +966,31 @@ fn a_store_writer_killed_mid_substitution_leaves_nothing_partial() {
     };
     let broker = f.daemon.pid().expect("ward runs");
     let timeout = std::time::Duration::from_secs(30);
-    let writer = wait_for_process(broker, "ward-store-writer", None, timeout).unwrap();
+    let mut writer = wait_for_process(broker, "ward-store-writer", None, timeout).unwrap();
     f.populate();
     let before = f.snapshot();
 
-    // About 2.5 s of download; the store-writer dies a second in.
-    let client = f.ward.clone();
-    let (url, target) = (server.url.clone(), path.clone());
-    let realise = std::thread::spawn(move || {
-        client.run(
-            "nix-store",
-            &with_substituters(&url, &["--realise", &target]),
-        )
-    });
-    std::thread::sleep(std::time::Duration::from_secs(1));
-    kill_9(writer);
-    let out = realise.join().unwrap();
-    assert!(
-        !out.status.success(),
-        "the substitution was cut short: {out}"
-    );
-    wait_for_process(broker, "ward-store-writer", Some(writer), timeout).unwrap();
-    before.assert_unchanged(
-        f.daemon.layout(),
-        "after the store-writer died mid-substitution",
-    );
-    f.ward.ok("nix-store", &["--verify", "--check-contents"]);
+    // About 2.5 s of download; the store-writer dies early, midway and late in it, each
+    // time in a new attempt.
+    for kill_at_ms in [300, 1200, 2000] {
+        let context = format!("store-writer killed {kill_at_ms} ms into a substitution");
+        let client = f.ward.clone();
+        let (url, target) = (server.url.clone(), path.clone());
+        let realise = std::thread::spawn(move || {
+            client.run(
+                "nix-store",
+                &with_substituters(&url, &["--realise", &target]),
+            )
+        });
+        std::thread::sleep(std::time::Duration::from_millis(kill_at_ms));
+        kill_9(writer);
+        let out = realise.join().unwrap();
+        assert!(!out.status.success(), "{context}: it was cut short: {out}");
+        writer = wait_for_process(broker, "ward-store-writer", Some(writer), timeout).unwrap();
+        before.assert_unchanged(f.daemon.layout(), &context);
+        let verify = f.ward.run("nix-store", &["--verify", "--check-contents"]);
+        assert!(verify.status.success(), "{context}: {verify}");
+    }
 
     // The restarted store-writer takes the whole path.
     f.ward.ok(
