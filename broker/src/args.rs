@@ -104,6 +104,8 @@ pub struct BuildSettings {
     pub id_count: u32,
     /// `--build-dir`: instead of `<state>/ward-broker/builds`.
     pub build_dir: Option<PathBuf>,
+    /// `--slirp4netns`: gives fixed-output builds a network namespace of their own.
+    pub slirp4netns: Option<PathBuf>,
 }
 
 impl Default for BuildSettings {
@@ -125,6 +127,7 @@ impl Default for BuildSettings {
             start_id: 872_415_232,
             id_count: 65536 * 128,
             build_dir: None,
+            slirp4netns: None,
         }
     }
 }
@@ -326,6 +329,12 @@ impl BrokerArgs {
                             .map_err(|e| ArgsError::Invalid(flag.clone(), e))?;
                         build.build_dir = Some(PathBuf::from(v));
                     }
+                }
+                "--slirp4netns" => {
+                    let v = text(value()?);
+                    ward_ipc::broker::check_absolute_path(&v)
+                        .map_err(|e| ArgsError::Invalid(flag.clone(), e))?;
+                    build.slirp4netns = Some(PathBuf::from(v));
                 }
                 "--post-build-hook" => {
                     let v = value()?;

@@ -130,6 +130,8 @@ pub struct Builds {
     canary_uid: u32,
     /// Where per-build cgroups are made, when the host allows it.
     cgroups: Option<crate::cgroup::BuildCgroups>,
+    /// slirp4netns, when fixed-output builds can get a network namespace of their own.
+    network_helper: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -164,6 +166,7 @@ impl Builds {
             strays: Vec::new(),
             canary_uid: 0,
             cgroups: None,
+            network_helper: None,
         };
         if cfg.builder_bin.is_none() {
             builds.refusal = Some(Refusal::Unavailable(
@@ -186,6 +189,7 @@ impl Builds {
                 builds.refusal = Some(Refusal::Unavailable(e));
             }
         }
+        builds.network_helper = network_helper(cfg);
         if nix::unistd::geteuid().is_root() {
             match crate::cgroup::BuildCgroups::discover() {
                 Ok(c) => builds.cgroups = Some(c),
@@ -378,6 +382,11 @@ impl Builds {
             chroot,
             private_store: !chroot && nix::unistd::geteuid().is_root(),
             network: req.fixed_output,
+            network_helper: if req.fixed_output {
+                self.network_helper.clone()
+            } else {
+                None
+            },
             input_paths: req.input_paths.clone(),
             output_paths: req.outputs.values().cloned().collect(),
             bind_mounts: self.cfg.sandbox_paths.clone(),
@@ -927,6 +936,7 @@ impl Builds {
             chroot: true,
             private_store: false,
             network: false,
+            network_helper: None,
             input_paths: Default::default(),
             output_paths: Default::default(),
             bind_mounts: self.cfg.sandbox_paths.clone(),
@@ -1047,6 +1057,50 @@ fn keep(dirs: &BuildDirs, b: &Build) -> Result<String, String> {
         .join("build")
         .to_string_lossy()
         .into_owned())
+}
+
+/// slirp4netns for fixed-output builds, if configured and usable: build users must be able to
+/// open `/dev/net/tun` (mode 0666, Debian's default). Otherwise fixed-output builds share the
+/// host's network namespace, and start-up says why.
+fn network_helper(cfg: &BuildSettings) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let shared = "fixed-output builds share the host's network namespace";
+    let Some(bin) = &cfg.slirp4netns else {
+        eprintln!("ward-broker: slirp4netns is not installed: {shared}");
+        return None;
+    };
+    match std::fs::metadata(bin) {
+        Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => {}
+        _ => {
+            eprintln!(
+                "ward-broker: '{}' is not an executable file: {shared}",
+                bin.display()
+            );
+            return None;
+        }
+    }
+    let tun = Path::new("/dev/net/tun");
+    let usable = if nix::unistd::geteuid().is_root() {
+        std::fs::metadata(tun).is_ok_and(|m| m.permissions().mode() & 0o006 == 0o006)
+    } else {
+        rustix::fs::access(
+            tun,
+            rustix::fs::Access::READ_OK | rustix::fs::Access::WRITE_OK,
+        )
+        .is_ok()
+    };
+    if !usable {
+        eprintln!(
+            "ward-broker: /dev/net/tun cannot be opened by build users (it needs mode 0666): \
+             {shared}"
+        );
+        return None;
+    }
+    eprintln!(
+        "ward-broker: fixed-output builds get a network namespace of their own through '{}'",
+        bin.display()
+    );
+    Some(bin.display().to_string())
 }
 
 fn make_pool(cfg: &BuildSettings) -> Result<Pool, String> {
@@ -1279,6 +1333,7 @@ mod tests {
             strays: vec![],
             canary_uid: 0,
             cgroups: None,
+            network_helper: None,
         }
     }
 

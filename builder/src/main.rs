@@ -14,6 +14,7 @@
 //! namespace and exits with its status (128 + signal when it was killed).
 
 mod collect;
+mod net;
 mod sandbox;
 mod seccomp;
 mod spec;

@@ -15,6 +15,7 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, CWD};
 use ward_ipc::builder::{BuilderToBroker, SandboxReport, SandboxSpec, SetupStep};
 use ward_ipc::BuilderBrokerChannel;
 
+use crate::net;
 use crate::spec;
 use crate::sys;
 use crate::{seccomp, FD_TOP};
@@ -30,7 +31,7 @@ pub struct Failure {
 
 type Step<T> = Result<T, Failure>;
 
-fn fail(step: SetupStep, message: impl Into<String>) -> Failure {
+pub(crate) fn fail(step: SetupStep, message: impl Into<String>) -> Failure {
     Failure {
         step,
         message: message.into(),
@@ -221,13 +222,19 @@ pub fn run(channel: &BuilderBrokerChannel, top: OwnedFd, spec: SandboxSpec) -> S
         return run_without_chroot(channel, top, build_dir, spec);
     }
 
+    // A fixed-output build reaches the network through slirp4netns when the broker has it;
+    // its helper is forked while we are still in the host's namespaces.
+    let helper = match (spec.network, spec.network_helper.as_deref()) {
+        (true, Some(slirp4netns)) => Some(net::start(slirp4netns)?),
+        _ => None,
+    };
     // Namespaces, then map only ourselves.
     let mut flags = CloneFlags::CLONE_NEWUSER
         | CloneFlags::CLONE_NEWNS
         | CloneFlags::CLONE_NEWPID
         | CloneFlags::CLONE_NEWIPC
         | CloneFlags::CLONE_NEWUTS;
-    if !spec.network {
+    if !shares_host_network(&spec) {
         flags |= CloneFlags::CLONE_NEWNET;
     }
     // Our ids on the host, read before unshare (inside an unmapped namespace they read 65534).
@@ -255,6 +262,13 @@ pub fn run(channel: &BuilderBrokerChannel, top: OwnedFd, spec: SandboxSpec) -> S
         format!("{} {egid} 1\n", spec.sandbox_gid),
     )
     .at(SetupStep::IdMaps, || "writing /proc/self/gid_map".into())?;
+    let (net_ready, net_exit) = match helper {
+        Some(helper) => {
+            helper.go()?;
+            (Some(helper.ready), Some((helper.exit, helper.pid)))
+        }
+        None => (None, None),
+    };
 
     // A pipe whose write end only the parent holds: the child sees it hang up if the parent
     // died before PR_SET_PDEATHSIG took effect.
@@ -265,18 +279,27 @@ pub fn run(channel: &BuilderBrokerChannel, top: OwnedFd, spec: SandboxSpec) -> S
     })? {
         ForkResult::Parent { child } => {
             drop(alive_r);
-            parent_wait(child)
+            drop(net_ready);
+            parent_wait(child, net_exit)
         }
         ForkResult::Child => {
             drop(alive_w);
-            child_setup(channel, top, build_dir, spec, alive_r)
+            drop(net_exit);
+            child_setup(channel, top, build_dir, spec, alive_r, net_ready)
         }
     }
 }
 
+/// Whether the build keeps the host's network namespace: a fixed-output build without
+/// slirp4netns, or one without a chroot (those see the host's file system anyway).
+fn shares_host_network(spec: &SandboxSpec) -> bool {
+    spec.network && !(spec.chroot && spec.network_helper.is_some())
+}
+
 /// The parent outside the pid namespace: lets go of the log pipe and the channel, waits for
-/// pid 1 of the namespace and exits with its status (128 + signal if killed).
-fn parent_wait(child: nix::unistd::Pid) -> ! {
+/// pid 1 of the namespace and exits with its status (128 + signal if killed). With `net`, it
+/// then ends slirp4netns by closing its exit pipe and reaps it.
+fn parent_wait(child: nix::unistd::Pid, net: Option<(OwnedFd, nix::unistd::Pid)>) -> ! {
     if let Ok(null) = rustix::fs::openat(
         CWD,
         "/dev/null",
@@ -298,7 +321,30 @@ fn parent_wait(child: nix::unistd::Pid) -> ! {
             Err(_) => break 1,
         }
     };
+    if let Some((exit, helper)) = net {
+        drop(exit);
+        reap_within(helper, std::time::Duration::from_secs(2));
+    }
     std::process::exit(code)
+}
+
+/// Reaps `pid`, killing it if it has not exited within `limit`.
+fn reap_within(pid: nix::unistd::Pid, limit: std::time::Duration) {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        match waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Ok(WaitStatus::StillAlive) => {
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+                let _ = waitpid(pid, None);
+                return;
+            }
+            Err(nix::errno::Errno::EINTR) => {}
+            _ => return,
+        }
+    }
 }
 
 /// Pid 1 of the new namespaces: the mount tree, pivot_root, and the rest.
@@ -308,6 +354,7 @@ fn child_setup(
     build_dir: OwnedFd,
     spec: SandboxSpec,
     alive: OwnedFd,
+    net_ready: Option<OwnedFd>,
 ) -> Step<Infallible> {
     drop(build_dir);
     let root = mount_tree(&top, &spec)?;
@@ -324,11 +371,14 @@ fn child_setup(
     drop(root);
     drop(top);
 
-    if !spec.network {
+    if !shares_host_network(&spec) {
         sys::bring_up_loopback().at(SetupStep::Network, || "ioctl(SIOCSIFFLAGS, lo up)".into())?;
     }
     nix::unistd::sethostname("localhost").at(SetupStep::Network, || "sethostname".into())?;
     rustix::system::setdomainname(b"(none)").at(SetupStep::Network, || "setdomainname".into())?;
+    if let Some(ready) = net_ready {
+        net::wait_configured(ready)?;
+    }
 
     nix::unistd::chdir(spec.sandbox_build_dir.as_str()).at(SetupStep::Files, || {
         format!("chdir '{}'", spec.sandbox_build_dir)
@@ -575,7 +625,15 @@ fn mount_tree(top: &OwnedFd, spec: &SandboxSpec) -> Step<OwnedFd> {
     )?;
     write_new_file(&etc, "hosts", spec::HOSTS_TEXT.as_bytes(), 0o444, F)?;
     if spec.network {
+        let own_network = !shares_host_network(spec);
+        if own_network {
+            // slirp4netns's resolver, which forwards to the host's.
+            write_new_file(&etc, "resolv.conf", net::RESOLV_CONF.as_bytes(), 0o444, F)?;
+        }
         for name in ["resolv.conf", "services", "nsswitch.conf"] {
+            if own_network && name == "resolv.conf" {
+                continue;
+            }
             let source = format!("/etc/{name}");
             match rustix::fs::statat(CWD, source.as_str(), AtFlags::empty()) {
                 Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::RegularFile => {}
@@ -888,7 +946,7 @@ fn confine_and_exec(
         .collect::<Result<Vec<_>, _>>()
         .map_err(|_| fail(SetupStep::Exec, "NUL in environment"))?;
     let programs = if spec.filter_syscalls {
-        Some(seccomp::filters(spec.network).map_err(|m| fail(SetupStep::Seccomp, m))?)
+        Some(seccomp::filters(shares_host_network(spec)).map_err(|m| fail(SetupStep::Seccomp, m))?)
     } else {
         None
     };

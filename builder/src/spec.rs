@@ -47,6 +47,9 @@ pub fn check_sandbox_spec(spec: &SandboxSpec) -> Result<(), String> {
     check_absolute("sandbox_build_dir", &spec.sandbox_build_dir)?;
     check_absolute("host_build_dir", &spec.host_build_dir)?;
     check_absolute("builder", &spec.builder)?;
+    if let Some(helper) = &spec.network_helper {
+        check_absolute("network_helper", helper)?;
+    }
     if spec.store_dir == "/" || spec.sandbox_build_dir == "/" {
         return Err("store_dir and sandbox_build_dir must not be '/'".into());
     }
@@ -144,6 +147,7 @@ pub mod tests {
             chroot: true,
             private_store: false,
             network: false,
+            network_helper: None,
             input_paths: Default::default(),
             output_paths: Default::default(),
             bind_mounts: vec![],

@@ -139,6 +139,7 @@ impl Host {
             chroot: true,
             private_store: false,
             network: false,
+            network_helper: None,
             input_paths: [self.busybox.clone()].into(),
             output_paths: [out.clone()].into(),
             bind_mounts: vec![],

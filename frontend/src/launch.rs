@@ -377,6 +377,18 @@ fn build_flags(cmd: &mut Command, setup: &DaemonSetup) {
     if !s.build_dir.is_empty() {
         cmd.arg("--build-dir").arg(&s.build_dir);
     }
+    // Fixed-output builds get a network namespace of their own where slirp4netns is installed.
+    if let Some(slirp4netns) = [
+        "/usr/bin/slirp4netns",
+        "/usr/local/bin/slirp4netns",
+        "/bin/slirp4netns",
+    ]
+    .into_iter()
+    .map(Path::new)
+    .find(|p| p.is_file())
+    {
+        cmd.arg("--slirp4netns").arg(slirp4netns);
+    }
 }
 
 /// ward's helper binaries sit beside the `ward` binary.

@@ -571,3 +571,119 @@ fn a_builder_cannot_use_the_i386_or_x32_entry_points() {
 fn libc_sigsys() -> i32 {
     nix::sys::signal::Signal::SIGSYS as i32
 }
+
+/// An address of this host that is not loopback (the source address of its default route).
+fn host_address() -> Option<std::net::IpAddr> {
+    let probe = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    probe
+        .connect("192.0.2.1:9")
+        .or_else(|_| probe.connect("8.8.8.8:53"))
+        .ok()?;
+    let ip = probe.local_addr().ok()?.ip();
+    (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
+}
+
+#[test]
+fn a_fixed_output_build_reaches_the_network_from_a_namespace_of_its_own() {
+    let test = "a_fixed_output_build_reaches_the_network_from_a_namespace_of_its_own";
+    use std::os::unix::fs::PermissionsExt;
+    let tun_usable =
+        std::fs::metadata("/dev/net/tun").is_ok_and(|m| m.permissions().mode() & 0o006 == 0o006);
+    if !Path::new("/usr/bin/slirp4netns").exists() || !tun_usable {
+        ward_e2e_tests::notice(&format!(
+            "SKIPPED {test}: needs slirp4netns (apt-get install slirp4netns) and a /dev/net/tun \
+             of mode 0666"
+        ));
+        return;
+    }
+    let Some(host) = host_address() else {
+        ward_e2e_tests::notice(&format!(
+            "SKIPPED {test}: this host has no address besides loopback to fetch from"
+        ));
+        return;
+    };
+    let Some(f) = start(test, DaemonOptions::multi_user()) else {
+        return;
+    };
+    // What the build fetches, from a server on the host's own (non-loopback) address.
+    let served = f.env.dir("served");
+    let payload = format!("fetched through slirp4netns by {test}\n");
+    std::fs::write(served.join("payload"), &payload).unwrap();
+    let port = TcpListener::bind((host, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut server = std::process::Command::new("python3")
+        .args([
+            "-m",
+            "http.server",
+            "--bind",
+            &host.to_string(),
+            "--directory",
+        ])
+        .arg(&served)
+        .arg(port.to_string())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("starting python3 -m http.server");
+    for _ in 0..200 {
+        if std::net::TcpStream::connect((host, port)).is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    // What it must not reach: a loopback service and an abstract socket of the host.
+    let loopback = TcpListener::bind("127.0.0.1:0").unwrap();
+    loopback.set_nonblocking(true).unwrap();
+    let lport = loopback.local_addr().unwrap().port();
+    let abstract_name = format!("ward-e2e-abstract-{}", std::process::id());
+    use std::os::linux::net::SocketAddrExt;
+    let _abstract = std::os::unix::net::UnixListener::bind_addr(
+        &std::os::unix::net::SocketAddr::from_abstract_name(abstract_name.as_bytes()).unwrap(),
+    )
+    .unwrap();
+
+    let hash = ward_e2e_tests::nar::base16(&ward_e2e_tests::nar::sha256(payload.as_bytes()));
+    let script = format!(
+        "escaped=0; \
+         timeout 20 wget -q -O $out http://{host}:{port}/payload || {{ echo 'could not fetch'; exit 1; }}; \
+         if timeout 5 wget -q -O /dev/null http://127.0.0.1:{lport}/; then echo 'ESCAPED host loopback'; escaped=1; fi; \
+         if timeout 5 wget -q -O /dev/null http://10.0.2.2:{lport}/; then echo 'ESCAPED host loopback via 10.0.2.2'; escaped=1; fi; \
+         if grep -q {abstract_name} /proc/net/unix; then echo 'ESCAPED sees an abstract socket of the host'; escaped=1; fi; \
+         if grep -vE '^ *(lo|tap0|Inter|face)' /proc/net/dev | grep -q :; then echo 'ESCAPED sees a host interface'; escaped=1; fi; \
+         grep -q tap0 /proc/net/dev || {{ echo 'no tap0'; escaped=1; }}; \
+         exit $escaped"
+    );
+    let file = expr(
+        &f,
+        "fetcher",
+        &drv(
+            "fetcher",
+            &script,
+            &format!(
+                r#"outputHashMode = "flat"; outputHashAlgo = "sha256"; outputHash = "{hash}";"#
+            ),
+        ),
+    );
+    let run = f
+        .ward
+        .run("nix-build", &[file.to_str().unwrap(), "--no-out-link"]);
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(
+        run.status.success(),
+        "the fixed-output build fetched its file and reached nothing else: {}",
+        run.stderr.clone()
+    );
+    assert_eq!(read_output(&f, &run.single_line()), payload);
+    let mut buf = [0u8; 1];
+    match loopback.accept() {
+        Ok((mut conn, peer)) => {
+            let _ = conn.read(&mut buf);
+            panic!("the build connected to the host's loopback service from {peer}");
+        }
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock),
+    }
+}

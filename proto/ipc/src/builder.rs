@@ -75,11 +75,21 @@ pub struct SandboxSpec {
     /// directory is reachable at [`SandboxSpec::host_build_dir`]. Set by a broker running as
     /// root; a single-user daemon's builds write the store they own directly.
     pub private_store: bool,
-    /// Keep the host's network namespace (fixed-output builds). Without it the build gets a
-    /// network namespace of its own with only loopback. With it the seccomp filter refuses
-    /// `socket(AF_UNIX, ...)`, so the build cannot reach the host's abstract unix sockets
-    /// (attacks A3, A10) or any socket path; the mount namespace hides the daemon's sockets.
+    /// The build gets the network (fixed-output builds). Without it the build gets a network
+    /// namespace of its own with only loopback. With it and a
+    /// [`SandboxSpec::network_helper`], a namespace of its own reaching the network through
+    /// that helper; otherwise it keeps the host's network namespace, and the seccomp filter
+    /// refuses `socket(AF_UNIX, ...)`, so the build cannot reach the host's abstract unix
+    /// sockets (attacks A3, A10) or any socket path; the mount namespace hides the daemon's
+    /// sockets.
     pub network: bool,
+    /// With [`SandboxSpec::network`] and a chroot: slirp4netns (an absolute host path, from
+    /// the broker's configuration). The build then gets a network namespace of its own,
+    /// connected to the host's network by slirp4netns running as the build user outside the
+    /// sandbox, with the host's loopback addresses refused; it sees none of the host's
+    /// interfaces or abstract sockets, and `AF_UNIX` sockets are allowed again. `None`: the
+    /// build keeps the host's network namespace, as described above.
+    pub network_helper: Option<String>,
     /// Store paths bind-mounted read-only into the sandbox's store directory.
     pub input_paths: BTreeSet<StorePath>,
     /// Store paths the build may create.
@@ -281,6 +291,7 @@ mod tests {
             chroot: true,
             private_store: false,
             network: false,
+            network_helper: None,
             input_paths: [p("ab3li50xq0nl4q5lxdyinb8w8y13my9s-bash")].into(),
             output_paths: [p("0c7kkqq2a2r9d0a1g3g0h3sgx8rz3i5f-hello")].into(),
             bind_mounts: vec![BindMount {
