@@ -201,6 +201,16 @@ pub fn run(args: Vec<OsString>) -> Result<(), String> {
                     .map_err(|e| format!("starting the store-writer watch: {e}"))?,
             ),
         });
+        // Goals' temporary roots go to a restarted store-writer at once, as connections' do.
+        if let Some(mut restarts) = shared.writer_restarts.clone() {
+            let keeper = std::sync::Arc::clone(&shared.builds.roots);
+            let ipc_dir = shared.ipc_dir.clone();
+            tokio::spawn(async move {
+                while restarts.changed().await.is_ok() {
+                    keeper.refresh(&ipc_dir).await;
+                }
+            });
+        }
         crate::confine::confine_frontend(&setup.layout)
             .map_err(|e| format!("confining the frontend: {e}"))?;
         if setup.args.stdio {

@@ -552,13 +552,28 @@ impl WriterClient {
             keep_outputs,
             keep_derivations,
         };
-        match self.exchange(&request, &[]).await? {
-            StoreWriterToFrontend::GarbageCollected {
-                paths,
-                bytes_freed,
-                messages,
-            } => Ok((paths, bytes_freed, messages)),
-            other => Err(unexpected(&request, &other)),
+        // The paths of a large collection come in parts before the final reply.
+        let mut reply = self.exchange(&request, &[]).await?;
+        let mut collected = BTreeSet::new();
+        loop {
+            match reply {
+                StoreWriterToFrontend::GarbageCollectedPart { paths } => {
+                    collected.extend(paths);
+                    self.unusable = true;
+                    let next = self.channel.recv().await?;
+                    self.unusable = false;
+                    reply = refusal_to_error(next.message)?;
+                }
+                StoreWriterToFrontend::GarbageCollected {
+                    paths,
+                    bytes_freed,
+                    messages,
+                } => {
+                    collected.extend(paths);
+                    return Ok((collected, bytes_freed, messages));
+                }
+                other => return Err(unexpected(&request, &other)),
+            }
         }
     }
 
@@ -715,6 +730,47 @@ mod tests {
 
     fn path() -> StorePath {
         StorePath::from_base_name("ab3li50xq0nl4q5lxdyinb8w8y13my9s-f").unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_collection_sent_in_parts_is_put_back_together() {
+        let (mut client, fake) = pair().await;
+        let paths: BTreeSet<String> = (0..40_000)
+            .map(|i| format!("/nix/store/{i:032}-dead-path-{i}"))
+            .collect();
+        let expected = paths.clone();
+        let server = std::thread::spawn(move || {
+            let request = fake.recv().unwrap();
+            assert!(matches!(
+                request.message,
+                FrontendToStoreWriter::CollectGarbage { .. }
+            ));
+            let frames =
+                ward_proto::ipc::store_writer::split_garbage_collected(Reply::GarbageCollected {
+                    paths,
+                    bytes_freed: 99,
+                    messages: vec![],
+                });
+            assert!(frames.len() > 1, "large enough to need parts");
+            for frame in frames {
+                fake.send(&frame, &[]).unwrap();
+            }
+            fake
+        });
+        let (got, freed, _) = client
+            .collect_garbage(
+                GcAction::ReturnDead,
+                BTreeSet::new(),
+                u64::MAX,
+                false,
+                false,
+            )
+            .await
+            .unwrap();
+        assert_eq!((got, freed), (expected, 99));
+        let _fake = server.join().unwrap();
+        // The channel is in step again: the next request gets its own reply.
+        assert!(!client.unusable);
     }
 
     #[tokio::test]

@@ -123,8 +123,16 @@ pub fn serve(slot: ChannelSlot, socket: UnixStream) {
                 break;
             }
         };
-        if let Err(e) = channel.send(&reply, &[]) {
-            tracing::info!(channel = id, error = %e, "cannot reply; closing the channel");
+        // A large garbage collection's paths go in several frames.
+        let mut failed = false;
+        for frame in ward_proto::ipc::store_writer::split_garbage_collected(reply) {
+            if let Err(e) = channel.send(&frame, &[]) {
+                tracing::info!(channel = id, error = %e, "cannot reply; closing the channel");
+                failed = true;
+                break;
+            }
+        }
+        if failed {
             break;
         }
         if close {

@@ -1094,3 +1094,42 @@ fn nix_copy_uploads_a_closure_to_an_http_cache_that_a_fresh_store_fetches() {
         );
     }
 }
+
+#[test]
+fn one_realise_of_more_paths_than_the_store_writer_has_channels_fetches_them_all() {
+    // The store-writer serves at most 512 channels; goals in flight must not each need one.
+    let test = "one_realise_of_more_paths_than_the_store_writer_has_channels_fetches_them_all";
+    let Some(src) = Fixture::single_user(&format!("{test}-src")) else {
+        return;
+    };
+    let key = SigningKey::generate(&src.env, "cache-1");
+    let dir = src.env.dir("inputs");
+    let files: Vec<PathBuf> = (0..600)
+        .map(|i| {
+            inputs::file(
+                &dir,
+                &format!("small-{i}"),
+                format!("small {i}\n").as_bytes(),
+            )
+        })
+        .collect();
+    let file_refs: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
+    let paths = src.ward.add(&file_refs);
+    assert_eq!(paths.len(), 600);
+    let cache = src.env.dir("cache");
+    let path_refs: Vec<&str> = paths.iter().map(String::as_str).collect();
+    fill_cache(&src, &cache, "compression=none", Some(&key), &path_refs);
+    let url = file_url(&cache);
+    let Some(f) = substituting(test, &url, &key, DaemonOptions::single_user()) else {
+        return;
+    };
+    let mut args = vec!["--realise"];
+    args.extend(path_refs.iter().copied());
+    let out = f.ward.ok("nix-store", &with_substituters(&url, &args));
+    assert_eq!(out.lines().len(), 600, "{out}");
+    let valid = f.ward.all_valid_paths();
+    for p in &paths {
+        assert!(valid.contains(p), "{p} was fetched");
+    }
+    f.ward.ok("nix-store", &["--verify", "--check-contents"]);
+}

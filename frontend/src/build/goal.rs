@@ -22,7 +22,6 @@ use ward_proto::worker::types::BuildMode;
 use crate::server::Shared;
 
 use super::run::{self, BuildPlan};
-use crate::writer_client::WriterClient;
 
 /// How long a goal waits for the store-writer's channel.
 pub(crate) const WRITER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
@@ -191,6 +190,8 @@ pub struct Builds {
     pub(crate) jobs: Arc<Semaphore>,
     next_build: AtomicU64,
     next_activity: AtomicU64,
+    /// The goals' temporary roots, on one store-writer channel.
+    pub(crate) roots: Arc<super::keeper::RootKeeper>,
 }
 
 impl Builds {
@@ -201,6 +202,7 @@ impl Builds {
             jobs: Arc::new(Semaphore::new(max_jobs.max(1) as usize)),
             next_build: AtomicU64::new(1),
             next_activity: AtomicU64::new(u64::from(std::process::id()) << 32),
+            roots: Arc::default(),
         }
     }
 
@@ -537,21 +539,16 @@ async fn realise(
         }
     }
     // What the inputs' goals produce is this goal's temporary root from now until the build
-    // ends: their own channels to the store-writer close when they finish.
-    let mut roots_channel = None;
+    // ends: their own roots go when they finish.
+    let mut input_roots = None;
     if !waits.is_empty() {
-        match WriterClient::connect(&shared.ipc_dir, WRITER_TIMEOUT).await {
-            Ok(mut writer) => {
-                for path in input_paths(shared, &drv) {
-                    if let Err(e) = writer.add_temp_root(path).await {
-                        return GoalResult::failed(
-                            S::MiscFailure,
-                            format!("ward's store-writer is unavailable: {e}"),
-                        );
-                    }
-                }
-                roots_channel = Some(writer);
-            }
+        match shared
+            .builds
+            .roots
+            .hold(&shared.ipc_dir, input_paths(shared, &drv))
+            .await
+        {
+            Ok(guard) => input_roots = Some(guard),
             Err(e) => {
                 return GoalResult::failed(
                     S::MiscFailure,
@@ -650,7 +647,7 @@ async fn realise(
         ),
     };
     let result = run::run_build(shared, plan, ctx, cancel).await;
-    drop(roots_channel);
+    drop(input_roots);
     result
 }
 

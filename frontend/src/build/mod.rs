@@ -3,6 +3,7 @@
 //! * [`goal`] decides what to build and in which order, once for all clients;
 //! * [`substitution`] fetches one path from a binary cache instead of building it;
 //! * [`run`] runs one build through the broker and registers its outputs;
+//! * [`keeper`] holds the goals' temporary roots on one store-writer channel;
 //! * [`hook`] runs the daemon's `post-build-hook` after a build, through the broker;
 //! * [`env`] computes the builder's environment and the files of its build directory from a
 //!   derivation, as Nix does.
@@ -10,6 +11,7 @@
 pub mod env;
 pub mod goal;
 pub mod hook;
+pub mod keeper;
 pub mod missing;
 pub mod run;
 pub mod substitution;

@@ -86,14 +86,14 @@ pub(crate) async fn substitute(
     if subs.is_empty() {
         return no_substituter(false);
     }
-    // The path and its references are this goal's temporary roots until it ends.
-    let mut writer = match WriterClient::connect(&shared.ipc_dir, WRITER_TIMEOUT).await {
-        Ok(w) => w.with_path_info_cache(Arc::clone(shared.store.path_info_cache())),
+    // The path and its references are this goal's temporary roots until it ends (held for
+    // all goals on one channel; the goal opens its own only to add the path).
+    let keeper = Arc::clone(&shared.builds.roots);
+    let _path_root = match keeper.hold(&shared.ipc_dir, [path.clone()]).await {
+        Ok(guard) => guard,
         Err(e) => return GoalResult::failed(S::MiscFailure, writer_error(shared, &e)),
     };
-    if let Err(e) = writer.add_temp_root(path.clone()).await {
-        return GoalResult::failed(S::MiscFailure, writer_error(shared, &e));
-    }
+    let mut reference_roots = Vec::new();
     let mut failed = false;
     for cache in subs.caches.clone() {
         let lookup = {
@@ -145,10 +145,12 @@ pub(crate) async fn substitute(
                 }
             }
         }
-        for reference in &references {
-            if let Err(e) = writer.add_temp_root(reference.clone()).await {
-                return GoalResult::failed(S::MiscFailure, writer_error(shared, &e));
-            }
+        match keeper
+            .hold(&shared.ipc_dir, references.iter().cloned())
+            .await
+        {
+            Ok(guard) => reference_roots.push(guard),
+            Err(e) => return GoalResult::failed(S::MiscFailure, writer_error(shared, &e)),
         }
         let handles: Vec<_> = references
             .iter()
@@ -177,6 +179,11 @@ pub(crate) async fn substitute(
             _ = cancelled(&mut cancel) => {
                 return GoalResult::failed(S::MiscFailure, "substitution cancelled");
             }
+        };
+        // A channel of its own for the NAR, only while it holds a slot: channels are few.
+        let mut writer = match WriterClient::connect(&shared.ipc_dir, WRITER_TIMEOUT).await {
+            Ok(w) => w.with_path_info_cache(Arc::clone(shared.store.path_info_cache())),
+            Err(e) => return GoalResult::failed(S::MiscFailure, writer_error(shared, &e)),
         };
         let activity = shared.builds.next_activity();
         if let Some(log) = &ctx.log {

@@ -441,6 +441,13 @@ pub enum StoreWriterToFrontend {
         /// What the client is told, in Nix's words, in order.
         messages: Vec<String>,
     },
+    /// Part of the answer to `CollectGarbage`, sent before [`Self::GarbageCollected`] when
+    /// the paths do not fit one frame (see [`split_garbage_collected`]); the frontend adds
+    /// these paths to the final reply's.
+    GarbageCollectedPart {
+        /// Some of the paths.
+        paths: Vec<String>,
+    },
     /// Answer to `VerifyStore`.
     Verified {
         /// Whether anything was found broken (and, without repair, left so).
@@ -482,6 +489,7 @@ impl IpcMessage for StoreWriterToFrontend {
             StoreWriterToFrontend::OutputsRegistered { .. } => "OutputsRegistered",
             StoreWriterToFrontend::RootAdded { .. } => "RootAdded",
             StoreWriterToFrontend::GarbageCollected { .. } => "GarbageCollected",
+            StoreWriterToFrontend::GarbageCollectedPart { .. } => "GarbageCollectedPart",
             StoreWriterToFrontend::Verified { .. } => "Verified",
             StoreWriterToFrontend::Optimised { .. } => "Optimised",
             StoreWriterToFrontend::Done => "Done",
@@ -489,6 +497,45 @@ impl IpcMessage for StoreWriterToFrontend {
             StoreWriterToFrontend::Error(_) => "Error",
         }
     }
+}
+
+/// Most bytes of path text in one `GarbageCollected` or `GarbageCollectedPart` frame: well
+/// under the frame cap, whatever the paths' lengths.
+pub const GC_PATHS_PER_FRAME_BYTES: usize = 256 * 1024;
+
+/// A `GarbageCollected` reply as the frames it is sent in: `GarbageCollectedPart`s with at
+/// most [`GC_PATHS_PER_FRAME_BYTES`] of paths each, then the `GarbageCollected` itself with
+/// the rest. Any other reply is one frame.
+pub fn split_garbage_collected(reply: StoreWriterToFrontend) -> Vec<StoreWriterToFrontend> {
+    let StoreWriterToFrontend::GarbageCollected {
+        paths,
+        bytes_freed,
+        messages,
+    } = reply
+    else {
+        return vec![reply];
+    };
+    let mut frames = Vec::new();
+    let mut chunk: Vec<String> = Vec::new();
+    let mut chunk_bytes = 0;
+    for path in paths {
+        // Length prefix and padding, roughly, as the frame encodes them.
+        let cost = path.len() + 16;
+        if chunk_bytes + cost > GC_PATHS_PER_FRAME_BYTES && !chunk.is_empty() {
+            frames.push(StoreWriterToFrontend::GarbageCollectedPart {
+                paths: std::mem::take(&mut chunk),
+            });
+            chunk_bytes = 0;
+        }
+        chunk_bytes += cost;
+        chunk.push(path);
+    }
+    frames.push(StoreWriterToFrontend::GarbageCollected {
+        paths: chunk.into_iter().collect(),
+        bytes_freed,
+        messages,
+    });
+    frames
 }
 
 /// Why the store-writer refused or failed a request. Each variant names the path or value at
@@ -941,6 +988,9 @@ mod tests {
                 bytes_freed: 4096,
                 messages: vec!["deleting garbage...".into()],
             },
+            StoreWriterToFrontend::GarbageCollectedPart {
+                paths: vec![format!("/nix/store/{out}")],
+            },
             StoreWriterToFrontend::Verified {
                 errors_found: true,
                 messages: vec![(false, "checking path existence...".into())],
@@ -1064,6 +1114,47 @@ mod tests {
             assert_eq!(got.fds.len(), request.fd_count());
             assert_eq!(got.message, request);
         }
+    }
+
+    #[test]
+    fn a_large_collection_is_sent_in_frames_under_the_cap() {
+        let paths: BTreeSet<String> = (0..60_000)
+            .map(|i| format!("/nix/store/{i:032}-a-name-of-some-length-{i}"))
+            .collect();
+        let frames = split_garbage_collected(StoreWriterToFrontend::GarbageCollected {
+            paths: paths.clone(),
+            bytes_freed: 7,
+            messages: vec!["deleting garbage...".into()],
+        });
+        assert!(frames.len() > 2, "{} frames", frames.len());
+        let mut seen = BTreeSet::new();
+        for (i, frame) in frames.iter().enumerate() {
+            let bytes = encode_frame(frame, FrameLimit::DEFAULT)
+                .unwrap_or_else(|e| panic!("frame {i} does not fit: {e}"));
+            assert!(bytes.len() < FrameLimit::DEFAULT.max_len() as usize);
+            match frame {
+                StoreWriterToFrontend::GarbageCollectedPart { paths } => {
+                    assert!(i + 1 < frames.len(), "parts come first");
+                    seen.extend(paths.iter().cloned());
+                }
+                StoreWriterToFrontend::GarbageCollected {
+                    paths,
+                    bytes_freed,
+                    messages,
+                } => {
+                    assert_eq!(i + 1, frames.len(), "the final reply comes last");
+                    assert_eq!((*bytes_freed, messages.len()), (7, 1));
+                    seen.extend(paths.iter().cloned());
+                }
+                other => panic!("unexpected frame {other:?}"),
+            }
+        }
+        assert_eq!(seen, paths);
+        // A small one stays a single frame, and other replies are untouched.
+        assert_eq!(
+            split_garbage_collected(StoreWriterToFrontend::Done),
+            vec![StoreWriterToFrontend::Done]
+        );
     }
 
     #[test]
