@@ -15,6 +15,7 @@ See bench/README.md for what each number means.
 """
 
 import argparse
+import hashlib
 import importlib.util
 import json
 import platform
@@ -30,6 +31,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -52,6 +54,8 @@ PROFILES = {
         "narfrom": {"size_mb": 64, "rounds": 2, "reps": 3},
         "idle": {"connections": [1, 100, 1000], "settle": 0.5},
         "build": {"single": 8, "rounds": 3, "batch": 20, "batch_rounds": 2},
+        "maint": {"gc_paths": 10000, "gc_group": 50, "sub_small": 200, "sub_large_mb": 128,
+                  "sub_rounds": 2},
         "timeout": 300,
     },
     "full": {
@@ -65,6 +69,8 @@ PROFILES = {
         "narfrom": {"size_mb": 64, "rounds": 5, "reps": 3},
         "idle": {"connections": [1, 100, 1000], "settle": 1.0},
         "build": {"single": 10, "rounds": 5, "batch": 20, "batch_rounds": 3},
+        "maint": {"gc_paths": 100000, "gc_group": 50, "sub_small": 1000, "sub_large_mb": 1024,
+                  "sub_rounds": 3},
         "timeout": 1800,
     },
 }
@@ -75,7 +81,7 @@ WORKER_MAGIC_2 = 0x6478696F
 STDERR_LAST = 0x616C7473
 PROBE_CLIENT_VERSION = (1 << 8) | 34
 
-PHASES = ("protocol", "data", "build")
+PHASES = ("protocol", "data", "build", "maint")
 
 # The build phase: a statically linked builder that stamps its own start time into $out, bound
 # into both daemons' sandboxes with sandbox-paths, and max-jobs for the batch of builds.
@@ -137,6 +143,23 @@ ADD_TARGET_SIZE_MB = 1024
 PEAK_RSS_LIMIT_KB = 64 * KIB  # 64 MiB, in KiB as /proc reports it
 IDLE_PER_CONNECTION_LIMIT_KB = 64  # 64 KiB
 IDLE_TARGET_CONNECTIONS = 1000
+GC_RATIO_TARGET = 0.5  # GC seconds: ward at least 2x faster
+SUBSTITUTE_RATIO_TARGET = 1.0  # substitution seconds: ward at least as fast
+
+# The maint phase: the nix-store --export framing (Nix 2.8 export-import.cc), and the size of
+# each path of the small-substitution set.
+EXPORT_MAGIC = 0x4558494E
+SUB_SMALL_SIZE = 1024
+# The binary cache's server: 'python3 -m http.server' (its handler, its threading server, HTTP/1.0,
+# one connection per request) but with a listen queue of 1,024 instead of socketserver's 5: a
+# daemon fetching in parallel overflows 5, and every dropped SYN then costs the kernel's SYN
+# retransmission back-off (1 s, 2 s, 4 s, ...), which would be measured instead of the daemon.
+HTTP_CACHE_SERVER = (
+    "import functools, http.server, sys\n"
+    "class Server(http.server.ThreadingHTTPServer):\n"
+    "    request_queue_size = 1024\n"
+    "handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=sys.argv[1])\n"
+    "Server(('127.0.0.1', int(sys.argv[2])), handler).serve_forever()\n")
 
 
 class BenchError(Exception):
@@ -209,6 +232,44 @@ def build_ward():
 def describe_log(path):
     text = file_tail(path)
     return "its log ends with:\n%s" % text if text else "it printed nothing"
+
+
+PROBLEM_WORDS = ("WARN", "ERROR", "panic", "cannot", "failed", "refus")
+
+
+def describe_problems(path, lines=8):
+    """describe_log, preceded by the log's last warnings and errors (repeats counted): when a
+    daemon logs a line per path, its last 30 lines seldom show what went wrong."""
+    problems = []  # [message without its time stamp, count, line]
+    try:
+        with open(path, errors="replace") as f:
+            for line in f:
+                if not any(w in line for w in PROBLEM_WORDS):
+                    continue
+                line = line.rstrip()
+                msg = line.split(" ", 1)[1] if line[:4].isdigit() and " " in line else line
+                if problems and problems[-1][0] == msg:
+                    problems[-1][1] += 1
+                else:
+                    problems.append([msg, 1, line])
+    except OSError:
+        pass
+    text = describe_log(path)
+    if not problems:
+        return text
+    shown = "\n".join(clip(line) + ("" if n == 1 else "  [%d times]" % n)
+                      for _msg, n, line in problems[-lines:])
+    return "its last warnings and errors:\n%s\n%s" % (shown, text)
+
+
+def clip(line, width=300):
+    """A line cut to width characters (nix-store names every path of a failed build)."""
+    return line if len(line) <= width else line[:width] + "… [%d more characters]" % (
+        len(line) - width)
+
+
+def clip_lines(text, width=300):
+    return "\n".join(clip(l, width) for l in (text or "").splitlines())
 
 
 def tail(text, lines):
@@ -313,6 +374,21 @@ def settle_tree(root, count, timeout=3.0):
     deadline = time.monotonic() + timeout
     while len(process_tree(root)) > count and time.monotonic() < deadline:
         time.sleep(0.02)
+
+
+def listen_overflows():
+    """The kernel's count of connections dropped by full listen queues (TcpExt
+    ListenOverflows), or None."""
+    try:
+        with open("/proc/net/netstat") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    for names, values in zip(lines, lines[1:]):
+        if names.startswith("TcpExt:") and values.startswith("TcpExt:"):
+            fields = dict(zip(names.split()[1:], values.split()[1:]))
+            return int(fields["ListenOverflows"]) if "ListenOverflows" in fields else None
+    return None
 
 
 def loadavg():
@@ -499,6 +575,7 @@ class Run:
         self.daemons = {}
         self.start_load = loadavg()
         self.build_stamp = None  # the static builder of the build phase, once compiled
+        self.http_cache = None  # (Popen, log file) of the maint phase's HTTP binary cache
 
     # ---- daemons
 
@@ -523,7 +600,8 @@ class Run:
 
     def daemon_env(self, phase):
         """The same small environment for both daemons: no host or user nix.conf, no NIX_REMOTE.
-        The build phase sandboxes both daemons' builds as build users of nixbld."""
+        The build phase sandboxes both daemons' builds as build users of nixbld; the maint
+        phase turns signature checks off and names no substituter (its client names the cache)."""
         home = self.tmp / "home"
         conf = self.tmp / ("conf-%s" % phase)
         for d in (home / ".config", home / ".cache", conf):
@@ -532,6 +610,9 @@ class Run:
             conf_text = ("sandbox = true\nsandbox-fallback = false\nbuild-users-group = nixbld\n"
                          "sandbox-paths = /bin/stamp=%s /bin/sh=/bin/busybox\n"
                          "max-jobs = %d\nsubstituters =\n" % (self.build_stamp, BUILD_MAX_JOBS))
+        elif phase == "maint":
+            # no cache in nix.conf: the substitution client names the local one per command
+            conf_text = "sandbox = false\nrequire-sigs = false\nsubstituters =\n"
         else:
             conf_text = "sandbox = false\n"
         (conf / "nix.conf").write_text(conf_text)
@@ -577,6 +658,7 @@ class Run:
         self.daemons = {}
 
     def stop_all(self):
+        self.stop_http_cache()
         for d in list(self.daemons.values()):
             d.stop()
         self.daemons = {}
@@ -1003,6 +1085,319 @@ class Run:
         return {"builds": count, "wall_ms": wall_ms, "first_exec_ms": min(stamps),
                 "last_exec_ms": max(stamps)}
 
+    # ---- the maint phase
+
+    def phase_maint(self):
+        """Fresh daemons and stores: GC of a store of N paths, half of them dead, then
+        substitution of many small paths and of one large path from a local HTTP binary cache."""
+        m = self.profile["maint"]
+        keys = ("maint_gc_setup", "maint_gc", "maint_sub_small", "maint_sub_large")
+        try:
+            client = load_wirebench(self.wirebench)
+            t0 = time.monotonic()
+            gc_set = write_gc_export(self.tmp / "maint-gc.export", client, m["gc_paths"],
+                                     m["gc_group"])
+            log("maint: export stream of %d paths (%.1f MiB) written in %.1f s"
+                % (gc_set["count"], gc_set["bytes"] / MIB, time.monotonic() - t0))
+            t0 = time.monotonic()
+            cache = build_binary_cache(self.tmp / "maint-cache", client, m["sub_small"],
+                                       m["sub_large_mb"])
+            log("maint: binary cache of %d small paths and %s written in %.1f s"
+                % (len(cache["small"]), fmt_size(m["sub_large_mb"]), time.monotonic() - t0))
+        except (BenchError, OSError) as e:
+            self.maint_not_run(keys, "maint phase set-up: %s" % e)
+            log("maint phase failed: %s" % e)
+            return
+        self.start_phase("maint")
+        try:
+            self.maint_gc(client, gc_set)
+            try:
+                url = self.start_http_cache(cache["dir"])
+            except BenchError as e:
+                self.maint_not_run(keys[2:], str(e))
+                log("maint: %s" % e)
+            else:
+                self.maint_substitute(client, cache, url)
+        finally:
+            self.stop_http_cache()
+        for side in self.sides:
+            d = self.daemons.get(side)
+            if d is not None and d.running():
+                self.peak_rss.setdefault(side, {}).setdefault("maint", {})["after_maint"] = \
+                    tree_peaks(d.pid)
+        self.stop_phase("maint")
+
+    def maint_not_run(self, keys, why):
+        """The first key gets the error (listed under the table), the others 'not run'."""
+        for side in self.sides:
+            for i, key in enumerate(keys):
+                self.workloads.setdefault(key, {})[side] = {
+                    "error": why if i == 0 else "not run: " + first_line(why)}
+
+    def maint_conn(self, client, side):
+        """A wire connection as nix-store opens one: handshake, then SetOptions."""
+        try:
+            c = client.Conn(str(self.daemons[side].socket_path), (1 << 8) | 34,
+                            timeout=self.timeout)
+            c.handshake()
+            c.set_options()
+            return c
+        except (OSError, EOFError, client.ProtocolError, client.DaemonError) as e:
+            raise BenchError("connecting to %s: %s" % (SIDE_TITLES[side], e)) from e
+
+    def wire(self, client, side, what, fn):
+        """fn(conn) on a fresh connection; wire and daemon errors become BenchError."""
+        c = self.maint_conn(client, side)
+        try:
+            return fn(c)
+        except (OSError, EOFError, client.ProtocolError, client.DaemonError) as e:
+            raise BenchError("%s on %s failed: %s; %s"
+                             % (what, SIDE_TITLES[side], e,
+                                describe_problems(self.daemons[side].log_path)))
+        finally:
+            c.close()
+
+    def store_client(self, side, argv, stdin_path=None, what=None):
+        """A Nix 2.8 client command (nix-store OP ...) against one daemon: '--store
+        unix://SOCKET' after the operation, the daemons' environment. Returns its stdout, stderr,
+        wall seconds and CPU seconds."""
+        d = self.daemons[side]
+        argv = argv[:2] + ["--store", "unix://%s" % d.socket_path] + argv[2:]
+        what = what or " ".join(argv)
+        env = self.daemon_env("maint")
+        stdin = open(stdin_path, "rb") if stdin_path else subprocess.DEVNULL
+        t0 = time.monotonic()
+        usage_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        try:
+            proc = subprocess.Popen(argv, env=env, stdin=stdin, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True, start_new_session=True,
+                                    cwd=self.tmp)
+        except OSError as e:
+            if stdin_path:
+                stdin.close()
+            raise BenchError("cannot run %s: %s" % (argv[0], e)) from e
+        try:
+            out, err = proc.communicate(timeout=self.timeout)
+        except subprocess.TimeoutExpired:
+            kill_group(proc)
+            out, err = proc.communicate()
+            raise BenchError("%s timed out after %d s; stderr:\n%s\n%s: %s"
+                             % (what, self.timeout, clip_lines(tail(err, 20)), SIDE_TITLES[side],
+                                describe_problems(d.log_path)))
+        except BaseException:
+            kill_group(proc)  # Ctrl-C or SIGTERM
+            raise
+        finally:
+            if stdin_path:
+                stdin.close()
+        wall = time.monotonic() - t0
+        usage_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        if proc.returncode != 0:
+            raise BenchError("%s exited with status %d; stderr:\n%s\n%s %s; %s"
+                             % (what, proc.returncode, clip_lines(tail(err, 20)),
+                                SIDE_TITLES[side], "is still running" if d.running() else
+                                "has exited (status %s)" % d.proc.returncode,
+                                describe_problems(d.log_path)))
+        return {"stdout": out, "stderr": err, "wall_s": wall,
+                "client_cpu_s": ((usage_after.ru_utime - usage_before.ru_utime)
+                                 + (usage_after.ru_stime - usage_before.ru_stime))}
+
+    def maint_gc(self, client, gc):
+        """Import the same N paths into both stores (untimed), root half of the groups, check
+        that each daemon sees N/2 dead paths, then time one CollectGarbage(delete dead) per
+        side: nix-daemon first, then ward (the GC is destructive, so one run per side)."""
+        n = gc["count"]
+        dead_set = set(gc["dead"])
+
+        def setup(side):
+            d = self.daemons[side]
+            res = self.store_client(side, ["nix-store", "--import"], stdin_path=gc["file"],
+                                    what="nix-store --import < %s (%d paths)"
+                                    % (gc["file"].name, n))
+            imported = [l for l in res["stdout"].splitlines() if l.strip()]
+            if len(imported) != n:
+                raise BenchError("nix-store --import printed %d paths, expected %d; stderr:\n%s"
+                                 % (len(imported), n, clip_lines(tail(res["stderr"], 10))))
+            roots = d.store_root / "nix" / "var" / "nix" / "gcroots" / "bench"
+            roots.mkdir(parents=True, exist_ok=True)
+            for i, top in enumerate(gc["live_tops"]):
+                os.symlink(top, roots / str(i))
+            dead, _freed = self.wire(client, side, "CollectGarbage(return dead)",
+                                     lambda c: c.collect_garbage(1))
+            reported = set(dead)
+            if reported != dead_set:
+                raise BenchError(
+                    "before the timed GC, CollectGarbage(return dead) reports %d dead paths, "
+                    "expected %d (%d of the expected dead paths missing, %d others reported%s); "
+                    "the GC is not timed"
+                    % (len(reported), len(dead_set), len(dead_set - reported),
+                       len(reported - dead_set),
+                       (", e.g. %s" % sorted(reported - dead_set)[0])
+                       if reported - dead_set else ""))
+            return {"result": {"imported": n, "import_s": res["wall_s"],
+                               "imports_per_s": n / res["wall_s"] if res["wall_s"] else None,
+                               "dead_reported": len(reported), "roots": len(gc["live_tops"])}}
+
+        for side in self.sides:
+            self.once("maint_gc_setup", side, lambda side=side: setup(side))
+
+        def collect(side):
+            setup_rec = self.workloads["maint_gc_setup"].get(side, {})
+            if "result" not in setup_rec:
+                raise BenchError("not run: the set-up (maint_gc_setup) failed on this side")
+            d = self.daemons[side]
+            os.sync()  # the import's dirty pages must not be written back during the GC
+            cpu_before, pids_before = tree_cpu_seconds(d.pid)
+            holder = {}
+
+            def timed(c):
+                t0 = time.perf_counter()
+                holder["reply"] = c.collect_garbage(2)
+                holder["wall_s"] = time.perf_counter() - t0
+
+            self.wire(client, side, "CollectGarbage(delete dead)", timed)
+            settle_tree(d.pid, pids_before)
+            cpu_after, _ = tree_cpu_seconds(d.pid)
+            deleted, freed = holder["reply"]
+            result = {"seconds": holder["wall_s"], "deleted": len(deleted), "bytes_freed": freed,
+                      "daemon_cpu_s": cpu_after - cpu_before}
+            if set(deleted) != dead_set:
+                raise BenchError("CollectGarbage(delete dead) took %.2f s but deleted %d paths, "
+                                 "expected the %d dead ones (%d of them not deleted, %d others)"
+                                 % (result["seconds"], len(deleted), len(dead_set),
+                                    len(dead_set - set(deleted)), len(set(deleted) - dead_set)))
+            still = self.wire(client, side, "QueryValidPaths",
+                              lambda c: c.query_valid_paths(gc["live"]))
+            if len(still) != len(gc["live"]):
+                raise BenchError("after the GC (%.2f s), %d of the %d live paths are valid"
+                                 % (result["seconds"], len(still), len(gc["live"])))
+            return {"result": result}
+
+        sampler = PeakSampler(list(self.daemons.values()), interval=0.1)
+        sampler.start()
+        try:
+            for side in self.sides:
+                self.once("maint_gc", side, lambda side=side: collect(side))
+        finally:
+            sampler.stop()
+        self.record_maint_peaks(sampler, "sampled_during_gc")
+
+    def record_maint_peaks(self, sampler, key):
+        for side, peaks in sampler.peaks.items():
+            self.peak_rss.setdefault(side, {}).setdefault("maint", {})[key] = [
+                {"pid": pid, "name": v["name"], "hwm_kb": v["hwm_kb"]}
+                for pid, v in sorted(peaks.items())]
+
+    def maint_substitute(self, client, cache, url):
+        """nix-store --realise of paths only the HTTP cache has, in rounds alternating between
+        the sides; the paths are deleted again (untimed) before every round."""
+        m = self.profile["maint"]
+        options = ["--option", "substituters", url, "--option", "require-sigs", "false",
+                   # every round asks the cache for the narinfos again
+                   "--option", "narinfo-cache-positive-ttl", "0",
+                   "--option", "narinfo-cache-negative-ttl", "0"]
+
+        def realise(side, paths):
+            overflows = listen_overflows()
+            res = self.store_client(side, ["nix-store", "--realise"] + options + paths,
+                                    what="nix-store --realise --option substituters %s (%d path%s)"
+                                    % (url, len(paths), "" if len(paths) == 1 else "s"))
+            valid = self.wire(client, side, "QueryValidPaths",
+                              lambda c: c.query_valid_paths(paths))
+            if len(valid) != len(paths):
+                raise BenchError("nix-store --realise succeeded, but then %d of the %d paths are "
+                                 "valid; its stderr ends with:\n%s"
+                                 % (len(valid), len(paths), clip_lines(tail(res["stderr"], 10))))
+            doc = {"wall_s": res["wall_s"], "client_cpu_s": res["client_cpu_s"],
+                   "paths": len(paths), "nar_bytes": sum(cache["nar_size"][p] for p in paths)}
+            if overflows is not None and listen_overflows() is not None:
+                # connections the cache's listen queue dropped (TcpExt ListenOverflows)
+                doc["listen_overflows"] = listen_overflows() - overflows
+                if doc["listen_overflows"]:
+                    log("warning: the binary cache's listen queue overflowed %d times during "
+                        "this run on %s (the time includes SYN retransmissions)"
+                        % (doc["listen_overflows"], SIDE_TITLES[side]))
+            return doc
+
+        def forget(side, paths):
+            def delete(c):
+                valid = c.query_valid_paths(paths)
+                if not valid:
+                    return
+                deleted, _freed = c.collect_garbage(3, valid)
+                if len(deleted) != len(valid):
+                    raise BenchError("CollectGarbage(delete specific) of %d paths deleted %d"
+                                     % (len(valid), len(deleted)))
+            self.wire(client, side, "deleting the substituted paths", delete)
+            os.sync()
+
+        small, large = cache["small"], [cache["large"]]
+        self.rounds("maint_sub_small", m["sub_rounds"], lambda side, i: small,
+                    lambda side, doc: {"seconds": [doc["wall_s"]]},
+                    work_of=lambda doc: doc["paths"],
+                    before=lambda side: forget(side, small), runner=realise)
+        sampler = PeakSampler(list(self.daemons.values()), interval=0.1)
+        sampler.start()
+        try:
+            self.rounds("maint_sub_large", m["sub_rounds"], lambda side, i: large,
+                        lambda side, doc: {"seconds": [doc["wall_s"]]},
+                        work_of=lambda doc: doc["nar_bytes"] / MIB,
+                        before=lambda side: forget(side, large), runner=realise)
+        finally:
+            sampler.stop()
+        self.record_maint_peaks(sampler, "sampled_during_substitute_large")
+
+    def start_http_cache(self, directory):
+        """http.server (HTTP_CACHE_SERVER) on a free local port serving the cache; its URL."""
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        s.close()
+        argv = [sys.executable, "-c", HTTP_CACHE_SERVER, str(directory), str(port)]
+        setpriv = shutil.which("setpriv")
+        if setpriv:
+            argv = [setpriv, "--pdeathsig", "KILL"] + argv
+        log_path = self.tmp / "maint-http.log"
+        logf = open(log_path, "ab")
+        log("starting the binary cache: http.server on 127.0.0.1:%d serving %s"
+            % (port, directory))
+        try:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf,
+                                    stderr=subprocess.STDOUT, start_new_session=True, cwd=self.tmp)
+        except OSError as e:
+            logf.close()
+            raise BenchError("cannot start the HTTP binary cache: %s" % e) from e
+        self.http_cache = (proc, logf)
+        url = "http://127.0.0.1:%d" % port
+        deadline = time.monotonic() + 15
+        while True:
+            if proc.poll() is not None:
+                raise BenchError("the HTTP binary cache (%s) exited with status %d; %s"
+                                 % (" ".join(argv), proc.returncode, describe_log(log_path)))
+            try:
+                with urllib.request.urlopen(url + "/nix-cache-info", timeout=2) as r:
+                    if b"StoreDir: /nix/store" in r.read():
+                        return url
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise BenchError("the HTTP binary cache did not answer on %s within 15 s; %s"
+                                 % (url, describe_log(log_path)))
+            time.sleep(0.05)
+
+    def stop_http_cache(self):
+        if self.http_cache is None:
+            return
+        proc, logf = self.http_cache
+        self.http_cache = None
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                kill_group(proc)
+        logf.close()
+
 
 def build_phase_unavailable():
     """Why this machine cannot run the build phase, or None."""
@@ -1037,6 +1432,102 @@ def compile_build_stamp(tmp):
         raise BenchError("%s does not write a time stamp" % out)
     os.chmod(out, 0o755)
     return out
+
+
+def gc_store_path(wb, kind, i):
+    """A made-up input-addressed path: the hash part is nix32 of 20 bytes of sha256(seed)."""
+    hash_part = wb.nix_base32(hashlib.sha256(b"ward-bench-gc %d" % i).digest()[:20])
+    return "/nix/store/%s-bench-gc-%s-%d" % (hash_part, kind, i)
+
+
+def write_gc_export(path, wb, count, group):
+    """A 'nix-store --export' stream of count tiny paths in groups of `group`: the last path of
+    each group (its top) refers to the other group-1 (which come first in the stream); every
+    other group is live (its top gets a GC root). Per path: 1, the NAR (self-delimiting, as
+    exportPath writes it), the magic, the path, its references, the deriver (none) and 0 (no
+    signature); 0 at the end."""
+    if count % (2 * group):
+        raise BenchError("gc_paths (%d) must be a multiple of twice gc_group (%d)" % (count, group))
+    live, dead, live_tops = [], [], []
+    one, zero, magic = wb.enc_u64(1), wb.enc_u64(0), wb.enc_u64(EXPORT_MAGIC)
+    no_deriver, no_refs = wb.enc_str(""), wb.enc_u64(0)
+    size = 0
+    with open(path, "wb", buffering=1 << 20) as f:
+        for g in range(count // group):
+            kind = "live" if g % 2 == 0 else "dead"
+            members = []
+            for j in range(group):
+                i = g * group + j
+                store_path = gc_store_path(wb, kind, i)
+                content = b"ward bench gc %d\n" % i
+                head, nar_tail = wb.nar_single_file_parts(len(content))
+                refs = wb.enc_strs(sorted(members)) if j == group - 1 else no_refs
+                chunk = b"".join((one, head, content, nar_tail, magic, wb.enc_str(store_path),
+                                  refs, no_deriver, zero))
+                f.write(chunk)
+                size += len(chunk)
+                members.append(store_path)
+            (live if kind == "live" else dead).extend(members)
+            if kind == "live":
+                live_tops.append(members[-1])
+        f.write(zero)
+    return {"file": path, "count": count, "bytes": size + 8, "live": live, "dead": dead,
+            "live_tops": live_tops}
+
+
+def add_cache_entry(directory, wb, name, chunks):
+    """One path of the binary cache: the uncompressed NAR made of `chunks` (hashed while it is
+    written, never held whole), its narinfo; the path is the content-addressed one
+    (fixed:r:sha256) of that NAR. Returns (store path, NAR size)."""
+    partial = directory / "nar" / ".partial"
+    h = hashlib.sha256()
+    size = 0
+    with open(partial, "wb") as f:
+        for chunk in chunks:
+            h.update(chunk)
+            f.write(chunk)
+            size += len(chunk)
+    digest = h.digest()
+    nix32 = wb.nix_base32(digest)
+    os.replace(partial, directory / "nar" / ("%s.nar" % nix32))
+    store_path = wb.make_fixed_output_path_recursive_sha256(name, digest.hex())
+    hash_part = store_path[len("/nix/store/"):].split("-", 1)[0]
+    # "References: " keeps its space, as Nix writes it: Nix 2.8's parser needs one
+    (directory / ("%s.narinfo" % hash_part)).write_text(
+        "StorePath: %s\nURL: nar/%s.nar\nCompression: none\nFileHash: sha256:%s\n"
+        "FileSize: %d\nNarHash: sha256:%s\nNarSize: %d\nReferences: \nCA: fixed:r:sha256:%s\n"
+        % (store_path, nix32, nix32, size, nix32, size, nix32))
+    return store_path, size
+
+
+def build_binary_cache(directory, wb, small_count, large_mb):
+    """The maint phase's binary cache: small_count paths of SUB_SMALL_SIZE bytes and one of
+    large_mb MiB, each a single regular file."""
+    (directory / "nar").mkdir(parents=True, exist_ok=True)
+    (directory / "nix-cache-info").write_text(
+        "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 30\n")
+    small, nar_size = [], {}
+    for i in range(small_count):
+        content = ("ward bench substitute %d\n" % i).encode().ljust(SUB_SMALL_SIZE, b".")
+        head, nar_tail = wb.nar_single_file_parts(len(content))
+        path, size = add_cache_entry(directory, wb, "bench-sub-small-%d" % i,
+                                     [head, content, nar_tail])
+        small.append(path)
+        nar_size[path] = size
+    large_size = large_mb * MIB
+    head, nar_tail = wb.nar_single_file_parts(large_size)
+    block = bytearray(os.urandom(MIB))
+
+    def large_chunks():
+        yield head
+        for k in range(large_mb):
+            block[:8] = struct.pack("<Q", k)  # no two MiB alike
+            yield bytes(block)
+        yield nar_tail
+
+    large, size = add_cache_entry(directory, wb, "bench-sub-large", large_chunks())
+    nar_size[large] = size
+    return {"dir": directory, "small": small, "large": large, "nar_size": nar_size}
 
 
 def load_wirebench(path):
@@ -1101,13 +1592,15 @@ def indent(text, prefix="    "):
 
 
 class Row:
-    """One table line. value(side) -> number or None; target -> (text, check(nix, ward))."""
+    """One table line. value(side) -> number or None; target -> (text, check(nix, ward)); key:
+    the workload it shows, so that a partial run (--phases) keeps the row when it ran but failed."""
 
-    def __init__(self, workload, unit, value, target=None):
+    def __init__(self, workload, unit, value, target=None, key=None):
         self.workload = workload
         self.unit = unit
         self.value = value
         self.target = target
+        self.key = key
 
 
 def fmt_number(v):
@@ -1195,7 +1688,60 @@ def build_rows(run):
                     val("build_batch", "wall_ms"), ratio_at_most(1)))
     rows.append(Row("%d builds: request to the last builder's exec" % b["batch"], "ms",
                     val("build_batch", "last_exec_ms")))
+    rows.extend(maint_rows(run))
     return rows
+
+
+def maint_labels(profile):
+    """Table labels of the maint phase's workloads."""
+    m = profile["maint"]
+    return {"maint_gc": "GC of {:,} paths (half dead)".format(m["gc_paths"]),
+            "maint_sub_small": "substitute {:,} small paths over HTTP".format(m["sub_small"]),
+            "maint_sub_large": "substitute %s over HTTP" % fmt_size(m["sub_large_mb"])}
+
+
+def maint_rows(run):
+    labels = maint_labels(run.profile)
+    rows = [Row(labels["maint_gc"], "s",
+                lambda side: dig(result_of(run, "maint_gc", side), "seconds"),
+                ratio_at_most(GC_RATIO_TARGET), key="maint_gc")]
+    for key in ("maint_sub_small", "maint_sub_large"):
+        rows.append(Row(labels[key], "s",
+                        lambda side, key=key: median_of(run, key, side, "seconds"),
+                        ratio_at_most(SUBSTITUTE_RATIO_TARGET), key=key))
+    rows.extend(maint_peak_rss_rows(run))
+    return rows
+
+
+def maint_peaks(run, side):
+    """name -> the largest VmHWM (KiB) of the side's processes of that name in the maint phase."""
+    m = run.peak_rss.get(side, {}).get("maint") or {}
+    out = {}
+    for key in ("sampled_during_gc", "sampled_during_substitute_large", "after_maint"):
+        for proc in m.get(key) or []:
+            out[proc["name"]] = max(out.get(proc["name"], 0), proc["hwm_kb"])
+    return out
+
+
+def maint_peak_rss_rows(run):
+    """One row per ward process (by name): its VmHWM sampled during the GC and the large
+    substitution (and read at the end of the phase), against nix-daemon's largest process."""
+    label = "peak RSS (VmHWM) during GC and %s substitution" % fmt_size(
+        run.profile["maint"]["sub_large_mb"])
+    nix_peak = max(maint_peaks(run, "nix").values(), default=None)
+    ward = maint_peaks(run, "ward")
+    limit = below(PEAK_RSS_LIMIT_KB / KIB, "MiB")
+
+    def nix_value():
+        return None if nix_peak is None else nix_peak / KIB
+
+    if not ward:
+        return [Row(label + ", each ward process", "MiB",
+                    lambda side: None if side == "ward" else nix_value(), limit)]
+    return [Row("%s: %s" % (label, name), "MiB",
+                lambda side, name=name: ward[name] / KIB if side == "ward" else nix_value(),
+                limit)
+            for name in sorted(ward)]
 
 
 def query_variants(profile):
@@ -1256,6 +1802,17 @@ def build_cpu_rows(run):
                     cpu("build_single", 1e3)))
     rows.append(Row("%d builds in one BuildPaths" % p["build"]["batch"], "ms/build",
                     cpu("build_batch", 1e3)))
+    labels = maint_labels(p)
+
+    def gc_cpu(side):
+        res = result_of(run, "maint_gc", side)
+        if not res or not res.get("deleted"):
+            return None
+        return res["daemon_cpu_s"] / res["deleted"] * 1e6
+
+    rows.append(Row(labels["maint_gc"], "µs/deleted path", gc_cpu))
+    rows.append(Row(labels["maint_sub_small"], "ms/path", cpu("maint_sub_small", 1e3)))
+    rows.append(Row(labels["maint_sub_large"], "ms/MiB", cpu("maint_sub_large", 1e3)))
     return rows
 
 
@@ -1378,7 +1935,7 @@ def render_table(run, rows, targets=True):
     partial = set(run.args.phases) != set(PHASES)
     for row in rows:
         nix, ward = row.value("nix"), row.value("ward")
-        if partial and nix is None and ward is None:
+        if partial and nix is None and ward is None and not run.workloads.get(row.key):
             continue  # a phase not asked for (--phases); errors are listed under the table
         ratio = ward / nix if nix not in (None, 0) and ward is not None else None
         target_text, met = "—", None
@@ -1465,7 +2022,8 @@ def render_report(run, rows_md, cpu_md, budget_md=""):
                      % (os.cpu_count() or 1))
         lines.append("")
         lines.append(budget_md)
-    if not any(size == ADD_TARGET_SIZE_MB for size, _rounds in run.profile["add"]):
+    if "data" in run.args.phases and not any(size == ADD_TARGET_SIZE_MB
+                                             for size, _rounds in run.profile["add"]):
         lines.append("")
         lines.append("AddToStoreNar of %s (target ≥ %g× nix-daemon) runs only in the full run; "
                      "the peak-RSS rows above cover smaller adds." % (fmt_size(ADD_TARGET_SIZE_MB),
@@ -1586,6 +2144,8 @@ def main(argv=None):
             run.phase_data()
         if "build" in args.phases:
             run.phase_build()
+        if "maint" in args.phases:
+            run.phase_maint()
     except KeyboardInterrupt:
         interrupted = run.interrupted = True
         log("interrupted; stopping daemons and printing what was measured")
