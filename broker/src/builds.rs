@@ -247,6 +247,19 @@ impl Builds {
             });
         }
         req.check()?;
+        // A kept build tree is handed to the requester: never to a build user (a later build
+        // as that uid could then change what the requester reads there).
+        if self
+            .pool
+            .as_ref()
+            .is_some_and(|pool| pool.sweeps() && pool.contains(req.requester_uid))
+        {
+            return Err(BrokerError::BadRequest {
+                build,
+                field: "requester_uid".into(),
+                reason: format!("uid {} is a build user", req.requester_uid),
+            });
+        }
         if self.table.contains_key(&build) {
             return Err(BrokerError::DuplicateBuild { build });
         }
@@ -1410,6 +1423,23 @@ mod tests {
         r.builder = "builtin:fetchurl".into();
         let e = builds.check_start(&r).unwrap_err();
         assert!(e.to_string().contains("builtin builders"), "{e}");
+
+        // A kept tree is never handed to a build user.
+        builds.pool = Some(Pool::new(
+            Source::Range {
+                start: 30000,
+                count: 8,
+            },
+            30000,
+            1,
+        ));
+        let mut r = request(&store);
+        r.requester_uid = 30003;
+        let e = builds.check_start(&r).unwrap_err();
+        assert!(e.to_string().contains("requester_uid"), "{e}");
+        r.requester_uid = 1000;
+        builds.check_start(&r).unwrap();
+        builds.pool = None;
 
         let mut r = request(&store);
         r.builder = "/bin/sh".into();

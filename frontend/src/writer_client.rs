@@ -555,10 +555,12 @@ impl WriterClient {
         // The paths of a large collection come in parts before the final reply.
         let mut reply = self.exchange(&request, &[]).await?;
         let mut collected = BTreeSet::new();
+        let mut said = Vec::new();
         loop {
             match reply {
-                StoreWriterToFrontend::GarbageCollectedPart { paths } => {
+                StoreWriterToFrontend::GarbageCollectedPart { paths, messages } => {
                     collected.extend(paths);
+                    said.extend(messages);
                     self.unusable = true;
                     let next = self.channel.recv().await?;
                     self.unusable = false;
@@ -570,7 +572,8 @@ impl WriterClient {
                     messages,
                 } => {
                     collected.extend(paths);
-                    return Ok((collected, bytes_freed, messages));
+                    said.extend(messages);
+                    return Ok((collected, bytes_freed, said));
                 }
                 other => return Err(unexpected(&request, &other)),
             }
@@ -747,9 +750,9 @@ mod tests {
             ));
             let frames =
                 ward_proto::ipc::store_writer::split_garbage_collected(Reply::GarbageCollected {
+                    messages: paths.iter().map(|p| format!("deleting '{p}'")).collect(),
                     paths,
                     bytes_freed: 99,
-                    messages: vec![],
                 });
             assert!(frames.len() > 1, "large enough to need parts");
             for frame in frames {
@@ -757,7 +760,7 @@ mod tests {
             }
             fake
         });
-        let (got, freed, _) = client
+        let (got, freed, said) = client
             .collect_garbage(
                 GcAction::ReturnDead,
                 BTreeSet::new(),
@@ -767,6 +770,7 @@ mod tests {
             )
             .await
             .unwrap();
+        assert_eq!(said.len(), expected.len(), "every message came");
         assert_eq!((got, freed), (expected, 99));
         let _fake = server.join().unwrap();
         // The channel is in step again: the next request gets its own reply.

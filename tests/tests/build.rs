@@ -224,4 +224,70 @@ fn fixed_output_derivations_are_checked_flat_and_recursive() {
         stderr.contains("specified") && stderr.contains("got"),
         "{stderr}"
     );
+
+    // Recursive: the hash is of the output's NAR, here a directory with a file and a link.
+    use ward_e2e_tests::nar::{self, NarNode};
+    let tree = NarNode::Directory(vec![
+        (
+            b"data".to_vec(),
+            NarNode::File {
+                contents: b"recursive\n".to_vec(),
+                executable: false,
+            },
+        ),
+        (b"link".to_vec(), NarNode::Symlink(b"data".to_vec())),
+    ]);
+    let nar_hash = nar::base16(&nar::sha256(&tree.to_nar()));
+    let recursive_attrs = |hash: &str| {
+        format!(
+            r#"outputHashMode = "recursive"; outputHashAlgo = "sha256"; outputHash = "{hash}";"#
+        )
+    };
+    let script = "mkdir $out; echo recursive > $out/data; ln -s data $out/link";
+    let recursive = expr(
+        &f,
+        "recursive",
+        &drv("fixed-recursive", script, &recursive_attrs(&nar_hash)),
+    );
+    let run = f
+        .ward
+        .run("nix-build", &[recursive.to_str().unwrap(), "--no-out-link"]);
+    assert!(
+        run.status.success(),
+        "recursive FOD: {}",
+        run.stderr.clone()
+    );
+    let out = run.single_line();
+    let real = f.daemon.layout().real_path(&out);
+    assert_eq!(nar::dump_path(&real).unwrap(), tree.to_nar());
+    let info = f.ward.path_info_json(&out);
+    assert!(
+        info["ca"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("fixed:r:sha256:"),
+        "{info}"
+    );
+    // The same tree with other contents is refused, naming both hashes.
+    let wrong_recursive = expr(
+        &f,
+        "wrong-recursive",
+        &drv(
+            "fixed-recursive-wrong",
+            "mkdir $out; echo other > $out/data; ln -s data $out/link",
+            &recursive_attrs(&nar_hash),
+        ),
+    );
+    let stderr = f
+        .ward
+        .fails(
+            "nix-build",
+            &[wrong_recursive.to_str().unwrap(), "--no-out-link"],
+        )
+        .stderr
+        .clone();
+    assert!(
+        stderr.contains("hash mismatch") && stderr.contains("specified") && stderr.contains("got"),
+        "{stderr}"
+    );
 }

@@ -1132,4 +1132,17 @@ fn one_realise_of_more_paths_than_the_store_writer_has_channels_fetches_them_all
         assert!(valid.contains(p), "{p} was fetched");
     }
     f.ward.ok("nix-store", &["--verify", "--check-contents"]);
+    // Once the realise is over nothing keeps the paths alive: a collection takes them (the
+    // goals' roots go with the goals, a moment after the client's reply at most).
+    let mut deleted = f.ward.run("nix-store", &["--delete", &paths[0]]);
+    for _ in 0..20 {
+        if deleted.status.success() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        deleted = f.ward.run("nix-store", &["--delete", &paths[0]]);
+    }
+    assert!(deleted.status.success(), "{deleted}");
+    f.ward.ok("nix-store", &["--gc"]);
+    assert!(f.ward.all_valid_paths().is_empty(), "all collected");
 }

@@ -96,7 +96,7 @@ pub struct BuildRequest {
     pub no_chroot: bool,
     /// The uid of the client that asked for the build: the only user besides root who may
     /// read a build directory kept by `keep-failed` ([`FrontendToBroker::ReleaseBuild`]). Grants
-    /// nothing else.
+    /// nothing else; the broker refuses a build user's uid here.
     pub requester_uid: u32,
 }
 

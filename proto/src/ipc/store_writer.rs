@@ -442,11 +442,13 @@ pub enum StoreWriterToFrontend {
         messages: Vec<String>,
     },
     /// Part of the answer to `CollectGarbage`, sent before [`Self::GarbageCollected`] when
-    /// the paths do not fit one frame (see [`split_garbage_collected`]); the frontend adds
-    /// these paths to the final reply's.
+    /// the paths or messages do not fit one frame (see [`split_garbage_collected`]); the
+    /// frontend adds these paths to the final reply's, and these messages before its.
     GarbageCollectedPart {
         /// Some of the paths.
         paths: Vec<String>,
+        /// Some of the messages, in order.
+        messages: Vec<String>,
     },
     /// Answer to `VerifyStore`.
     Verified {
@@ -515,25 +517,34 @@ pub fn split_garbage_collected(reply: StoreWriterToFrontend) -> Vec<StoreWriterT
     else {
         return vec![reply];
     };
+    // Length prefix and padding, roughly, as the frame encodes a string.
+    let cost = |text: &String| text.len() + 16;
     let mut frames = Vec::new();
-    let mut chunk: Vec<String> = Vec::new();
+    let (mut chunk_paths, mut chunk_messages): (Vec<String>, Vec<String>) = (vec![], vec![]);
     let mut chunk_bytes = 0;
-    for path in paths {
-        // Length prefix and padding, roughly, as the frame encodes them.
-        let cost = path.len() + 16;
-        if chunk_bytes + cost > GC_PATHS_PER_FRAME_BYTES && !chunk.is_empty() {
+    let items = paths
+        .into_iter()
+        .map(|p| (true, p))
+        .chain(messages.into_iter().map(|m| (false, m)));
+    for (is_path, text) in items {
+        if chunk_bytes + cost(&text) > GC_PATHS_PER_FRAME_BYTES && chunk_bytes > 0 {
             frames.push(StoreWriterToFrontend::GarbageCollectedPart {
-                paths: std::mem::take(&mut chunk),
+                paths: std::mem::take(&mut chunk_paths),
+                messages: std::mem::take(&mut chunk_messages),
             });
             chunk_bytes = 0;
         }
-        chunk_bytes += cost;
-        chunk.push(path);
+        chunk_bytes += cost(&text);
+        if is_path {
+            chunk_paths.push(text);
+        } else {
+            chunk_messages.push(text);
+        }
     }
     frames.push(StoreWriterToFrontend::GarbageCollected {
-        paths: chunk.into_iter().collect(),
+        paths: chunk_paths.into_iter().collect(),
         bytes_freed,
-        messages,
+        messages: chunk_messages,
     });
     frames
 }
@@ -990,6 +1001,7 @@ mod tests {
             },
             StoreWriterToFrontend::GarbageCollectedPart {
                 paths: vec![format!("/nix/store/{out}")],
+                messages: vec![format!("deleting '/nix/store/{out}'")],
             },
             StoreWriterToFrontend::Verified {
                 errors_found: true,
@@ -1121,21 +1133,25 @@ mod tests {
         let paths: BTreeSet<String> = (0..60_000)
             .map(|i| format!("/nix/store/{i:032}-a-name-of-some-length-{i}"))
             .collect();
+        let mut messages = vec!["deleting garbage...".to_string()];
+        messages.extend(paths.iter().map(|p| format!("deleting '{p}'")));
         let frames = split_garbage_collected(StoreWriterToFrontend::GarbageCollected {
             paths: paths.clone(),
             bytes_freed: 7,
-            messages: vec!["deleting garbage...".into()],
+            messages: messages.clone(),
         });
         assert!(frames.len() > 2, "{} frames", frames.len());
         let mut seen = BTreeSet::new();
+        let mut seen_messages = Vec::new();
         for (i, frame) in frames.iter().enumerate() {
             let bytes = encode_frame(frame, FrameLimit::DEFAULT)
                 .unwrap_or_else(|e| panic!("frame {i} does not fit: {e}"));
             assert!(bytes.len() < FrameLimit::DEFAULT.max_len() as usize);
             match frame {
-                StoreWriterToFrontend::GarbageCollectedPart { paths } => {
+                StoreWriterToFrontend::GarbageCollectedPart { paths, messages } => {
                     assert!(i + 1 < frames.len(), "parts come first");
                     seen.extend(paths.iter().cloned());
+                    seen_messages.extend(messages.iter().cloned());
                 }
                 StoreWriterToFrontend::GarbageCollected {
                     paths,
@@ -1143,13 +1159,15 @@ mod tests {
                     messages,
                 } => {
                     assert_eq!(i + 1, frames.len(), "the final reply comes last");
-                    assert_eq!((*bytes_freed, messages.len()), (7, 1));
+                    assert_eq!(*bytes_freed, 7);
                     seen.extend(paths.iter().cloned());
+                    seen_messages.extend(messages.iter().cloned());
                 }
                 other => panic!("unexpected frame {other:?}"),
             }
         }
         assert_eq!(seen, paths);
+        assert_eq!(seen_messages, messages, "every message, in order");
         // A small one stays a single frame, and other replies are untouched.
         assert_eq!(
             split_garbage_collected(StoreWriterToFrontend::Done),
