@@ -687,3 +687,69 @@ fn a_fixed_output_build_reaches_the_network_from_a_namespace_of_its_own() {
         Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock),
     }
 }
+
+/// A static C program that tries to set the setuid and setgid bits on a file of its own
+/// through every call that changes a mode, and writes one `call=result` line per attempt,
+/// then the mode the file ended with.
+const SETID_PROBE_C: &str = r#"
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#define TRY(name, call) do { errno = 0; long r = (call); \
+    fprintf(f, "%s=%s\n", name, r == 0 ? "allowed" : strerror(errno)); } while (0)
+
+int main(void) {
+    const char *out = getenv("out");
+    if (!out) return 2;
+    char target[4096];
+    snprintf(target, sizeof target, "%s.probe", out);
+    FILE *f = fopen(out, "w");
+    if (!f) return 3;
+    int fd = open(target, O_CREAT | O_WRONLY, 0755);
+    if (fd < 0) return 4;
+    TRY("chmod-setuid", chmod(target, 04755));
+    TRY("fchmod-setuid", fchmod(fd, 04755));
+    TRY("fchmodat-setuid", fchmodat(AT_FDCWD, target, 04755, 0));
+    TRY("fchmodat2-setuid", syscall(452, AT_FDCWD, target, 04755, 0));
+    TRY("chmod-setgid", chmod(target, 02755));
+    TRY("fchmod-setgid", fchmod(fd, 02755));
+    TRY("fchmodat-setgid", fchmodat(AT_FDCWD, target, 02755, 0));
+    TRY("fchmodat2-setgid", syscall(452, AT_FDCWD, target, 02755, 0));
+    struct stat st;
+    if (fstat(fd, &st) == 0)
+        fprintf(f, "final-mode=%o\n", (unsigned) (st.st_mode & 07777));
+    close(fd);
+    unlink(target);
+    fclose(f);
+    return 0;
+}
+"#;
+
+#[test]
+fn no_mode_changing_call_sets_a_setuid_or_setgid_bit() {
+    let test = "no_mode_changing_call_sets_a_setuid_or_setgid_bit";
+    if !ward_e2e_tests::builds::have_busybox(test) || !ward_e2e_tests::require_root(test) {
+        return;
+    }
+    let Some((_dir, helper)) = static_helper(test, "setid-probe", SETID_PROBE_C) else {
+        return;
+    };
+    let Some(f) = start_with_helper(test, "setid-probe", &helper) else {
+        return;
+    };
+    let results = helper_results(&f, "setid-probe");
+    assert_eq!(results.len(), 9, "every attempt ran: {results:?}");
+    for (call, result) in &results {
+        if call == "final-mode" {
+            assert_eq!(result, "755", "{results:?}");
+        } else {
+            assert_eq!(result, "Operation not permitted", "{call}: {results:?}");
+        }
+    }
+}

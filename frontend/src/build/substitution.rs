@@ -97,6 +97,12 @@ pub(crate) async fn substitute(
     let mut failed = false;
     for cache in subs.caches.clone() {
         let lookup = {
+            let Ok(_request) = Arc::clone(&shared.substituters.requests)
+                .acquire_owned()
+                .await
+            else {
+                return GoalResult::failed(S::MiscFailure, "the daemon is shutting down");
+            };
             let (cache, subs, path) = (Arc::clone(&cache), subs.clone(), path.clone());
             tokio::task::spawn_blocking(move || cache.narinfo(&path, &subs))
                 .await

@@ -77,7 +77,14 @@ pub struct CachePool {
     /// [`DISABLE_AFTER_FAILURE`] (an unreachable `cache.nixos.org` on an offline host would
     /// otherwise cost every build its retries).
     unopenable: Mutex<HashMap<String, (Instant, String)>>,
+    /// One permit per cache request in flight (`http-connections`, as Nix bounds its
+    /// transfers): a thousand goals asking at once would otherwise each hold a blocking
+    /// thread, and the frontend's memory would grow with them.
+    pub(crate) requests: Arc<tokio::sync::Semaphore>,
 }
+
+/// Cache requests in flight when `http-connections` is 0 (no limit in Nix).
+const UNLIMITED_REQUESTS: usize = 64;
 
 /// A cache URL taken apart.
 #[derive(Debug, PartialEq, Eq)]
@@ -137,6 +144,12 @@ impl CachePool {
             attempts: settings.download_attempts,
             caches: Mutex::new(HashMap::new()),
             unopenable: Mutex::new(HashMap::new()),
+            requests: Arc::new(tokio::sync::Semaphore::new(
+                match usize::try_from(settings.http_connections) {
+                    Ok(0) | Err(_) => UNLIMITED_REQUESTS,
+                    Ok(n) => n.min(UNLIMITED_REQUESTS),
+                },
+            )),
         }
     }
 
