@@ -217,6 +217,66 @@ fn build_directories_stay_closed_even_when_the_builder_opens_them() {
     let builds = std::fs::metadata(state.join("builds")).unwrap();
     assert_eq!(builds.uid(), 0);
     assert_eq!(builds.mode() & 0o077, 0, "builds/ mode {:o}", builds.mode());
+
+    // A builder opens its build directory (and tries its parent) to everyone and leaves a
+    // world-readable file in it; another user still cannot reach it while the build runs.
+    let alice = ward_e2e_tests::ensure_test_user();
+    let file = expr(
+        &f,
+        "opener",
+        &drv(
+            "opener",
+            "chmod 777 /build; chmod 777 /build/.. 2>/dev/null; echo secret > /build/secret; \
+             chmod 666 /build/secret; sleep 3; echo done > $out",
+            "",
+        ),
+    );
+    let client = f.ward.clone();
+    let file_arg = file.to_str().unwrap().to_string();
+    let building =
+        std::thread::spawn(move || client.run("nix-build", &[file_arg.as_str(), "--no-out-link"]));
+    let builds_dir = state.join("builds");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let secret = loop {
+        let found = std::fs::read_dir(&builds_dir).ok().and_then(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.path().join("build/secret"))
+                .find(|p| p.exists())
+        });
+        if let Some(found) = found {
+            break found;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the build never wrote its file"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let as_alice = |args: &[&str]| {
+        std::process::Command::new("setpriv")
+            .arg(format!("--reuid={}", alice.uid))
+            .arg(format!("--regid={}", alice.gid))
+            .arg("--init-groups")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let read = as_alice(&["cat", secret.to_str().unwrap()]);
+    assert!(
+        !read.status.success(),
+        "another user read {}: {}",
+        secret.display(),
+        String::from_utf8_lossy(&read.stdout)
+    );
+    let listed = as_alice(&["ls", builds_dir.to_str().unwrap()]);
+    assert!(
+        !listed.status.success(),
+        "another user listed {}",
+        builds_dir.display()
+    );
+    let run = building.join().unwrap();
+    assert!(run.status.success(), "{}", run.stderr.clone());
 }
 
 #[test]

@@ -88,11 +88,32 @@ fn nix_store_realise_fetches_a_closure_from_a_file_cache() {
         "nix-store",
         &with_substituters(&url, &["--realise", "--dry-run", &graph.c]),
     );
-    dry.assert_stderr_contains("these 3 paths will be fetched");
+    // Nix's words and sizes: the compressed NARs' total and the unpacked NARs' total, in MiB.
+    let total = |key: &str| -> u64 {
+        [&graph.a, &graph.b, &graph.c]
+            .iter()
+            .map(|p| narinfo_field(&cache, p, key).parse::<u64>().unwrap())
+            .sum()
+    };
+    let mib = |bytes: u64| format!("{:.2}", bytes as f64 / (1024.0 * 1024.0));
+    dry.assert_stderr_contains(&format!(
+        "these 3 paths will be fetched ({} MiB download, {} MiB unpacked)",
+        mib(total("FileSize")),
+        mib(total("NarSize"))
+    ));
     assert!(
         f.ward.all_valid_paths().is_empty(),
         "a dry run fetches nothing"
     );
+    // A path no cache has is "unknown" to QueryMissing, as Nix says it.
+    let unknown = ward_e2e_tests::nar::made_up_path("/nix/store", "unknown", test);
+    f.ward
+        .run(
+            "nix-store",
+            &with_substituters(&url, &["--realise", "--dry-run", &unknown]),
+        )
+        .assert_stderr_contains("don't know how to build these paths")
+        .assert_stderr_contains(&unknown);
 
     let out = f.ward.ok(
         "nix-store",
