@@ -598,6 +598,11 @@ fn collect_serialises_directories_and_symlinks() {
     std::fs::write(d.join("Z"), b"upper case sorts first").unwrap();
     std::fs::hard_link(d.join("a.txt"), d.join("sub/a-again")).unwrap();
     std::os::unix::fs::symlink("../a.txt", d.join("sub/link")).unwrap();
+    // Links to the root, to themselves and to each other are stored as links, never walked.
+    std::os::unix::fs::symlink("/", d.join("sub/root")).unwrap();
+    std::os::unix::fs::symlink("self", d.join("sub/self")).unwrap();
+    std::os::unix::fs::symlink("loop-b", d.join("sub/loop-a")).unwrap();
+    std::os::unix::fs::symlink("loop-a", d.join("sub/loop-b")).unwrap();
     std::fs::write(d.join("sub/deeper/unreadable"), b"secret").unwrap();
     std::fs::set_permissions(
         d.join("sub/deeper/unreadable"),
@@ -613,6 +618,10 @@ fn collect_serialises_directories_and_symlinks() {
         "sub/run",
         "Z",
         "sub/link",
+        "sub/root",
+        "sub/self",
+        "sub/loop-a",
+        "sub/loop-b",
         "sub/deeper/unreadable",
     ] {
         own(&host, &d.join(entry));
@@ -690,6 +699,14 @@ fn collect_refuses_what_cannot_be_registered() {
     own(&host, &host.top.join("outside"));
     std::fs::hard_link(host.top.join("outside"), d.join("link")).unwrap();
     expect_refusal(&host, &linked, "hard links");
+
+    let socket = store_path('k', "socket");
+    let d = store.join(socket.base_name());
+    std::fs::create_dir(&d).unwrap();
+    own(&host, &d);
+    let _listener = std::os::unix::net::UnixListener::bind(d.join("sock")).unwrap();
+    own(&host, &d.join("sock"));
+    expect_refusal(&host, &socket, "/sock' is a socket");
 
     let foreign = store_path('j', "foreign");
     std::fs::write(store.join(foreign.base_name()), b"root's").unwrap();

@@ -585,3 +585,70 @@ fn secret_key_files_sign_what_is_built_and_added() {
         .collect();
     assert_eq!(names, ["ward-test-1", "ward-test-2"], "{info}");
 }
+
+#[test]
+fn keep_failed_gives_an_untrusted_requester_the_tree_and_nobody_else() {
+    let test = "keep_failed_gives_an_untrusted_requester_the_tree_and_nobody_else";
+    if !ward_e2e_tests::require_root(test) {
+        return;
+    }
+    let alice = ward_e2e_tests::ensure_test_user();
+    let Some(f) = start(test, DaemonOptions::multi_user()) else {
+        return;
+    };
+    let as_alice = f.env.client_as(&f.daemon, &alice);
+    let failing = expr(
+        &f,
+        "kept-for-alice",
+        &drv(
+            "kept-for-alice",
+            "echo evidence > left-behind; chmod 644 left-behind; exit 1",
+            "",
+        ),
+    );
+    let stderr = as_alice
+        .fails(
+            "nix-build",
+            &[failing.to_str().unwrap(), "--no-out-link", "--keep-failed"],
+        )
+        .stderr
+        .clone();
+    let kept = stderr
+        .lines()
+        .find_map(|l| {
+            l.split_once("keeping build directory '")
+                .map(|(_, rest)| rest.trim_end_matches('\'').to_string())
+        })
+        .unwrap_or_else(|| panic!("no kept directory named: {stderr}"));
+    let dir = std::path::Path::new(&kept);
+    let meta = std::fs::symlink_metadata(dir).unwrap();
+    assert_eq!(meta.uid(), alice.uid.as_raw(), "{kept} is alice's");
+    let file = dir.join("left-behind");
+    assert_eq!(
+        std::fs::symlink_metadata(&file).unwrap().uid(),
+        alice.uid.as_raw(),
+        "the build user's file was handed over"
+    );
+    let cat_as = |uid: u32, gid: u32| {
+        std::process::Command::new("setpriv")
+            .arg(format!("--reuid={uid}"))
+            .arg(format!("--regid={gid}"))
+            .arg("--clear-groups")
+            .arg("cat")
+            .arg(&file)
+            .output()
+            .unwrap()
+    };
+    let mine = cat_as(alice.uid.as_raw(), alice.gid.as_raw());
+    assert_eq!(
+        String::from_utf8_lossy(&mine.stdout),
+        "evidence\n",
+        "alice reads it"
+    );
+    // Even a world-readable file in the tree is out of reach for anyone else.
+    let other = cat_as(65534, 65534);
+    assert!(!other.status.success(), "nobody read {}", file.display());
+    // The daemon goes on building for her.
+    let ok = expr(&f, "after-kept", &drv("after-kept", "echo fine > $out", ""));
+    as_alice.ok("nix-build", &[ok.to_str().unwrap(), "--no-out-link"]);
+}
