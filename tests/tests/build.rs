@@ -291,3 +291,41 @@ fn fixed_output_derivations_are_checked_flat_and_recursive() {
         "{stderr}"
     );
 }
+
+#[test]
+fn an_optional_sandbox_path_that_is_missing_is_left_out() {
+    let test = "an_optional_sandbox_path_that_is_missing_is_left_out";
+    if !ward_e2e_tests::builds::have_busybox(test) {
+        return;
+    }
+    // After the sandbox's own `sandbox-paths` line, which would replace an earlier one.
+    let options = ward_e2e_tests::builds::sandboxed(DaemonOptions::single_user()).conf(format!(
+        "extra-sandbox-paths = /ward-e2e-absent-{}? /ward-hostname=/etc/hostname?",
+        std::process::id()
+    ));
+    let Some(f) = ward_e2e_tests::Fixture::start(test, options) else {
+        return;
+    };
+    let file = expr(
+        &f,
+        "optional",
+        &drv(
+            "optional",
+            &format!(
+                "if test -e /ward-e2e-absent-{}; then echo present; else echo absent; fi > $out; \
+                 if test -e /ward-hostname; then echo bound >> $out; fi",
+                std::process::id()
+            ),
+            "",
+        ),
+    );
+    let out = build(&f.ward, &file);
+    let text = read_output(&f, &out);
+    assert!(text.starts_with("absent\n"), "{text}");
+    if std::path::Path::new("/etc/hostname").exists() {
+        assert!(
+            text.contains("bound"),
+            "an optional path that exists is bound: {text}"
+        );
+    }
+}

@@ -120,6 +120,13 @@ fn a_builder_cannot_write_the_store_inputs_or_set_id_bits_and_leaves_no_process(
     };
     let dep_file = expr(&f, "dep", &drv("victim-dep", "echo original > $out", ""));
     let dep = build(&f.ward, &dep_file);
+    // Another derivation's output, valid but not an input of the vandal.
+    let other_file = expr(
+        &f,
+        "other",
+        &drv("victim-other", "echo untouched > $out", ""),
+    );
+    let other = build(&f.ward, &other_file);
     // A sleep whose argument no other process has: its cmdline is the marker.
     let seconds = 400_000 + std::process::id() % 100_000;
     let marker = format!("sleep\0{seconds}");
@@ -141,7 +148,8 @@ fn a_builder_cannot_write_the_store_inputs_or_set_id_bits_and_leaves_no_process(
     // The sandbox's own store directory is writable (outputs go there); what is written
     // there besides the output must never reach the real store.
     let mut script = format!(
-        ": > $out; {CONTROL}echo x > $NIX_STORE/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-planted; "
+        ": > $out; {CONTROL}echo x > $NIX_STORE/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-planted; \
+         echo tampered > {other} 2>/dev/null; "
     );
     for (what, cmd) in &attempts {
         script.push_str(&attempt(what, cmd));
@@ -169,6 +177,12 @@ fn a_builder_cannot_write_the_store_inputs_or_set_id_bits_and_leaves_no_process(
         "original\n",
         "the input is unchanged"
     );
+    assert_eq!(
+        read_output(&f, &other),
+        "untouched\n",
+        "another derivation's output is unchanged"
+    );
+    f.ward.ok("nix-store", &["--verify-path", &dep, &other]);
     // The store gained the output and its .drv, nothing else.
     let after = store_entries(&f);
     let added: Vec<&String> = after.difference(&before).collect();
