@@ -1229,6 +1229,26 @@ pub fn compare_report(
             r.hostname
         ));
     }
+    // The mount tree: the build's own directories are there, the host's are not (unless
+    // the configuration binds them in as sandbox paths).
+    for needed in ["/proc", cfg.sandbox_build_dir.as_str()] {
+        if !r.mounts.iter().any(|m| m == needed) {
+            return Err(format!("'{needed}' is not mounted in the sandbox"));
+        }
+    }
+    let configured = |m: &str| {
+        cfg.sandbox_paths
+            .iter()
+            .any(|b| m == b.target || m.starts_with(&format!("{}/", b.target)))
+    };
+    for host_only in [
+        "/home", "/root", "/run", "/sys", "/var", "/boot", "/srv", "/mnt",
+    ] {
+        let under = |m: &String| m == host_only || m.starts_with(&format!("{host_only}/"));
+        if let Some(m) = r.mounts.iter().find(|m| under(m) && !configured(m)) {
+            return Err(format!("the host's '{m}' is mounted in the sandbox"));
+        }
+    }
     // An unprivileged broker (single-user mode) cannot drop its user's own groups.
     if nix::unistd::geteuid().is_root() && !r.groups.is_empty() {
         return Err(format!("supplementary groups are left: {:?}", r.groups));
@@ -1529,7 +1549,7 @@ mod tests {
             no_new_privs: true,
             seccomp_mode: 2,
             landlock_abi: Some(4),
-            mounts: vec!["/".into()],
+            mounts: vec!["/".into(), "/proc".into(), "/build".into()],
             net_devices: vec!["lo".into()],
             hostname: "localhost".into(),
             uids: [1000; 3],
@@ -1559,6 +1579,22 @@ mod tests {
             (|r| r.net_devices.push("eth0".into()), "loopback"),
             (|r| r.hostname = "host".into(), "host name"),
             (|r| r.groups = vec![65534], "supplementary groups"),
+            (
+                |r| r.mounts.push("/home".into()),
+                "the host's '/home' is mounted",
+            ),
+            (
+                |r| r.mounts.push("/run/user/0".into()),
+                "the host's '/run/user/0'",
+            ),
+            (
+                |r| r.mounts.retain(|m| m != "/build"),
+                "'/build' is not mounted",
+            ),
+            (
+                |r| r.mounts.retain(|m| m != "/proc"),
+                "'/proc' is not mounted",
+            ),
         ];
         for (weaken, part) in cases {
             let mut r = good_report();
