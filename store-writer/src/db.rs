@@ -687,16 +687,27 @@ impl StoreDb {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(sql_err("starting a transaction to delete garbage".into()))?;
-        for path in &printed {
-            tx.execute(
-                "delete from Refs where referrer = (select id from ValidPaths where path = ?1)",
-                [path],
-            )
-            .map_err(sql_err(format!("dropping the references of '{path}'")))?;
-        }
-        for path in &printed {
-            tx.execute("delete from ValidPaths where path = ?1", [path])
-                .map_err(sql_err(format!("invalidating '{path}'")))?;
+        // Each statement is prepared once for the whole batch (a collection may invalidate
+        // hundreds of thousands of paths; parsing the SQL per path was a fifth of its time).
+        {
+            let mut drop_refs = tx
+                .prepare_cached(
+                    "delete from Refs where referrer = (select id from ValidPaths where path = ?1)",
+                )
+                .map_err(sql_err("preparing the deletion of references".into()))?;
+            for path in &printed {
+                drop_refs
+                    .execute([path])
+                    .map_err(sql_err(format!("dropping the references of '{path}'")))?;
+            }
+            let mut invalidate = tx
+                .prepare_cached("delete from ValidPaths where path = ?1")
+                .map_err(sql_err("preparing the invalidation of paths".into()))?;
+            for path in &printed {
+                invalidate
+                    .execute([path])
+                    .map_err(sql_err(format!("invalidating '{path}'")))?;
+            }
         }
         tx.commit()
             .map_err(sql_err("committing the deletion of garbage".into()))?;

@@ -655,6 +655,18 @@ pub fn collect_garbage(
     };
     let mut units = units.into_iter().peekable();
     let mut trash_counter = 0u64;
+    let pid = std::process::id();
+    // Without a byte limit, staged entries are deleted by a few threads while the next batch
+    // is checked: deletion mostly waits for the file system, and those waits overlap.
+    let deleter = if request.max_freed == u64::MAX && should_delete {
+        let staging_fd = lock()
+            .staging_fd
+            .try_clone()
+            .map_err(|e| io("duplicating", &layout.staging_dir())(e))?;
+        Some(Deleter::start(staging_fd, layout.staging_dir()))
+    } else {
+        None
+    };
     'batches: while units.peek().is_some() {
         // Under the store's lock: re-check, invalidate, move out of the store.
         let mut moved: Vec<(String, OsString)> = Vec::new();
@@ -670,12 +682,13 @@ pub fn collect_garbage(
                 taken += unit.len();
                 match unit {
                     Unit::Valid(paths) => {
-                        let known = lock_hashes(&hashes).clone();
-                        let mut allowed: HashSet<StorePath> = doomed.clone();
-                        allowed.extend(paths.iter().cloned());
+                        // What may refer to the unit: itself and what this batch already
+                        // dooms (checked in place: copying the sets per unit was quadratic).
+                        let allowed =
+                            |other: &StorePath| doomed.contains(other) || paths.contains(other);
                         let mut still_dead = true;
                         for p in &paths {
-                            if known.contains(p.hash_part())
+                            if lock_hashes(&hashes).contains(p.hash_part())
                                 || !still_garbage(&s, p, &allowed, request)?
                             {
                                 still_dead = false;
@@ -717,26 +730,31 @@ pub fn collect_garbage(
                 .collect();
             for (shown, name) in names {
                 trash_counter += 1;
-                let trash = OsString::from(format!("gc-{}-{trash_counter}", std::process::id()));
-                if move_to_staging(&s, &name, &trash, &layout.real_store_dir().join(&name))? {
-                    moved.push((shown, trash));
-                } else {
+                let trash = OsString::from(format!("gc-{pid}-{trash_counter}"));
+                match move_to_staging(&s, &name, &trash, &layout.real_store_dir().join(&name))? {
+                    Removal::Staged => moved.push((shown, trash)),
                     // Invalid now, and its files were already gone.
-                    outcome.messages.push(format!("deleting '{shown}'"));
-                    outcome.paths.insert(shown);
+                    Removal::Gone => {
+                        outcome.messages.push(format!("deleting '{shown}'"));
+                        outcome.paths.insert(shown);
+                    }
                 }
             }
         }
         // Without the lock: delete what was moved out.
+        let staging_fd = {
+            let s = lock();
+            s.staging_fd
+                .try_clone()
+                .map_err(|e| io("duplicating", &layout.staging_dir())(e))?
+        };
         for (shown, trash) in moved {
             outcome.messages.push(format!("deleting '{shown}'"));
             outcome.paths.insert(shown);
-            let s = lock();
-            let staging_fd = s
-                .staging_fd
-                .try_clone()
-                .map_err(|e| io("duplicating", &layout.staging_dir())(e))?;
-            drop(s);
+            if let Some(deleter) = &deleter {
+                deleter.delete(trash);
+                continue;
+            }
             fsutil::remove_tree_counting(
                 staging_fd.as_fd(),
                 &trash,
@@ -752,6 +770,10 @@ pub fn collect_garbage(
             }
         }
     }
+    // Every staged entry is gone before the links are counted.
+    if let Some(deleter) = deleter {
+        outcome.bytes_freed += deleter.finish()?;
+    }
 
     remove_unused_links(&lock, &layout.links_dir(), &mut outcome)?;
     Ok(outcome)
@@ -762,13 +784,13 @@ pub fn collect_garbage(
 fn still_garbage(
     s: &Store,
     p: &StorePath,
-    allowed: &HashSet<StorePath>,
+    allowed: &dyn Fn(&StorePath) -> bool,
     request: &GcRequest,
 ) -> Result<bool, GcError> {
     if !s.db.is_valid(p)? {
         return Ok(false);
     }
-    let keeps = |other: &StorePath| other != p && !allowed.contains(other);
+    let keeps = |other: &StorePath| other != p && !allowed(other);
     if s.db.query_referrers(p)?.iter().any(keeps) {
         return Ok(false);
     }
@@ -789,11 +811,107 @@ fn still_garbage(
     Ok(true)
 }
 
-/// Moves the store entry `name` into staging as `trash`; false if it did not exist. A
-/// directory gets owner write permission first (renaming a directory updates its `..`).
-fn move_to_staging(s: &Store, name: &OsStr, trash: &OsStr, shown: &Path) -> Result<bool, GcError> {
+/// Threads deleting staged entries, with the bytes they freed and their first error.
+struct Deleter {
+    queue: Option<std::sync::mpsc::SyncSender<OsString>>,
+    threads: Vec<JoinHandle<()>>,
+    freed: Arc<std::sync::atomic::AtomicU64>,
+    failure: Arc<Mutex<Option<FsError>>>,
+}
+
+/// Threads of a [`Deleter`].
+const DELETE_THREADS: usize = 4;
+
+impl Deleter {
+    fn start(staging_fd: OwnedFd, staging_dir: PathBuf) -> Deleter {
+        let (queue, entries) = std::sync::mpsc::sync_channel::<OsString>(4 * BATCH_PATHS);
+        let entries = Arc::new(Mutex::new(entries));
+        let staging_fd = Arc::new(staging_fd);
+        let freed = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let failure = Arc::new(Mutex::new(None));
+        let threads = (0..DELETE_THREADS)
+            .map(|_| {
+                let (entries, staging_fd, staging_dir) = (
+                    Arc::clone(&entries),
+                    Arc::clone(&staging_fd),
+                    staging_dir.clone(),
+                );
+                let (freed, failure) = (Arc::clone(&freed), Arc::clone(&failure));
+                std::thread::spawn(move || loop {
+                    let next = entries.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                    let Ok(trash) = next else { return };
+                    let mut bytes = 0;
+                    match fsutil::remove_tree_counting(
+                        staging_fd.as_fd(),
+                        &trash,
+                        &staging_dir.join(&trash),
+                        &mut bytes,
+                    ) {
+                        Ok(_) => {
+                            freed.fetch_add(bytes, Ordering::Relaxed);
+                        }
+                        Err(e) => {
+                            failure
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .get_or_insert(e);
+                        }
+                    }
+                })
+            })
+            .collect();
+        Deleter {
+            queue: Some(queue),
+            threads,
+            freed,
+            failure,
+        }
+    }
+
+    /// Queues a staged entry (waits while the threads are far behind).
+    fn delete(&self, trash: OsString) {
+        if let Some(queue) = &self.queue {
+            let _ = queue.send(trash);
+        }
+    }
+
+    /// Waits for every queued entry; the bytes freed, or the first failure.
+    fn finish(mut self) -> Result<u64, FsError> {
+        self.queue = None;
+        for thread in std::mem::take(&mut self.threads) {
+            let _ = thread.join();
+        }
+        if let Some(e) = self
+            .failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            return Err(e);
+        }
+        Ok(self.freed.load(Ordering::Relaxed))
+    }
+}
+
+/// What [`move_to_staging`] did with a store entry.
+enum Removal {
+    /// It did not exist.
+    Gone,
+    /// Moved into staging, to be deleted without the lock.
+    Staged,
+}
+
+/// Moves the store entry `name` into staging as `trash` (deleting it there, without the
+/// store's lock, waits for the file system: a discard per file on some). A directory gets
+/// owner write permission first (renaming a directory updates its `..`).
+fn move_to_staging(
+    s: &Store,
+    name: &OsStr,
+    trash: &OsStr,
+    shown: &Path,
+) -> Result<Removal, GcError> {
     let Some(st) = fsutil::stat_at(s.store_fd.as_fd(), name, shown)? else {
-        return Ok(false);
+        return Ok(Removal::Gone);
     };
     if FileType::from_raw_mode(st.st_mode) == FileType::Directory && st.st_mode & 0o200 == 0 {
         rustix::fs::chmodat(
@@ -805,8 +923,8 @@ fn move_to_staging(s: &Store, name: &OsStr, trash: &OsStr, shown: &Path) -> Resu
         .map_err(|e| io("making writable", shown)(e.into()))?;
     }
     match rustix::fs::renameat(&s.store_fd, name, &s.staging_fd, trash) {
-        Ok(()) => Ok(true),
-        Err(Errno::NOENT) => Ok(false),
+        Ok(()) => Ok(Removal::Staged),
+        Err(Errno::NOENT) => Ok(Removal::Gone),
         Err(e) => Err(io("moving out of the store", shown)(e.into())),
     }
 }

@@ -354,6 +354,7 @@ fn a_path_that_gains_a_referrer_during_the_collection_is_kept() {
     f.add(&user, &[&dep], None, 10, &[]);
     let s = f.s();
     let allowed: HashSet<StorePath> = [dep.clone()].into();
+    let allowed = |p: &StorePath| allowed.contains(p);
     assert!(!still_garbage(&s, &dep, &allowed, &request(GcAction::DeleteDead)).unwrap());
 }
 
