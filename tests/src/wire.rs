@@ -225,6 +225,10 @@ pub struct WorkerClient {
     pub daemon_nix_version: Option<String>,
     /// Log lines (`STDERR_NEXT`) received so far.
     pub log: Vec<String>,
+    /// The protocol version this client announced.
+    client_version: u64,
+    /// Activity messages (start, stop, result) received so far.
+    pub activity_messages: usize,
 }
 
 impl WorkerClient {
@@ -242,6 +246,24 @@ impl WorkerClient {
 
     /// Connects and does the handshake, waiting at most `timeout` for each read or write.
     pub fn handshake_with_timeout(socket: &Path, timeout: Duration) -> Result<WorkerClient> {
+        WorkerClient::handshake_version(socket, timeout, CLIENT_VERSION)
+    }
+
+    /// Connects as a client of protocol 1.`minor` (at least 1.14), does that version's
+    /// handshake and SetOptions. Errors of clients before 1.26 arrive as a message and a
+    /// status, and their logs only as `STDERR_NEXT` lines.
+    pub fn connect_as(socket: &Path, minor: u64) -> Result<WorkerClient> {
+        assert!((14..=34).contains(&minor), "protocol 1.{minor}");
+        let mut client = WorkerClient::handshake_version(socket, IO_TIMEOUT, (1 << 8) | minor)?;
+        client.set_options()?;
+        Ok(client)
+    }
+
+    fn handshake_version(
+        socket: &Path,
+        timeout: Duration,
+        client_version: u64,
+    ) -> Result<WorkerClient> {
         let stream = UnixStream::connect(socket)?;
         stream.set_read_timeout(Some(timeout))?;
         stream.set_write_timeout(Some(timeout))?;
@@ -250,6 +272,8 @@ impl WorkerClient {
             daemon_version: 0,
             daemon_nix_version: None,
             log: Vec::new(),
+            client_version,
+            activity_messages: 0,
         };
         client.write_u64(WORKER_MAGIC_1)?;
         let magic = client.read_u64()?;
@@ -265,7 +289,7 @@ impl WorkerClient {
                 client.daemon_version
             )));
         }
-        client.write_u64(CLIENT_VERSION)?;
+        client.write_u64(client_version)?;
         client.write_u64(0)?; // no CPU affinity
         client.write_u64(0)?; // reserveSpace
         if client.negotiated_minor() >= 33 {
@@ -279,7 +303,7 @@ impl WorkerClient {
 
     /// The minor protocol version both sides speak.
     pub fn negotiated_minor(&self) -> u64 {
-        (self.daemon_version & 0xff).min(CLIENT_VERSION & 0xff)
+        (self.daemon_version & 0xff).min(self.client_version & 0xff)
     }
 
     /// SetOptions with Nix 2.8's defaults and no overrides.
@@ -508,6 +532,22 @@ impl WorkerClient {
         let _ = self.stream.shutdown(std::net::Shutdown::Both);
     }
 
+    /// BuildPaths (op 9) of `paths` (`drv!out` or plain store paths) in normal mode;
+    /// returns when the daemon's answer (1) came.
+    pub fn build_paths_plain(&mut self, paths: &[&str]) -> Result<()> {
+        self.write_u64(9)?;
+        self.write_u64(paths.len() as u64)?;
+        for p in paths {
+            self.write_string(p.as_bytes())?;
+        }
+        self.write_u64(0)?; // bmNormal
+        self.process_stderr()?;
+        match self.read_u64()? {
+            1 => Ok(()),
+            other => Err(WireError::Protocol(format!("BuildPaths answered {other}"))),
+        }
+    }
+
     /// Reads logger messages until `STDERR_LAST` (Ok) or `STDERR_ERROR` (Err).
     pub fn process_stderr(&mut self) -> Result<()> {
         loop {
@@ -519,6 +559,7 @@ impl WorkerClient {
                 }
                 STDERR_ERROR => return Err(self.read_error()),
                 STDERR_START_ACTIVITY => {
+                    self.activity_messages += 1;
                     let _id = self.read_u64()?;
                     let _level = self.read_u64()?;
                     let _kind = self.read_u64()?;
@@ -528,9 +569,11 @@ impl WorkerClient {
                     self.log.push(text);
                 }
                 STDERR_STOP_ACTIVITY => {
+                    self.activity_messages += 1;
                     let _id = self.read_u64()?;
                 }
                 STDERR_RESULT => {
+                    self.activity_messages += 1;
                     let _id = self.read_u64()?;
                     let _kind = self.read_u64()?;
                     self.read_fields()?;
@@ -550,6 +593,13 @@ impl WorkerClient {
     }
 
     fn read_error(&mut self) -> WireError {
+        if self.negotiated_minor() < 26 {
+            // Before 1.26: the message, then an exit status.
+            return match self.read_string().and_then(|m| self.read_u64().map(|_| m)) {
+                Ok(message) => WireError::Daemon { message },
+                Err(e) => e,
+            };
+        }
         // Protocol >= 1.26: "Error", level, "Error", message, position 0, traces.
         let parse = |client: &mut WorkerClient| -> Result<String> {
             let tag = client.read_string()?;

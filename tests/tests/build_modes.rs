@@ -217,3 +217,35 @@ fn auto_allocate_uids_builds_as_uids_from_the_range() {
     assert!(!seen.is_empty());
     assert!(!outside.exists());
 }
+
+#[test]
+fn a_failed_build_gives_its_build_user_back() {
+    // One build uid in all: a failing build that did not give it back would leave the next
+    // build without a user.
+    let test = "a_failed_build_gives_its_build_user_back";
+    let options = DaemonOptions::multi_user()
+        .conf("build-users-group =")
+        .conf("auto-allocate-uids = true")
+        .conf("start-id = 1900100000")
+        .conf("id-count = 1");
+    let Some(f) = start(test, options) else {
+        return;
+    };
+    for i in 0..3 {
+        let failing = expr(
+            &f,
+            &format!("fails{i}"),
+            &drv(&format!("fails-{i}"), "echo going down; exit 3", ""),
+        );
+        f.ward
+            .fails("nix-build", &[failing.to_str().unwrap(), "--no-out-link"])
+            .assert_stderr_contains("failed with exit code 3");
+        let ok = expr(
+            &f,
+            &format!("after{i}"),
+            &drv(&format!("after-{i}"), "echo fine > $out", ""),
+        );
+        let out = build(&f.ward, &ok);
+        assert_eq!(read_output(&f, &out), "fine\n");
+    }
+}

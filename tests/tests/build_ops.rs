@@ -694,3 +694,48 @@ fn without_user_namespaces_a_sandbox_is_refused_clearly_and_sandbox_false_builds
     refused_clearly(&out, &log);
     let _ = Command::new("chmod").args(["-R", "u+w"]).arg(root).status();
 }
+
+#[test]
+fn the_oldest_client_ward_accepts_gets_its_build_logs_and_older_ones_are_refused() {
+    // ward serves protocol 1.21 (Nix 2.1) and newer, where build logs travel as activity
+    // results; the plain STDERR_NEXT lines of clients before 1.20 are never needed, and
+    // such a client is refused at the handshake, as the log says.
+    let test = "the_oldest_client_ward_accepts_gets_its_build_logs_and_older_ones_are_refused";
+    let Some(f) = start(test, DaemonOptions::single_user()) else {
+        return;
+    };
+    assert!(
+        ward_e2e_tests::wire::WorkerClient::connect_as(f.daemon.socket(), 19).is_err(),
+        "a protocol 1.19 client is refused"
+    );
+    let log = f.daemon.log();
+    assert!(log.contains("too old"), "the refusal is logged: {log}");
+    let file = expr(
+        &f,
+        "old-client",
+        &drv(
+            "old-client",
+            "echo a-line-for-an-old-client; echo done > $out",
+            "",
+        ),
+    );
+    let drv_path = f
+        .ward
+        .ok("nix-instantiate", &[file.to_str().unwrap()])
+        .single_line();
+    let mut old = ward_e2e_tests::wire::WorkerClient::connect_as(f.daemon.socket(), 21)
+        .expect("a protocol 1.21 client connects");
+    assert_eq!(old.negotiated_minor(), 21);
+    old.build_paths_plain(&[&format!("{drv_path}!out")])
+        .expect("BuildPaths from a 1.21 client");
+    assert!(
+        old.activity_messages >= 3,
+        "the build's start, its log line and its stop: {}",
+        old.activity_messages
+    );
+    let out = f
+        .ward
+        .ok("nix-store", &["-q", "--outputs", &drv_path])
+        .single_line();
+    assert_eq!(read_output(&f, &out), "done\n");
+}
