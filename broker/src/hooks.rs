@@ -478,6 +478,48 @@ mod tests {
     }
 
     #[test]
+    fn hostile_requests_are_refused_before_anything_runs() {
+        let drv = StorePath::from_base_name("7h7qgvs4kgzsn8a6rb273saxyqh4jxlz-hello.drv").unwrap();
+        let with = |program: &str| {
+            Hooks::new(
+                &HookSettings {
+                    post_build_hook: Some(program.into()),
+                    hook_user: None,
+                    daemon_socket: None,
+                },
+                "/nix/store",
+                1,
+            )
+        };
+        let refused = |hooks: &mut Hooks, outs: &BTreeSet<StorePath>| {
+            hooks
+                .start(BuildId(1), &drv, outs, |_| false)
+                .map(|_| ())
+                .unwrap_err()
+                .to_string()
+        };
+        // More output paths than any derivation has.
+        let many: BTreeSet<StorePath> = (0..=MAX_HOOK_OUTPUTS)
+            .map(|i| StorePath::from_base_name(&format!("{i:032}-out")).unwrap())
+            .collect();
+        let e = refused(&mut with("/bin/true"), &many);
+        assert!(e.contains("output paths"), "{e}");
+        // A program that is not an absolute path, or not there.
+        let e = refused(&mut with("upload.sh"), &BTreeSet::new());
+        assert!(e.contains("not an absolute path"), "{e}");
+        let e = refused(&mut with("/nonexistent/ward-hook"), &BTreeSet::new());
+        assert!(
+            e.contains("/nonexistent/ward-hook") && e.contains("cannot be run"),
+            "{e}"
+        );
+        // Nothing started, so nothing to cancel.
+        assert!(matches!(
+            with("/bin/true").cancel(BuildId(1)),
+            BrokerToFrontend::Error(BrokerError::UnknownBuild { .. })
+        ));
+    }
+
+    #[test]
     fn without_a_configured_hook_the_request_is_refused() {
         let mut hooks = Hooks::new(&HookSettings::default(), "/nix/store", 1);
         let drv = StorePath::from_base_name("7h7qgvs4kgzsn8a6rb273saxyqh4jxlz-hello.drv").unwrap();

@@ -665,6 +665,39 @@ pub fn run_nix(program: &str, args: &[&str], env: &NixEnv) -> CmdOutput {
     run_to_exit(cmd, Duration::from_secs(30))
 }
 
+/// Runs `one(index, seed)` on `count` threads, each with its own seed from `seeds`; returns
+/// the sum of what they return, or panics with every thread's failure and the seed.
+pub fn on_daemons(count: usize, seeds: &mut Rng, one: fn(usize, u64) -> usize) -> usize {
+    let workers: Vec<_> = (0..count)
+        .map(|index| {
+            let seed = seeds.next_u64();
+            std::thread::spawn(move || one(index, seed))
+        })
+        .collect();
+    let mut failures = Vec::new();
+    let mut total = 0;
+    for (index, worker) in workers.into_iter().enumerate() {
+        match worker.join() {
+            Ok(n) => total += n,
+            Err(panic) => failures.push(format!(
+                "daemon {index}: {}",
+                panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default()
+            )),
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "seed {}:\n{}",
+        seeds.seed,
+        failures.join("\n")
+    );
+    total
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -222,6 +222,17 @@ fn timeout_and_max_silent_time_stop_the_build() {
     }
 }
 
+/// The build directory `keep-failed` kept, as the client was told.
+fn kept_directory(stderr: &str) -> String {
+    stderr
+        .lines()
+        .find_map(|l| {
+            l.split_once("keeping build directory '")
+                .map(|(_, rest)| rest.trim_end_matches('\'').to_string())
+        })
+        .unwrap_or_else(|| panic!("no kept directory named: {stderr}"))
+}
+
 #[test]
 fn keep_failed_keeps_the_build_directory_for_the_requester_only() {
     let test = "keep_failed_keeps_the_build_directory_for_the_requester_only";
@@ -241,13 +252,7 @@ fn keep_failed_keeps_the_build_directory_for_the_requester_only() {
         )
         .stderr
         .clone();
-    let kept = stderr
-        .lines()
-        .find_map(|l| {
-            l.split_once("keeping build directory '")
-                .map(|(_, rest)| rest.trim_end_matches('\'').to_string())
-        })
-        .unwrap_or_else(|| panic!("no kept directory named: {stderr}"));
+    let kept = kept_directory(&stderr);
     let dir = std::path::Path::new(&kept);
     let meta = std::fs::symlink_metadata(dir).unwrap_or_else(|e| panic!("{kept}: {e}\n{stderr}"));
     assert!(meta.is_dir(), "{kept}");
@@ -613,13 +618,7 @@ fn keep_failed_gives_an_untrusted_requester_the_tree_and_nobody_else() {
         )
         .stderr
         .clone();
-    let kept = stderr
-        .lines()
-        .find_map(|l| {
-            l.split_once("keeping build directory '")
-                .map(|(_, rest)| rest.trim_end_matches('\'').to_string())
-        })
-        .unwrap_or_else(|| panic!("no kept directory named: {stderr}"));
+    let kept = kept_directory(&stderr);
     let dir = std::path::Path::new(&kept);
     let meta = std::fs::symlink_metadata(dir).unwrap();
     assert_eq!(meta.uid(), alice.uid.as_raw(), "{kept} is alice's");

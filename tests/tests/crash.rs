@@ -14,7 +14,7 @@ use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use ward_e2e_tests::lifecycle::{kill_9, single_process_named, wait_for_process, Rng};
+use ward_e2e_tests::lifecycle::{kill_9, on_daemons, single_process_named, wait_for_process, Rng};
 use ward_e2e_tests::lifecycle::{FRONTEND, STORE_WRITER};
 use ward_e2e_tests::nar::{self, NarNode};
 use ward_e2e_tests::store::{assert_valid_paths_complete, assert_verify_path, live_temp_roots};
@@ -184,39 +184,6 @@ impl Victim {
     }
 }
 
-/// Runs `one(index, seed)` on `DAEMONS` threads; returns the sum of what they return, or
-/// panics with every failure and the seed.
-fn on_daemons(seeds: &mut Rng, one: fn(usize, u64) -> usize) -> usize {
-    let workers: Vec<_> = (0..DAEMONS)
-        .map(|index| {
-            let seed = seeds.next_u64();
-            thread::spawn(move || one(index, seed))
-        })
-        .collect();
-    let mut failures = Vec::new();
-    let mut total = 0;
-    for (index, worker) in workers.into_iter().enumerate() {
-        match worker.join() {
-            Ok(n) => total += n,
-            Err(panic) => failures.push(format!(
-                "daemon {index}: {}",
-                panic
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_default()
-            )),
-        }
-    }
-    assert!(
-        failures.is_empty(),
-        "seed {}:\n{}",
-        seeds.seed,
-        failures.join("\n")
-    );
-    total
-}
-
 /// A random delay within the first 60% of `took` (at least 1 ms): `took` is the shortest
 /// uninterrupted run seen, and later runs may be quicker than the first (warm caches).
 fn kill_point(rng: &mut Rng, took: Duration) -> Duration {
@@ -312,7 +279,7 @@ fn store_writer_killed_during_collections_loses_nothing_live_and_leaves_nothing_
     }
     let mut seeds = Rng::from_env_or_clock();
     eprintln!("seed {} (set WARD_E2E_SEED to repeat)", seeds.seed);
-    let interrupted = on_daemons(&mut seeds, gc_under_kills);
+    let interrupted = on_daemons(DAEMONS, &mut seeds, gc_under_kills);
     assert!(
         interrupted > 0,
         "seed {}: every collection finished before its kill; nothing was tested",
@@ -441,7 +408,7 @@ fn store_writer_killed_during_optimise_changes_no_file() {
     }
     let mut seeds = Rng::from_env_or_clock();
     eprintln!("seed {} (set WARD_E2E_SEED to repeat)", seeds.seed);
-    let interrupted = on_daemons(&mut seeds, optimise_under_kills);
+    let interrupted = on_daemons(DAEMONS, &mut seeds, optimise_under_kills);
     assert!(
         interrupted > 0,
         "seed {}: every optimise finished before its kill; nothing was tested",

@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 
 use ward_e2e_tests::daemon::{descendants, ward_bin};
 use ward_e2e_tests::lifecycle::{
-    chroot_socket, chroot_url, is_alive, isolated_command, kill_9, processes_named, run_nix,
-    run_to_exit, single_process_named, wait_for_log_text, wait_for_process, NixEnv, Rng, Running,
-    Scratch, StdioDaemon, BROKER, FRONTEND, STORE_WRITER,
+    chroot_socket, chroot_url, is_alive, isolated_command, kill_9, on_daemons, processes_named,
+    run_nix, run_to_exit, single_process_named, wait_for_log_text, wait_for_process, NixEnv, Rng,
+    Running, Scratch, StdioDaemon, BROKER, FRONTEND, STORE_WRITER,
 };
 use ward_e2e_tests::store::{assert_valid_paths_complete, assert_verify_path, live_temp_roots};
 use ward_e2e_tests::wire::{ca_nar, PathInfo, WireError, WorkerClient};
@@ -216,33 +216,7 @@ fn store_writer_killed_during_adds_registers_nothing_incomplete() {
     }
     let mut seeds = Rng::from_env_or_clock();
     eprintln!("seed {} (set WARD_E2E_SEED to repeat)", seeds.seed);
-    let workers: Vec<_> = (0..KILL_DAEMONS)
-        .map(|index| {
-            let seed = seeds.next_u64();
-            thread::spawn(move || kill_store_writer_during_adds(index, seed))
-        })
-        .collect();
-    let mut failures = Vec::new();
-    let mut interrupted = 0;
-    for (index, worker) in workers.into_iter().enumerate() {
-        match worker.join() {
-            Ok(count) => interrupted += count,
-            Err(panic) => {
-                let message = panic
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_default();
-                failures.push(format!("daemon {index}: {message}"));
-            }
-        }
-    }
-    assert!(
-        failures.is_empty(),
-        "seed {}:\n{}",
-        seeds.seed,
-        failures.join("\n")
-    );
+    let interrupted = on_daemons(KILL_DAEMONS, &mut seeds, kill_store_writer_during_adds);
     // Uploads take far longer than 50 ms; if none was cut short, nothing was tested.
     assert!(
         interrupted > 0,

@@ -487,15 +487,26 @@ class H(http.server.BaseHTTPRequestHandler):
         self.close_connection = True
 http.server.ThreadingHTTPServer(('127.0.0.1', port), H).serve_forever()
 "#;
+    python_server("the NAR server", script, dir, port, mode.as_ref())
+}
+
+/// Runs `python3 -c script DIR PORT EXTRA` and waits until it listens on `port`.
+fn python_server(
+    what: &str,
+    script: &str,
+    dir: &Path,
+    port: u16,
+    extra: &std::ffi::OsStr,
+) -> HttpServer {
     let child = std::process::Command::new("python3")
         .args(["-c", script])
         .arg(dir)
         .arg(port.to_string())
-        .arg(mode)
+        .arg(extra)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
-        .expect("starting the NAR server");
+        .unwrap_or_else(|e| panic!("starting {what}: {e}"));
     wait_listening(port);
     HttpServer {
         child,
@@ -1059,20 +1070,7 @@ class H(http.server.SimpleHTTPRequestHandler):
 handler = functools.partial(H, directory=root)
 http.server.ThreadingHTTPServer(('127.0.0.1', port), handler).serve_forever()
 "#;
-    let child = std::process::Command::new("python3")
-        .args(["-c", script])
-        .arg(dir)
-        .arg(port.to_string())
-        .arg(log)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("starting the upload server");
-    wait_listening(port);
-    HttpServer {
-        child,
-        url: format!("http://127.0.0.1:{port}"),
-    }
+    python_server("the upload server", script, dir, port, log.as_os_str())
 }
 
 #[test]

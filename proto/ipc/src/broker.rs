@@ -400,7 +400,7 @@ pub enum FrontendToBroker {
     /// a non-root owner that is not a build user runs it as that owner; a root-owned program
     /// runs as the broker's `--hook-user`, and without one it is refused. A program owned by
     /// a user other than root or `--hook-user`, or by a build user, is refused. The broker
-    /// is never root's: hooks run as root nowhere.
+    /// never runs a hook as root.
     ///
     /// Root does: fork+execs the program as that user (its groups from the user database, no
     /// capabilities, no_new_privs, its own session, cwd `/`), stdin `/dev/null`, stdout and
@@ -412,7 +412,9 @@ pub enum FrontendToBroker {
     ///
     /// Why root is OK: the program and the user are the admin's choice (the program's owner
     /// could run it as themselves anyway); the frontend chooses only which store paths are
-    /// named in two variables, and store paths are world-readable.
+    /// named in two variables, and store paths are world-readable. Why in the broker: only
+    /// root can start a program as another user; the frontend may not exec at all, and a
+    /// child of the store-writer would run as the store's owner.
     ///
     /// Reply: [`BrokerToFrontend::PostBuildHookStarted`] with the output pipe's read end, later
     /// [`BrokerToFrontend::PostBuildHookFinished`]; or [`BrokerToFrontend::Error`] with
