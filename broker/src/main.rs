@@ -12,6 +12,7 @@ mod exec;
 mod hooks;
 mod pool;
 mod roots;
+mod service;
 mod supervisor;
 mod sys;
 mod tree;

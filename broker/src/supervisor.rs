@@ -34,6 +34,7 @@ use crate::args::BrokerArgs;
 use crate::builds::Builds;
 use crate::exec::{self, ExecSpec, Identity};
 use crate::hooks::Hooks;
+use crate::service::ServiceManager;
 use crate::sys;
 
 /// Shortest wait before restarting a child that died.
@@ -42,8 +43,10 @@ const FIRST_RESTART_DELAY: Duration = Duration::from_millis(200);
 const MAX_RESTART_DELAY: Duration = Duration::from_secs(30);
 /// A child that ran this long before dying is restarted after the shortest delay again.
 const HEALTHY_RUN: Duration = Duration::from_secs(10);
-/// How long children get to exit after SIGTERM at shutdown before SIGKILL.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How long the frontend may drain (its own limit is shorter) before it is killed.
+const FRONTEND_DRAIN: Duration = Duration::from_secs(9);
+/// A stop ends this long after SIGTERM at the latest, whatever the children do.
+const STOP_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Which child a process is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -200,6 +203,7 @@ pub fn child_specs(
                 ("LISTEN_FDS", None),
                 ("LISTEN_PID", None),
                 ("LISTEN_FDNAMES", None),
+                ("NOTIFY_SOCKET", None),
             ],
         },
         ChildSpec {
@@ -213,6 +217,7 @@ pub fn child_specs(
                 ("LISTEN_FDS", Some("2")),
                 ("LISTEN_PID", None),
                 ("LISTEN_FDNAMES", None),
+                ("NOTIFY_SOCKET", None),
             ],
         },
     ])
@@ -236,13 +241,13 @@ fn spawn(spec: &ChildSpec, extra_fds: &[(RawFd, RawFd)]) -> Result<Pid, Supervis
     Ok(pid)
 }
 
-fn terminate(children: &mut [Child]) {
+fn terminate(children: &mut [Child], grace: Duration) {
     for child in children.iter() {
         if let Some(pid) = child.pid {
             kill_quietly(pid, Signal::SIGTERM);
         }
     }
-    let deadline = Instant::now() + SHUTDOWN_GRACE;
+    let deadline = Instant::now() + grace;
     while children.iter().any(|c| c.pid.is_some()) && Instant::now() < deadline {
         match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
             Ok(WaitStatus::StillAlive) => std::thread::sleep(Duration::from_millis(20)),
@@ -278,6 +283,8 @@ fn forget_pid(children: &mut [Child], pid: Option<Pid>) {
 struct FrontendLink {
     channel: BrokerFrontendChannel,
     phase: Phase,
+    /// Set by `Serving`, taken by the main loop, which tells the service manager.
+    announced_serving: bool,
 }
 
 impl std::fmt::Debug for FrontendLink {
@@ -293,6 +300,7 @@ impl FrontendLink {
         Some(FrontendLink {
             channel: BrokerFrontendChannel::new(socket, FrameLimit::DEFAULT),
             phase: Phase::Handshake,
+            announced_serving: false,
         })
     }
 
@@ -344,6 +352,10 @@ impl FrontendLink {
                 }
             }
             FrontendToBroker::Ping => BrokerToFrontend::Pong,
+            FrontendToBroker::Serving => {
+                self.announced_serving = true;
+                BrokerToFrontend::Pong
+            }
             FrontendToBroker::ShuttingDown => {
                 self.phase = Phase::Draining;
                 for finished in builds.cancel_all() {
@@ -503,6 +515,7 @@ fn reap(
     builds: &mut Builds,
     finders: &mut RootFinders,
     hooks: &mut Hooks,
+    stopping: bool,
 ) -> Vec<BrokerToFrontend> {
     let mut notices = Vec::new();
     loop {
@@ -530,6 +543,13 @@ fn reap(
             continue;
         };
         child.pid = None;
+        if stopping {
+            eprintln!(
+                "ward-broker: {} exited ({status:?})",
+                child.spec.role.name()
+            );
+            continue;
+        }
         let now = Instant::now();
         child.delay = if now.duration_since(child.started) >= HEALTHY_RUN {
             FIRST_RESTART_DELAY
@@ -577,7 +597,14 @@ pub fn run(args: &BrokerArgs) -> Result<(), SupervisorError> {
         &args.build.real_store_dir,
     );
     let mut hooks = Hooks::new(&args.hooks, &args.build.store_dir, args.build.max_jobs);
+    let service = ServiceManager::from_env();
+    service.starting();
     builds.run_canary();
+    // nix.conf re-reads so far, for the status line.
+    let mut reloads: u32 = 0;
+    // A stop in progress: when SIGTERM came, and whether the store-writer was told yet.
+    let mut stop: Option<Instant> = None;
+    let mut writer_signalled = false;
 
     let mut mask = SigSet::empty();
     for s in [
@@ -609,7 +636,7 @@ pub fn run(args: &BrokerArgs) -> Result<(), SupervisorError> {
     loop {
         let now = Instant::now();
         for child in children.iter_mut() {
-            if child.restart_at.is_some_and(|t| t <= now) {
+            if stop.is_none() && child.restart_at.is_some_and(|t| t <= now) {
                 child.restart_at = None;
                 child.started = now;
                 // Each child gets a fresh channel to the broker on every start: the frontend
@@ -659,6 +686,7 @@ pub fn run(args: &BrokerArgs) -> Result<(), SupervisorError> {
             .iter()
             .filter_map(|c| c.restart_at)
             .chain(builds.next_deadline())
+            .chain(stop.map(|_| now + Duration::from_millis(50)))
             .min()
             .map(|t| t.saturating_duration_since(Instant::now()));
         let timeout = match timeout {
@@ -717,6 +745,11 @@ pub fn run(args: &BrokerArgs) -> Result<(), SupervisorError> {
                 builds.abandon_all();
                 hooks.abandon_all();
             }
+            if let Some(link) = frontend.as_mut() {
+                if std::mem::take(&mut link.announced_serving) {
+                    service.ready(pid_of(&children, Role::Frontend), reloads);
+                }
+            }
         }
         if writer_ready {
             let keep = store_writer
@@ -731,17 +764,34 @@ pub fn run(args: &BrokerArgs) -> Result<(), SupervisorError> {
         while let Ok(Some(info)) = signals.read_signal() {
             match Signal::try_from(info.ssi_signo as i32) {
                 Ok(Signal::SIGCHLD) => {
-                    let finished = reap(&mut children, &mut builds, &mut finders, &mut hooks);
+                    let finished = reap(
+                        &mut children,
+                        &mut builds,
+                        &mut finders,
+                        &mut hooks,
+                        stop.is_some(),
+                    );
                     notify(&mut frontend, &mut builds, &mut hooks, finished);
+                    if stop.is_none() {
+                        for child in children.iter().filter(|c| c.pid.is_none()) {
+                            service.restarting(child.spec.role.name());
+                        }
+                    }
                 }
-                Ok(Signal::SIGTERM | Signal::SIGINT) => {
-                    eprintln!("ward-broker: shutting down");
-                    builds.abandon_all();
-                    hooks.abandon_all();
-                    terminate(&mut children);
-                    return Ok(());
+                Ok(Signal::SIGTERM | Signal::SIGINT) if stop.is_none() => {
+                    // The frontend drains first (it cancels its builds through the channel,
+                    // which stays served meanwhile); the store-writer stops after it.
+                    eprintln!("ward-broker: stopping: the frontend drains its connections");
+                    service.stopping();
+                    stop = Some(Instant::now());
+                    if let Some(pid) = pid_of(&children, Role::Frontend) {
+                        kill_quietly(Pid::from_raw(pid), Signal::SIGTERM);
+                    }
                 }
-                Ok(Signal::SIGHUP) => {
+                Ok(Signal::SIGHUP) if stop.is_none() => {
+                    // Both children re-read nix.conf; the frontend's `Serving` ends the reload.
+                    reloads = reloads.saturating_add(1);
+                    service.reloading();
                     for pid in children.iter().filter_map(|c| c.pid) {
                         kill_quietly(pid, Signal::SIGHUP);
                     }
@@ -749,7 +799,41 @@ pub fn run(args: &BrokerArgs) -> Result<(), SupervisorError> {
                 _ => {}
             }
         }
+        if let Some(since) = stop {
+            let frontend_running = pid_of(&children, Role::Frontend);
+            if let Some(pid) = frontend_running {
+                if since.elapsed() >= FRONTEND_DRAIN {
+                    eprintln!("ward-broker: the frontend did not drain in time; killing it");
+                    kill_quietly(Pid::from_raw(pid), Signal::SIGKILL);
+                }
+            } else if !writer_signalled {
+                writer_signalled = true;
+                if let Some(pid) = pid_of(&children, Role::StoreWriter) {
+                    kill_quietly(Pid::from_raw(pid), Signal::SIGTERM);
+                }
+            }
+            let all_gone = children.iter().all(|c| c.pid.is_none());
+            if all_gone || since.elapsed() >= STOP_DEADLINE {
+                builds.abandon_all();
+                hooks.abandon_all();
+                terminate(&mut children, Duration::ZERO);
+                eprintln!(
+                    "ward-broker: stopped after {} ms",
+                    since.elapsed().as_millis()
+                );
+                return Ok(());
+            }
+        }
     }
+}
+
+/// The pid of the running child in `role`.
+fn pid_of(children: &[Child], role: Role) -> Option<i32> {
+    children
+        .iter()
+        .find(|c| c.spec.role == role)
+        .and_then(|c| c.pid)
+        .map(|p| p.as_raw())
 }
 
 /// Creates the directory of the private frontend⇄store-writer socket: owned by the

@@ -58,15 +58,25 @@ pub enum DaemonError {
 /// Loads settings and layout exactly as every ward process does; prints configuration warnings
 /// to stderr when asked (the launcher does; children stay quiet to avoid repeating them).
 pub fn load_setup(args: DaemonArgs, print_warnings: bool) -> Result<DaemonSetup, DaemonError> {
+    load_setup_with(args, &crate::process_env, print_warnings)
+}
+
+/// [`load_setup`] with the environment seen through `env` (the admin commands point
+/// `NIX_CONF_DIR` into a `--root` directory this way).
+pub fn load_setup_with(
+    args: DaemonArgs,
+    env: crate::EnvLookup<'_>,
+    print_warnings: bool,
+) -> Result<DaemonSetup, DaemonError> {
     let host = HostInfo::detect();
-    let loaded = crate::load(&crate::process_env, &host, &args.config)?;
+    let loaded = crate::load(env, &host, &args.config)?;
     if print_warnings {
         for warning in &loaded.warnings {
             eprintln!("warning: {warning}");
         }
     }
     args.check_experimental_features(&loaded.settings)?;
-    let socket_from_env = std::env::var_os("NIX_DAEMON_SOCKET_PATH").map(PathBuf::from);
+    let socket_from_env = env("NIX_DAEMON_SOCKET_PATH").map(PathBuf::from);
     let layout = layout::resolve(
         &loaded.settings,
         args.socket_path.as_deref(),

@@ -18,7 +18,7 @@ mod verbosity;
 pub use error::{ConfigError, ConfigWarning, Origin};
 pub use host::{native_system, HostInfo};
 pub use kinds::{SandboxMode, SettingError, SettingNotice, Shape, KNOWN_EXPERIMENTAL_FEATURES};
-pub use load::{load, CommandLineConfig, CommandLineSetting, Loaded};
+pub use load::{load, CommandLineConfig, CommandLineSetting, Loaded, SettingOrigin};
 pub use overrides::{
     apply_client_options, ClientOptions, MessageLevel, OverrideMessage, SetOptionsOutcome,
 };

@@ -1,15 +1,25 @@
 //! Loading the daemon's settings in Nix's order: defaults (from the host and environment),
-//! then `$NIX_CONF_DIR/nix.conf` (default `/etc/nix/nix.conf`), then the `NIX_CONFIG`
-//! variable, then the command line. The daemon does not read per-user files
-//! (`NIX_USER_CONF_FILES`, `~/.config/nix`).
+//! then `$NIX_CONF_DIR/nix.conf` (default `/etc/nix/nix.conf`), then ward's own
+//! `$NIX_CONF_DIR/ward.conf` (same syntax; for the settings only ward knows, which Nix clients
+//! would warn about in nix.conf), then the `NIX_CONFIG` variable, then the command line. The
+//! daemon does not read per-user files (`NIX_USER_CONF_FILES`, `~/.config/nix`).
+//!
+//! Every assignment that takes effect is remembered with its [`Origin`] ([`Loaded::origins`]),
+//! for `ward show-config`: an assignment that replaces a value forgets the earlier ones, one
+//! that appends (`extra-NAME`) is added to them, so a setting's origin lists exactly the
+//! assignments its value is made of.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
 
 use super::error::{ConfigError, ConfigWarning, Origin};
 use super::host::HostInfo;
 use super::kinds::SettingError;
 use super::parse::ConfigReader;
-use super::settings::{EnvDefaults, EnvLookup, Settings};
+use super::settings::{canonical_name, Applied, EnvDefaults, EnvLookup, Settings};
+
+/// ward's own configuration file, beside nix.conf in `NIX_CONF_DIR`.
+pub const WARD_CONF: &str = "ward.conf";
 
 /// One setting given on the daemon's command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,12 +42,96 @@ pub struct CommandLineConfig {
     pub refresh: bool,
 }
 
+/// Where a setting's loaded value came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SettingOrigin {
+    /// Whether the value starts from the default: nothing replaced it (at most `extra-NAME`
+    /// added to it).
+    pub from_default: bool,
+    /// The assignments the value is made of, oldest first: the last one that replaced the
+    /// value, then every `extra-NAME` after it. `--offline` and `--refresh` count as
+    /// replacing the values they change, with [`Origin::CommandLine`].
+    pub assignments: Vec<Origin>,
+}
+
+impl SettingOrigin {
+    /// The origin of a setting nobody assigned.
+    pub fn default_value() -> SettingOrigin {
+        SettingOrigin {
+            from_default: true,
+            assignments: Vec::new(),
+        }
+    }
+
+    /// Whether the value is the default, untouched.
+    pub fn is_default(&self) -> bool {
+        self.from_default && self.assignments.is_empty()
+    }
+
+    /// The assignment that took effect last, if any.
+    pub fn last(&self) -> Option<&Origin> {
+        self.assignments.last()
+    }
+
+    fn record(&mut self, origin: &Origin, appended: bool) {
+        if !appended {
+            self.from_default = false;
+            self.assignments.clear();
+        }
+        self.assignments.push(origin.clone());
+    }
+}
+
+/// `default`, or the origins joined by ` + ` (`default + /etc/nix/nix.conf:3` for an
+/// `extra-NAME` added to the default).
+impl fmt::Display for SettingOrigin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut first = true;
+        if self.from_default {
+            f.write_str("default")?;
+            first = false;
+        }
+        for origin in &self.assignments {
+            if !first {
+                f.write_str(" + ")?;
+            }
+            write!(f, "{origin}")?;
+            first = false;
+        }
+        Ok(())
+    }
+}
+
 /// Loaded settings and what was wrong but not fatal.
 #[derive(Debug, Clone)]
 pub struct Loaded {
     pub settings: Settings,
     /// To be logged as warnings by the daemon.
     pub warnings: Vec<ConfigWarning>,
+    /// Where each assigned setting's value came from, by canonical name; a setting missing
+    /// here has its default value (see [`Loaded::origin`]).
+    pub origins: BTreeMap<&'static str, SettingOrigin>,
+}
+
+impl Loaded {
+    /// Where setting `name`'s value came from (`name` canonical or an alias; a setting that
+    /// was never assigned, or is unknown, has its default).
+    pub fn origin(&self, name: &str) -> SettingOrigin {
+        canonical_name(name)
+            .and_then(|canonical| self.origins.get(canonical))
+            .cloned()
+            .unwrap_or_else(SettingOrigin::default_value)
+    }
+}
+
+/// The origins being collected while loading.
+type Origins = BTreeMap<&'static str, SettingOrigin>;
+
+fn record(origins: &mut Origins, applied: &Applied, origin: &Origin) {
+    origins
+        .entry(applied.canonical)
+        .or_insert_with(SettingOrigin::default_value)
+        .record(origin, applied.appended);
 }
 
 /// Loads the settings: defaults for `host` and the variables seen through `env`, then
@@ -50,42 +144,84 @@ pub fn load(
     let env_defaults = EnvDefaults::from_env(env)?;
     let mut settings = Settings::defaults(host, &env_defaults);
     let mut warnings = Vec::new();
+    let mut origins = Origins::new();
 
     let main_file = format!("{}/nix.conf", env_defaults.conf_dir);
-    apply_config(&mut settings, &mut warnings, &mut Vec::new(), |reader| {
-        reader.read_main_file(&main_file)
-    })?;
+    apply_config(
+        &mut settings,
+        &mut warnings,
+        &mut origins,
+        &mut Vec::new(),
+        |reader| reader.read_main_file(&main_file),
+    )?;
+    let ward_file = format!("{}/{WARD_CONF}", env_defaults.conf_dir);
+    apply_config(
+        &mut settings,
+        &mut warnings,
+        &mut origins,
+        &mut Vec::new(),
+        |reader| reader.read_main_file(&ward_file),
+    )?;
 
     // Nix calls what is set from here on "overridden"; `--offline` leaves those alone.
     let mut overridden = BTreeSet::new();
     if let Some(contents) = env("NIX_CONFIG") {
         let bytes = std::os::unix::ffi::OsStringExt::into_vec(contents);
         let mut set_names = Vec::new();
-        apply_config(&mut settings, &mut warnings, &mut set_names, |reader| {
-            reader.read_env(&bytes)
-        })?;
+        apply_config(
+            &mut settings,
+            &mut warnings,
+            &mut origins,
+            &mut set_names,
+            |reader| reader.read_env(&bytes),
+        )?;
         overridden.extend(set_names);
     }
 
     for setting in &command_line.settings {
-        overridden.extend(apply_command_line(&mut settings, &mut warnings, setting)?);
+        overridden.extend(apply_command_line(
+            &mut settings,
+            &mut warnings,
+            &mut origins,
+            setting,
+        )?);
     }
 
+    let mut set_by_flag = |name: &'static str| {
+        origins
+            .entry(name)
+            .or_insert_with(SettingOrigin::default_value)
+            .record(&Origin::CommandLine, false);
+    };
     if command_line.offline {
-        apply_offline(&mut settings, &overridden);
+        for name in apply_offline(&mut settings, &overridden) {
+            set_by_flag(name);
+        }
     }
     if command_line.refresh {
         settings.tarball_ttl = 0;
         settings.narinfo_cache_negative_ttl = 0;
         settings.narinfo_cache_positive_ttl = 0;
+        for name in [
+            "tarball-ttl",
+            "narinfo-cache-negative-ttl",
+            "narinfo-cache-positive-ttl",
+        ] {
+            set_by_flag(name);
+        }
     }
-    Ok(Loaded { settings, warnings })
+    Ok(Loaded {
+        settings,
+        warnings,
+        origins,
+    })
 }
 
 /// Applies one command-line setting; returns the canonical name set, if any.
 fn apply_command_line(
     settings: &mut Settings,
     warnings: &mut Vec<ConfigWarning>,
+    origins: &mut Origins,
     setting: &CommandLineSetting,
 ) -> Result<Option<&'static str>, ConfigError> {
     let (name, value, lenient) = match setting {
@@ -94,6 +230,7 @@ fn apply_command_line(
     };
     match settings.set(name, value) {
         Ok(applied) => {
+            record(origins, &applied, &Origin::CommandLine);
             warnings.extend(
                 applied
                     .notices
@@ -120,33 +257,51 @@ fn apply_command_line(
     }
 }
 
-/// What `nix --offline` does to settings that were not set explicitly after `nix.conf`.
-fn apply_offline(settings: &mut Settings, overridden: &BTreeSet<&'static str>) {
+/// What `nix --offline` does to settings that were not set explicitly after `nix.conf`;
+/// returns the names it changed.
+fn apply_offline(
+    settings: &mut Settings,
+    overridden: &BTreeSet<&'static str>,
+) -> Vec<&'static str> {
+    let mut changed = Vec::new();
     if !overridden.contains("substitute") {
         settings.substitute = false;
+        changed.push("substitute");
     }
     if !overridden.contains("tarball-ttl") {
         settings.tarball_ttl = u32::MAX;
+        changed.push("tarball-ttl");
     }
     if !overridden.contains("download-attempts") {
         settings.download_attempts = 0;
+        changed.push("download-attempts");
     }
     if !overridden.contains("connect-timeout") {
         settings.connect_timeout = 1;
+        changed.push("connect-timeout");
     }
+    changed
 }
 
-/// Runs `read` with a sink that applies every assignment to `settings`, and records the
-/// canonical names that were set in `set_names`.
+/// Runs `read` with a sink that applies every assignment to `settings`, records where each
+/// came from in `origins`, and records the canonical names that were set in `set_names`.
 fn apply_config(
     settings: &mut Settings,
     warnings: &mut Vec<ConfigWarning>,
+    origins: &mut Origins,
     set_names: &mut Vec<&'static str>,
     read: impl FnOnce(&mut ConfigReader<'_, '_>) -> Result<(), ConfigError>,
 ) -> Result<(), ConfigError> {
     let mut setting_warnings = Vec::new();
     let mut sink = |origin: &Origin, name: &str, value: &str| {
-        let canonical = apply_one(settings, &mut setting_warnings, origin, name, value)?;
+        let canonical = apply_one(
+            settings,
+            &mut setting_warnings,
+            origins,
+            origin,
+            name,
+            value,
+        )?;
         set_names.extend(canonical);
         Ok(())
     };
@@ -162,12 +317,14 @@ fn apply_config(
 fn apply_one(
     settings: &mut Settings,
     warnings: &mut Vec<ConfigWarning>,
+    origins: &mut Origins,
     origin: &Origin,
     name: &str,
     value: &str,
 ) -> Result<Option<&'static str>, ConfigError> {
     match settings.set(name, value) {
         Ok(applied) => {
+            record(origins, &applied, origin);
             warnings.extend(
                 applied
                     .notices
@@ -543,5 +700,180 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    fn file(path: &std::path::Path, line: usize) -> Origin {
+        Origin::File {
+            path: path.to_path_buf(),
+            line,
+        }
+    }
+
+    #[test]
+    fn origins_of_file_lines() {
+        let fixture = Fixture::new("# comment\ncores = 2\n\nbuild-cores = 3\nsandbox = relaxed\n");
+        let loaded = fixture.load(&CommandLineConfig::default()).unwrap();
+        let conf = fixture.dir.path().join("nix.conf");
+        // The last assignment wins, also through an alias.
+        assert_eq!(loaded.origin("cores").assignments, [file(&conf, 4)]);
+        assert!(!loaded.origin("cores").from_default);
+        assert_eq!(loaded.origin("build-cores"), loaded.origin("cores"));
+        assert_eq!(
+            loaded.origin("sandbox").to_string(),
+            format!("{}:5", fixture.conf_path())
+        );
+        assert_eq!(loaded.origins.len(), 2, "{:?}", loaded.origins);
+    }
+
+    #[test]
+    fn defaults_have_no_origin() {
+        let fixture = Fixture::new("cores = 2\nbogus = 1\n");
+        let loaded = fixture.load(&CommandLineConfig::default()).unwrap();
+        let origin = loaded.origin("max-jobs");
+        assert!(origin.is_default() && origin.last().is_none());
+        assert_eq!(origin.to_string(), "default");
+        assert_eq!(loaded.origin("bogus"), SettingOrigin::default_value());
+        // Every setting not assigned is absent from the map.
+        for name in loaded.settings.to_key_values().keys() {
+            assert_eq!(
+                loaded.origins.contains_key(name),
+                *name == "cores",
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn origins_of_included_files() {
+        let fixture = Fixture::new("cores = 1\ninclude conf.d/local.conf\nmax-jobs = 2\n");
+        fs::create_dir(fixture.dir.path().join("conf.d")).unwrap();
+        let included = fixture.dir.path().join("conf.d/local.conf");
+        fs::write(&included, "\ncores = 6\n!include more.conf\n").unwrap();
+        fs::write(
+            fixture.dir.path().join("conf.d/more.conf"),
+            "timeout = 10\n",
+        )
+        .unwrap();
+        let loaded = fixture.load(&CommandLineConfig::default()).unwrap();
+        assert_eq!(loaded.settings.cores, 6);
+        assert_eq!(loaded.origin("cores").assignments, [file(&included, 2)]);
+        assert_eq!(
+            loaded.origin("timeout").assignments,
+            [file(&fixture.dir.path().join("conf.d/more.conf"), 1)]
+        );
+        assert_eq!(
+            loaded.origin("max-jobs").assignments,
+            [file(&fixture.dir.path().join("nix.conf"), 3)]
+        );
+    }
+
+    #[test]
+    fn origins_of_nix_config_and_the_command_line() {
+        let fixture = Fixture::new("cores = 2\ntimeout = 5\nkeep-going = true\n")
+            .with("NIX_CONFIG", "timeout = 6\n\nmax-jobs = 3");
+        let loaded = fixture
+            .load(&cli(vec![
+                option("cores", "7"),
+                flag("keep-going", "false"),
+            ]))
+            .unwrap();
+        assert_eq!(
+            loaded.origin("timeout").assignments,
+            [Origin::Env { line: 1 }]
+        );
+        assert_eq!(loaded.origin("max-jobs").to_string(), "NIX_CONFIG:3");
+        assert_eq!(loaded.origin("cores").assignments, [Origin::CommandLine]);
+        assert_eq!(
+            loaded.origin("keep-going").assignments,
+            [Origin::CommandLine]
+        );
+        // A bad --option is ignored, so the earlier origin stays.
+        let loaded = fixture.load(&cli(vec![option("cores", "abc")])).unwrap();
+        assert_eq!(
+            loaded.origin("cores").assignments,
+            [file(&fixture.dir.path().join("nix.conf"), 1)]
+        );
+    }
+
+    #[test]
+    fn appended_values_keep_every_origin() {
+        let fixture = Fixture::new("extra-substituters = https://a\ntrusted-users = root\n").with(
+            "NIX_CONFIG",
+            "extra-substituters = https://b\nextra-trusted-users = alice",
+        );
+        let loaded = fixture
+            .load(&cli(vec![flag("extra-trusted-users", "bob")]))
+            .unwrap();
+        let conf = fixture.dir.path().join("nix.conf");
+        let substituters = loaded.origin("substituters");
+        assert!(substituters.from_default);
+        assert_eq!(
+            substituters.assignments,
+            [file(&conf, 1), Origin::Env { line: 1 }]
+        );
+        assert_eq!(
+            substituters.to_string(),
+            format!("default + {}:1 + NIX_CONFIG:1", fixture.conf_path())
+        );
+        assert_eq!(
+            loaded.origin("trusted-users").to_string(),
+            format!(
+                "{}:2 + NIX_CONFIG:2 + the command line",
+                fixture.conf_path()
+            )
+        );
+        // A later replacement forgets what came before.
+        let loaded = fixture
+            .load(&cli(vec![option("substituters", "https://c")]))
+            .unwrap();
+        assert_eq!(
+            loaded.origin("substituters").assignments,
+            [Origin::CommandLine]
+        );
+        assert!(!loaded.origin("substituters").from_default);
+    }
+
+    #[test]
+    fn offline_and_refresh_are_command_line_origins() {
+        let fixture = Fixture::new("connect-timeout = 9\n").with("NIX_CONFIG", "substitute = true");
+        let loaded = fixture
+            .load(&CommandLineConfig {
+                settings: Vec::new(),
+                offline: true,
+                refresh: true,
+            })
+            .unwrap();
+        for name in [
+            "connect-timeout",
+            "download-attempts",
+            "tarball-ttl",
+            "narinfo-cache-negative-ttl",
+            "narinfo-cache-positive-ttl",
+        ] {
+            assert_eq!(
+                loaded.origin(name).assignments,
+                [Origin::CommandLine],
+                "{name}"
+            );
+        }
+        // NIX_CONFIG's value is kept by --offline, and so is its origin.
+        assert_eq!(
+            loaded.origin("substitute").assignments,
+            [Origin::Env { line: 1 }]
+        );
+    }
+    #[test]
+    fn ward_conf_is_read_after_nix_conf() {
+        let fixture = Fixture::new("cores = 2\nward-audit-log = /from/nix.conf\n");
+        fs::write(
+            fixture.dir.path().join(WARD_CONF),
+            "ward-audit-log = /var/log/ward/audit.log\n",
+        )
+        .unwrap();
+        let loaded = fixture.load(&CommandLineConfig::default()).unwrap();
+        assert_eq!(loaded.settings.ward_audit_log, "/var/log/ward/audit.log");
+        assert_eq!(loaded.settings.cores, 2);
+        let origin = loaded.origin("ward-audit-log").last().unwrap().to_string();
+        assert!(origin.ends_with("ward.conf:1"), "{origin}");
     }
 }

@@ -334,6 +334,10 @@ define_settings! {
     pre_build_hook: String, TextKind, "pre-build-hook" = String::new();
     /// `post-build-hook`: program run after each build.
     post_build_hook: String, TextKind, "post-build-hook" = String::new();
+    /// `ward-audit-log` (ward only): the audit log file, JSON lines; empty = none. Best set
+    /// in `ward.conf`, which Nix clients do not read (they warn about settings they do not
+    /// know).
+    ward_audit_log: String, TextKind, "ward-audit-log" = String::new();
     /// `netrc-file`: HTTP credentials for substituters.
     netrc_file: String, TextKind, "netrc-file" = format!("{}/netrc", env.conf_dir);
     /// `filter-syscalls`: forbid setuid files, ACLs and xattrs in builds.
@@ -560,6 +564,8 @@ pub fn setting_shape(name: &str) -> Option<Shape> {
 pub struct Applied {
     /// The canonical name that was set.
     pub canonical: &'static str,
+    /// Whether the value was appended to (`extra-NAME`) rather than replaced.
+    pub appended: bool,
     /// Things dropped from the value (e.g. unknown experimental features).
     pub notices: Vec<SettingNotice>,
 }
@@ -591,6 +597,7 @@ impl Settings {
         }
         Ok(Applied {
             canonical: resolved.canonical,
+            appended: resolved.mode == Mode::Append,
             notices,
         })
     }

@@ -80,6 +80,16 @@ pub enum AuthError {
     },
 }
 
+impl AuthError {
+    /// The setting that caused the refusal.
+    pub fn setting(&self) -> &'static str {
+        match self {
+            AuthError::NotAllowed(_) => "allowed-users",
+            AuthError::BuildUser { .. } => "build-users-group",
+        }
+    }
+}
+
 /// Group database look-up, as a trait so tests need no real groups.
 pub trait GroupMembers {
     /// Member names of group `name` (`gr_mem`), or `None` if there is no such group.

@@ -23,7 +23,7 @@ use ward_proto::ipc::broker::{
     BrokerError, BrokerToFrontend, BuildOutcome, BuildRequest, BuildTimings, CancelReason,
     FrontendToBroker,
 };
-use ward_proto::ipc::{BuildId, Channel, FrameLimit, Received, IPC_VERSION};
+use ward_proto::ipc::{BuildId, Channel, FrameLimit, Phase, Received, IPC_VERSION};
 use ward_proto::store_path::StorePath;
 
 type Waiter = oneshot::Sender<Received<BrokerToFrontend>>;
@@ -46,6 +46,9 @@ struct Waiting {
     cancelled: HashSet<BuildId>,
     /// Set when the channel failed: every later request fails at once.
     broken: Option<String>,
+    /// Set once `ShuttingDown` was sent: requests the broker no longer accepts fail here
+    /// instead of closing the channel as a protocol violation.
+    draining: bool,
 }
 
 /// A channel to the broker, shared by all connections.
@@ -112,6 +115,12 @@ impl BrokerClient {
             let mut waiting = lock(&self.waiting);
             if let Some(reason) = &waiting.broken {
                 return Err(format!("the broker channel is closed: {reason}"));
+            }
+            if waiting.draining && !request.permitted_in(Phase::Draining) {
+                return Err("the daemon is stopping".into());
+            }
+            if matches!(request, FrontendToBroker::ShuttingDown) {
+                waiting.draining = true;
             }
             if let Some((build, tx)) = finished {
                 waiting.finished.insert(build, tx);
@@ -294,6 +303,25 @@ impl BrokerClient {
             BrokerToFrontend::RootsPipe => reply.fds.pop().ok_or_else(|| "no pipe came".into()),
             BrokerToFrontend::Error(e) => Err(e.to_string()),
             other => Err(format!("unexpected answer to FindRoots: {other:?}")),
+        }
+    }
+
+    /// Tells the broker the frontend accepts clients (it tells systemd `READY=1`).
+    pub async fn serving(&self) -> Result<(), String> {
+        match self.request(FrontendToBroker::Serving).await?.message {
+            BrokerToFrontend::Pong => Ok(()),
+            BrokerToFrontend::Error(e) => Err(e.to_string()),
+            other => Err(format!("unexpected answer to Serving: {other:?}")),
+        }
+    }
+
+    /// Tells the broker the frontend is stopping: it cancels every running build (their
+    /// waiters get `BuildFinished`) and answers `Drained`. Later build requests fail here.
+    pub async fn shutting_down(&self) -> Result<(), String> {
+        match self.request(FrontendToBroker::ShuttingDown).await?.message {
+            BrokerToFrontend::Drained => Ok(()),
+            BrokerToFrontend::Error(e) => Err(e.to_string()),
+            other => Err(format!("unexpected answer to ShuttingDown: {other:?}")),
         }
     }
 

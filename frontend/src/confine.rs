@@ -5,13 +5,20 @@
 //!
 //! A denylist rather than an allowlist for now: tokio, SQLite and the allocator use a wide and
 //! libc-dependent set of syscalls. `/proc/<pid>/status` shows `NoNewPrivs: 1`, `Seccomp: 2`.
+//!
+//! Linux only: macOS has neither no_new_privs nor seccomp, and there [`confine_frontend`]
+//! fails, so the frontend refuses to serve rather than run unconfined (a `sandbox_init`
+//! profile would be macOS's counterpart; there is none yet).
 
+#[cfg(target_os = "linux")]
 use std::collections::BTreeMap;
 
+#[cfg(target_os = "linux")]
 use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, SeccompRule, TargetArch};
 use ward_config::layout::StoreLayout;
 
 /// Syscalls the frontend must never make, with why.
+#[cfg(target_os = "linux")]
 const DENIED: &[(i64, &str)] = &[
     (libc::SYS_execve, "running programs"),
     (libc::SYS_execveat, "running programs"),
@@ -53,13 +60,19 @@ pub enum ConfineError {
     /// The filter could not be built or installed.
     #[error("installing the seccomp filter: {0}")]
     Seccomp(String),
+    /// Not Linux: no way to confine the frontend yet.
+    #[cfg(not(target_os = "linux"))]
+    #[error("the frontend's confinement (no_new_privs, seccomp) exists only on Linux")]
+    Unsupported,
 }
 
+#[cfg(target_os = "linux")]
 fn target_arch() -> Result<TargetArch, ConfineError> {
     TargetArch::try_from(std::env::consts::ARCH).map_err(|e| ConfineError::Seccomp(e.to_string()))
 }
 
 /// Confines every thread of the frontend.
+#[cfg(target_os = "linux")]
 pub fn confine_frontend(_layout: &StoreLayout) -> Result<(), ConfineError> {
     nix::sys::prctl::set_no_new_privs().map_err(ConfineError::NoNewPrivs)?;
     let rules: BTreeMap<i64, Vec<SeccompRule>> =
@@ -76,4 +89,10 @@ pub fn confine_frontend(_layout: &StoreLayout) -> Result<(), ConfineError> {
         .map_err(|e: seccompiler::BackendError| ConfineError::Seccomp(e.to_string()))?;
     seccompiler::apply_filter_all_threads(&program)
         .map_err(|e| ConfineError::Seccomp(e.to_string()))
+}
+
+/// Not Linux: refuses (see the module's documentation).
+#[cfg(not(target_os = "linux"))]
+pub fn confine_frontend(_layout: &StoreLayout) -> Result<(), ConfineError> {
+    Err(ConfineError::Unsupported)
 }

@@ -90,6 +90,21 @@ fn wire_fatal(e: WireError) -> OpError {
 
 type OpResult<T = ()> = Result<T, OpError>;
 
+/// Whether a connection's end is the client going away (end of input, a broken pipe, a reset)
+/// rather than something wrong.
+pub(crate) fn is_hang_up(message: &str) -> bool {
+    [
+        "unexpected end of input",
+        "went away",
+        "Broken pipe",
+        "Connection reset",
+        "os error 32",
+        "os error 104",
+    ]
+    .iter()
+    .any(|needle| message.contains(needle))
+}
+
 /// Serves one client until it closes.
 pub async fn serve(stream: UnixStream, shared: Arc<Shared>, peer: PeerInfo, trust: Trust) {
     let (read_half, write_half) = stream.into_split();
@@ -99,7 +114,7 @@ pub async fn serve(stream: UnixStream, shared: Arc<Shared>, peer: PeerInfo, trus
         w: write_half,
         out: WireWriter::new(),
         ctx: WireContext::new(store_dir, ward_proto::worker::PROTOCOL_VERSION),
-        settings: Arc::new(shared.settings.clone()),
+        settings: shared.settings(),
         shared,
         trust,
         verbosity: Verbosity::Info,
@@ -108,6 +123,8 @@ pub async fn serve(stream: UnixStream, shared: Arc<Shared>, peer: PeerInfo, trus
     };
     match conn.run().await {
         Ok(()) => debug!(user = %peer.user_name, "client closed the connection"),
+        // A client that hangs up (Ctrl-C, a killed nix-build) is routine, not an error.
+        Err(e) if is_hang_up(&e) => debug!(user = %peer.user_name, "client hung up: {e}"),
         Err(e) => info!(user = %peer.user_name, "connection ended: {e}"),
     }
 }
@@ -154,11 +171,17 @@ impl Connection {
         self.flush().await?;
 
         let mut restarts = self.shared.writer_restarts.clone();
+        let mut draining = self.shared.draining.subscribe();
         loop {
             // While waiting for the next request, a restarted store-writer gets this
-            // connection's temporary roots at once.
-            if let Some(restarts) = restarts.as_mut() {
-                self.wait_for_request(restarts).await?;
+            // connection's temporary roots at once, and a draining daemon closes the
+            // connection (between operations, where the client expects nothing).
+            if !self
+                .wait_for_request(restarts.as_mut(), &mut draining)
+                .await?
+            {
+                debug!("closing an idle connection: the daemon is stopping");
+                return Ok(());
             }
             let op = match read_op(&mut self.r).await {
                 Ok(Some(op)) => op,
@@ -224,7 +247,11 @@ impl Connection {
     }
 
     async fn fail_and_close(&mut self, msg: &str) {
-        warn!("closing connection: {msg}");
+        if is_hang_up(msg) {
+            debug!("client hung up: {msg}");
+        } else {
+            warn!("closing connection: {msg}");
+        }
         self.queue_error(msg);
         let _ = self.flush().await;
         let _ = self.w.shutdown().await;
@@ -255,8 +282,17 @@ impl Connection {
         if self.trusted() {
             Ok(())
         } else {
+            self.audit_refusal(what, "trusted-users");
             Err(OpError::Client(format!("you are not privileged to {what}")))
         }
+    }
+
+    /// Records in the audit log that this client was refused `what` because of `setting`.
+    fn audit_refusal(&self, what: &str, setting: &str) {
+        ward_store::audit::record(
+            "refused",
+            serde_json::json!({ "uid": self.peer_uid, "action": what, "setting": setting }),
+        );
     }
 
     fn print(&self, path: &StorePath) -> String {
@@ -265,31 +301,41 @@ impl Connection {
 
     /// Returns when the client's next request has begun to arrive (or it hung up), giving
     /// this connection's temporary roots to a restarted store-writer meanwhile.
+    /// Waits until the next request's first bytes are here (true) or the daemon drains
+    /// (false).
     async fn wait_for_request(
         &mut self,
-        restarts: &mut tokio::sync::watch::Receiver<u64>,
-    ) -> Result<(), String> {
+        mut restarts: Option<&mut tokio::sync::watch::Receiver<u64>>,
+        draining: &mut tokio::sync::watch::Receiver<bool>,
+    ) -> Result<bool, String> {
         use tokio::io::AsyncBufReadExt;
         loop {
             if !self.r.buffered().is_empty() {
-                return Ok(());
+                return Ok(true);
             }
-            let holds_roots = self
-                .writer
-                .as_ref()
-                .is_some_and(WriterClient::has_temp_roots);
+            let holds_roots = restarts.is_some()
+                && self
+                    .writer
+                    .as_ref()
+                    .is_some_and(WriterClient::has_temp_roots);
             // `fill_buf` is cancel safe: nothing is consumed.
             let restarted = tokio::select! {
                 filled = self.r.fill_buf() => {
                     filled.map_err(|e| format!("reading the next operation: {e}"))?;
                     false
                 }
-                changed = restarts.changed(), if holds_roots => changed.is_ok(),
+                changed = async {
+                    match restarts.as_mut() {
+                        Some(r) => r.changed().await.is_ok(),
+                        None => std::future::pending().await,
+                    }
+                }, if holds_roots => changed,
+                _ = draining.wait_for(|d| *d) => return Ok(false),
             };
             if !restarted {
-                return Ok(());
+                return Ok(true);
             }
-            match connect_writer(&mut self.writer, &self.shared).await {
+            match connect_writer(&mut self.writer, &self.shared, Some(self.peer_uid)).await {
                 Ok(_) => debug!("temporary roots given to the restarted store-writer"),
                 Err(e) => debug!("replaying temporary roots: {e:?}; retried at the next request"),
             }
@@ -297,7 +343,7 @@ impl Connection {
     }
 
     async fn writer(&mut self) -> OpResult<&mut WriterClient> {
-        connect_writer(&mut self.writer, &self.shared).await
+        connect_writer(&mut self.writer, &self.shared, Some(self.peer_uid)).await
     }
 
     fn query_info(&self, path: &StorePath) -> OpResult<Option<Arc<ValidPathInfo>>> {
@@ -543,6 +589,10 @@ impl Connection {
                     )
                     .map_err(|e| OpError::Client(format!("setting 'trusted-public-keys': {e}")))?;
                     if realisation.check_signatures(&keys) == 0 {
+                        self.audit_refusal(
+                            "register an unsigned realisation",
+                            "trusted-public-keys",
+                        );
                         return Err(OpError::Client(format!(
                             "cannot register realisation '{}' because it lacks a valid \
                              signature (only trusted users may register unsigned ones)",
@@ -649,6 +699,7 @@ impl Connection {
             R::BuildDerivation(r) => {
                 let fixed = r.drv.outputs.values().all(|o| !o.hash_algo.is_empty());
                 if !self.trusted() && !fixed {
+                    self.audit_refusal("build input-addressed derivations", "trusted-users");
                     return Err(OpError::Client(
                         "you are not privileged to build input-addressed derivations".into(),
                     ));
@@ -1131,6 +1182,7 @@ impl Connection {
         // As Nix: only repairing is for trusted users (it is not atomic); `--check` builds
         // into the sandbox and registers nothing new, so anyone may ask for it.
         if mode == ward_proto::worker::types::BuildMode::Repair && !self.trusted() {
+            self.audit_refusal("repair", "trusted-users");
             return Err(OpError::Client(
                 "repairing is not allowed because you are not in 'trusted-users'".into(),
             ));
@@ -1239,13 +1291,15 @@ impl Connection {
             } => {
                 let (method, algo) = (method.method, method.algo);
                 let mut framed = FramedReader::new(&mut self.r);
-                let writer = match connect_writer(&mut self.writer, &self.shared).await {
-                    Ok(w) => w,
-                    Err(e) => {
-                        framed.drain().await.map_err(wire_fatal)?;
-                        return Err(e);
-                    }
-                };
+                let writer =
+                    match connect_writer(&mut self.writer, &self.shared, Some(self.peer_uid)).await
+                    {
+                        Ok(w) => w,
+                        Err(e) => {
+                            framed.drain().await.map_err(wire_fatal)?;
+                            return Err(e);
+                        }
+                    };
                 let result = writer
                     .add_content(name, method, algo, references, repair, &mut framed)
                     .await;
@@ -1333,13 +1387,15 @@ impl Connection {
         match Op::AddToStoreNar.upload(self.ctx.version) {
             Upload::Framed => {
                 let mut framed = FramedReader::new(&mut self.r);
-                let writer = match connect_writer(&mut self.writer, &self.shared).await {
-                    Ok(w) => w,
-                    Err(e) => {
-                        framed.drain().await.map_err(wire_fatal)?;
-                        return Err(e);
-                    }
-                };
+                let writer =
+                    match connect_writer(&mut self.writer, &self.shared, Some(self.peer_uid)).await
+                    {
+                        Ok(w) => w,
+                        Err(e) => {
+                            framed.drain().await.map_err(wire_fatal)?;
+                            return Err(e);
+                        }
+                    };
                 let result = writer
                     .add_path_from_nar(ipc_info, r.repair, check_sigs, &mut framed)
                     .await;
@@ -1348,7 +1404,8 @@ impl Connection {
             }
             Upload::Tunnel => {
                 self.flush().await.map_err(OpError::Fatal)?;
-                let writer = connect_writer(&mut self.writer, &self.shared).await?;
+                let writer =
+                    connect_writer(&mut self.writer, &self.shared, Some(self.peer_uid)).await?;
                 let mut tunnel = ward_proto::wire::TunnelReader::new(&mut self.r, &mut self.w);
                 let result = writer
                     .add_path_from_nar(ipc_info, r.repair, check_sigs, &mut tunnel)
@@ -1391,14 +1448,17 @@ impl Connection {
                 info.ultimate = false;
                 let mut nar_data = (&mut entries).take(info.nar_size);
                 if first_error.is_none() {
-                    let result = match connect_writer(&mut self.writer, &self.shared).await {
-                        Ok(writer) => writer
-                            .add_path_from_nar(info.clone(), repair, check_sigs, &mut nar_data)
+                    let result =
+                        match connect_writer(&mut self.writer, &self.shared, Some(self.peer_uid))
                             .await
-                            .map(drop)
-                            .map_err(OpError::from),
-                        Err(e) => Err(e),
-                    };
+                        {
+                            Ok(writer) => writer
+                                .add_path_from_nar(info.clone(), repair, check_sigs, &mut nar_data)
+                                .await
+                                .map(drop)
+                                .map_err(OpError::from),
+                            Err(e) => Err(e),
+                        };
                     if let Err(e) = result {
                         first_error = Some(e);
                     }
@@ -1514,6 +1574,7 @@ impl Connection {
 async fn connect_writer<'a>(
     slot: &'a mut Option<WriterClient>,
     shared: &Shared,
+    uid: Option<u32>,
 ) -> OpResult<&'a mut WriterClient> {
     let mut replay = BTreeSet::new();
     if slot.as_ref().is_some_and(WriterClient::is_closed) {
@@ -1522,7 +1583,7 @@ async fn connect_writer<'a>(
         }
     }
     if slot.is_none() {
-        let mut client = WriterClient::connect(&shared.ipc_dir, WRITER_CONNECT_TIMEOUT)
+        let mut client = WriterClient::connect_for(&shared.ipc_dir, WRITER_CONNECT_TIMEOUT, uid)
             .await?
             .with_path_info_cache(Arc::clone(shared.store.path_info_cache()));
         // The old channel's temporary roots died with it (the store-writer restarted): this
@@ -1592,4 +1653,27 @@ fn build_succeeded(result: &BuildResult) -> bool {
 
 fn config_verbosity(v: Verbosity) -> ward_config::Verbosity {
     ward_config::Verbosity::from_wire(v as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_hang_up;
+
+    #[test]
+    fn hang_ups_are_told_from_failures() {
+        for gone in [
+            "handshake: unexpected end of input while reading client magic",
+            "client went away during AddToStoreNar",
+            "writing to the client: Broken pipe (os error 32)",
+            "writing to the client: Connection reset by peer (os error 104)",
+        ] {
+            assert!(is_hang_up(gone), "{gone}");
+        }
+        for failure in [
+            "invalid arguments for operation AddToStore: string of 9999999 bytes is too long",
+            "reading the next operation: unknown operation 4242",
+        ] {
+            assert!(!is_hang_up(failure), "{failure}");
+        }
+    }
 }

@@ -5,10 +5,9 @@
 //! This process runs as whoever started the daemon (root in multi-user mode) but reads no
 //! client bytes: it only ever sees the admin's command line and nix.conf.
 
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsString;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, IntoRawFd, RawFd};
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::CommandExt;
@@ -16,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 use nix::fcntl::{fcntl, FcntlArg, FdFlag};
-use ward_config::cli::{self, DaemonArgs};
+use ward_config::cli;
 use ward_config::layout::{self, StoreLayout};
 
 pub use ward_config::daemon::{
@@ -65,76 +64,8 @@ fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> L
     }
 }
 
-/// Entry point of the `ward` binary.
-pub fn ward_main() -> ExitCode {
-    let mut argv = std::env::args_os();
-    let argv0 = argv.next().unwrap_or_else(|| OsString::from("ward"));
-    let invoked_as = Path::new(&argv0)
-        .file_name()
-        .unwrap_or(OsStr::new("ward"))
-        .to_owned();
-    let rest: Vec<OsString> = argv.collect();
-    if invoked_as == "nix-daemon" {
-        return daemon_main("nix-daemon", rest);
-    }
-    match rest.first().map(|a| a.as_bytes()) {
-        Some(b"daemon") => daemon_main("ward daemon", rest[1..].to_vec()),
-        Some(b"install") if rest.len() > 1 => {
-            if rest[1] == "--help" {
-                println!("{INSTALL_HELP}");
-                return ExitCode::SUCCESS;
-            }
-            eprintln!("error: 'ward install' takes no arguments; try 'ward install --help'");
-            ExitCode::from(EX_USAGE)
-        }
-        Some(b"install") => match install_main() {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::FAILURE
-            }
-        },
-        Some(b"--version") => {
-            println!(
-                "ward {} (Nix worker protocol 1.21–1.38)",
-                env!("CARGO_PKG_VERSION")
-            );
-            ExitCode::SUCCESS
-        }
-        Some(b"--help") | None => {
-            println!("{WARD_HELP}");
-            ExitCode::SUCCESS
-        }
-        Some(_) => {
-            eprintln!(
-                "error: unknown command '{}'; try 'ward --help'",
-                rest[0].to_string_lossy()
-            );
-            ExitCode::from(EX_USAGE)
-        }
-    }
-}
-
-const INSTALL_HELP: &str = "\
-Usage: ward install
-
-As root: create ward's group 'ward' and users 'ward-store' and 'ward-frontend', and the
-directories of the store named by NIX_STORE_DIR, NIX_STATE_DIR and NIX_LOG_DIR (default
-/nix/store, /nix/var/nix, /nix/var/log/nix), handing the store owner 'ward-store' the
-directories and files it writes. Users' own per-user directories keep their owners. The
-daemon does the same on its first start as root.";
-
-const WARD_HELP: &str = "\
-ward: a privilege-separated Nix daemon
-
-Usage:
-  ward daemon [nix-daemon options]   serve the Nix worker protocol (see 'ward daemon --help')
-  ward install                       as root: create ward's users, group and directories
-  ward --version | --help
-
-Invoked as 'nix-daemon', ward behaves as 'ward daemon'.";
-
-fn daemon_main(name: &str, args: Vec<OsString>) -> ExitCode {
+/// `ward daemon ARGS` / `nix-daemon ARGS`: `name` is how help and errors name the command.
+pub fn daemon_main(name: &str, args: Vec<OsString>) -> ExitCode {
     // The children re-read the same command line, so it is passed on as given.
     let raw_args = args.clone();
     let args = match cli::parse_args(args) {
@@ -180,11 +111,21 @@ fn start(setup: &DaemonSetup, raw_args: Vec<OsString>) -> Result<ExitCode, Launc
     } else {
         create_dir_all(&setup.layout.state_dir, 0o755)?;
     }
+    if !setup.settings.ward_audit_log.is_empty() {
+        prepare_audit_log(Path::new(&setup.settings.ward_audit_log), multi_user)?;
+    }
     if setup.args.stdio {
         return serve_stdio(setup, raw_args, multi_user);
     }
     // The listener must stay open across exec: its descriptor is deliberately leaked here.
-    let listener_fd = match systemd_listener()? {
+    // It is systemd's, launchd's (macOS: the plist's `Sockets`), or bound here.
+    let inherited = match systemd_listener()? {
+        Some(fd) => Some(fd),
+        None => crate::launchd::listener().map_err(|e| {
+            LaunchError::Setup(format!("taking the socket launchd holds for the job: {e}"))
+        })?,
+    };
+    let listener_fd = match inherited {
         Some(fd) => fd,
         None => bind_socket(&setup.layout.socket_path)?.into_raw_fd(),
     };
@@ -469,7 +410,7 @@ fn bind_socket(path: &Path) -> Result<UnixListener, LaunchError> {
     Ok(listener)
 }
 
-fn create_dir_all(path: &Path, mode: u32) -> Result<(), LaunchError> {
+pub(crate) fn create_dir_all(path: &Path, mode: u32) -> Result<(), LaunchError> {
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(mode)
@@ -477,22 +418,7 @@ fn create_dir_all(path: &Path, mode: u32) -> Result<(), LaunchError> {
         .map_err(io_err("creating directory", path))
 }
 
-/// `ward install`: creates ward's users and group and the directories of the store named by the
-/// environment (or `--store`), with the owners multi-user mode needs.
-fn install_main() -> Result<(), LaunchError> {
-    if !is_root() {
-        return Err(LaunchError::Setup("'ward install' must run as root".into()));
-    }
-    let setup = load_setup(DaemonArgs::default(), true)?;
-    ensure_system_setup(&setup.layout)?;
-    println!(
-        "ward: users '{FRONTEND_USER}' and '{STORE_USER}', group '{WARD_GROUP}', store '{}' ready",
-        setup.layout.real_store_dir.display()
-    );
-    Ok(())
-}
-
-fn run_tool(program: &str, args: &[&str]) -> Result<(), LaunchError> {
+pub(crate) fn run_tool(program: &str, args: &[&str]) -> Result<(), LaunchError> {
     let status = Command::new(program)
         .args(args)
         .status()
@@ -567,24 +493,34 @@ pub fn ensure_system_setup(layout: &StoreLayout) -> Result<(), LaunchError> {
     ] {
         create_dir_all(dir, 0o755)?;
     }
-    // Everything the store-writer writes must be the store owner's, also in a state tree a root
-    // nix-daemon made: the directories (not their users' contents, never through a symlink) and
-    // the DB files. Users' own directories under `per-user/` keep their owners.
-    let take = |path: &Path| -> Result<(), LaunchError> {
+    for path in paths_the_store_owner_owns(layout)? {
         nix::unistd::fchownat(
             None,
-            path,
+            &path,
             Some(owner.uid),
             Some(group.gid),
             nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
         )
         .map_err(|e| LaunchError::Io {
             what: "chown",
-            path: path.to_path_buf(),
+            path: path.clone(),
             source: e.into(),
-        })
-    };
+        })?;
+    }
+    check_reachable(&layout.real_store_dir)?;
+    check_reachable(&layout.state_dir)?;
+    Ok(())
+}
+
+/// Everything the store-writer writes, which must be the store owner's, also in a state tree a
+/// root nix-daemon made: the directories (not their users' contents, never through a
+/// symlink) and the files it rewrites in place (the DB and its companions, temporary roots,
+/// the per-derivation log directories: build logs are replaced by rename). Users' own
+/// directories under `per-user/` keep their owners. Only what exists is listed.
+pub fn paths_the_store_owner_owns(layout: &StoreLayout) -> Result<Vec<PathBuf>, LaunchError> {
     let state = &layout.state_dir;
+    let db_dir = state.join("db");
+    let mut out = Vec::new();
     for dir in [
         layout.real_store_dir.clone(),
         state.clone(),
@@ -601,12 +537,10 @@ pub fn ensure_system_setup(layout: &StoreLayout) -> Result<(), LaunchError> {
         layout.log_dir.join("drvs"),
     ] {
         match std::fs::symlink_metadata(&dir) {
-            Ok(meta) if meta.is_dir() => take(&dir)?,
+            Ok(meta) if meta.is_dir() => out.push(dir),
             _ => {}
         }
     }
-    // Files the store-writer rewrites in place: the DB and its companions, temporary roots, and
-    // the per-derivation log directories (build logs are replaced by rename).
     for (dir, files_too) in [
         (&db_dir, true),
         (state, true),
@@ -622,18 +556,79 @@ pub fn ensure_system_setup(layout: &StoreLayout) -> Result<(), LaunchError> {
             // Only the state dir's own files (gc.lock), not its subdirectories' trees.
             let is_state_subdir = dir == state && meta.is_dir();
             if (meta.is_dir() && !is_state_subdir) || (files_too && meta.is_file()) {
-                take(&path)?;
+                out.push(path);
             }
         }
     }
-    check_reachable(&layout.real_store_dir)?;
-    check_reachable(&layout.state_dir)?;
+    Ok(out)
+}
+
+/// Creates the audit log (`ward-audit-log`) if missing: as root, its directory 0750 and the
+/// file 0620, both group `ward`, so ward's processes may append but not read it; in
+/// single-user mode, 0700 and 0600. An existing file keeps its owner and mode; a symlink or
+/// anything but a regular file is refused.
+fn prepare_audit_log(path: &Path, multi_user: bool) -> Result<(), LaunchError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let setting = |detail: String| {
+        LaunchError::Setup(format!(
+            "the audit log '{}' (setting 'ward-audit-log'): {detail}",
+            path.display()
+        ))
+    };
+    if !path.is_absolute() {
+        return Err(setting("must be an absolute path".into()));
+    }
+    let group = if multi_user {
+        Some(
+            nix::unistd::Group::from_name(WARD_GROUP)
+                .ok()
+                .flatten()
+                .ok_or_else(|| setting(format!("group '{WARD_GROUP}' is missing")))?
+                .gid,
+        )
+    } else {
+        None
+    };
+    if let Some(dir) = path.parent() {
+        if !dir.exists() {
+            create_dir_all(dir, if multi_user { 0o750 } else { 0o700 })?;
+            if let Some(gid) = group {
+                nix::unistd::chown(dir, None, Some(gid)).map_err(|e| LaunchError::Io {
+                    what: "chown",
+                    path: dir.to_path_buf(),
+                    source: e.into(),
+                })?;
+            }
+        }
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_file() => return Ok(()),
+        Ok(_) => return Err(setting("exists and is not a regular file".into())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err("checking", path)(e)),
+    }
+    let mode = if multi_user { 0o620 } else { 0o600 };
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(io_err("creating the audit log", path))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(io_err("chmod", path))?;
+    if let Some(gid) = group {
+        nix::unistd::chown(path, None, Some(gid)).map_err(|e| LaunchError::Io {
+            what: "chown",
+            path: path.to_path_buf(),
+            source: e.into(),
+        })?;
+    }
     Ok(())
 }
 
 /// ward's users must be able to walk down to `dir`: every ancestor needs the search bit for
 /// others (they are neither root nor in root's group).
-fn check_reachable(dir: &Path) -> Result<(), LaunchError> {
+pub(crate) fn check_reachable(dir: &Path) -> Result<(), LaunchError> {
     let mut current = Some(dir);
     while let Some(path) = current {
         let meta = std::fs::metadata(path).map_err(io_err("checking", path))?;

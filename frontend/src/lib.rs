@@ -1,7 +1,9 @@
 //! The frontend: the unprivileged process that speaks the Nix worker protocol to clients,
 //! parses everything they send and makes every trust decision.
-#![forbid(unsafe_code)]
+// No unsafe code, except the FFI call that takes launchd's socket on macOS (`launchd.rs`).
+#![deny(unsafe_code)]
 
+pub mod admin;
 pub mod auth;
 pub mod blocking_io;
 pub mod broker_client;
@@ -10,10 +12,12 @@ pub mod busy_poll;
 pub mod confine;
 pub mod connection;
 pub mod launch;
+pub mod launchd;
 pub mod path_info_cache;
 pub mod process;
 pub mod roots;
 pub mod server;
+pub mod signals;
 pub mod store;
 pub mod substitute;
 pub mod workers;

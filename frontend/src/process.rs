@@ -7,6 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tracing::info;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 use ward_config::cli::LogFormat;
 use ward_proto::store_path::StoreDir;
@@ -64,14 +66,25 @@ pub fn init_logging(setup: &DaemonSetup) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("WARD_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    type Boxed = Box<dyn tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync>;
+    let stderr = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal());
-    let _ = match setup.args.log_format {
-        Some(LogFormat::InternalJson) => builder.event_format(NixJsonFormat).try_init(),
-        _ => builder.with_target(false).try_init(),
+    // raw, bar and bar-with-logs are the same for a daemon: plain lines (Nix draws no bar on
+    // a daemon's stderr either).
+    let layer: Boxed = match setup.args.log_format {
+        Some(LogFormat::InternalJson) => Box::new(stderr.event_format(NixJsonFormat)),
+        _ => Box::new(stderr.with_target(false)),
     };
+    // `--log-format internal-json` asks for Nix's machine-readable lines, not the journal.
+    if setup.args.log_format == Some(LogFormat::InternalJson) {
+        let _ = tracing_subscriber::registry()
+            .with(layer)
+            .with(filter)
+            .try_init();
+    } else {
+        ward_store::logging::init("ward-frontend", filter, Some(layer));
+    }
 }
 
 /// `--log-format internal-json` as Nix writes it: one `@nix {"action":"msg","level":N,
@@ -150,6 +163,12 @@ pub fn run(args: Vec<OsString>) -> Result<(), String> {
     let daemon_args = parse_passthrough(args.daemon_args).map_err(|e| e.to_string())?;
     let setup = load_setup(daemon_args, false).map_err(|e| e.to_string())?;
     init_logging(&setup);
+    if let Err(e) = ward_store::audit::init(&setup.settings.ward_audit_log, "frontend") {
+        tracing::error!(
+            "the audit log '{}' (setting 'ward-audit-log') cannot be opened: {e}",
+            setup.settings.ward_audit_log
+        );
+    }
 
     let mut listen = listenfd::ListenFd::from_env();
     // This thread accepts connections (and serves --stdio's one); the workers serve the rest.
@@ -184,10 +203,9 @@ pub fn run(args: Vec<OsString>) -> Result<(), String> {
             Ok(None) => None,
             Err(e) => return Err(format!("fd 4: {e}")),
         };
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(Shared::new(crate::server::SharedParts {
             broker,
             builds: crate::build::Builds::new(setup.settings.max_jobs),
-            policy: Shared::policy_from(&setup.settings),
             settings: setup.settings.clone(),
             substituters: crate::substitute::CachePool::new(
                 &setup.settings,
@@ -200,7 +218,7 @@ pub fn run(args: Vec<OsString>) -> Result<(), String> {
                 crate::writer_watch::start(args.ipc_dir.clone())
                     .map_err(|e| format!("starting the store-writer watch: {e}"))?,
             ),
-        });
+        }));
         // Goals' temporary roots go to a restarted store-writer at once, as connections' do.
         if let Some(mut restarts) = shared.writer_restarts.clone() {
             let keeper = std::sync::Arc::clone(&shared.builds.roots);
@@ -213,6 +231,10 @@ pub fn run(args: Vec<OsString>) -> Result<(), String> {
         }
         crate::confine::confine_frontend(&setup.layout)
             .map_err(|e| format!("confining the frontend: {e}"))?;
+        let signals = tokio::spawn(crate::signals::handle(
+            Arc::clone(&shared),
+            setup.args.clone(),
+        ));
         if setup.args.stdio {
             let stream = listen
                 .take_custom::<std::os::unix::net::UnixStream>(
@@ -241,7 +263,29 @@ pub fn run(args: Vec<OsString>) -> Result<(), String> {
             workers = workers.len(),
             "ward frontend ready"
         );
-        server::serve_listener(listener, shared, &workers).await;
+        if let Some(broker) = &shared.broker {
+            if let Err(e) = broker.serving().await {
+                tracing::warn!("telling the broker the frontend serves: {e}");
+            }
+        }
+        server::serve_listener(listener, Arc::clone(&shared), &workers).await;
+        // Draining: wait for the connections still busy with an operation.
+        let deadline = tokio::time::Instant::now() + crate::signals::DRAIN_TIMEOUT;
+        loop {
+            let open: usize = workers.loads().iter().sum();
+            if open == 0 {
+                info!("stopped: every connection closed");
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(open, "stopping with connections still busy");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if let Ok(Err(e)) = signals.await {
+            tracing::warn!("signal handling: {e}");
+        }
         Ok(())
     })
 }

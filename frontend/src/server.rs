@@ -21,14 +21,14 @@ use crate::workers::Workers;
 /// What every connection shares.
 #[derive(Debug)]
 pub struct Shared {
-    /// The daemon's settings (each connection starts from a copy).
-    pub settings: Settings,
+    /// The daemon's settings (each connection starts from a copy) and the access policy
+    /// drawn from them; replaced when nix.conf is re-read (SIGHUP), which open connections
+    /// do not notice.
+    config: std::sync::RwLock<LiveConfig>,
     /// Read-only view of the store.
     pub store: StoreView,
     /// Where the store-writer's socket is.
     pub ipc_dir: PathBuf,
-    /// `trusted-users`, `allowed-users`, `build-users-group`.
-    pub policy: AccessPolicy,
     /// `--force-trusted` / `--force-untrusted`: replaces the credential check entirely.
     pub trust_override: Option<TrustOverride>,
     /// The channel to the broker (absent when the frontend runs without one, e.g. in tests).
@@ -40,9 +40,83 @@ pub struct Shared {
     pub writer_restarts: Option<tokio::sync::watch::Receiver<u64>>,
     /// The binary caches, opened on first use.
     pub substituters: crate::substitute::CachePool,
+    /// Becomes true at SIGTERM: no more accepting, idle connections close, busy ones finish
+    /// their operation.
+    pub draining: tokio::sync::watch::Sender<bool>,
+}
+
+/// The configuration new connections start from.
+#[derive(Debug, Clone)]
+pub struct LiveConfig {
+    /// The daemon's settings.
+    pub settings: Arc<Settings>,
+    /// `trusted-users`, `allowed-users`, `build-users-group`.
+    pub policy: Arc<AccessPolicy>,
+}
+
+impl LiveConfig {
+    /// The configuration `settings` give.
+    pub fn new(settings: Settings) -> LiveConfig {
+        LiveConfig {
+            policy: Arc::new(Shared::policy_from(&settings)),
+            settings: Arc::new(settings),
+        }
+    }
+}
+
+/// What a [`Shared`] is made of (its configuration is kept behind a lock).
+#[derive(Debug)]
+pub struct SharedParts {
+    pub settings: Settings,
+    pub store: StoreView,
+    pub ipc_dir: PathBuf,
+    pub trust_override: Option<TrustOverride>,
+    pub broker: Option<Arc<crate::broker_client::BrokerClient>>,
+    pub builds: crate::build::Builds,
+    pub writer_restarts: Option<tokio::sync::watch::Receiver<u64>>,
+    pub substituters: crate::substitute::CachePool,
 }
 
 impl Shared {
+    /// Puts the parts together.
+    pub fn new(parts: SharedParts) -> Shared {
+        Shared {
+            config: std::sync::RwLock::new(LiveConfig::new(parts.settings)),
+            store: parts.store,
+            ipc_dir: parts.ipc_dir,
+            trust_override: parts.trust_override,
+            broker: parts.broker,
+            builds: parts.builds,
+            writer_restarts: parts.writer_restarts,
+            substituters: parts.substituters,
+            draining: tokio::sync::watch::channel(false).0,
+        }
+    }
+
+    /// The settings a new connection starts from.
+    pub fn settings(&self) -> Arc<Settings> {
+        Arc::clone(&self.config().settings)
+    }
+
+    /// The access policy new connections are checked against.
+    pub fn policy(&self) -> Arc<AccessPolicy> {
+        Arc::clone(&self.config().policy)
+    }
+
+    fn config(&self) -> std::sync::RwLockReadGuard<'_, LiveConfig> {
+        self.config.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Replaces the configuration for connections accepted from now on.
+    pub fn replace_config(&self, settings: Settings) {
+        *self.config.write().unwrap_or_else(|p| p.into_inner()) = LiveConfig::new(settings);
+    }
+
+    /// Whether the daemon is draining (SIGTERM).
+    pub fn is_draining(&self) -> bool {
+        *self.draining.borrow()
+    }
+
     /// Collects the access policy from the settings.
     pub fn policy_from(settings: &Settings) -> AccessPolicy {
         AccessPolicy {
@@ -54,9 +128,16 @@ impl Shared {
 }
 
 /// Accepts clients forever; each gets its own task on the least busy worker thread.
+/// Returns once the daemon drains (SIGTERM): connections that arrive from then on wait in the
+/// socket's backlog for the next daemon (socket activation) or are refused when it exits.
 pub async fn serve_listener(listener: UnixListener, shared: Arc<Shared>, workers: &Workers) {
+    let mut draining = shared.draining.subscribe();
     loop {
-        match listener.accept().await {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = draining.wait_for(|d| *d) => return,
+        };
+        match accepted {
             Ok((stream, _)) => {
                 let stream = match stream.into_std() {
                     Ok(stream) => stream,
@@ -110,9 +191,14 @@ async fn peer_of(stream: &UnixStream) -> PeerInfo {
         })
 }
 
+/// Numbers connections in the log (the journal's `WARD_CONNECTION`).
+static CONNECTIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 fn connection_span(peer: &PeerInfo, trust: Trust) -> tracing::Span {
+    let connection = CONNECTIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
     info_span!(
         "connection",
+        connection,
         pid = peer.pid.unwrap_or(0),
         uid = peer.uid,
         user = %peer.user_name,
@@ -125,7 +211,7 @@ async fn accept_one(stream: UnixStream, shared: Arc<Shared>) {
     let decision = match shared.trust_override {
         Some(TrustOverride::Trusted) => Ok(Trust::Trusted),
         Some(TrustOverride::Untrusted) => Ok(Trust::Untrusted),
-        None => auth::decide(&shared.policy, &peer, &SystemGroups),
+        None => auth::decide(&shared.policy(), &peer, &SystemGroups),
     };
     let trust = match decision {
         Ok(trust) => trust,
@@ -134,6 +220,17 @@ async fn accept_one(stream: UnixStream, shared: Arc<Shared>) {
                 pid = peer.pid.unwrap_or(0),
                 uid = peer.uid,
                 "error processing connection: {refusal}"
+            );
+            ward_store::audit::record(
+                "refused",
+                serde_json::json!({
+                    "uid": peer.uid,
+                    "pid": peer.pid,
+                    "user": peer.user_name,
+                    "action": "connect",
+                    "setting": refusal.setting(),
+                    "reason": refusal.to_string(),
+                }),
             );
             refuse(stream, &refusal.to_string()).await;
             return;
@@ -151,6 +248,15 @@ async fn accept_one(stream: UnixStream, shared: Arc<Shared>) {
             }
         }
     }
+    ward_store::audit::record(
+        "connection",
+        serde_json::json!({
+            "uid": peer.uid,
+            "pid": peer.pid,
+            "user": peer.user_name,
+            "trusted": trust.is_trusted(),
+        }),
+    );
     span.in_scope(|| {
         info!(
             "accepted connection from pid {}, user {}{}",

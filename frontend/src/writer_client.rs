@@ -34,7 +34,28 @@ use crate::path_info_cache::{ChangeGuard, PathInfoCache};
 /// How long to wait between attempts while the store-writer's socket does not exist yet.
 const CONNECT_RETRY: Duration = Duration::from_millis(50);
 /// Size asked for the data pipe's buffer (best effort; the kernel may cap it).
+#[cfg(target_os = "linux")]
 const PIPE_BUFFER: usize = 1 << 20;
+
+/// A close-on-exec pipe for data sent to the store-writer, with a `PIPE_BUFFER` buffer where
+/// the kernel allows (Linux; elsewhere the default buffer and close-on-exec set after
+/// creation: the frontend runs no programs).
+fn data_pipe() -> rustix::io::Result<(OwnedFd, OwnedFd)> {
+    #[cfg(target_os = "linux")]
+    {
+        let (read_end, write_end) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+        let _ = rustix::pipe::fcntl_setpipe_size(&write_end, PIPE_BUFFER);
+        Ok((read_end, write_end))
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let (read_end, write_end) = rustix::pipe::pipe()?;
+        for fd in [&read_end, &write_end] {
+            rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::CLOEXEC)?;
+        }
+        Ok((read_end, write_end))
+    }
+}
 /// Size of the chunks data is copied in.
 const CHUNK: usize = 64 * 1024;
 
@@ -164,6 +185,16 @@ impl WriterClient {
     /// Connects to `ipc_dir/store-writer.socket`, retrying while the socket does not exist or
     /// refuses connections (the store-writer may still be starting), then does the handshake.
     pub async fn connect(ipc_dir: &Path, timeout: Duration) -> Result<WriterClient, ClientError> {
+        WriterClient::connect_for(ipc_dir, timeout, None).await
+    }
+
+    /// [`WriterClient::connect`] for a channel that serves the client with uid `client_uid`
+    /// (the store-writer names it in the audit log).
+    pub async fn connect_for(
+        ipc_dir: &Path,
+        timeout: Duration,
+        client_uid: Option<u32>,
+    ) -> Result<WriterClient, ClientError> {
         let path = ward_config::daemon::store_writer_socket(ipc_dir);
         let deadline = Instant::now() + timeout;
         let timed_out = || ClientError::ConnectTimeout {
@@ -194,7 +225,7 @@ impl WriterClient {
         };
         let channel = FrontendStoreWriterChannel::new(stream, FrameLimit::DEFAULT);
         let remaining = deadline.saturating_duration_since(Instant::now());
-        tokio::time::timeout(remaining, WriterClient::handshake(channel))
+        tokio::time::timeout(remaining, WriterClient::handshake_for(channel, client_uid))
             .await
             .map_err(|_| timed_out())?
     }
@@ -204,6 +235,13 @@ impl WriterClient {
     pub async fn handshake(
         channel: FrontendStoreWriterChannel,
     ) -> Result<WriterClient, ClientError> {
+        WriterClient::handshake_for(channel, None).await
+    }
+
+    async fn handshake_for(
+        channel: FrontendStoreWriterChannel,
+        client_uid: Option<u32>,
+    ) -> Result<WriterClient, ClientError> {
         let mut client = WriterClient {
             channel,
             unusable: false,
@@ -212,6 +250,7 @@ impl WriterClient {
         };
         let hello = FrontendToStoreWriter::Hello {
             ipc_version: IPC_VERSION,
+            client_uid,
         };
         match client.exchange(&hello, &[]).await? {
             StoreWriterToFrontend::Hello { ipc_version } if ipc_version == IPC_VERSION => {
@@ -357,10 +396,7 @@ impl WriterClient {
             what: "pipe",
             source,
         };
-        let (read_end, write_end): (OwnedFd, OwnedFd) =
-            rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
-                .map_err(|e| setup(e.into()))?;
-        let _ = rustix::pipe::fcntl_setpipe_size(&write_end, PIPE_BUFFER);
+        let (read_end, write_end) = data_pipe().map_err(|e| setup(e.into()))?;
         let sender = Sender::from_owned_fd(write_end).map_err(setup)?;
         let _guard = self.change_guard(request);
         self.unusable = true;

@@ -74,6 +74,24 @@ pub fn collect_garbage(
             GcError::StillAlive(path) => Box::new(StoreWriterError::StillAlive { path }),
             other => refused(other.to_string()),
         })?;
+    let deletes = matches!(
+        request.action,
+        GcAction::DeleteDead | GcAction::DeleteSpecific
+    );
+    if deletes && ward_store::audit::enabled() {
+        for path in &outcome.paths {
+            ward_store::audit::record("path-deleted", serde_json::json!({ "path": path }));
+        }
+    }
+    ward_store::audit::record(
+        "gc",
+        serde_json::json!({
+            "action": format!("{:?}", request.action),
+            "paths": outcome.paths.len(),
+            "bytes_freed": outcome.bytes_freed,
+            "max_freed": request.max_freed,
+        }),
+    );
     if !outcome.paths.is_empty() || outcome.bytes_freed > 0 {
         tracing::info!(
             paths = outcome.paths.len(),

@@ -192,9 +192,13 @@ fn strip_xattrs(fd: BorrowedFd<'_>, shown: &Path) -> Result<(), FsError> {
 /// 0555, mtime 1; then syncs it to disk so that a committed path survives a power loss.
 fn canonicalise_fd(fd: BorrowedFd<'_>, st: &rustix::fs::Stat, shown: &Path) -> Result<(), FsError> {
     strip_xattrs(fd, shown)?;
-    let mode = canonical_mode(st.st_mode);
-    if st.st_mode & 0o7777 != mode {
-        rustix::fs::fchmod(fd, Mode::from_raw_mode(mode))
+    // `st_mode` is a u32 on Linux, a u16 on macOS.
+    #[allow(clippy::useless_conversion)]
+    let st_mode = u32::from(st.st_mode);
+    let mode = canonical_mode(st_mode);
+    if st_mode & 0o7777 != mode {
+        // 0o444 or 0o555: fits macOS's u16 too.
+        rustix::fs::fchmod(fd, Mode::from_raw_mode(mode as rustix::fs::RawMode))
             .map_err(io_err("changing mode of", shown))?;
     }
     rustix::fs::futimens(fd, &store_times())
@@ -467,6 +471,15 @@ fn list_dir_of(dir: &Path) -> Result<Vec<OsString>, FsError> {
     list_dir(fd.as_fd(), dir)
 }
 
+/// Inode flags (`FS_IOC_GETFLAGS`) are Linux's; elsewhere there is nothing to clear here (a
+/// macOS port would clear `UF_IMMUTABLE`/`SF_IMMUTABLE` with `fchflags`; until then such a
+/// file fails the operation that follows, with `EPERM`).
+#[cfg(not(target_os = "linux"))]
+fn clear_immutable(_fd: BorrowedFd<'_>, _shown: &Path) -> Result<(), FsError> {
+    Ok(())
+}
+
+#[cfg(target_os = "linux")]
 fn clear_immutable(fd: BorrowedFd<'_>, shown: &Path) -> Result<(), FsError> {
     use rustix::fs::IFlags;
     let flags = match rustix::fs::ioctl_getflags(fd) {

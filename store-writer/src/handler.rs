@@ -61,12 +61,14 @@ type Outcome = Result<StoreWriterToFrontend, Failure>;
 struct ChannelState {
     shared: Arc<Shared>,
     id: u64,
+    /// The client this channel serves, as the frontend said when it opened it.
+    client_uid: Option<u32>,
     phase: Phase,
     temp_roots: TempRoots,
 }
 
 /// Serves one channel until the peer closes it or breaks the protocol.
-pub fn serve(slot: ChannelSlot, socket: UnixStream) {
+pub fn serve(slot: ChannelSlot, socket: UnixStream, client_uid: Option<u32>) {
     let shared = Arc::clone(slot.shared());
     let id = slot.id;
     let temp_roots = TempRoots::new(
@@ -77,6 +79,7 @@ pub fn serve(slot: ChannelSlot, socket: UnixStream) {
     let mut state = ChannelState {
         shared,
         id,
+        client_uid,
         phase: Phase::Handshake,
         temp_roots,
     };
@@ -232,7 +235,13 @@ impl ChannelState {
             (fds.into_iter().next(), Vec::new())
         };
         match request {
-            FrontendToStoreWriter::Hello { ipc_version } => {
+            FrontendToStoreWriter::Hello {
+                ipc_version,
+                client_uid,
+            } => {
+                if client_uid.is_some() {
+                    self.client_uid = client_uid;
+                }
                 if ipc_version != IPC_VERSION {
                     return Err(StoreWriterError::VersionMismatch {
                         ours: IPC_VERSION,
@@ -403,7 +412,7 @@ impl ChannelState {
             "OpenChannel on channel {} for client pid {peer_pid:?} uid {peer_uid:?}",
             self.id
         );
-        if !server::spawn_channel(&self.shared, UnixStream::from(fd), &origin) {
+        if !server::spawn_channel(&self.shared, UnixStream::from(fd), &origin, peer_uid) {
             return Err(refuse(format!(
                 "too many open channels (at most {})",
                 server::MAX_CHANNELS
@@ -427,6 +436,25 @@ impl ChannelState {
             }
             Err(e) => tracing::warn!(channel = self.id, "auto-optimise: {e}"),
         }
+    }
+
+    /// Records an addition (and the signatures it was given or got) in the audit log.
+    fn audit_added(&self, info: &ward_proto::path_info::ValidPathInfo, from: &str) {
+        if !ward_store::audit::enabled() {
+            return;
+        }
+        let shown = self.shared.print(&info.path);
+        ward_store::audit::record(
+            "path-added",
+            serde_json::json!({
+                "path": shown,
+                "nar_hash": info.nar_hash.to_string(),
+                "nar_size": info.nar_size,
+                "from": from,
+                "uid": self.client_uid,
+            }),
+        );
+        crate::audit_signed(&shown, info.sigs.iter(), self.client_uid);
     }
 
     fn registered_info(&self, path: &StorePath) -> Outcome {
@@ -471,8 +499,18 @@ impl ChannelState {
         if request.check_sigs {
             // Only trusted clients may vouch for a path themselves.
             info.ultimate = false;
-            if shared.require_sigs && !info.has_enough_signatures(shared.store_dir(), &shared.keys)
+            let policy = shared.policy();
+            if policy.require_sigs && !info.has_enough_signatures(shared.store_dir(), &policy.keys)
             {
+                ward_store::audit::record(
+                    "refused",
+                    serde_json::json!({
+                        "action": "add a path without a trusted signature",
+                        "path": shown,
+                        "setting": "require-sigs",
+                        "uid": self.client_uid,
+                    }),
+                );
                 return Err(StoreWriterError::SignatureMissing { path }.into());
             }
         }
@@ -493,6 +531,7 @@ impl ChannelState {
             Ok(outcome) => {
                 if outcome == AddOutcome::Added {
                     tracing::info!(channel = self.id, path = %shown, "added path");
+                    self.audit_added(&info, "nar");
                 }
                 self.registered_info(&path)
             }
@@ -567,6 +606,7 @@ impl ChannelState {
             Ok((info, outcome)) => {
                 if outcome == AddOutcome::Added {
                     tracing::info!(channel = self.id, path = %shared.print(&info.path), "added path");
+                    self.audit_added(&info, "content");
                 }
                 self.registered_info(&info.path)
             }
@@ -609,6 +649,7 @@ impl ChannelState {
             .db_mut()
             .add_signatures(path, sigs)
             .map_err(|e| errors::db_error(e, &shown))?;
+        crate::audit_signed(&shown, sigs.iter(), self.client_uid);
         Ok(StoreWriterToFrontend::Done)
     }
 
@@ -694,7 +735,7 @@ impl ChannelState {
         match buildlog::write_build_log(
             self.shared.layout.log_dir(),
             drv_path,
-            self.shared.compress_build_log,
+            self.shared.policy().compress_build_log,
             source,
         ) {
             Ok(_) => Ok(StoreWriterToFrontend::Done),
@@ -779,6 +820,20 @@ impl ChannelState {
             Ok(outputs) => {
                 let paths: Vec<StorePath> = outputs.values().map(|i| i.path.clone()).collect();
                 self.auto_optimise(&paths);
+                for info in outputs.values() {
+                    ward_store::audit::record(
+                        "path-added",
+                        serde_json::json!({
+                            "path": self.shared.print(&info.path),
+                            "nar_hash": info.nar_hash.to_string(),
+                            "nar_size": info.nar_size,
+                            "from": "build",
+                            "drv": drv_shown,
+                            "uid": self.client_uid,
+                        }),
+                    );
+                    crate::audit_signed(&self.shared.print(&info.path), info.sigs.iter(), None);
+                }
                 tracing::info!(
                     channel = self.id,
                     %build,

@@ -15,12 +15,14 @@ pub use add::{AddError, AddOptions, AddOutcome, ContentAddition, PathAddition, S
 pub use store::{Store, StoreError};
 
 pub mod add;
+pub mod audit;
 pub mod build_outputs;
 pub mod db;
 pub mod fsutil;
 pub mod gc;
 pub mod layout;
 pub mod lock;
+pub mod logging;
 pub mod optimise;
 pub mod refscan;
 pub mod store;

@@ -8,6 +8,19 @@
 #![deny(unsafe_code)]
 
 mod broker_link;
+
+/// Records the signatures a path carries in the audit log (each key name once).
+fn audit_signed<'a>(path: &str, sigs: impl Iterator<Item = &'a String>, uid: Option<u32>) {
+    let keys: std::collections::BTreeSet<&str> = sigs
+        .filter_map(|s| s.split_once(':').map(|(k, _)| k))
+        .collect();
+    if !keys.is_empty() {
+        ward_store::audit::record(
+            "path-signed",
+            serde_json::json!({ "path": path, "keys": keys, "uid": uid }),
+        );
+    }
+}
 mod buildlog;
 mod collect;
 mod confine;
@@ -134,13 +147,11 @@ fn init_logging(verbosity: Verbosity) {
     .unwrap_or_else(|| {
         tracing_subscriber::EnvFilter::new(log_level(verbosity).as_str().to_ascii_lowercase())
     });
-    use std::io::IsTerminal;
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(filter)
-        .with_target(false)
-        .init();
+    ward_store::logging::init::<tracing_subscriber::fmt::Layer<tracing_subscriber::Registry>>(
+        "ward-store-writer",
+        filter,
+        None,
+    );
 }
 
 fn main() -> ExitCode {
@@ -161,6 +172,12 @@ fn main() -> ExitCode {
         }
     };
     init_logging(setup.args.verbosity);
+    if let Err(e) = ward_store::audit::init(&setup.settings.ward_audit_log, "store-writer") {
+        tracing::error!(
+            "the audit log '{}' (setting 'ward-audit-log') cannot be opened: {e}",
+            setup.settings.ward_audit_log
+        );
+    }
     let signing_keys = secret_keys::load(&command_line.secret_key_fds);
     let broker = command_line
         .broker_fd

@@ -7,7 +7,7 @@ use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
 use nix::unistd::{Group, User};
@@ -74,12 +74,8 @@ pub struct Shared {
     store: Mutex<Store>,
     /// Where the store's files are.
     pub layout: StoreLayout,
-    /// `trusted-public-keys`.
-    pub keys: PublicKeys,
-    /// `require-sigs`.
-    pub require_sigs: bool,
-    /// `compress-build-log`.
-    pub compress_build_log: bool,
+    /// The settings that a re-read of nix.conf (SIGHUP) changes.
+    policy: RwLock<Arc<WriterPolicy>>,
     /// The channel to the broker, for the roots of a collection (none: collections are
     /// refused).
     pub broker: Option<BrokerLink>,
@@ -91,7 +87,84 @@ pub struct Shared {
     next_channel: AtomicU64,
 }
 
+/// The store-writer's settings that apply at once when nix.conf is re-read (SIGHUP); each
+/// request reads them when it starts.
+#[derive(Debug)]
+pub struct WriterPolicy {
+    /// `trusted-public-keys`.
+    pub keys: PublicKeys,
+    /// `require-sigs`.
+    pub require_sigs: bool,
+    /// `compress-build-log`.
+    pub compress_build_log: bool,
+}
+
+impl WriterPolicy {
+    /// The policy `settings` give.
+    pub fn from_settings(settings: &ward_config::Settings) -> WriterPolicy {
+        WriterPolicy {
+            keys: trusted_keys(&settings.trusted_public_keys),
+            require_sigs: settings.require_sigs,
+            compress_build_log: settings.compress_build_log,
+        }
+    }
+}
+
+/// Settings the store-writer reads only at start: a changed value is logged as needing a
+/// restart.
+const WRITER_RESTART_ONLY: &[&str] = &[
+    "store",
+    "fsync-metadata",
+    "use-sqlite-wal",
+    "min-free",
+    "max-free",
+    "min-free-check-interval",
+    "keep-outputs",
+    "keep-derivations",
+    "gc-reserved-space",
+    "build-users-group",
+    "secret-key-files",
+    "experimental-features",
+    "ward-audit-log",
+];
+
 impl Shared {
+    /// The settings in force now.
+    pub fn policy(&self) -> Arc<WriterPolicy> {
+        Arc::clone(&self.policy.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Re-reads nix.conf (SIGHUP): applies what can change at once and logs the rest.
+    fn reload(&self, args: &ward_config::cli::DaemonArgs, current: &mut ward_config::Settings) {
+        let fresh = match ward_config::daemon::load_setup(args.clone(), false) {
+            Ok(setup) => setup.settings,
+            Err(e) => {
+                tracing::error!("re-reading nix.conf: {e}; the settings in use stay");
+                return;
+            }
+        };
+        let (old, new) = (current.to_key_values(), fresh.to_key_values());
+        let mut changed = 0;
+        for (name, value) in &new {
+            if old.get(name) == Some(value) {
+                continue;
+            }
+            changed += 1;
+            if WRITER_RESTART_ONLY.contains(name) {
+                tracing::warn!(setting = name, value = %value,
+                    "nix.conf changed '{name}', which the store-writer reads only at start; \
+                     it applies after a restart (systemctl restart nix-daemon)");
+            } else {
+                tracing::debug!(setting = name, "nix.conf changed '{name}'");
+            }
+        }
+        *self.policy.write().unwrap_or_else(|p| p.into_inner()) =
+            Arc::new(WriterPolicy::from_settings(&fresh));
+        self.store().auto_optimise = fresh.auto_optimise_store;
+        tracing::info!(changed, "store-writer re-read nix.conf");
+        *current = fresh;
+    }
+
     /// The store's lock itself, for the collector, which takes it in short steps.
     pub fn store_mutex(&self) -> &Mutex<Store> {
         &self.store
@@ -154,7 +227,14 @@ impl Drop for ChannelSlot {
 
 /// Starts a thread serving `socket` as a new channel. Returns false (and logs) when the
 /// channel limit is reached or the thread cannot start; the socket is then closed.
-pub fn spawn_channel(shared: &Arc<Shared>, socket: UnixStream, origin: &str) -> bool {
+/// `client_uid` is the uid of the client the frontend opens this channel for, as the frontend
+/// says (for the audit log).
+pub fn spawn_channel(
+    shared: &Arc<Shared>,
+    socket: UnixStream,
+    origin: &str,
+    client_uid: Option<u32>,
+) -> bool {
     let Some(slot) = shared.open_channel() else {
         tracing::warn!(
             origin,
@@ -166,7 +246,7 @@ pub fn spawn_channel(shared: &Arc<Shared>, socket: UnixStream, origin: &str) -> 
     let id = slot.id;
     let spawned = std::thread::Builder::new()
         .name(format!("channel-{id}"))
-        .spawn(move || handler::serve(slot, socket));
+        .spawn(move || handler::serve(slot, socket, client_uid));
     match spawned {
         Ok(_) => {
             tracing::debug!(channel = id, origin, "channel opened");
@@ -356,6 +436,8 @@ pub fn run(
     signing_keys: Vec<ward_proto::signature::SecretKey>,
     broker: Option<BrokerLink>,
 ) -> Result<Infallible, ServerError> {
+    // Before any thread starts, so that every thread inherits the mask (see start_reloader).
+    block_hangup()?;
     let layout = store_layout(setup)?;
     // SQLite's temporary files (large sorts) would go to /var/tmp or /tmp, which landlock
     // will not let us write; the staging directory is private, on the store's file system and
@@ -380,18 +462,23 @@ pub fn run(
     if let Some(gid) = group {
         share_db_with_group(&layout, gid)?;
     }
-    let keys = trusted_keys(&setup.settings.trusted_public_keys);
     let peers = AllowedPeers::detect();
     std::fs::create_dir_all(ipc_dir).map_err(io_err("creating directory", ipc_dir))?;
     let socket_path = daemon::store_writer_socket(ipc_dir);
     let listener = bind_socket(&socket_path)?;
 
-    let writable = [
+    let mut writable = vec![
         layout.real_store_dir().to_owned(),
         layout.state_dir().to_owned(),
         layout.log_dir().to_owned(),
         ipc_dir.to_owned(),
     ];
+    // The audit log is reopened by path after a rotation: its directory, not the file.
+    if let Some(dir) = Path::new(&setup.settings.ward_audit_log).parent() {
+        if !setup.settings.ward_audit_log.is_empty() && dir.is_dir() {
+            writable.push(dir.to_owned());
+        }
+    }
     let report = confine::confine(&writable)?;
     tracing::info!(
         store = %layout.real_store_dir().display(),
@@ -404,16 +491,59 @@ pub fn run(
     let shared = Arc::new(Shared {
         store: Mutex::new(store),
         layout,
-        keys,
-        require_sigs: setup.settings.require_sigs,
-        compress_build_log: setup.settings.compress_build_log,
+        policy: RwLock::new(Arc::new(WriterPolicy::from_settings(&setup.settings))),
         broker,
         collecting: Mutex::new(()),
         auto_gc: crate::collect::AutoGc::from_settings(&setup.settings),
         open_channels: AtomicUsize::new(0),
         next_channel: AtomicU64::new(0),
     });
+    start_reloader(&shared, setup)?;
     accept_loop(&shared, &listener, &peers)
+}
+
+fn hangup_set() -> nix::sys::signal::SigSet {
+    let mut set = nix::sys::signal::SigSet::empty();
+    set.add(nix::sys::signal::Signal::SIGHUP);
+    set
+}
+
+fn block_hangup() -> Result<(), ServerError> {
+    hangup_set().thread_block().map_err(|e| ServerError::Io {
+        action: "blocking",
+        path: PathBuf::from("SIGHUP"),
+        source: e.into(),
+    })
+}
+
+/// A thread that re-reads nix.conf on each SIGHUP (which the broker forwards from
+/// `systemctl reload`). SIGHUP is blocked in every thread, so none is killed by it; this one
+/// takes it with sigwait.
+fn start_reloader(shared: &Arc<Shared>, setup: &DaemonSetup) -> Result<(), ServerError> {
+    let hangup = hangup_set();
+    let shared = Arc::clone(shared);
+    let args = setup.args.clone();
+    let mut current = setup.settings.clone();
+    std::thread::Builder::new()
+        .name("reload".into())
+        .spawn(move || loop {
+            match hangup.wait() {
+                Ok(_) => {
+                    ward_store::audit::reopen();
+                    shared.reload(&args, &mut current);
+                }
+                Err(e) => {
+                    tracing::error!("waiting for SIGHUP: {e}; nix.conf is not re-read");
+                    return;
+                }
+            }
+        })
+        .map_err(|e| ServerError::Io {
+            action: "starting the reload thread for",
+            path: PathBuf::from("SIGHUP"),
+            source: e,
+        })?;
+    Ok(())
 }
 
 /// Parses `trusted-public-keys`; a malformed key is logged and left out (nothing verifies
@@ -464,7 +594,7 @@ fn accept_loop(
             continue;
         }
         let origin = format!("connection from pid {}", cred.pid.as_raw_nonzero());
-        spawn_channel(shared, socket, &origin);
+        spawn_channel(shared, socket, &origin, None);
     }
 }
 
@@ -522,9 +652,11 @@ mod tests {
         let shared = Arc::new(Shared {
             store: Mutex::new(store),
             layout,
-            keys: PublicKeys::new(),
-            require_sigs: true,
-            compress_build_log: true,
+            policy: RwLock::new(Arc::new(WriterPolicy {
+                keys: PublicKeys::new(),
+                require_sigs: true,
+                compress_build_log: true,
+            })),
             broker: None,
             collecting: Mutex::new(()),
             auto_gc: crate::collect::AutoGc::disabled(),

@@ -109,6 +109,7 @@ impl Writer {
             &client,
             FrontendToStoreWriter::Hello {
                 ipc_version: IPC_VERSION,
+                client_uid: None,
             },
         );
         assert_eq!(
@@ -228,6 +229,7 @@ fn the_handshake_comes_first_and_only_once() {
         &client,
         FrontendToStoreWriter::Hello {
             ipc_version: IPC_VERSION + 1,
+            client_uid: None,
         },
     ));
     assert!(matches!(e, StoreWriterError::VersionMismatch { .. }), "{e}");
@@ -239,6 +241,7 @@ fn the_handshake_comes_first_and_only_once() {
         &client,
         FrontendToStoreWriter::Hello {
             ipc_version: IPC_VERSION,
+            client_uid: None,
         },
     ));
     assert!(
@@ -538,7 +541,8 @@ fn open_channel_makes_an_independent_channel() {
         call(
             &second,
             FrontendToStoreWriter::Hello {
-                ipc_version: IPC_VERSION
+                ipc_version: IPC_VERSION,
+                client_uid: None,
             }
         ),
         StoreWriterToFrontend::Hello { .. }
@@ -639,6 +643,7 @@ fn foreign_peer_child() {
     let _ = client.send(
         &FrontendToStoreWriter::Hello {
             ipc_version: IPC_VERSION,
+            client_uid: None,
         },
         &[],
     );

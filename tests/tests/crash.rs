@@ -184,15 +184,17 @@ impl Victim {
     }
 }
 
-/// A random delay within the first 60% of `took` (at least 1 ms): `took` is the shortest
-/// uninterrupted run seen, and later runs may be quicker than the first (warm caches).
+/// A random delay between 25% and 85% of `took` (at least 1 ms): `took` is the shortest
+/// uninterrupted run of the whole command seen, whose first part is the client starting and
+/// connecting, and later runs may be quicker than the first (warm caches).
 fn kill_point(rng: &mut Rng, took: Duration) -> Duration {
-    let window = (took.as_millis() as u64 * 6 / 10).max(1);
-    Duration::from_millis(rng.below(window) + 1)
+    let took = took.as_millis() as u64;
+    let (from, to) = (took / 4, (took * 85 / 100).max(took / 4 + 1));
+    Duration::from_millis(from + rng.below(to - from) + 1)
 }
 
 /// Dead paths per round of the GC test.
-const DEAD_PER_ROUND: usize = 400;
+const DEAD_PER_ROUND: usize = 800;
 
 fn gc_under_kills(index: usize, seed: u64) -> usize {
     let mut v = Victim::start(&format!("crash-gc-{index}"));

@@ -1,7 +1,7 @@
-//! `ward`: the user-facing command (`ward daemon`, `ward install`); also installed as
+//! `ward`: the user-facing command (`ward daemon`, `ward install`, `ward doctor`, ...); also installed as
 //! `nix-daemon`.
 #![forbid(unsafe_code)]
 
 fn main() -> std::process::ExitCode {
-    ward_frontend::launch::ward_main()
+    ward_frontend::admin::ward_main()
 }

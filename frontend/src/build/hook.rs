@@ -45,7 +45,7 @@ pub async fn run_post_build_hook(
     cancel: &mut watch::Receiver<bool>,
 ) -> Result<(), String> {
     // The daemon's hook, never a client's: the broker runs only the one of its nix.conf.
-    let hook = shared.settings.post_build_hook.clone();
+    let hook = shared.settings().post_build_hook.clone();
     if hook.is_empty() {
         return Ok(());
     }

@@ -216,6 +216,15 @@ pub async fn run_build(
         }
     };
     info!(%build, build_uid, "build started");
+    ward_store::audit::record(
+        "build-started",
+        serde_json::json!({
+            "drv": drv_shown,
+            "build_uid": build_uid,
+            "uid": ctx.uid,
+            "fixed_output": fixed,
+        }),
+    );
     let activity = shared.builds.next_activity();
     send_log(
         ctx,
@@ -625,7 +634,7 @@ async fn register(
         checks,
         mode,
     };
-    let mut writer = match WriterClient::connect(&shared.ipc_dir, WRITER_TIMEOUT).await {
+    let mut writer = match WriterClient::connect_for(&shared.ipc_dir, WRITER_TIMEOUT, None).await {
         Ok(w) => w.with_path_info_cache(Arc::clone(shared.store.path_info_cache())),
         Err(e) => {
             return GoalResult::failed(

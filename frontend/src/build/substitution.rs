@@ -187,10 +187,11 @@ pub(crate) async fn substitute(
             }
         };
         // A channel of its own for the NAR, only while it holds a slot: channels are few.
-        let mut writer = match WriterClient::connect(&shared.ipc_dir, WRITER_TIMEOUT).await {
-            Ok(w) => w.with_path_info_cache(Arc::clone(shared.store.path_info_cache())),
-            Err(e) => return GoalResult::failed(S::MiscFailure, writer_error(shared, &e)),
-        };
+        let mut writer =
+            match WriterClient::connect_for(&shared.ipc_dir, WRITER_TIMEOUT, Some(ctx.uid)).await {
+                Ok(w) => w.with_path_info_cache(Arc::clone(shared.store.path_info_cache())),
+                Err(e) => return GoalResult::failed(S::MiscFailure, writer_error(shared, &e)),
+            };
         let activity = shared.builds.next_activity();
         if let Some(log) = &ctx.log {
             let _ = log

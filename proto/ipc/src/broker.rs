@@ -440,6 +440,14 @@ pub enum FrontendToBroker {
     /// Sent by: the frontend. Phase: serving or draining. Health check; root does nothing.
     /// Reply: [`BrokerToFrontend::Pong`].
     Ping,
+    /// Sent by: the frontend, when it accepts clients: once after it started and again after
+    /// each re-read of nix.conf (SIGHUP). Phase: serving.
+    ///
+    /// Re-checks: nothing (it carries no data). Root does: tells the service manager (systemd's
+    /// `NOTIFY_SOCKET`, when set) `READY=1` and a status line of the broker's own wording; no
+    /// text from the frontend reaches the service manager, whose protocol is line-based.
+    /// Reply: [`BrokerToFrontend::Pong`].
+    Serving,
 }
 
 /// Most output paths one `RunPostBuildHook` may name.
@@ -458,7 +466,8 @@ impl FrontendToBroker {
             | FrontendToBroker::ShuttingDown
             | FrontendToBroker::CreateUserDirs { .. }
             | FrontendToBroker::FindRoots
-            | FrontendToBroker::RunPostBuildHook { .. } => phase == Phase::Serving,
+            | FrontendToBroker::RunPostBuildHook { .. }
+            | FrontendToBroker::Serving => phase == Phase::Serving,
             FrontendToBroker::CancelBuild { .. }
             | FrontendToBroker::CancelPostBuildHook { .. }
             | FrontendToBroker::ReleaseBuild { .. }
@@ -491,6 +500,7 @@ impl IpcMessage for FrontendToBroker {
             FrontendToBroker::RunPostBuildHook { .. } => "RunPostBuildHook",
             FrontendToBroker::CancelPostBuildHook { .. } => "CancelPostBuildHook",
             FrontendToBroker::Ping => "Ping",
+            FrontendToBroker::Serving => "Serving",
         }
     }
 }

@@ -67,13 +67,13 @@ fn send_chunk(socket: BorrowedFd<'_>, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> i
             "control buffer too small for the file descriptors",
         ));
     }
-    // NOSIGNAL: a vanished peer is an EPIPE error, not a SIGPIPE that kills the sender.
-    let sent = rustix::net::sendmsg(
-        socket,
-        &[IoSlice::new(bytes)],
-        &mut control,
-        SendFlags::NOSIGNAL,
-    )?;
+    // NOSIGNAL: a vanished peer is an EPIPE error, not a SIGPIPE that kills the sender. macOS
+    // has no MSG_NOSIGNAL; there ward's binaries rely on Rust's runtime ignoring SIGPIPE.
+    #[cfg(target_os = "linux")]
+    let flags = SendFlags::NOSIGNAL;
+    #[cfg(not(target_os = "linux"))]
+    let flags = SendFlags::empty();
+    let sent = rustix::net::sendmsg(socket, &[IoSlice::new(bytes)], &mut control, flags)?;
     if sent == 0 {
         return Err(io::ErrorKind::WriteZero.into());
     }
@@ -92,12 +92,13 @@ struct Chunk {
 fn recv_chunk(socket: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Chunk> {
     let mut space = [MaybeUninit::<u8>::uninit(); CONTROL_SPACE];
     let mut control = RecvAncillaryBuffer::new(&mut space);
-    let received = rustix::net::recvmsg(
-        socket,
-        &mut [IoSliceMut::new(buf)],
-        &mut control,
-        RecvFlags::CMSG_CLOEXEC,
-    )?;
+    #[cfg(target_os = "linux")]
+    let flags = RecvFlags::CMSG_CLOEXEC;
+    // macOS has no MSG_CMSG_CLOEXEC: the descriptors are marked close-on-exec just below, so
+    // only a fork + exec on another thread in between could inherit them.
+    #[cfg(not(target_os = "linux"))]
+    let flags = RecvFlags::empty();
+    let received = rustix::net::recvmsg(socket, &mut [IoSliceMut::new(buf)], &mut control, flags)?;
     let mut fds = Vec::new();
     let mut foreign_control = false;
     for message in control.drain() {
@@ -105,6 +106,10 @@ fn recv_chunk(socket: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Chunk> {
             RecvAncillaryMessage::ScmRights(passed) => fds.extend(passed),
             _ => foreign_control = true,
         }
+    }
+    #[cfg(not(target_os = "linux"))]
+    for fd in &fds {
+        rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::CLOEXEC)?;
     }
     Ok(Chunk {
         bytes: received.bytes,

@@ -147,6 +147,9 @@ pub enum FrontendToStoreWriter {
     Hello {
         /// The sender's [`super::IPC_VERSION`].
         ipc_version: u32,
+        /// The client connection this channel serves, if one: its uid as the frontend saw it
+        /// (labels the audit log's records; decides nothing).
+        client_uid: Option<u32>,
     },
     /// Serving phase. Carries one descriptor: a connected unix stream socket that becomes a
     /// new, independent channel (starting with its own `Hello`), usually one per client
@@ -889,6 +892,7 @@ mod tests {
         vec![
             FrontendToStoreWriter::Hello {
                 ipc_version: IPC_VERSION,
+                client_uid: Some(1000),
             },
             FrontendToStoreWriter::OpenChannel {
                 peer_pid: Some(42),
