@@ -418,6 +418,29 @@ pub(crate) fn create_dir_all(path: &Path, mode: u32) -> Result<(), LaunchError> 
         .map_err(io_err("creating directory", path))
 }
 
+/// The `useradd` arguments of ward's own users (`ward-store`, `ward-frontend`): system
+/// accounts in group `ward`, without a home or a shell.
+pub fn ward_account_useradd_args(user: &str) -> [&str; 11] {
+    let comment = if user == STORE_USER {
+        "ward store-writer (owns the Nix store)"
+    } else {
+        "ward frontend (serves Nix clients)"
+    };
+    [
+        "--system",
+        "--gid",
+        WARD_GROUP,
+        "--no-create-home",
+        "--home-dir",
+        "/var/empty",
+        "--shell",
+        "/usr/sbin/nologin",
+        "--comment",
+        comment,
+        user,
+    ]
+}
+
 pub(crate) fn run_tool(program: &str, args: &[&str]) -> Result<(), LaunchError> {
     let status = Command::new(program)
         .args(args)
@@ -454,20 +477,7 @@ pub fn ensure_system_setup(layout: &StoreLayout) -> Result<(), LaunchError> {
     for user in [STORE_USER, FRONTEND_USER] {
         let user_exists = || nix::unistd::User::from_name(user).ok().flatten().is_some();
         if !user_exists() {
-            let created = run_tool(
-                "useradd",
-                &[
-                    "--system",
-                    "--gid",
-                    WARD_GROUP,
-                    "--no-create-home",
-                    "--home-dir",
-                    "/var/empty",
-                    "--shell",
-                    "/usr/sbin/nologin",
-                    user,
-                ],
-            );
+            let created = run_tool("useradd", &ward_account_useradd_args(user));
             if let Err(e) = created {
                 if !user_exists() {
                     return Err(e);

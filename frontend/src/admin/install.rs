@@ -177,7 +177,6 @@ fn create_build_users(
         target.account_tool("groupadd", &args)?;
         push_unique(&mut record.created_groups, group);
     }
-    let comment_of = |i: u32| format!("Nix build user {i}");
     for i in 1..=count {
         let name = format!("{group}{i}");
         match target.user(&name) {
@@ -190,27 +189,8 @@ fn create_build_users(
                 }
             }
             None => {
-                let uid = FIRST_BUILD_UID + i - 1;
-                let uid_text = uid.to_string();
-                let comment = comment_of(i);
-                let mut args = vec![
-                    "--system",
-                    "--no-create-home",
-                    "--home-dir",
-                    "/var/empty",
-                    "--shell",
-                    "/usr/sbin/nologin",
-                    "--gid",
-                    group,
-                    "--groups",
-                    group,
-                    "--comment",
-                    &comment,
-                ];
-                if target.user_by_uid(uid).is_none() {
-                    args.extend(["--uid", uid_text.as_str()]);
-                }
-                args.push(&name);
+                let args = build_user_useradd_args(target, group, &name);
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
                 target.account_tool("useradd", &args)?;
                 push_unique(&mut record.created_users, &name);
             }
@@ -219,33 +199,48 @@ fn create_build_users(
     Ok(())
 }
 
+/// The `useradd` arguments for build user `name` (`GROUPN`) of `group`: a system account
+/// without a home or a shell, in `group` only, numbered as Nix's installer numbers them
+/// (`30000 + N`) where that uid is free on the target. `ward doctor --fix` uses them too.
+pub fn build_user_useradd_args(target: &Target, group: &str, name: &str) -> Vec<String> {
+    let number = name.strip_prefix(group).unwrap_or(name);
+    let mut args: Vec<String> = [
+        "--system",
+        "--no-create-home",
+        "--home-dir",
+        "/var/empty",
+        "--shell",
+        "/usr/sbin/nologin",
+        "--gid",
+        group,
+        "--groups",
+        group,
+        "--comment",
+        &format!("Nix build user {number}"),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let uid = number
+        .parse::<u32>()
+        .ok()
+        .and_then(|n| (FIRST_BUILD_UID - 1).checked_add(n));
+    if let Some(uid) = uid.filter(|&uid| target.user_by_uid(uid).is_none()) {
+        args.extend(["--uid".to_owned(), uid.to_string()]);
+    }
+    args.push(name.to_owned());
+    args
+}
+
 /// ward's group and the users of the store-writer and the frontend.
 fn create_ward_accounts(target: &Target, record: &mut InstallRecord) -> Result<(), AdminError> {
     if target.group(WARD_GROUP).is_none() {
         target.account_tool("groupadd", &["--system", WARD_GROUP])?;
         push_unique(&mut record.created_groups, WARD_GROUP);
     }
-    for (user, comment) in [
-        (STORE_USER, "ward store-writer (owns the Nix store)"),
-        (FRONTEND_USER, "ward frontend (serves Nix clients)"),
-    ] {
+    for user in [STORE_USER, FRONTEND_USER] {
         if target.user(user).is_none() {
-            target.account_tool(
-                "useradd",
-                &[
-                    "--system",
-                    "--gid",
-                    WARD_GROUP,
-                    "--no-create-home",
-                    "--home-dir",
-                    "/var/empty",
-                    "--shell",
-                    "/usr/sbin/nologin",
-                    "--comment",
-                    comment,
-                    user,
-                ],
-            )?;
+            target.account_tool("useradd", &crate::launch::ward_account_useradd_args(user))?;
             push_unique(&mut record.created_users, user);
         }
     }

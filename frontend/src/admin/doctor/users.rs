@@ -66,41 +66,8 @@ pub fn parse_passwd(text: &str) -> Vec<Account> {
         .collect()
 }
 
-/// Nix's installer numbers build users from this uid on (`nixbldN` gets `30000 + N`), as
-/// `ward install` does where that uid is free.
-const FIRST_BUILD_UID: u32 = 30001;
-
-/// The `useradd` arguments `ward install` creates build user `name` with; `uid` where it is
-/// free on the target.
-pub fn useradd_args(target: &Target, group: &str, name: &str) -> Vec<String> {
-    let number = name.strip_prefix(group).unwrap_or(name);
-    let mut args: Vec<String> = [
-        "--system",
-        "--no-create-home",
-        "--home-dir",
-        "/var/empty",
-        "--shell",
-        "/usr/sbin/nologin",
-        "--gid",
-        group,
-        "--groups",
-        group,
-        "--comment",
-        &format!("Nix build user {number}"),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let uid = number
-        .parse::<u32>()
-        .ok()
-        .and_then(|n| (FIRST_BUILD_UID - 1).checked_add(n));
-    if let Some(uid) = uid.filter(|&uid| target.user_by_uid(uid).is_none()) {
-        args.extend(["--uid".to_owned(), uid.to_string()]);
-    }
-    args.push(name.to_owned());
-    args
-}
+/// The `useradd` arguments `ward install` creates build user `name` with.
+pub use crate::admin::install::build_user_useradd_args as useradd_args;
 
 /// What the build group and its members look like.
 pub struct BuildGroupFacts<'a> {
