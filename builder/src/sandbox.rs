@@ -59,8 +59,9 @@ fn unshare_namespaces(flags: CloneFlags) -> Step<()> {
             {
                 " (this kernel does not let the build user create a user namespace: see \
                  user.max_user_namespaces, kernel.unprivileged_userns_clone or AppArmor's \
-                 restrict_unprivileged_userns; or set 'sandbox = false' to build without a \
-                 sandbox)"
+                 restrict_unprivileged_userns, and whether the daemon runs inside a chroot, \
+                 where the kernel refuses them ('ward doctor' checks these); or set 'sandbox = \
+                 false' to build without a sandbox)"
             }
             _ => "",
         };

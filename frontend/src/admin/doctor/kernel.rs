@@ -55,6 +55,34 @@ pub fn probe_landlock() -> Landlock {
 
 /// Whether `/proc/PID/status` text shows seccomp support (the field exists only with
 /// CONFIG_SECCOMP).
+/// Whether this process's root is not pid 1's (`None` when that cannot be read: not root, or
+/// no /proc).
+pub fn chrooted() -> Option<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let ours = std::fs::metadata("/").ok()?;
+    let init = std::fs::metadata("/proc/1/root").ok()?;
+    Some((ours.dev(), ours.ino()) != (init.dev(), init.ino()))
+}
+
+/// Tries to create a user namespace in a child (`unshare --user true`, util-linux); the
+/// error when that fails, `None` when it works or `unshare` is not installed.
+fn userns_probe_fails() -> Option<String> {
+    let out = std::process::Command::new("unshare")
+        .args(["--user", "true"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    if out.status.success() {
+        return None;
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+    Some(if stderr.is_empty() {
+        out.status.to_string()
+    } else {
+        stderr
+    })
+}
+
 pub fn has_seccomp(status: &str) -> bool {
     status.lines().any(|l| l.starts_with("Seccomp:"))
 }
@@ -114,6 +142,37 @@ pub fn check_sandbox() -> Vec<Finding> {
                  the capabilities of their own user namespace, so sandboxed builds fail",
             )
             .command("sysctl -w kernel.apparmor_restrict_unprivileged_userns=0"),
+        );
+    }
+
+    // A chroot: the kernel refuses new user namespaces to a process whose root is not its
+    // mount namespace's, and every build starts in one (also with sandbox = false).
+    let chroot = chrooted();
+    if chroot == Some(true) {
+        fine.retain(|f| !f.starts_with("user namespaces"));
+        out.push(
+            Finding::warning(
+                c,
+                "chroot",
+                "ward runs inside a chroot ('/' is not the root of pid 1): the kernel refuses                  new user namespaces to chrooted processes, so every build fails",
+            )
+            .command("run ward outside the chroot, or in a container or VM with its own root"),
+        );
+    } else if let Some(error) = userns_probe_fails() {
+        fine.retain(|f| !f.starts_with("user namespaces"));
+        // The sysctls may allow them while something else refuses: a chroot that cannot be
+        // seen as one, a container's seccomp profile, an LSM.
+        out.push(
+            Finding::warning(
+                c,
+                "userns-probe",
+                format!(
+                    "creating a user namespace fails here ('unshare --user true': {error}): \
+                     every build starts in one, so builds fail; a chroot, a container's \
+                     seccomp profile or an LSM refuses them"
+                ),
+            )
+            .command("run ward outside the chroot or container, or allow user namespaces in it"),
         );
     }
 

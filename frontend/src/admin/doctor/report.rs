@@ -350,9 +350,11 @@ pub fn merge(applied: &[(Finding, Result<String, String>)], after: Vec<Finding>)
     let mut entries: Vec<Entry> = Vec::new();
     for check in Check::ALL {
         for (finding, result) in applied.iter().filter(|(f, _)| f.check == check) {
-            let still_there = after
-                .iter()
-                .any(|a| a.is_problem() && a.key() == finding.key());
+            // The same problem again; another one about the same subject (a fix that
+            // revealed the next question) still counts this one as fixed.
+            let still_there = after.iter().any(|a| {
+                a.is_problem() && a.key() == finding.key() && a.message == finding.message
+            });
             if let (Ok(done), false) = (result, still_there) {
                 entries.push(Entry {
                     finding: finding.clone(),
@@ -364,7 +366,9 @@ pub fn merge(applied: &[(Finding, Result<String, String>)], after: Vec<Finding>)
         for finding in after.iter().filter(|f| f.check == check) {
             let note = applied
                 .iter()
-                .find(|(f, _)| f.key() == finding.key() && finding.is_problem())
+                .find(|(f, _)| {
+                    f.key() == finding.key() && f.message == finding.message && finding.is_problem()
+                })
                 .map(|(_, result)| match result {
                     Ok(done) => format!("--fix did '{done}', but the problem remains"),
                     Err(why) => format!("--fix failed: {why}"),
@@ -478,5 +482,27 @@ mod tests {
         let json = report.to_json();
         assert_eq!(json[0]["fixed"], true);
         assert!(report.render_text(true).contains("FIXED"));
+    }
+
+    #[test]
+    fn a_fix_that_reveals_another_question_about_the_same_path_counts_as_done() {
+        let writable = Finding::error(Check::Socket, "/d", "dir '/d' is writable by its group")
+            .fixable(Fix::Chmod {
+                path: "/d".into(),
+                mode: 0o750,
+            });
+        let applied = vec![(writable, Ok("chmod 0750 /d".to_owned()))];
+        let next = Finding::warning(Check::Socket, "/d", "dir '/d' cannot be searched by others");
+        let report = merge(&applied, vec![next]);
+        assert!(
+            report.entries.iter().any(|e| e.fixed),
+            "{:?}",
+            report.entries
+        );
+        let open = report.entries.iter().find(|e| !e.fixed).unwrap();
+        assert_eq!(
+            open.note, None,
+            "not 'the problem remains': it is another one"
+        );
     }
 }
