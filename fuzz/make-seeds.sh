@@ -110,4 +110,38 @@ done
 # ---- worker protocol: what real Nix 2.8 clients sent, handshake included ---------------------
 seed_file worker_op "$traces"/*.client.bin
 
+# ---- ward's IPC: a few messages of each enum the broker and the store-writer decode -----------
+(cd "$here" && RUSTC_BOOTSTRAP=1 cargo run -q --example ipc_seeds -- \
+    "$corpus/ipc_broker" "$corpus/ipc_store_writer")
+
+# ---- nix.conf: settings of every kind, includes, extra-, and ward's defaults printed --------
+seed nix_conf debian.conf <<'CONF'
+# see https://nixos.org/nix/manual/#sec-conf-file
+sandbox = false
+CONF
+seed nix_conf kinds.conf <<'CONF'
+trusted-users = root @wheel
+allowed-users = *
+extra-substituters = https://cache.example.org?priority=30 file:///srv/cache
+trusted-public-keys = cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=
+max-jobs = auto
+cores = 0
+min-free = 2G
+max-free = 10G
+sandbox = relaxed
+sandbox-paths = /bin/sh=/bin/busybox /etc/ssl/certs?
+experimental-features = nix-command flakes ca-derivations
+build-users-group = nixbld
+!include /nonexistent/ward.conf
+include /nonexistent/other.conf
+connect-timeout = 5
+narinfo-cache-negative-ttl = 3600
+keep-outputs = true
+fallback = false
+CONF
+if [ -x "$here/../target/debug/ward" ]; then
+    NIX_CONF_DIR=/nonexistent "$here/../target/debug/ward" show-config 2>/dev/null |
+        seed nix_conf ward-show-config.conf || true
+fi
+
 echo "make-seeds: $(find "$corpus" -name 'seed-*' | wc -l) seeds in $corpus"

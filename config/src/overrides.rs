@@ -13,7 +13,7 @@
 use std::collections::BTreeMap;
 
 use super::kinds::{shorten, SettingError};
-use super::settings::Settings;
+use super::settings::{canonical_name, Settings};
 use super::value::tokenize;
 use super::verbosity::Verbosity;
 use super::KNOWN_EXPERIMENTAL_FEATURES;
@@ -169,6 +169,33 @@ fn apply_override(
                 )));
             }
         }
+        // The build sandbox is the root broker's, started from nix.conf: one connection
+        // cannot change it. Nix lets a trusted client turn it off or bind host paths into
+        // builds; ward says it ignores that (only when the value differs, as Nix clients
+        // send the settings of their own nix.conf, usually the daemon's too).
+        // Programs the daemon would run for a build: ward runs none of these (a hook that
+        // Nix runs as root would be a way for a trusted client to become root).
+        "pre-build-hook" | "diff-hook" | "build-hook" if trusted => {
+            if !value.is_empty() {
+                messages.push(OverrideMessage::warning(format!(
+                    "ignoring the client-specified setting '{name}': ward does not run it"
+                )));
+            }
+        }
+        _ if trusted && daemon_only(name) => {
+            let canonical = canonical_name(name.strip_prefix("extra-").unwrap_or(name));
+            let current = canonical.and_then(|c| settings.get(c));
+            let mut probe = settings.clone();
+            if let Err(error) = probe.set(name, value) {
+                messages.push(OverrideMessage::warning(error.to_string()));
+            } else if canonical.and_then(|c| probe.get(c)) != current {
+                messages.push(OverrideMessage::warning(format!(
+                    "ignoring the client-specified setting '{}': the build sandbox is set by \
+                     the daemon's nix.conf only, and a client cannot change it",
+                    shorten(name)
+                )));
+            }
+        }
         _ if trusted || allowed_for_untrusted(name, value) => match settings.set(name, value) {
             Ok(applied) => messages.extend(
                 applied
@@ -190,6 +217,27 @@ fn apply_override(
             shorten(name)
         ))),
     }
+}
+
+/// Settings of the build sandbox, which the root broker takes from nix.conf when it starts:
+/// what a client sends for them never reaches a build.
+const DAEMON_ONLY: &[&str] = &[
+    "sandbox",
+    "sandbox-paths",
+    "sandbox-build-dir",
+    "sandbox-fallback",
+    "build-users-group",
+    "allow-new-privileges",
+    "filter-syscalls",
+    "auto-allocate-uids",
+    "start-id",
+    "id-count",
+    "build-dir",
+];
+
+fn daemon_only(name: &str) -> bool {
+    canonical_name(name.strip_prefix("extra-").unwrap_or(name))
+        .is_some_and(|canonical| DAEMON_ONLY.contains(&canonical))
 }
 
 /// An untrusted client's substituters: each URL is kept if the daemon lists it in
@@ -362,12 +410,11 @@ mod tests {
     }
 
     #[test]
-    fn trusted_clients_may_set_anything() {
+    fn trusted_clients_may_set_anything_but_the_sandbox() {
         let daemon = daemon_settings();
         let out = apply_client_options(
             true,
             &options(&[
-                ("sandbox", "false"),
                 ("build-timeout", "5"),
                 ("substituters", "https://anything"),
                 ("extra-trusted-public-keys", "mine:key"),
@@ -377,7 +424,6 @@ mod tests {
         );
         assert!(out.messages.is_empty(), "{:?}", out.messages);
         let s = &out.settings;
-        assert_eq!(s.get("sandbox").as_deref(), Some("false"));
         assert_eq!(s.timeout, 5);
         assert_eq!(s.substituters, ["https://anything"]);
         assert_eq!(
@@ -561,5 +607,52 @@ mod tests {
         let name = "x".repeat(100_000);
         let out = apply_client_options(false, &options(&[(&name, "1")]), &daemon_settings());
         assert!(out.messages[0].text.len() < 500);
+    }
+
+    #[test]
+    fn a_trusted_client_cannot_change_the_build_sandbox() {
+        let mut daemon = daemon_settings();
+        daemon.set("sandbox", "true").unwrap();
+        for (name, value) in [
+            ("sandbox", "false"),
+            ("extra-sandbox-paths", "/etc/shadow"),
+            ("sandbox-paths", "/home"),
+            ("build-users-group", "wheel"),
+            ("allow-new-privileges", "true"),
+            ("filter-syscalls", "false"),
+        ] {
+            let out = apply_client_options(true, &options(&[(name, value)]), &daemon);
+            let mut expected = daemon.clone();
+            expected.cores = 2;
+            assert_eq!(out.settings, expected, "{name} must not change anything");
+            let warnings = warnings(&out);
+            assert_eq!(warnings.len(), 1, "{name}: {warnings:?}");
+            assert!(
+                warnings[0].contains(&format!("'{name}'")) && warnings[0].contains("nix.conf"),
+                "{}",
+                warnings[0]
+            );
+        }
+        // What the client's own nix.conf says, when it says what the daemon's does, is no
+        // news (Nix clients send the settings of their nix.conf).
+        let out = apply_client_options(true, &options(&[("sandbox", "true")]), &daemon);
+        assert!(warnings(&out).is_empty());
+    }
+
+    #[test]
+    fn a_trusted_client_cannot_make_ward_run_a_hook() {
+        let daemon = daemon_settings();
+        for name in ["pre-build-hook", "diff-hook", "build-hook"] {
+            let out = apply_client_options(true, &options(&[(name, "/tmp/evil")]), &daemon);
+            let mut expected = daemon.clone();
+            expected.cores = 2;
+            assert_eq!(out.settings, expected, "{name}");
+            assert_eq!(
+                warnings(&out),
+                [format!(
+                    "ignoring the client-specified setting '{name}': ward does not run it"
+                )]
+            );
+        }
     }
 }

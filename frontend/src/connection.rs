@@ -1258,6 +1258,7 @@ impl Connection {
             use_substitutes: r.use_substitutes,
             overrides: r.overrides.into_iter().collect(),
         };
+        debug!(overrides = ?options.overrides, "client settings");
         let outcome = ward_config::apply_client_options(self.trusted(), &options, &self.settings);
         self.verbosity = r.verbosity;
         for message in outcome.messages {

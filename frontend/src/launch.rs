@@ -114,6 +114,19 @@ fn start(setup: &DaemonSetup, raw_args: Vec<OsString>) -> Result<ExitCode, Launc
     if !setup.settings.ward_audit_log.is_empty() {
         prepare_audit_log(Path::new(&setup.settings.ward_audit_log), multi_user)?;
     }
+    // Programs Nix would run for builds (as root, some of them): ward runs none of them.
+    for (name, value) in [
+        ("pre-build-hook", &setup.settings.pre_build_hook),
+        ("diff-hook", &setup.settings.diff_hook),
+        ("build-hook", &setup.settings.build_hook),
+    ] {
+        if !value.is_empty() {
+            eprintln!(
+                "ward: warning: nix.conf sets '{name} = {value}', which ward does not run \
+                 (SECURITY.md, 'Trusted users')"
+            );
+        }
+    }
     if setup.args.stdio {
         return serve_stdio(setup, raw_args, multi_user);
     }

@@ -249,3 +249,45 @@ fn a_failed_build_gives_its_build_user_back() {
         assert_eq!(read_output(&f, &out), "fine\n");
     }
 }
+
+/// A trusted client (root) asks for `sandbox = false` and for the host's `/home` bound into
+/// the build: Nix would grant both; ward names each setting it ignores, and the build runs in
+/// its chroot, without `/home`.
+#[test]
+fn a_trusted_client_cannot_turn_the_sandbox_off_or_bind_host_paths() {
+    let test = "a_trusted_client_cannot_turn_the_sandbox_off_or_bind_host_paths";
+    let Some(f) = start(test, DaemonOptions::multi_user()) else {
+        return;
+    };
+    let outside = outside_target(&f, "from-a-trusted-override");
+    let probe = expr(
+        &f,
+        "trusted",
+        &drv("trusted-override", &probe_script(&outside), ""),
+    );
+    let out = f.ward.ok(
+        "nix-build",
+        &[
+            probe.to_str().unwrap(),
+            "--no-out-link",
+            "--option",
+            "sandbox",
+            "false",
+            "--option",
+            "extra-sandbox-paths",
+            "/home",
+        ],
+    );
+    // The client sends `extra-sandbox-paths` merged into `sandbox-paths`.
+    for name in ["sandbox", "sandbox-paths"] {
+        assert!(
+            out.stderr
+                .contains(&format!("ignoring the client-specified setting '{name}'")),
+            "no warning for {name}: {out}"
+        );
+    }
+    let text = read_output(&f, out.single_line().trim());
+    assert_eq!(field(&text, "root"), "chroot", "{text}");
+    assert_eq!(field(&text, "outside"), "denied", "{text}");
+    assert_store_untouched(&f);
+}
