@@ -51,9 +51,13 @@ impl ServiceManager {
         self.send(&[NotifyState::Ready, NotifyState::Status(&status)]);
     }
 
-    /// A child died and is being restarted.
-    pub fn restarting(&self, role: &str) {
-        let status = format!("restarting the {role}");
+    /// A child died and is being restarted; `quick_deaths` in a row so far.
+    pub fn restarting(&self, role: &str, quick_deaths: u32) {
+        let status = if quick_deaths > 1 {
+            format!("restarting the {role} (it died {quick_deaths} times in a row)")
+        } else {
+            format!("restarting the {role}")
+        };
         self.send(&[NotifyState::Status(&status)]);
     }
 

@@ -43,6 +43,8 @@ const FIRST_RESTART_DELAY: Duration = Duration::from_millis(200);
 const MAX_RESTART_DELAY: Duration = Duration::from_secs(30);
 /// A child that ran this long before dying is restarted after the shortest delay again.
 const HEALTHY_RUN: Duration = Duration::from_secs(10);
+/// Quick deaths in a row after which the broker logs an error instead of a notice.
+const CRASH_LOOP: u32 = 3;
 /// How long the frontend may drain (its own limit is shorter) before it is killed.
 const FRONTEND_DRAIN: Duration = Duration::from_secs(9);
 /// A stop ends this long after SIGTERM at the latest, whatever the children do.
@@ -85,6 +87,8 @@ struct Child {
     started: Instant,
     delay: Duration,
     restart_at: Option<Instant>,
+    /// Deaths in a row, each within [`HEALTHY_RUN`] of its start.
+    quick_deaths: u32,
 }
 
 /// Why the broker could not start.
@@ -551,17 +555,31 @@ fn reap(
             continue;
         }
         let now = Instant::now();
-        child.delay = if now.duration_since(child.started) >= HEALTHY_RUN {
-            FIRST_RESTART_DELAY
+        if now.duration_since(child.started) >= HEALTHY_RUN {
+            child.delay = FIRST_RESTART_DELAY;
+            child.quick_deaths = 0;
         } else {
-            (child.delay * 2).min(MAX_RESTART_DELAY)
-        };
+            child.delay = (child.delay * 2).min(MAX_RESTART_DELAY);
+            child.quick_deaths = child.quick_deaths.saturating_add(1);
+        }
         child.restart_at = Some(now + child.delay);
-        eprintln!(
-            "ward-broker: {} exited ({status:?}); restarting in {} ms",
-            child.spec.role.name(),
-            child.delay.as_millis()
-        );
+        if child.quick_deaths >= CRASH_LOOP {
+            // Clients are refused or wait meanwhile: worth an error of its own.
+            eprintln!(
+                "ward-broker: error: the {} keeps dying ({} times in a row, each within {} s \
+                 of its start; last: {status:?}); next start in {} ms",
+                child.spec.role.name(),
+                child.quick_deaths,
+                HEALTHY_RUN.as_secs(),
+                child.delay.as_millis()
+            );
+        } else {
+            eprintln!(
+                "ward-broker: {} exited ({status:?}); restarting in {} ms",
+                child.spec.role.name(),
+                child.delay.as_millis()
+            );
+        }
     }
 }
 
@@ -630,6 +648,7 @@ pub fn run(args: &BrokerArgs) -> Result<(), SupervisorError> {
             started: Instant::now(),
             delay: FIRST_RESTART_DELAY / 2,
             restart_at: Some(Instant::now()),
+            quick_deaths: 0,
         })
         .collect();
 
@@ -774,7 +793,7 @@ pub fn run(args: &BrokerArgs) -> Result<(), SupervisorError> {
                     notify(&mut frontend, &mut builds, &mut hooks, finished);
                     if stop.is_none() {
                         for child in children.iter().filter(|c| c.pid.is_none()) {
-                            service.restarting(child.spec.role.name());
+                            service.restarting(child.spec.role.name(), child.quick_deaths);
                         }
                     }
                 }

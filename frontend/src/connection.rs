@@ -202,7 +202,36 @@ impl Connection {
                 }
             };
             debug!(?op, "operation");
-            match self.handle(request).await {
+
+            // A bug that panics while handling one request is answered like any failure,
+            // with an error frame the client shows, and ends this connection only (its
+            // state may be half-changed).
+            let handled = crate::server::CatchPanic::new(async {
+                // Debug (test) builds only: an op whose handling panics, for the tests of what
+                // a bug costs (tests/tests/crash_budget.rs). Release builds have no such hook.
+                #[cfg(debug_assertions)]
+                if std::env::var("WARD_TEST_PANIC_ON_OP")
+                    .is_ok_and(|name| name == format!("{op:?}"))
+                {
+                    panic!("test hook WARD_TEST_PANIC_ON_OP: {op:?}");
+                }
+                self.handle(request).await
+            })
+            .await;
+            let handled = match handled {
+                Ok(handled) => handled,
+                Err(panic) => {
+                    let what = crate::server::panic_message(&*panic);
+                    tracing::error!(?op, "internal error while handling the request: {what}");
+                    let msg = format!(
+                        "ward's frontend hit an internal error handling {op:?} ({what}); the \
+                         connection is closed, the daemon goes on (its log has the details)"
+                    );
+                    self.fail_and_close(&msg).await;
+                    return Err(msg);
+                }
+            };
+            match handled {
                 Ok(()) => {}
                 Err(OpError::Writer(e)) => {
                     let msg = writer_message(&self.ctx.store_dir, &e);

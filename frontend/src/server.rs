@@ -167,9 +167,7 @@ pub async fn serve_stdio(stream: UnixStream, shared: Arc<Shared>) {
     };
     let peer = peer_of(&stream).await;
     let span = connection_span(&peer, trust);
-    connection::serve(stream, shared, peer, trust)
-        .instrument(span)
-        .await;
+    serve_guarded(stream, shared, peer, trust, span).await;
 }
 
 async fn peer_of(stream: &UnixStream) -> PeerInfo {
@@ -266,9 +264,65 @@ async fn accept_one(stream: UnixStream, shared: Arc<Shared>) {
             if trust.is_trusted() { " (trusted)" } else { "" }
         );
     });
-    connection::serve(stream, shared, peer, trust)
-        .instrument(span)
-        .await;
+    serve_guarded(stream, shared, peer, trust, span).await;
+}
+
+/// Serves a connection; a panic outside an operation (which `Connection::run` catches and
+/// answers with an error frame itself) ends only this connection and is logged as the bug it
+/// is.
+async fn serve_guarded(
+    stream: UnixStream,
+    shared: Arc<Shared>,
+    peer: PeerInfo,
+    trust: Trust,
+    span: tracing::Span,
+) {
+    let serving =
+        CatchPanic::new(connection::serve(stream, shared, peer, trust).instrument(span.clone()));
+    if let Err(panic) = serving.await {
+        let what = panic_message(&*panic);
+        span.in_scope(|| tracing::error!("internal error while serving this connection: {what}"));
+    }
+}
+
+/// The text of a panic's payload.
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".into())
+}
+
+/// Polls a future, turning a panic inside it into an `Err`.
+#[allow(missing_debug_implementations)]
+pub struct CatchPanic<F> {
+    inner: std::pin::Pin<Box<F>>,
+}
+
+impl<F> CatchPanic<F> {
+    /// Wraps `future`.
+    pub fn new(future: F) -> CatchPanic<F> {
+        CatchPanic {
+            inner: Box::pin(future),
+        }
+    }
+}
+
+impl<F: std::future::Future> std::future::Future for CatchPanic<F> {
+    type Output = Result<F::Output, Box<dyn std::any::Any + Send>>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let inner = self.inner.as_mut();
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.poll(cx))) {
+            Ok(std::task::Poll::Ready(value)) => std::task::Poll::Ready(Ok(value)),
+            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
+            Err(panic) => std::task::Poll::Ready(Err(panic)),
+        }
+    }
 }
 
 /// Tells a refused peer why, then closes. Nix closes silently; ward completes the (bounded)
