@@ -157,10 +157,18 @@ impl Connection {
                 TrustFlag::NotTrusted
             }),
         };
-        let negotiated = ServerHandshake::default()
-            .accept(&mut self.r, &mut self.w, &info)
-            .await
-            .map_err(|e| format!("handshake: {e}"))?;
+        let negotiated = tokio::time::timeout(
+            crate::limits::HANDSHAKE_TIMEOUT,
+            ServerHandshake::default().accept(&mut self.r, &mut self.w, &info),
+        )
+        .await
+        .map_err(|_| {
+            format!(
+                "handshake: not finished within {} s; closing",
+                crate::limits::HANDSHAKE_TIMEOUT.as_secs()
+            )
+        })?
+        .map_err(|e| format!("handshake: {e}"))?;
         self.ctx = WireContext::with_features(
             self.ctx.store_dir.clone(),
             negotiated.version,

@@ -13,6 +13,7 @@ pub mod confine;
 pub mod connection;
 pub mod launch;
 pub mod launchd;
+pub mod limits;
 pub mod path_info_cache;
 pub mod process;
 pub mod roots;

@@ -43,6 +43,8 @@ pub struct Shared {
     /// Becomes true at SIGTERM: no more accepting, idle connections close, busy ones finish
     /// their operation.
     pub draining: tokio::sync::watch::Sender<bool>,
+    /// Open connections, by user, against their limits.
+    pub connections: Arc<crate::limits::ConnectionCounts>,
 }
 
 /// The configuration new connections start from.
@@ -90,6 +92,7 @@ impl Shared {
             writer_restarts: parts.writer_restarts,
             substituters: parts.substituters,
             draining: tokio::sync::watch::channel(false).0,
+            connections: Arc::new(crate::limits::ConnectionCounts::default()),
         }
     }
 
@@ -206,6 +209,28 @@ fn connection_span(peer: &PeerInfo, trust: Trust) -> tracing::Span {
 
 async fn accept_one(stream: UnixStream, shared: Arc<Shared>) {
     let peer = peer_of(&stream).await;
+    let _slot = match shared.connections.admit(peer.uid) {
+        Ok(slot) => slot,
+        Err(limit) => {
+            warn!(
+                pid = peer.pid.unwrap_or(0),
+                uid = peer.uid,
+                "refusing a connection: {limit}"
+            );
+            ward_store::audit::record(
+                "refused",
+                serde_json::json!({
+                    "uid": peer.uid,
+                    "pid": peer.pid,
+                    "action": "connect",
+                    "setting": "connection limit",
+                    "reason": limit.to_string(),
+                }),
+            );
+            refuse(stream, &limit.to_string()).await;
+            return;
+        }
+    };
     let decision = match shared.trust_override {
         Some(TrustOverride::Trusted) => Ok(Trust::Trusted),
         Some(TrustOverride::Untrusted) => Ok(Trust::Untrusted),
