@@ -1,7 +1,9 @@
-//! The frontend's confinement, applied once everything it needs is open: no new privileges and
-//! a seccomp filter that makes the syscalls a network-facing parser never needs fail with
-//! EPERM (program execution, debugging other processes, mounts, namespaces, module loading,
-//! identity changes, kernel keyrings, BPF).
+//! The frontend's confinement, applied once everything it needs is open: a landlock domain
+//! ([`confine_files`]: read anywhere, write only the DB's shared-memory index and the audit
+//! log, create, remove and execute nothing), no new privileges, and a seccomp filter that
+//! makes the syscalls a network-facing parser never needs fail with EPERM (program
+//! execution, debugging other processes, mounts, namespaces, module loading, identity changes,
+//! kernel keyrings, BPF).
 //!
 //! A denylist rather than an allowlist for now: tokio, SQLite and the allocator use a wide and
 //! libc-dependent set of syscalls. `/proc/<pid>/status` shows `NoNewPrivs: 1`, `Seccomp: 2`.
@@ -60,6 +62,9 @@ pub enum ConfineError {
     /// The filter could not be built or installed.
     #[error("installing the seccomp filter: {0}")]
     Seccomp(String),
+    /// The landlock domain could not be set up.
+    #[error("setting up landlock: {0}")]
+    Landlock(String),
     /// Not Linux: no way to confine the frontend yet.
     #[cfg(not(target_os = "linux"))]
     #[error("the frontend's confinement (no_new_privs, seccomp) exists only on Linux")]
@@ -89,6 +94,85 @@ pub fn confine_frontend(_layout: &StoreLayout) -> Result<(), ConfineError> {
         .map_err(|e: seccompiler::BackendError| ConfineError::Seccomp(e.to_string()))?;
     seccompiler::apply_filter_all_threads(&program)
         .map_err(|e| ConfineError::Seccomp(e.to_string()))
+}
+
+/// What the frontend may write once [`confine_files`] ran: the DB's shared-memory index (a
+/// WAL reader must), and the audit log's directory (it appends to the log, reopened after a
+/// rotation). Everything may be read; nothing else written, created, removed or executed.
+#[cfg(target_os = "linux")]
+pub fn confine_files(layout: &StoreLayout, audit_log: &str) -> Result<String, ConfineError> {
+    use landlock::{
+        path_beneath_rules, Access, AccessFs, BitFlags, Ruleset, RulesetAttr, RulesetCreatedAttr,
+        RulesetStatus, ABI,
+    };
+    let landlock = |e: landlock::RulesetError| ConfineError::Landlock(e.to_string());
+    // Landlock confines the calling thread and those it starts later, not threads already
+    // running: this runs before the frontend starts any.
+    let threads = std::fs::read_dir("/proc/self/task").map_or(0, |d| d.count());
+    if threads > 1 {
+        return Err(ConfineError::Landlock(format!(
+            "{threads} threads are running already; landlock would confine only one"
+        )));
+    }
+    let all = AccessFs::from_all(ABI::V5);
+    let read: BitFlags<AccessFs> = AccessFs::ReadFile | AccessFs::ReadDir;
+    let write: BitFlags<AccessFs> = AccessFs::WriteFile.into();
+    let mut writable: Vec<std::path::PathBuf> = Vec::new();
+    let shm = layout.state_dir.join("db/db.sqlite-shm");
+    if shm.is_file() {
+        writable.push(shm);
+    }
+    if !audit_log.is_empty() {
+        if let Some(dir) = std::path::Path::new(audit_log).parent() {
+            if dir.is_dir() {
+                writable.push(dir.to_path_buf());
+            }
+        }
+    }
+    let status = Ruleset::default()
+        .handle_access(all)
+        .map_err(landlock)?
+        .create()
+        .map_err(landlock)?
+        .add_rules(path_beneath_rules(["/"], read))
+        .map_err(landlock)?
+        .add_rules(path_beneath_rules(&writable, write))
+        .map_err(landlock)?
+        .restrict_self()
+        .map_err(landlock)?;
+    Ok(match status.ruleset {
+        RulesetStatus::FullyEnforced => "fully enforced".into(),
+        RulesetStatus::PartiallyEnforced => "enforced with the kernel's older landlock abi".into(),
+        RulesetStatus::NotEnforced => "not enforced (kernel without landlock)".into(),
+    })
+}
+
+/// Debug (test) builds only: with `WARD_TEST_CONFINEMENT_PROBE` set, the confined frontend
+/// tries what it must not be able to do and logs each outcome (`tests/tests/confinement.rs`).
+#[cfg(all(target_os = "linux", debug_assertions))]
+pub fn probe_confinement(layout: &StoreLayout) {
+    if std::env::var_os("WARD_TEST_CONFINEMENT_PROBE").is_none() {
+        return;
+    }
+    let outcome = |r: std::io::Result<()>| match r {
+        Ok(()) => "ALLOWED".to_owned(),
+        Err(e) => format!("denied ({e})"),
+    };
+    let store = outcome(
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(layout.real_store_dir.join("ward-confinement-probe"))
+            .map(|_| ()),
+    );
+    let db = outcome(
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(layout.state_dir.join("db/db.sqlite"))
+            .map(|_| ()),
+    );
+    let exec = outcome(std::process::Command::new("/bin/true").status().map(|_| ()));
+    tracing::warn!("confinement probe: write store: {store}; write db: {db}; exec: {exec}");
 }
 
 /// Not Linux: refuses (see the module's documentation).

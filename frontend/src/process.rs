@@ -193,6 +193,13 @@ pub fn run(args: Vec<OsString>) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
         let store = StoreView::open(store_layout)
             .map_err(|e| format!("opening the store database read-only: {e}"))?;
+        // Before any other thread starts (landlock confines only the calling thread).
+        #[cfg(target_os = "linux")]
+        {
+            let landlock = crate::confine::confine_files(layout, &setup.settings.ward_audit_log)
+                .map_err(|e| format!("confining the frontend: {e}"))?;
+            info!(landlock = %landlock, "frontend file access confined");
+        }
         let broker = match listen.take_custom::<std::os::unix::net::UnixStream>(
             1,
             libc::AF_UNIX,
@@ -231,6 +238,8 @@ pub fn run(args: Vec<OsString>) -> Result<(), String> {
         }
         crate::confine::confine_frontend(&setup.layout)
             .map_err(|e| format!("confining the frontend: {e}"))?;
+        #[cfg(all(target_os = "linux", debug_assertions))]
+        crate::confine::probe_confinement(&setup.layout);
         let signals = tokio::spawn(crate::signals::handle(
             Arc::clone(&shared),
             setup.args.clone(),
