@@ -93,6 +93,9 @@ pub fn confine_frontend(_layout: &StoreLayout) -> Result<(), ConfineError> {
         .try_into()
         .map_err(|e: seccompiler::BackendError| ConfineError::Seccomp(e.to_string()))?;
     seccompiler::apply_filter_all_threads(&program)
+        .map_err(|e| ConfineError::Seccomp(e.to_string()))?;
+    // The denylist names x86_64 numbers; x32 ones would slip past it.
+    seccompiler::apply_filter_all_threads(&ward_store::seccomp_abi::refuse_x32())
         .map_err(|e| ConfineError::Seccomp(e.to_string()))
 }
 

@@ -25,6 +25,8 @@ pub mod lock;
 pub mod logging;
 pub mod optimise;
 pub mod refscan;
+#[cfg(target_os = "linux")]
+pub mod seccomp_abi;
 pub mod store;
 pub mod verify;
 
