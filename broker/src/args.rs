@@ -82,6 +82,10 @@ pub struct BuildSettings {
     pub build_users_group: String,
     /// `--max-jobs`.
     pub max_jobs: u32,
+    /// `--max-build-processes` (`ward-build-max-processes`): processes and threads one build's
+    /// user may run at once (RLIMIT_NPROC; a fork bomb fails only its own build); 0 = none.
+    /// Multi-user mode only: in single-user mode builds run as the daemon's own user.
+    pub max_build_processes: u32,
     /// `--sandbox`.
     pub sandbox: SandboxMode,
     /// `--sandbox-path`, in order.
@@ -116,6 +120,7 @@ impl Default for BuildSettings {
             real_store_dir: String::new(),
             build_users_group: String::new(),
             max_jobs: 1,
+            max_build_processes: 0,
             sandbox: SandboxMode::Enabled,
             sandbox_paths: Vec::new(),
             sandbox_build_dir: "/build".into(),
@@ -284,6 +289,9 @@ impl BrokerArgs {
                 }
                 "--build-users-group" => build.build_users_group = text(value()?),
                 "--max-jobs" => build.max_jobs = number(&flag, value()?)?,
+                "--max-build-processes" => {
+                    build.max_build_processes = number(&flag, value()?)?;
+                }
                 "--sandbox" => {
                     build.sandbox = match text(value()?).as_str() {
                         "true" => SandboxMode::Enabled,

@@ -508,6 +508,7 @@ impl Builds {
             gid,
             &fds,
             cfg.allow_new_privileges,
+            cfg.max_build_processes,
             cgroup_procs,
         )
         .map_err(|e| ("fork".to_owned(), e.to_string()))?;
@@ -718,6 +719,7 @@ impl Builds {
             b.gid,
             &fds,
             self.cfg.allow_new_privileges,
+            self.cfg.max_build_processes,
             None,
         )
         .map_err(|e| failed("fork", e.to_string()))?;
@@ -1268,14 +1270,16 @@ fn exec_argv(bin: &Path, mode: &str) -> Result<Vec<CString>, Errno> {
 }
 
 /// Fork+exec of `argv` as `uid:gid` (no supplementary groups) with exactly `fds` placed,
-/// first joining the cgroup whose `cgroup.procs` is `cgroup_procs`. Not root (single-user
-/// mode): `uid` is the broker's own and no switch happens.
+/// first joining the cgroup whose `cgroup.procs` is `cgroup_procs` and, when it switches to
+/// the build user, capping that user's processes at `max_processes` (0: no cap). Not root
+/// (single-user mode): `uid` is the broker's own and no switch happens.
 fn spawn_as_build_user(
     argv: &[CString],
     uid: u32,
     gid: u32,
     fds: &[(RawFd, RawFd)],
     allow_new_privileges: bool,
+    max_processes: u32,
     cgroup_procs: Option<&std::fs::File>,
 ) -> nix::Result<Pid> {
     if uid == 0 {
@@ -1302,10 +1306,20 @@ fn spawn_as_build_user(
         cwd: None,
     };
     let what = format!("{:?}", argv.first());
-    exec::spawn(&spec, &what, || match cgroup_procs {
-        Some(procs) => crate::cgroup::join(procs)
-            .map_err(|e| format!("joining the build's cgroup failed: {e}")),
-        None => Ok(()),
+    let cap_processes = identity.is_some() && max_processes > 0;
+    exec::spawn(&spec, &what, || {
+        if let Some(procs) = cgroup_procs {
+            crate::cgroup::join(procs)
+                .map_err(|e| format!("joining the build's cgroup failed: {e}"))?;
+        }
+        // Counted per real uid, which becomes the build user's: one build's fork bomb stops
+        // at its own cap.
+        if cap_processes {
+            let max = u64::from(max_processes);
+            nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NPROC, max, max)
+                .map_err(|e| format!("capping the build user's processes failed: {e}"))?;
+        }
+        Ok(())
     })
 }
 

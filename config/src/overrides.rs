@@ -233,6 +233,7 @@ const DAEMON_ONLY: &[&str] = &[
     "start-id",
     "id-count",
     "build-dir",
+    "ward-build-max-processes",
 ];
 
 fn daemon_only(name: &str) -> bool {

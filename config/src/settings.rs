@@ -334,6 +334,9 @@ define_settings! {
     pre_build_hook: String, TextKind, "pre-build-hook" = String::new();
     /// `post-build-hook`: program run after each build.
     post_build_hook: String, TextKind, "post-build-hook" = String::new();
+    /// `ward-build-max-processes` (ward only): processes and threads one build may run at
+    /// once, as its build user (RLIMIT_NPROC); 0 = no cap. Multi-user mode only.
+    ward_build_max_processes: u32, IntKind<u32>, "ward-build-max-processes" = 4096;
     /// `ward-audit-log` (ward only): the audit log file, JSON lines; empty = none. Best set
     /// in `ward.conf`, which Nix clients do not read (they warn about settings they do not
     /// know).

@@ -299,6 +299,8 @@ fn build_flags(cmd: &mut Command, setup: &DaemonSetup) {
         .arg(&s.build_users_group)
         .arg("--max-jobs")
         .arg(s.max_jobs.to_string())
+        .arg("--max-build-processes")
+        .arg(s.ward_build_max_processes.to_string())
         .arg("--sandbox")
         .arg(match s.sandbox {
             ward_config::SandboxMode::Enabled => "true",

@@ -51,6 +51,7 @@ pub const RESTART_ONLY: &[&str] = &[
     "min-free",
     "max-free",
     "ward-audit-log",
+    "ward-build-max-processes",
 ];
 
 /// One changed setting.

@@ -832,3 +832,45 @@ fn no_mode_changing_call_sets_a_setuid_or_setgid_bit() {
         }
     }
 }
+
+/// R1 (a fork bomb): a build may run at most `ward-build-max-processes` processes as its
+/// build user. One that tries for more gets "can't fork" and fails; the next build on the same
+/// daemon succeeds, and none of the first build's processes is left.
+#[test]
+fn a_build_that_forks_past_its_process_cap_fails_alone() {
+    let test = "a_build_that_forks_past_its_process_cap_fails_alone";
+    let options = DaemonOptions::multi_user().conf("ward-build-max-processes = 32");
+    let Some(f) = start(test, options) else {
+        return;
+    };
+    let bomb = expr(
+        &f,
+        "forks",
+        &drv(
+            "forks",
+            "i=0; while [ $i -lt 200 ]; do echo started $i; sleep 60 & i=$((i+1)); done; echo > $out",
+            "",
+        ),
+    );
+    let failed = f
+        .ward
+        .fails("nix-build", &[bomb.to_str().unwrap(), "--no-out-link"]);
+    assert!(
+        failed.stderr.contains("can't fork") || failed.stderr.contains("Resource temporarily"),
+        "{failed}"
+    );
+    let last_started: u32 = failed
+        .stderr
+        .lines()
+        .filter_map(|l| l.trim_start_matches(|c| c != 's').strip_prefix("started "))
+        .filter_map(|n| n.trim().parse().ok())
+        .max()
+        .unwrap_or(0);
+    assert!(
+        (8..32).contains(&last_started),
+        "the build started {last_started} processes: {failed}"
+    );
+    let fine = expr(&f, "fine", &drv("fine", "echo fine > $out", ""));
+    let out = build(&f.ward, &fine);
+    assert_eq!(read_output(&f, &out), "fine\n");
+}
