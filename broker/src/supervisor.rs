@@ -287,6 +287,8 @@ fn forget_pid(children: &mut [Child], pid: Option<Pid>) {
 struct FrontendLink {
     channel: BrokerFrontendChannel,
     phase: Phase,
+    /// The frontend process at the other end, for the log.
+    pid: Option<Pid>,
     /// Set by `Serving`, taken by the main loop, which tells the service manager.
     announced_serving: bool,
 }
@@ -304,6 +306,7 @@ impl FrontendLink {
         Some(FrontendLink {
             channel: BrokerFrontendChannel::new(socket, FrameLimit::DEFAULT),
             phase: Phase::Handshake,
+            pid: None,
             announced_serving: false,
         })
     }
@@ -329,7 +332,11 @@ impl FrontendLink {
                 request: request.variant_name().to_owned(),
                 phase: self.phase,
             };
-            eprintln!("ward-broker: frontend protocol violation: {error}");
+            eprintln!(
+                "ward-broker: frontend protocol violation by pid {}: {error}; closing its \
+                 channel",
+                self.pid.map_or_else(|| "?".to_owned(), |p| p.to_string())
+            );
             let _ = self.channel.send(&BrokerToFrontend::Error(error), &[]);
             return false;
         }
@@ -687,7 +694,10 @@ pub fn run(args: &BrokerArgs) -> Result<(), SupervisorError> {
                                 // report to.
                                 builds.abandon_all();
                                 hooks.abandon_all();
-                                frontend = FrontendLink::new(ours);
+                                frontend = FrontendLink::new(ours).map(|mut link| {
+                                    link.pid = Some(pid);
+                                    link
+                                });
                             } else {
                                 store_writer = StoreWriterLink::new(ours);
                             }

@@ -234,7 +234,7 @@ fn broker_command(
     cmd.arg("--listen-fd")
         .arg(fd.to_string())
         .arg("--frontend")
-        .arg(sibling_binary("ward-frontend")?)
+        .arg(frontend_binary()?)
         .arg("--store-writer")
         .arg(sibling_binary("ward-store-writer")?)
         .arg("--ipc-dir")
@@ -345,6 +345,17 @@ fn build_flags(cmd: &mut Command, setup: &DaemonSetup) {
     {
         cmd.arg("--slirp4netns").arg(slirp4netns);
     }
+}
+
+/// The frontend the broker starts: `ward-frontend` beside this binary. A debug (test) build
+/// honours `WARD_TEST_FRONTEND`, which puts a hostile one in its place
+/// (`tests/tests/compromised_frontend.rs`); release builds have no such hook.
+fn frontend_binary() -> Result<PathBuf, LaunchError> {
+    #[cfg(debug_assertions)]
+    if let Some(path) = std::env::var_os("WARD_TEST_FRONTEND") {
+        return Ok(PathBuf::from(path));
+    }
+    sibling_binary("ward-frontend")
 }
 
 /// ward's helper binaries sit beside the `ward` binary.

@@ -83,13 +83,19 @@ pub fn serve(slot: ChannelSlot, socket: UnixStream, client_uid: Option<u32>) {
         phase: Phase::Handshake,
         temp_roots,
     };
+    // Who is at the other end, for the log of a violation (a channel passed with OpenChannel
+    // names the frontend, which made its socket pair).
+    let peer = rustix::net::sockopt::socket_peercred(&socket).map_or_else(
+        |_| "an unknown peer".to_owned(),
+        |c| format!("pid {} uid {}", c.pid.as_raw_nonzero(), c.uid.as_raw()),
+    );
     let channel = WriterChannel::new(socket, FrameLimit::DEFAULT);
     loop {
         let received = match channel.recv() {
             Ok(received) => received,
             Err(IpcError::PeerClosed) => break,
             Err(e) => {
-                tracing::warn!(channel = id, error = %e, "protocol violation; closing the channel");
+                tracing::warn!(channel = id, %peer, error = %e, "protocol violation; closing the channel");
                 break;
             }
         };
@@ -100,6 +106,7 @@ pub fn serve(slot: ChannelSlot, socket: UnixStream, client_uid: Option<u32>) {
                 channel = id,
                 request = name,
                 phase = %state.phase,
+                %peer,
                 "request in the wrong phase; closing the channel"
             );
             let reply = StoreWriterToFrontend::Error(StoreWriterError::NotPermitted {
