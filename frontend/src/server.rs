@@ -212,22 +212,7 @@ async fn accept_one(stream: UnixStream, shared: Arc<Shared>) {
     let _slot = match shared.connections.admit(peer.uid) {
         Ok(slot) => slot,
         Err(limit) => {
-            warn!(
-                pid = peer.pid.unwrap_or(0),
-                uid = peer.uid,
-                "refusing a connection: {limit}"
-            );
-            ward_store::audit::record(
-                "refused",
-                serde_json::json!({
-                    "uid": peer.uid,
-                    "pid": peer.pid,
-                    "action": "connect",
-                    "setting": "connection limit",
-                    "reason": limit.to_string(),
-                }),
-            );
-            refuse(stream, &limit.to_string()).await;
+            refuse_connection(stream, &peer, "connection limit", &limit.to_string()).await;
             return;
         }
     };
@@ -239,23 +224,7 @@ async fn accept_one(stream: UnixStream, shared: Arc<Shared>) {
     let trust = match decision {
         Ok(trust) => trust,
         Err(refusal) => {
-            warn!(
-                pid = peer.pid.unwrap_or(0),
-                uid = peer.uid,
-                "error processing connection: {refusal}"
-            );
-            ward_store::audit::record(
-                "refused",
-                serde_json::json!({
-                    "uid": peer.uid,
-                    "pid": peer.pid,
-                    "user": peer.user_name,
-                    "action": "connect",
-                    "setting": refusal.setting(),
-                    "reason": refusal.to_string(),
-                }),
-            );
-            refuse(stream, &refusal.to_string()).await;
+            refuse_connection(stream, &peer, refusal.setting(), &refusal.to_string()).await;
             return;
         }
     };
@@ -348,6 +317,27 @@ impl<F: std::future::Future> std::future::Future for CatchPanic<F> {
             Err(panic) => std::task::Poll::Ready(Err(panic)),
         }
     }
+}
+
+/// Logs and audits a refused connection, naming the setting behind it, and tells the peer.
+async fn refuse_connection(stream: UnixStream, peer: &PeerInfo, setting: &str, reason: &str) {
+    warn!(
+        pid = peer.pid.unwrap_or(0),
+        uid = peer.uid,
+        "refusing a connection: {reason}"
+    );
+    ward_store::audit::record(
+        "refused",
+        serde_json::json!({
+            "uid": peer.uid,
+            "pid": peer.pid,
+            "user": peer.user_name,
+            "action": "connect",
+            "setting": setting,
+            "reason": reason,
+        }),
+    );
+    refuse(stream, reason).await;
 }
 
 /// Tells a refused peer why, then closes. Nix closes silently; ward completes the (bounded)
