@@ -267,6 +267,12 @@ fn terminate(children: &mut [Child], grace: Duration) {
     }
 }
 
+/// Reaps what is already dead among the orphans re-parented to the broker, so that none
+/// passes to pid 1 as a zombie when the broker exits.
+fn reap_orphans() {
+    while let Ok(Some(_)) = sys::wait4(-1, false) {}
+}
+
 fn kill_quietly(pid: Pid, signal: Signal) {
     match nix::sys::signal::kill(pid, signal) {
         Ok(()) | Err(Errno::ESRCH) => {}
@@ -612,6 +618,10 @@ fn open_secret_keys(paths: &[std::path::PathBuf]) -> Vec<std::fs::File> {
 /// Starts both children and supervises them until SIGTERM or SIGINT.
 pub fn run(args: &BrokerArgs) -> Result<(), SupervisorError> {
     prepare_ipc_dir(args)?;
+    // What a build leaves when its builder dies (the pid namespace's init, above all) is
+    // re-parented to the broker and reaped by its loop, not left as a zombie to a pid 1 that
+    // may never reap it (containers).
+    nix::sys::prctl::set_child_subreaper(true).map_err(sys_err("PR_SET_CHILD_SUBREAPER"))?;
     let secret_keys = open_secret_keys(&args.secret_key_files);
     let specs = child_specs(args, &secret_keys)?;
     let mut builds = Builds::new(&args.build, &args.state_dir);
@@ -846,6 +856,7 @@ pub fn run(args: &BrokerArgs) -> Result<(), SupervisorError> {
                 builds.abandon_all();
                 hooks.abandon_all();
                 terminate(&mut children, Duration::ZERO);
+                reap_orphans();
                 eprintln!(
                     "ward-broker: stopped after {} ms",
                     since.elapsed().as_millis()

@@ -357,7 +357,7 @@ fn stop_cancels_builds_frees_their_users_and_lets_uploads_finish() {
     for uid in &build_uids {
         let left: Vec<u32> = all_pids()
             .into_iter()
-            .filter(|p| uid_of(*p) == Some(*uid))
+            .filter(|p| uid_of(*p) == Some(*uid) && !is_zombie(*p))
             .collect();
         assert!(left.is_empty(), "build user {uid} still runs {left:?}");
     }
@@ -371,6 +371,15 @@ fn uid_of(pid: u32) -> Option<u32> {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("Uid:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// A zombie runs nothing and holds no resource but its pid; whether it is ever reaped is up to
+/// its parent (pid 1, once ward has exited), not ward.
+fn is_zombie(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X']))
+    })
 }
 
 fn all_pids() -> Vec<u32> {
