@@ -86,6 +86,9 @@ pub struct BuildSettings {
     /// user may run at once (RLIMIT_NPROC; a fork bomb fails only its own build); 0 = none.
     /// Multi-user mode only: in single-user mode builds run as the daemon's own user.
     pub max_build_processes: u32,
+    /// `--sandbox-dev-shm-size`: the `size=` of each build's tmpfs mounts (/dev/shm, /tmp and
+    /// the chroot's root).
+    pub tmpfs_size: String,
     /// `--sandbox`.
     pub sandbox: SandboxMode,
     /// `--sandbox-path`, in order.
@@ -121,6 +124,7 @@ impl Default for BuildSettings {
             build_users_group: String::new(),
             max_jobs: 1,
             max_build_processes: 0,
+            tmpfs_size: "50%".into(),
             sandbox: SandboxMode::Enabled,
             sandbox_paths: Vec::new(),
             sandbox_build_dir: "/build".into(),
@@ -291,6 +295,16 @@ impl BrokerArgs {
                 "--max-jobs" => build.max_jobs = number(&flag, value()?)?,
                 "--max-build-processes" => {
                     build.max_build_processes = number(&flag, value()?)?;
+                }
+                "--sandbox-dev-shm-size" => {
+                    let size = text(value()?);
+                    if !ward_ipc::builder::valid_tmpfs_size(&size) {
+                        return Err(ArgsError::Invalid(
+                            flag.clone(),
+                            format!("wants a size (digits, then k, m, g or %), got '{size}'"),
+                        ));
+                    }
+                    build.tmpfs_size = size;
                 }
                 "--sandbox" => {
                     build.sandbox = match text(value()?).as_str() {

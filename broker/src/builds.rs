@@ -411,6 +411,7 @@ impl Builds {
             allow_new_privileges: self.cfg.allow_new_privileges,
             groups_cleared: nix::unistd::geteuid().is_root(),
             canary: false,
+            tmpfs_size: self.cfg.tmpfs_size.clone(),
         };
         let private_store = spec.private_store;
         let started = Self::spawn_builder(&self.cfg, &spec, uid, gid, &top, cgroup_procs.as_ref());
@@ -963,6 +964,7 @@ impl Builds {
             allow_new_privileges: self.cfg.allow_new_privileges,
             groups_cleared: nix::unistd::geteuid().is_root(),
             canary: true,
+            tmpfs_size: self.cfg.tmpfs_size.clone(),
         };
         let result = Self::spawn_builder(&self.cfg, &spec, uid, gid, &top, None);
         let result =

@@ -119,6 +119,20 @@ impl BuildDirs {
                     .and_then(|n| n.to_str())
                     .ok_or("build-dir must end in a UTF-8 name")?;
                 let parent_fd = open_dir_path(parent, true)?;
+                // A shared directory such as /tmp is never made private (that would take it
+                // from everyone else) nor used as it is (A11): it must be one of its own.
+                if let Ok(st) =
+                    rustix::fs::statat(&parent_fd, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
+                {
+                    if st.st_mode & 0o1022 != 0 {
+                        return Err(format!(
+                            "build-dir '{}' is writable by others (mode {:o}); name a \
+                             directory of its own, which ward creates with mode 0700",
+                            dir.display(),
+                            st.st_mode & 0o7777
+                        ));
+                    }
+                }
                 (
                     ensure_private_dir(&parent_fd, name, 0o700, dir)?,
                     dir.to_owned(),
@@ -361,6 +375,7 @@ pub fn move_no_replace(from: &OwnedFd, name: &str, to: &OwnedFd) -> rustix::io::
 mod tests {
     use super::*;
     use std::os::unix::fs::MetadataExt;
+    use std::os::unix::fs::PermissionsExt;
 
     fn root_or_skip(name: &str) -> bool {
         if nix::unistd::geteuid().is_root() {
@@ -501,5 +516,23 @@ mod tests {
         // A symlinked build-dir is refused.
         std::os::unix::fs::symlink(tmp.path(), tmp.path().join("ln")).unwrap();
         assert!(BuildDirs::prepare(tmp.path(), Some(&tmp.path().join("ln/b"))).is_err());
+    }
+
+    #[test]
+    fn a_shared_build_dir_is_refused_and_left_alone() {
+        // Not under /tmp: its parents must pass the world-writable check first.
+        let target = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target");
+        std::fs::create_dir_all(&target).unwrap();
+        let tmp = tempfile::tempdir_in(&target).unwrap();
+        let shared = tmp.path().join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        let state = tmp.path().join("state");
+        std::fs::create_dir(&state).unwrap();
+        let err = BuildDirs::prepare(&state, Some(&shared)).unwrap_err();
+        // (Refused for its parents instead when the checkout lies below /tmp.)
+        assert!(err.contains("writable"), "{err}");
+        let mode = std::fs::metadata(&shared).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o1777, "the shared directory was changed");
     }
 }

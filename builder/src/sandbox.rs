@@ -447,7 +447,7 @@ fn mount_tree(top: &OwnedFd, spec: &SandboxSpec) -> Step<OwnedFd> {
         &root_path,
         Some("tmpfs"),
         nosuid_nodev,
-        Some("mode=0755"),
+        Some(&format!("mode=0755,size={}", spec.tmpfs_size)),
         M,
     )?;
     let root = open_dir(top, "root", M)?;
@@ -461,7 +461,7 @@ fn mount_tree(top: &OwnedFd, spec: &SandboxSpec) -> Step<OwnedFd> {
         &fd_path(&root, "tmp"),
         Some("tmpfs"),
         nosuid_nodev,
-        Some("mode=1777"),
+        Some(&format!("mode=1777,size={}", spec.tmpfs_size)),
         M,
     )?;
 
@@ -580,7 +580,7 @@ fn mount_tree(top: &OwnedFd, spec: &SandboxSpec) -> Step<OwnedFd> {
         &fd_path(&dev, "shm"),
         Some("tmpfs"),
         nosuid_nodev,
-        Some("mode=1777"),
+        Some(&format!("mode=1777,size={}", spec.tmpfs_size)),
         M,
     )?;
     for (name, target) in [

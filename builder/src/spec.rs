@@ -72,6 +72,9 @@ pub fn check_sandbox_spec(spec: &SandboxSpec) -> Result<(), String> {
     for file in &spec.build_dir_files {
         check_component("build directory file", &file.name)?;
     }
+    if !ward_ipc::builder::valid_tmpfs_size(&spec.tmpfs_size) {
+        return Err(format!("tmpfs_size {:?} is not a size", spec.tmpfs_size));
+    }
     for arg in &spec.args {
         check_no_nul("an argument", arg)?;
     }
@@ -159,6 +162,7 @@ pub mod tests {
             allow_new_privileges: false,
             groups_cleared: true,
             canary: false,
+            tmpfs_size: "50%".into(),
         }
     }
 

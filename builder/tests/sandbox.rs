@@ -154,6 +154,7 @@ impl Host {
             allow_new_privileges: false,
             groups_cleared: true,
             canary: false,
+            tmpfs_size: "64M".into(),
         }
     }
 

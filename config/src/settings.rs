@@ -337,6 +337,14 @@ define_settings! {
     /// `ward-build-max-processes` (ward only): processes and threads one build may run at
     /// once, as its build user (RLIMIT_NPROC); 0 = no cap. Multi-user mode only.
     ward_build_max_processes: u32, IntKind<u32>, "ward-build-max-processes" = 4096;
+    /// `ward-max-jobs-per-user` (ward only): of the `max-jobs` build slots, how many one
+    /// client uid may hold at once, so that one user's sleeping builds cannot stall everyone
+    /// else's; 0 = no cap (Nix's behaviour).
+    ward_max_jobs_per_user: u32, IntKind<u32>, "ward-max-jobs-per-user" = 0;
+    /// `ward-max-output-size` (ward only): the largest NAR one build output may have, in
+    /// bytes; the store-writer stops reading (and refuses the output) past it, so a sparse
+    /// 1 TiB file is refused at the limit instead of being hashed for hours; 0 = no limit.
+    ward_max_output_size: u64, IntKind<u64>, "ward-max-output-size" = 0;
     /// `ward-audit-log` (ward only): the audit log file, JSON lines; empty = none. Best set
     /// in `ward.conf`, which Nix clients do not read (they warn about settings they do not
     /// know).

@@ -61,6 +61,82 @@ fn writer_call(
     }
 }
 
+/// AddPathFromNar of `nar` through a pipe, as the real frontend sends uploads.
+fn add_from_nar(w: &Writer, info: PathInfo, nar: &[u8]) -> String {
+    let (r, wr) = rustix::pipe::pipe().unwrap();
+    let request = FrontendToStoreWriter::AddPathFromNar(Box::new(AddPathFromNar {
+        info,
+        repair: false,
+        check_sigs: false,
+    }));
+    let sent = w.send(&request, &[r.as_fd()]);
+    drop(r);
+    let mut pipe = std::fs::File::from(wr);
+    let _ = pipe.write_all(nar);
+    drop(pipe);
+    match sent {
+        Err(e) => format!("send failed: {e}"),
+        Ok(()) => match w.recv() {
+            Ok(reply) => match reply.message {
+                StoreWriterToFrontend::Error(e) => format!("refused: {e}"),
+                other => format!("answered {other:?}"),
+            },
+            Err(e) => format!("closed: {e}"),
+        },
+    }
+}
+
+/// The second start: on a fresh broker channel, a build request that carries bytes of the
+/// frontend's own after the message (as a frontend would smuggle seccomp flags); appended to
+/// the report, then this round is marked done.
+fn second_round(marker: &std::path::Path) -> ! {
+    #[allow(unsafe_code)]
+    // SAFETY: fd 4 is the broker channel the broker placed there for the frontend; nothing
+    // else in this process owns it.
+    let fd = unsafe { OwnedFd::from_raw_fd(4) };
+    let socket = UnixStream::from(fd);
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut raw = socket.try_clone().unwrap();
+    let broker: Broker = Channel::new(socket, FrameLimit::DEFAULT);
+    let hello = broker_call(
+        &broker,
+        FrontendToBroker::Hello {
+            ipc_version: IPC_VERSION,
+        },
+    );
+    let request = FrontendToBroker::Ping;
+    let mut frame = ward_proto::ipc::frame::encode_frame(&request, FrameLimit::DEFAULT).unwrap();
+    let junk = b"seccomp=off;landlock=off;netns=host";
+    frame.extend_from_slice(junk);
+    let len = u32::from_le_bytes(frame[..4].try_into().unwrap()) + junk.len() as u32;
+    frame[..4].copy_from_slice(&len.to_le_bytes());
+    let outcome = match raw.write_all(&frame) {
+        Err(e) => format!("send failed: {e}"),
+        Ok(()) => match broker.recv() {
+            Ok(reply) => match reply.message {
+                BrokerToFrontend::Error(e) => format!("refused: {e}"),
+                other => format!("answered {other:?}"),
+            },
+            Err(e) => format!("closed: {e}"),
+        },
+    };
+    let mut out = std::fs::OpenOptions::new()
+        .append(true)
+        .open(env_path("WARD_EVIL_REPORT"))
+        .unwrap();
+    writeln!(out, "second-round-hello: {}", hello.replace('\n', " ")).unwrap();
+    writeln!(
+        out,
+        "i3-request-with-extra-fields: {}",
+        outcome.replace('\n', " ")
+    )
+    .unwrap();
+    std::fs::write(marker, "").unwrap();
+    std::process::exit(1);
+}
+
 fn hello() -> FrontendToStoreWriter {
     FrontendToStoreWriter::Hello {
         ipc_version: IPC_VERSION,
@@ -71,6 +147,12 @@ fn hello() -> FrontendToStoreWriter {
 fn main() {
     let args: Vec<OsString> = std::env::args_os().collect();
     let done = env_path("WARD_EVIL_DONE");
+    let second = done.with_extension("second");
+    if done.exists() && !second.exists() {
+        // Started again after the first round closed its broker channel: one attack that
+        // needs a fresh one, then the real frontend takes over on the next start.
+        second_round(&second);
+    }
     if done.exists() {
         let err = std::process::Command::new(env_path("WARD_REAL_FRONTEND"))
             .args(&args[1..])
@@ -139,6 +221,34 @@ fn main() {
         "i2-build-with-invalid-input".to_owned(),
         broker_call(&broker, FrontendToBroker::StartBuild(Box::new(request))),
     ));
+    // I1: a build on behalf of a build user (a client of the build group).
+    let build_user_uid = nix::unistd::User::from_name("nixbld1")
+        .ok()
+        .flatten()
+        .map(|u| u.uid.as_raw())
+        .unwrap_or(30001);
+    let request = BuildRequest {
+        build: BuildId(2),
+        drv_path: StorePath::from_base_name("11111111111111111111111111111111-evil2.drv").unwrap(),
+        system: std::env::var("WARD_EVIL_SYSTEM").unwrap_or_else(|_| "x86_64-linux".into()),
+        builder: "/bin/sh".into(),
+        args: vec!["-c".into(), "true".into()],
+        env: BTreeMap::new(),
+        input_paths: BTreeSet::new(),
+        outputs: BTreeMap::from([(
+            "out".to_owned(),
+            StorePath::from_base_name("22222222222222222222222222222222-evil2").unwrap(),
+        )]),
+        fixed_output: false,
+        build_dir_files: Vec::new(),
+        timeout_secs: 5,
+        no_chroot: false,
+        requester_uid: build_user_uid,
+    };
+    report.push((
+        "i1-build-as-build-user".to_owned(),
+        broker_call(&broker, FrontendToBroker::StartBuild(Box::new(request))),
+    ));
     // I5: replay the handshake: a protocol violation, the channel is closed.
     report.push((
         "i5-hello-again".to_owned(),
@@ -204,6 +314,37 @@ fn main() {
             },
         },
     ));
+    // I4: a NAR that matches its hash, with references to paths that are not valid.
+    let w = connect();
+    let _ = writer_call(&w, hello(), &[]);
+    let path = StorePath::from_base_name("55555555555555555555555555555555-made-up-refs").unwrap();
+    let mut info = PathInfo::new(path, Hash::compute(HashAlgo::Sha256, &nar));
+    info.nar_size = nar.len() as u64;
+    info.references =
+        BTreeSet::from([
+            StorePath::from_base_name("77777777777777777777777777777777-nowhere").unwrap(),
+        ]);
+    report.push((
+        "i4-made-up-references".to_owned(),
+        add_from_nar(&w, info, &nar),
+    ));
+    // I4: a content address that the path does not have.
+    let w = connect();
+    let _ = writer_call(&w, hello(), &[]);
+    let path = StorePath::from_base_name("66666666666666666666666666666666-false-ca").unwrap();
+    let mut info = PathInfo::new(path, Hash::compute(HashAlgo::Sha256, &nar));
+    info.nar_size = nar.len() as u64;
+    info.ca = Some(
+        ward_proto::content_address::ContentAddress::parse(&format!(
+            "fixed:r:sha256:{}",
+            Hash::compute(HashAlgo::Sha256, &nar).to_nix32()
+        ))
+        .unwrap(),
+    );
+    report.push((
+        "i4-false-content-address".to_owned(),
+        add_from_nar(&w, info, &nar),
+    ));
     // I6: unexpected descriptors: a directory fd for / where a socket is expected, a regular
     // file where a pipe is expected.
     let w = connect();
@@ -232,6 +373,17 @@ fn main() {
     report.push((
         "i6-nar-from-a-file".to_owned(),
         writer_call(&w, request, &[file.as_fd()]),
+    ));
+    let (socket_end, _other_end) = UnixStream::pair().unwrap();
+    let path = StorePath::from_base_name("88888888888888888888888888888888-not-a-pipe").unwrap();
+    let request = FrontendToStoreWriter::AddPathFromNar(Box::new(AddPathFromNar {
+        info: PathInfo::new(path, Hash::compute(HashAlgo::Sha256, b"x")),
+        repair: false,
+        check_sigs: false,
+    }));
+    report.push((
+        "i6-nar-from-a-socket".to_owned(),
+        writer_call(&w, request, &[socket_end.as_fd()]),
     ));
     // I5: the handshake again on a serving channel.
     report.push((

@@ -109,6 +109,7 @@ pub(crate) fn is_hang_up(message: &str) -> bool {
 pub async fn serve(stream: UnixStream, shared: Arc<Shared>, peer: PeerInfo, trust: Trust) {
     let (read_half, write_half) = stream.into_split();
     let store_dir = shared.store.store_dir().clone();
+    let temp_roots = shared.connections.temp_root_budget(peer.uid);
     let mut conn = Connection {
         r: WireReader::with_limits(read_half, Limits::default()),
         w: write_half,
@@ -120,6 +121,7 @@ pub async fn serve(stream: UnixStream, shared: Arc<Shared>, peer: PeerInfo, trus
         verbosity: Verbosity::Info,
         writer: None,
         peer_uid: peer.uid,
+        temp_roots,
     };
     match conn.run().await {
         Ok(()) => debug!(user = %peer.user_name, "client closed the connection"),
@@ -145,6 +147,8 @@ struct Connection {
     writer: Option<WriterClient>,
     /// The client's uid (builds it starts name it as their requester).
     peer_uid: u32,
+    /// The AddTempRoot roots this connection holds, counted against its user's cap.
+    temp_roots: crate::limits::TempRootBudget,
 }
 
 impl Connection {
@@ -553,6 +557,9 @@ impl Connection {
                 self.reply(Reply::EnsurePath).await
             }
             R::AddTempRoot(r) => {
+                self.temp_roots
+                    .take()
+                    .map_err(|e| OpError::Client(e.to_string()))?;
                 self.writer().await?.add_temp_root(r.path).await?;
                 self.reply(Reply::AddTempRoot).await
             }
@@ -672,6 +679,11 @@ impl Connection {
                 if r.repair {
                     self.require_trusted("repair paths")?;
                 }
+                let _scan = self
+                    .shared
+                    .connections
+                    .begin_scan(self.peer_uid, "store verification")
+                    .map_err(|e| OpError::Client(e.to_string()))?;
                 let (mut errors, messages, to_repair) = self
                     .writer()
                     .await?
@@ -798,7 +810,13 @@ impl Connection {
                     .await
             }
             R::OptimiseStore(_) => {
-                // As in Nix, any client may ask: it changes no path's contents.
+                // As in Nix, any client may ask: it changes no path's contents. One at a time
+                // per user: each reads the whole store.
+                let _scan = self
+                    .shared
+                    .connections
+                    .begin_scan(self.peer_uid, "optimisation of the store")
+                    .map_err(|e| OpError::Client(e.to_string()))?;
                 let (bytes_freed, files_linked) = self.writer().await?.optimise_store().await?;
                 self.log(
                     Verbosity::Info,

@@ -269,6 +269,12 @@ fn broker_command(
         cmd.arg("--parent-pid").arg(pid.to_string());
     }
     cmd.arg("--").args(raw_args);
+    if multi_user {
+        // The children run unprivileged, where `build-users-group` would default to empty:
+        // they must refuse the build group's processes as the root launcher decided.
+        cmd.args(["--option", "build-users-group"])
+            .arg(&setup.settings.build_users_group);
+    }
     for var in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
         cmd.env_remove(var);
     }
@@ -301,6 +307,8 @@ fn build_flags(cmd: &mut Command, setup: &DaemonSetup) {
         .arg(s.max_jobs.to_string())
         .arg("--max-build-processes")
         .arg(s.ward_build_max_processes.to_string())
+        .arg("--sandbox-dev-shm-size")
+        .arg(&s.sandbox_dev_shm_size)
         .arg("--sandbox")
         .arg(match s.sandbox {
             ward_config::SandboxMode::Enabled => "true",

@@ -212,7 +212,10 @@ pub fn run(args: Vec<OsString>) -> Result<(), String> {
         };
         let shared = Arc::new(Shared::new(crate::server::SharedParts {
             broker,
-            builds: crate::build::Builds::new(setup.settings.max_jobs),
+            builds: crate::build::Builds::new(
+                setup.settings.max_jobs,
+                setup.settings.ward_max_jobs_per_user,
+            ),
             settings: setup.settings.clone(),
             substituters: crate::substitute::CachePool::new(
                 &setup.settings,

@@ -28,6 +28,8 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(8);
 pub const RESTART_ONLY: &[&str] = &[
     "store",
     "max-jobs",
+    "ward-max-jobs-per-user",
+    "sandbox-dev-shm-size",
     "build-users-group",
     "sandbox",
     "sandbox-paths",

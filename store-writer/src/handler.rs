@@ -202,6 +202,27 @@ fn output_error(e: OutputError, drv_path: &StorePath, drv_shown: &str) -> StoreW
     }
 }
 
+/// A build output's NAR, cut off with an error past `ward-max-output-size` (0 = no limit).
+struct SizeCapped<R> {
+    inner: R,
+    limit: u64,
+    read: u64,
+}
+
+impl<R: std::io::Read> std::io::Read for SizeCapped<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read = self.read.saturating_add(n as u64);
+        if self.limit != 0 && self.read > self.limit {
+            return Err(std::io::Error::other(format!(
+                "the output is larger than {} bytes, the daemon's 'ward-max-output-size'",
+                self.limit
+            )));
+        }
+        Ok(n)
+    }
+}
+
 fn temp_root_error(e: TempRootError) -> StoreWriterError {
     StoreWriterError::Io {
         operation: e.action.to_owned(),
@@ -804,9 +825,14 @@ impl ChannelState {
             wanted.push(BuildOutput { name, path, fixed });
         }
         let mut pipes = Vec::with_capacity(fds.len());
+        let max_output_size = shared.policy().max_output_size;
         for (fd, output) in fds.into_iter().zip(&wanted) {
             let pipe = Self::take_pipe(Some(fd), &shared.print(&output.path))?;
-            pipes.push(WatchedPipe::new(pipe, channel.socket().as_fd()));
+            pipes.push(SizeCapped {
+                inner: WatchedPipe::new(pipe, channel.socket().as_fd()),
+                limit: max_output_size,
+                read: 0,
+            });
         }
         // Temporary roots first, so a collection cannot take the outputs between their
         // registration and the client's own root.

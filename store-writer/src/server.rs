@@ -97,6 +97,8 @@ pub struct WriterPolicy {
     pub require_sigs: bool,
     /// `compress-build-log`.
     pub compress_build_log: bool,
+    /// `ward-max-output-size` (0 = no limit).
+    pub max_output_size: u64,
 }
 
 impl WriterPolicy {
@@ -106,6 +108,7 @@ impl WriterPolicy {
             keys: trusted_keys(&settings.trusted_public_keys),
             require_sigs: settings.require_sigs,
             compress_build_log: settings.compress_build_log,
+            max_output_size: settings.ward_max_output_size,
         }
     }
 }
@@ -656,6 +659,7 @@ mod tests {
                 keys: PublicKeys::new(),
                 require_sigs: true,
                 compress_build_log: true,
+                max_output_size: 0,
             })),
             broker: None,
             collecting: Mutex::new(()),

@@ -264,7 +264,22 @@ impl WorkerClient {
         timeout: Duration,
         client_version: u64,
     ) -> Result<WorkerClient> {
-        let stream = UnixStream::connect(socket)?;
+        WorkerClient::handshake_on(UnixStream::connect(socket)?, timeout, client_version)
+    }
+
+    /// Does the 1.34 handshake and SetOptions on a connection made elsewhere (for instance by
+    /// a child running as another user, whose credentials the daemon saw at connect).
+    pub fn connect_stream(stream: UnixStream) -> Result<WorkerClient> {
+        let mut client = WorkerClient::handshake_on(stream, IO_TIMEOUT, CLIENT_VERSION)?;
+        client.set_options()?;
+        Ok(client)
+    }
+
+    fn handshake_on(
+        stream: UnixStream,
+        timeout: Duration,
+        client_version: u64,
+    ) -> Result<WorkerClient> {
         stream.set_read_timeout(Some(timeout))?;
         stream.set_write_timeout(Some(timeout))?;
         let mut client = WorkerClient {
@@ -649,12 +664,14 @@ impl WorkerClient {
         Ok(())
     }
 
-    fn write_u64(&mut self, value: u64) -> Result<()> {
+    /// One wire value (for requests the typed methods do not cover).
+    pub fn write_u64(&mut self, value: u64) -> Result<()> {
         self.stream.write_all(&value.to_le_bytes())?;
         Ok(())
     }
 
-    fn write_string(&mut self, bytes: &[u8]) -> Result<()> {
+    /// One wire value (for requests the typed methods do not cover).
+    pub fn write_string(&mut self, bytes: &[u8]) -> Result<()> {
         self.write_u64(bytes.len() as u64)?;
         self.stream.write_all(bytes)?;
         let pad = (8 - bytes.len() % 8) % 8;
@@ -662,7 +679,8 @@ impl WorkerClient {
         Ok(())
     }
 
-    fn write_strings(&mut self, items: &[String]) -> Result<()> {
+    /// One wire value (for requests the typed methods do not cover).
+    pub fn write_strings(&mut self, items: &[String]) -> Result<()> {
         self.write_u64(items.len() as u64)?;
         for item in items {
             self.write_string(item.as_bytes())?;
@@ -670,13 +688,15 @@ impl WorkerClient {
         Ok(())
     }
 
-    fn read_u64(&mut self) -> Result<u64> {
+    /// One wire value (for requests the typed methods do not cover).
+    pub fn read_u64(&mut self) -> Result<u64> {
         let mut buf = [0u8; 8];
         self.stream.read_exact(&mut buf)?;
         Ok(u64::from_le_bytes(buf))
     }
 
-    fn read_string(&mut self) -> Result<String> {
+    /// One wire value (for requests the typed methods do not cover).
+    pub fn read_string(&mut self) -> Result<String> {
         let len = self.read_u64()?;
         if len > MAX_STRING {
             return Err(WireError::Protocol(format!("string of {len} bytes")));
@@ -691,7 +711,8 @@ impl WorkerClient {
         String::from_utf8(buf).map_err(|_| WireError::Protocol("string is not UTF-8".into()))
     }
 
-    fn read_strings(&mut self) -> Result<Vec<String>> {
+    /// One wire value (for requests the typed methods do not cover).
+    pub fn read_strings(&mut self) -> Result<Vec<String>> {
         let count = self.read_u64()?;
         if count > MAX_LIST {
             return Err(WireError::Protocol(format!("list of {count} strings")));

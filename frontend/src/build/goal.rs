@@ -182,12 +182,22 @@ impl GoalHandle {
     }
 }
 
+/// A held build slot (and the uid's own permit, if they are capped).
+#[derive(Debug)]
+pub(crate) struct Slot {
+    _own: Option<tokio::sync::OwnedSemaphorePermit>,
+    _global: tokio::sync::OwnedSemaphorePermit,
+}
+
 /// The daemon's goals and build slots.
 #[derive(Debug)]
 pub struct Builds {
     goals: Mutex<HashMap<GoalKey, Weak<GoalHandle>>>,
     /// One permit per concurrent build (`max-jobs`).
     pub(crate) jobs: Arc<Semaphore>,
+    /// `ward-max-jobs-per-user` (0 = none), and each client uid's own permits.
+    per_user_limit: u32,
+    per_user: Mutex<HashMap<u32, Arc<Semaphore>>>,
     next_build: AtomicU64,
     next_activity: AtomicU64,
     /// The goals' temporary roots, on one store-writer channel.
@@ -195,15 +205,39 @@ pub struct Builds {
 }
 
 impl Builds {
-    /// Build slots for `max_jobs` concurrent builds.
-    pub fn new(max_jobs: u32) -> Builds {
+    /// Build slots for `max_jobs` concurrent builds, at most `per_user_limit` (0 = all) of
+    /// them held by one client uid.
+    pub fn new(max_jobs: u32, per_user_limit: u32) -> Builds {
         Builds {
             goals: Mutex::new(HashMap::new()),
             jobs: Arc::new(Semaphore::new(max_jobs.max(1) as usize)),
+            per_user_limit,
+            per_user: Mutex::new(HashMap::new()),
             next_build: AtomicU64::new(1),
             next_activity: AtomicU64::new(u64::from(std::process::id()) << 32),
             roots: Arc::default(),
         }
+    }
+
+    /// Waits for a build slot on behalf of `uid`: first one of that uid's own (when
+    /// `ward-max-jobs-per-user` caps them), then one of `max-jobs`. `None` when the daemon
+    /// shuts down.
+    pub(crate) async fn slot(&self, uid: u32) -> Option<Slot> {
+        let own = if self.per_user_limit == 0 {
+            None
+        } else {
+            let sem = Arc::clone(
+                lock(&self.per_user)
+                    .entry(uid)
+                    .or_insert_with(|| Arc::new(Semaphore::new(self.per_user_limit as usize))),
+            );
+            Some(sem.acquire_owned().await.ok()?)
+        };
+        let global = Arc::clone(&self.jobs).acquire_owned().await.ok()?;
+        Some(Slot {
+            _own: own,
+            _global: global,
+        })
     }
 
     pub(crate) fn next_build_id(&self) -> ward_proto::ipc::BuildId {

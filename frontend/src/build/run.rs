@@ -139,9 +139,9 @@ pub async fn run_build(
 
     // Wait for a slot.
     let permit = tokio::select! {
-        p = Arc::clone(&shared.builds.jobs).acquire_owned() => match p {
-            Ok(p) => p,
-            Err(_) => return GoalResult::failed(S::MiscFailure, "the daemon is shutting down"),
+        p = shared.builds.slot(ctx.uid) => match p {
+            Some(p) => p,
+            None => return GoalResult::failed(S::MiscFailure, "the daemon is shutting down"),
         },
         _ = cancelled(&mut cancel) => return GoalResult::failed(S::MiscFailure, "build cancelled"),
     };

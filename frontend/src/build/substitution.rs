@@ -181,7 +181,7 @@ pub(crate) async fn substitute(
         }
 
         let _slot = tokio::select! {
-            permit = Arc::clone(&shared.builds.jobs).acquire_owned() => permit,
+            permit = shared.builds.slot(ctx.uid) => permit,
             _ = cancelled(&mut cancel) => {
                 return GoalResult::failed(S::MiscFailure, "substitution cancelled");
             }

@@ -119,6 +119,20 @@ pub struct SandboxSpec {
     /// Instead of exec'ing `builder`, inspect the finished sandbox from inside and send
     /// [`BuilderToBroker::CanaryReport`] (the broker's start-up check).
     pub canary: bool,
+    /// The `size=` of the sandbox's tmpfs mounts (`/dev/shm`, `/tmp`, and the chroot's root),
+    /// from `sandbox-dev-shm-size`: what a build can fill of the host's memory through them.
+    /// Checked by [`valid_tmpfs_size`].
+    pub tmpfs_size: String,
+}
+
+/// Whether `size` is a tmpfs `size=` value: digits, then at most one of `k`, `m`, `g` (either
+/// case) or `%`. Nothing else may reach a mount's option string.
+pub fn valid_tmpfs_size(size: &str) -> bool {
+    let digits = size.trim_end_matches(['k', 'K', 'm', 'M', 'g', 'G', '%']);
+    !digits.is_empty()
+        && size.len() - digits.len() <= 1
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && digits.bytes().any(|b| b != b'0')
 }
 
 /// What `ward-builder collect` serialises: the outputs of a finished build.
@@ -310,6 +324,7 @@ mod tests {
             allow_new_privileges: false,
             groups_cleared: true,
             canary: false,
+            tmpfs_size: "50%".into(),
         }
     }
 
@@ -353,5 +368,15 @@ mod tests {
             read_frame::<_, BuilderToBroker>(&mut &spec_frame[..], FrameLimit::DEFAULT),
             Err(IpcError::WrongTag { .. })
         ));
+    }
+
+    #[test]
+    fn tmpfs_sizes_are_digits_and_one_unit() {
+        for good in ["50%", "16M", "1g", "4096", "512k"] {
+            assert!(valid_tmpfs_size(good), "{good}");
+        }
+        for bad in ["", "0", "%", "16MB", "1,uid=0", "-1", "1 g", "0M"] {
+            assert!(!valid_tmpfs_size(bad), "{bad}");
+        }
     }
 }
