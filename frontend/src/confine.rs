@@ -1,12 +1,11 @@
 //! The frontend's confinement, applied once everything it needs is open: a landlock domain
 //! ([`confine_files`]: read anywhere, write only the DB's shared-memory index and the audit
-//! log, create, remove and execute nothing), no new privileges, and a seccomp filter that
-//! makes the syscalls a network-facing parser never needs fail with EPERM (program
+//! log, create, remove and execute nothing), no new privileges, and seccomp: a deny filter
+//! that makes the syscalls a network-facing parser never needs fail with EPERM (program
 //! execution, debugging other processes, mounts, namespaces, module loading, identity changes,
-//! kernel keyrings, BPF).
-//!
-//! A denylist rather than an allowlist for now: tokio, SQLite and the allocator use a wide and
-//! libc-dependent set of syscalls. `/proc/<pid>/status` shows `NoNewPrivs: 1`, `Seccomp: 2`.
+//! kernel keyrings, BPF), the x32 filter, and last the allow-list
+//! (`ward_store::seccomp_allow`): every call not on it fails with ENOSYS.
+//! `/proc/<pid>/status` shows `NoNewPrivs: 1`, `Seccomp: 2`.
 //!
 //! Linux only: macOS has neither no_new_privs nor seccomp, and there [`confine_frontend`]
 //! fails, so the frontend refuses to serve rather than run unconfined (a `sandbox_init`
@@ -96,6 +95,11 @@ pub fn confine_frontend(_layout: &StoreLayout) -> Result<(), ConfineError> {
         .map_err(|e| ConfineError::Seccomp(e.to_string()))?;
     // The denylist names x86_64 numbers; x32 ones would slip past it.
     seccompiler::apply_filter_all_threads(&ward_store::seccomp_abi::refuse_x32())
+        .map_err(|e| ConfineError::Seccomp(e.to_string()))?;
+    // Last, the allow-list: everything not on it fails with ENOSYS.
+    use ward_store::seccomp_allow::{allow_list, learning, FRONTEND};
+    let allowed = allow_list(&[FRONTEND], learning()).map_err(ConfineError::Seccomp)?;
+    seccompiler::apply_filter_all_threads(&allowed)
         .map_err(|e| ConfineError::Seccomp(e.to_string()))
 }
 
@@ -175,7 +179,16 @@ pub fn probe_confinement(layout: &StoreLayout) {
             .map(|_| ()),
     );
     let exec = outcome(std::process::Command::new("/bin/true").status().map(|_| ()));
-    tracing::warn!("confinement probe: write store: {store}; write db: {db}; exec: {exec}");
+    // A harmless call that no deny-list would name, and the allow-list does not hold.
+    let unlisted = outcome(
+        rustix::fs::inotify::init(rustix::fs::inotify::CreateFlags::CLOEXEC)
+            .map(drop)
+            .map_err(std::io::Error::from),
+    );
+    tracing::warn!(
+        "confinement probe: write store: {store}; write db: {db}; exec: {exec}; unlisted \
+         call: {unlisted}"
+    );
 }
 
 /// Not Linux: refuses (see the module's documentation).

@@ -13,6 +13,9 @@
 //!    and `clone3` answers `ENOSYS` (its flags cannot be inspected, and libc then falls back
 //!    to `clone` for threads).
 //!
+//! 4. last, the allow-list ([`ward_store::seccomp_allow`]): every call not on it fails with
+//!    `ENOSYS`.
+//!
 //! `/proc/self/status` then shows `NoNewPrivs: 1` and `Seccomp: 2`. (The x86-64 filter checks
 //! the architecture, which rules out the i386 entry points; x32 calls, on kernels built with
 //! x32 support, pass the same architecture check, which is one reason landlock also forbids
@@ -69,6 +72,12 @@ pub fn confine(writable: &[PathBuf]) -> Result<Confinement, ConfineError> {
     }
     // The denylist above names x86_64 numbers; x32 ones would slip past it.
     seccompiler::apply_filter_all_threads(&ward_store::seccomp_abi::refuse_x32())
+        .map_err(|e| ConfineError::Seccomp(e.to_string()))?;
+    // Last, the allow-list: everything not on it fails with ENOSYS.
+    use ward_store::seccomp_allow::{allow_list, learning, STORE_WRITER, STORE_WRITER_X86_64};
+    let allowed = allow_list(&[STORE_WRITER, STORE_WRITER_X86_64], learning())
+        .map_err(ConfineError::Seccomp)?;
+    seccompiler::apply_filter_all_threads(&allowed)
         .map_err(|e| ConfineError::Seccomp(e.to_string()))?;
     Ok(Confinement {
         landlock: match status {

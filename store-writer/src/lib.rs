@@ -27,6 +27,8 @@ pub mod optimise;
 pub mod refscan;
 #[cfg(target_os = "linux")]
 pub mod seccomp_abi;
+#[cfg(target_os = "linux")]
+pub mod seccomp_allow;
 pub mod store;
 pub mod verify;
 
