@@ -86,6 +86,9 @@ pub struct BuildSettings {
     /// user may run at once (RLIMIT_NPROC; a fork bomb fails only its own build); 0 = none.
     /// Multi-user mode only: in single-user mode builds run as the daemon's own user.
     pub max_build_processes: u32,
+    /// `--build-memory-max` (`ward-build-memory-max`): each build cgroup's `memory.max` in
+    /// bytes, where the host's cgroups allow; 0 = none.
+    pub build_memory_max: u64,
     /// `--sandbox-dev-shm-size`: the `size=` of each build's tmpfs mounts (/dev/shm, /tmp and
     /// the chroot's root).
     pub tmpfs_size: String,
@@ -125,6 +128,7 @@ impl Default for BuildSettings {
             max_jobs: 1,
             max_build_processes: 0,
             tmpfs_size: "50%".into(),
+            build_memory_max: 0,
             sandbox: SandboxMode::Enabled,
             sandbox_paths: Vec::new(),
             sandbox_build_dir: "/build".into(),
@@ -295,6 +299,15 @@ impl BrokerArgs {
                 "--max-jobs" => build.max_jobs = number(&flag, value()?)?,
                 "--max-build-processes" => {
                     build.max_build_processes = number(&flag, value()?)?;
+                }
+                "--build-memory-max" => {
+                    let v = text(value()?);
+                    build.build_memory_max = v.parse().map_err(|_| {
+                        ArgsError::Invalid(
+                            flag.clone(),
+                            format!("wants a number of bytes, got '{v}'"),
+                        )
+                    })?;
                 }
                 "--sandbox-dev-shm-size" => {
                     let size = text(value()?);

@@ -191,8 +191,26 @@ impl Builds {
         }
         builds.network_helper = network_helper(cfg);
         if nix::unistd::geteuid().is_root() {
-            match crate::cgroup::BuildCgroups::discover() {
-                Ok(c) => builds.cgroups = Some(c),
+            let wanted = crate::cgroup::Limits {
+                memory_max: cfg.build_memory_max,
+                pids_max: cfg.max_build_processes,
+            };
+            match crate::cgroup::BuildCgroups::discover(wanted) {
+                Ok(c) => {
+                    match c.limits() {
+                        Some(Ok(l)) => eprintln!(
+                            "ward-broker: each build's cgroup gets memory.max {} and pids.max {} \
+                             (0: none)",
+                            l.memory_max, l.pids_max
+                        ),
+                        Some(Err(why)) => eprintln!(
+                            "ward-broker: build cgroups get no limits ({why}); \
+                             RLIMIT_NPROC still caps a build's processes"
+                        ),
+                        None => {}
+                    }
+                    builds.cgroups = Some(c);
+                }
                 Err(why) => eprintln!(
                     "ward-broker: no per-build cgroups ({why}); a build's processes are still \
                      confined to its pid namespace and killed by uid"

@@ -5,10 +5,16 @@
 //!
 //! The cgroups are children of the broker's own cgroup, named `ward-build-<broker pid>-<n>-<build
 //! directory name>`; under systemd that is the service's cgroup, delegated with `Delegate=yes`.
-//! No controller is enabled on them: `cgroup.kill` needs none, and enabling one would put the
-//! broker's own cgroup under the "no internal processes" rule. Without a writable cgroup2
-//! hierarchy, or on a kernel without `cgroup.kill` (before 5.14), builds run without one and
-//! start-up says so once.
+//! `cgroup.kill` needs no controller. Limits do: when `ward-build-memory-max` or
+//! `ward-build-max-processes` is set and the broker's cgroup offers the `memory` or `pids`
+//! controller and holds nothing but the daemon's own processes (as systemd's `Delegate=yes`
+//! service cgroup does), the broker moves the daemon into a leaf `ward-daemon` beside the
+//! builds (the "no internal processes" rule), enables the controllers for the children, and
+//! gives each build cgroup `memory.max` (with `memory.oom.group`, so an OOM kills the whole
+//! build) and `pids.max`. A cgroup shared with other processes is never reorganised: builds
+//! then get no limits from cgroups (RLIMIT_NPROC still caps their processes), and start-up
+//! says why. Without a writable cgroup2 hierarchy, or on a kernel without `cgroup.kill`
+//! (before 5.14), builds run without a cgroup and start-up says so once.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -21,6 +27,19 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Clone)]
 pub struct BuildCgroups {
     parent: PathBuf,
+    /// What each build cgroup gets (`None`: no controller could be enabled).
+    limits: Option<Limits>,
+    /// Why there are no limits, for the start-up log.
+    no_limits: Option<String>,
+}
+
+/// Per-build cgroup limits; 0 = none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// `memory.max`, bytes.
+    pub memory_max: u64,
+    /// `pids.max`.
+    pub pids_max: u32,
 }
 
 /// One build's cgroup.
@@ -32,7 +51,7 @@ pub struct BuildCgroup {
 impl BuildCgroups {
     /// The broker's own cgroup, if it is on a cgroup2 hierarchy we may create children in.
     /// `Err` says why not (for the start-up log).
-    pub fn discover() -> Result<BuildCgroups, String> {
+    pub fn discover(wanted: Limits) -> Result<BuildCgroups, String> {
         let mountinfo = fs::read_to_string("/proc/self/mountinfo")
             .map_err(|e| format!("reading /proc/self/mountinfo: {e}"))?;
         let mount = cgroup2_mount(&mountinfo).ok_or("no cgroup2 file system is mounted")?;
@@ -52,7 +71,29 @@ impl BuildCgroups {
                 parent.display()
             ));
         }
-        Ok(BuildCgroups { parent })
+        let (limits, no_limits) = if wanted.memory_max == 0 && wanted.pids_max == 0 {
+            (None, None)
+        } else {
+            match enable_controllers(&parent, wanted, std::process::id()) {
+                Ok(limits) => (Some(limits), None),
+                Err(why) => (None, Some(why)),
+            }
+        };
+        Ok(BuildCgroups {
+            parent,
+            limits,
+            no_limits,
+        })
+    }
+
+    /// The limits builds get, or why they get none (for the start-up log); `None` when none
+    /// were asked for.
+    pub fn limits(&self) -> Option<Result<Limits, &str>> {
+        match (&self.limits, &self.no_limits) {
+            (Some(l), _) => Some(Ok(*l)),
+            (None, Some(why)) => Some(Err(why)),
+            (None, None) => None,
+        }
     }
 
     /// Creates the cgroup of a build and opens its `cgroup.procs` for the builder to join.
@@ -67,6 +108,12 @@ impl BuildCgroups {
             std::process::id()
         ));
         fs::create_dir(&dir)?;
+        if let Some(limits) = self.limits {
+            if let Err(e) = apply_limits(&dir, limits) {
+                let _ = fs::remove_dir(&dir);
+                return Err(e);
+            }
+        }
         let procs = OpenOptions::new()
             .write(true)
             .custom_flags(libc::O_CLOEXEC)
@@ -135,6 +182,119 @@ impl BuildCgroup {
     }
 }
 
+/// Writes the limits into a new build cgroup.
+fn apply_limits(dir: &Path, limits: Limits) -> std::io::Result<()> {
+    if limits.memory_max != 0 {
+        fs::write(dir.join("memory.max"), limits.memory_max.to_string())?;
+        // Swap would let a bomb go on past the limit, slowly.
+        if dir.join("memory.swap.max").exists() {
+            fs::write(dir.join("memory.swap.max"), "0")?;
+        }
+        fs::write(dir.join("memory.oom.group"), "1")?;
+    }
+    if limits.pids_max != 0 {
+        fs::write(dir.join("pids.max"), limits.pids_max.to_string())?;
+    }
+    Ok(())
+}
+
+/// Makes `parent`'s children able to carry `wanted`: moves the daemon (`broker` and its
+/// descendants, which must be all that `parent` holds) into the leaf `ward-daemon`, then
+/// enables the controllers. Returns the limits that will apply (a controller the cgroup does
+/// not offer drops its limit); `Err` says why none can.
+fn enable_controllers(parent: &Path, wanted: Limits, broker: u32) -> Result<Limits, String> {
+    let read = |name: &str| {
+        fs::read_to_string(parent.join(name))
+            .map_err(|e| format!("reading {}: {e}", parent.join(name).display()))
+    };
+    let offered = read("cgroup.controllers")?;
+    let has = |c: &str| offered.split_whitespace().any(|o| o == c);
+    let limits = Limits {
+        memory_max: if has("memory") { wanted.memory_max } else { 0 },
+        pids_max: if has("pids") { wanted.pids_max } else { 0 },
+    };
+    let mut enable = Vec::new();
+    if limits.memory_max != 0 {
+        enable.push("+memory");
+    }
+    if limits.pids_max != 0 {
+        enable.push("+pids");
+    }
+    if enable.is_empty() {
+        return Err(format!(
+            "{} offers neither the memory nor the pids controller",
+            parent.display()
+        ));
+    }
+    let enabled = read("cgroup.subtree_control")?;
+    let missing: Vec<&str> = enable
+        .iter()
+        .copied()
+        .filter(|c| !enabled.split_whitespace().any(|e| e == &c[1..]))
+        .collect();
+    if missing.is_empty() {
+        return Ok(limits);
+    }
+    let members: Vec<u32> = read("cgroup.procs")?
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    if let Some(foreign) = members.iter().find(|&&p| !is_daemon_process(p, broker)) {
+        return Err(format!(
+            "{} also holds process {foreign}, which is not the daemon's; only a cgroup of the \
+             daemon's own (systemd's Delegate=yes) is reorganised",
+            parent.display()
+        ));
+    }
+    let leaf = parent.join("ward-daemon");
+    match fs::create_dir(&leaf) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(format!("creating {}: {e}", leaf.display())),
+    }
+    for pid in members {
+        match fs::write(leaf.join("cgroup.procs"), pid.to_string()) {
+            Ok(()) => {}
+            // Exited meanwhile.
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
+            Err(e) => return Err(format!("moving process {pid} to {}: {e}", leaf.display())),
+        }
+    }
+    fs::write(parent.join("cgroup.subtree_control"), missing.join(" ")).map_err(|e| {
+        format!(
+            "enabling {} in {}: {e}",
+            missing.join(" "),
+            parent.join("cgroup.subtree_control").display()
+        )
+    })?;
+    Ok(limits)
+}
+
+/// Whether `pid` is `broker` or one of its descendants (by the parent links in /proc).
+fn is_daemon_process(pid: u32, broker: u32) -> bool {
+    let mut p = pid;
+    for _ in 0..64 {
+        if p == broker {
+            return true;
+        }
+        match parent_of(p) {
+            Some(pp) if pp > 1 => p = pp,
+            _ => return false,
+        }
+    }
+    false
+}
+
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
 /// Joins the cgroup whose `cgroup.procs` is `procs` (in the child, before it drops root).
 pub fn join(mut procs: &File) -> std::io::Result<()> {
     procs.write_all(b"0")
@@ -182,6 +342,75 @@ fn unescape_octal(s: &str) -> String {
 mod tests {
     use super::*;
 
+    /// A directory standing in for a cgroup: its interface files as plain files.
+    fn fake_cgroup(controllers: &str, subtree: &str, procs: &[u32]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("cgroup.controllers"), controllers).unwrap();
+        fs::write(dir.path().join("cgroup.subtree_control"), subtree).unwrap();
+        let procs: Vec<String> = procs.iter().map(u32::to_string).collect();
+        fs::write(dir.path().join("cgroup.procs"), procs.join("\n")).unwrap();
+        dir
+    }
+
+    #[test]
+    fn controllers_are_enabled_only_in_a_cgroup_of_the_daemon_alone() {
+        let me = std::process::id();
+        let wanted = Limits {
+            memory_max: 1 << 30,
+            pids_max: 100,
+        };
+        // Ours alone: the daemon moves to the leaf, then the controllers are enabled.
+        let cg = fake_cgroup("cpu memory pids", "", &[me]);
+        let got = enable_controllers(cg.path(), wanted, me).unwrap();
+        assert_eq!(got, wanted);
+        assert_eq!(
+            fs::read_to_string(cg.path().join("ward-daemon/cgroup.procs")).unwrap(),
+            me.to_string()
+        );
+        assert_eq!(
+            fs::read_to_string(cg.path().join("cgroup.subtree_control")).unwrap(),
+            "+memory +pids"
+        );
+        // A controller the cgroup does not offer drops its limit.
+        let cg = fake_cgroup("cpu pids", "", &[me]);
+        let got = enable_controllers(cg.path(), wanted, me).unwrap();
+        assert_eq!(got.memory_max, 0);
+        assert_eq!(got.pids_max, 100);
+        // Already enabled: nothing is moved.
+        let cg = fake_cgroup("memory pids", "memory pids", &[me]);
+        assert_eq!(enable_controllers(cg.path(), wanted, me).unwrap(), wanted);
+        assert!(!cg.path().join("ward-daemon").exists());
+        // Shared with a process that is not the daemon's (pid 1): left alone.
+        let cg = fake_cgroup("memory pids", "", &[me, 1]);
+        let err = enable_controllers(cg.path(), wanted, me).unwrap_err();
+        assert!(err.contains("not the daemon's"), "{err}");
+        assert!(!cg.path().join("ward-daemon").exists());
+        assert_eq!(
+            fs::read_to_string(cg.path().join("cgroup.subtree_control")).unwrap(),
+            ""
+        );
+        // Neither controller.
+        let cg = fake_cgroup("cpu io", "", &[me]);
+        assert!(enable_controllers(cg.path(), wanted, me).is_err());
+    }
+
+    #[test]
+    fn limits_are_written_into_a_build_cgroup() {
+        let dir = tempfile::tempdir().unwrap();
+        apply_limits(
+            dir.path(),
+            Limits {
+                memory_max: 4096,
+                pids_max: 7,
+            },
+        )
+        .unwrap();
+        let read = |n: &str| fs::read_to_string(dir.path().join(n)).unwrap();
+        assert_eq!(read("memory.max"), "4096");
+        assert_eq!(read("memory.oom.group"), "1");
+        assert_eq!(read("pids.max"), "7");
+    }
+
     #[test]
     fn finds_the_cgroup2_mount_and_the_own_cgroup() {
         let mountinfo = "\
@@ -208,7 +437,10 @@ mod tests {
             eprintln!("SKIPPED a_build_cgroup_kills_everything_in_it: needs root");
             return;
         }
-        let cgroups = match BuildCgroups::discover() {
+        let cgroups = match BuildCgroups::discover(Limits {
+            memory_max: 0,
+            pids_max: 0,
+        }) {
             Ok(c) => c,
             Err(why) => {
                 eprintln!("SKIPPED a_build_cgroup_kills_everything_in_it: {why}");

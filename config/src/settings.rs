@@ -341,6 +341,10 @@ define_settings! {
     /// client uid may hold at once, so that one user's sleeping builds cannot stall everyone
     /// else's; 0 = no cap (Nix's behaviour).
     ward_max_jobs_per_user: u32, IntKind<u32>, "ward-max-jobs-per-user" = 0;
+    /// `ward-build-memory-max` (ward only): each build's `memory.max` in bytes, where the
+    /// daemon runs in a cgroup of its own that offers the memory controller (systemd's
+    /// `Delegate=yes`); 0 = none.
+    ward_build_memory_max: u64, IntKind<u64>, "ward-build-memory-max" = 0;
     /// `ward-max-output-size` (ward only): the largest NAR one build output may have, in
     /// bytes; the store-writer stops reading (and refuses the output) past it, so a sparse
     /// 1 TiB file is refused at the limit instead of being hashed for hours; 0 = no limit.

@@ -3,7 +3,7 @@
 //! log, create, remove and execute nothing), no new privileges, and seccomp: a deny filter
 //! that makes the syscalls a network-facing parser never needs fail with EPERM (program
 //! execution, debugging other processes, mounts, namespaces, module loading, identity changes,
-//! kernel keyrings, BPF), the x32 filter, and last the allow-list
+//! kernel keyrings, BPF), the x32 filter, and (installed first) the allow-list
 //! (`ward_store::seccomp_allow`): every call not on it fails with ENOSYS.
 //! `/proc/<pid>/status` shows `NoNewPrivs: 1`, `Seccomp: 2`.
 //!
@@ -79,6 +79,12 @@ fn target_arch() -> Result<TargetArch, ConfineError> {
 #[cfg(target_os = "linux")]
 pub fn confine_frontend(_layout: &StoreLayout) -> Result<(), ConfineError> {
     nix::sys::prctl::set_no_new_privs().map_err(ConfineError::NoNewPrivs)?;
+    // First the allow-list (every call not on it: ENOSYS), then the deny filter, whose EPERM
+    // then wins for the calls it names (the newest filter's errno does), then x32.
+    use ward_store::seccomp_allow::{allow_list, learning, FRONTEND};
+    let allowed = allow_list(&[FRONTEND], learning()).map_err(ConfineError::Seccomp)?;
+    seccompiler::apply_filter_all_threads(&allowed)
+        .map_err(|e| ConfineError::Seccomp(e.to_string()))?;
     let rules: BTreeMap<i64, Vec<SeccompRule>> =
         DENIED.iter().map(|(nr, _why)| (*nr, Vec::new())).collect();
     let filter = SeccompFilter::new(
@@ -95,11 +101,6 @@ pub fn confine_frontend(_layout: &StoreLayout) -> Result<(), ConfineError> {
         .map_err(|e| ConfineError::Seccomp(e.to_string()))?;
     // The denylist names x86_64 numbers; x32 ones would slip past it.
     seccompiler::apply_filter_all_threads(&ward_store::seccomp_abi::refuse_x32())
-        .map_err(|e| ConfineError::Seccomp(e.to_string()))?;
-    // Last, the allow-list: everything not on it fails with ENOSYS.
-    use ward_store::seccomp_allow::{allow_list, learning, FRONTEND};
-    let allowed = allow_list(&[FRONTEND], learning()).map_err(ConfineError::Seccomp)?;
-    seccompiler::apply_filter_all_threads(&allowed)
         .map_err(|e| ConfineError::Seccomp(e.to_string()))
 }
 

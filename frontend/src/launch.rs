@@ -309,6 +309,8 @@ fn build_flags(cmd: &mut Command, setup: &DaemonSetup) {
         .arg(s.ward_build_max_processes.to_string())
         .arg("--sandbox-dev-shm-size")
         .arg(&s.sandbox_dev_shm_size)
+        .arg("--build-memory-max")
+        .arg(s.ward_build_memory_max.to_string())
         .arg("--sandbox")
         .arg(match s.sandbox {
             ward_config::SandboxMode::Enabled => "true",

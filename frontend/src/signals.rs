@@ -30,6 +30,7 @@ pub const RESTART_ONLY: &[&str] = &[
     "max-jobs",
     "ward-max-jobs-per-user",
     "sandbox-dev-shm-size",
+    "ward-build-memory-max",
     "build-users-group",
     "sandbox",
     "sandbox-paths",

@@ -13,8 +13,8 @@
 //!    and `clone3` answers `ENOSYS` (its flags cannot be inspected, and libc then falls back
 //!    to `clone` for threads).
 //!
-//! 4. last, the allow-list ([`ward_store::seccomp_allow`]): every call not on it fails with
-//!    `ENOSYS`.
+//! 4. before those, the allow-list ([`ward_store::seccomp_allow`]): every call not on it
+//!    fails with `ENOSYS`.
 //!
 //! `/proc/self/status` then shows `NoNewPrivs: 1` and `Seccomp: 2`. (The x86-64 filter checks
 //! the architecture, which rules out the i386 entry points; x32 calls, on kernels built with
@@ -66,18 +66,19 @@ const LANDLOCK_ABI: ABI = ABI::V9;
 pub fn confine(writable: &[PathBuf]) -> Result<Confinement, ConfineError> {
     nix::sys::prctl::set_no_new_privs().map_err(ConfineError::NoNewPrivs)?;
     let status = apply_landlock(writable)?;
+    // First the allow-list (every call not on it: ENOSYS); the deny filters installed after it
+    // keep their EPERM for the calls they name (the newest filter's errno wins).
+    use ward_store::seccomp_allow::{allow_list, learning, STORE_WRITER, STORE_WRITER_X86_64};
+    let allowed = allow_list(&[STORE_WRITER, STORE_WRITER_X86_64], learning())
+        .map_err(ConfineError::Seccomp)?;
+    seccompiler::apply_filter_all_threads(&allowed)
+        .map_err(|e| ConfineError::Seccomp(e.to_string()))?;
     for filter in seccomp_filters()? {
         seccompiler::apply_filter_all_threads(&filter)
             .map_err(|e| ConfineError::Seccomp(e.to_string()))?;
     }
     // The denylist above names x86_64 numbers; x32 ones would slip past it.
     seccompiler::apply_filter_all_threads(&ward_store::seccomp_abi::refuse_x32())
-        .map_err(|e| ConfineError::Seccomp(e.to_string()))?;
-    // Last, the allow-list: everything not on it fails with ENOSYS.
-    use ward_store::seccomp_allow::{allow_list, learning, STORE_WRITER, STORE_WRITER_X86_64};
-    let allowed = allow_list(&[STORE_WRITER, STORE_WRITER_X86_64], learning())
-        .map_err(ConfineError::Seccomp)?;
-    seccompiler::apply_filter_all_threads(&allowed)
         .map_err(|e| ConfineError::Seccomp(e.to_string()))?;
     Ok(Confinement {
         landlock: match status {

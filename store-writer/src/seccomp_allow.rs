@@ -1,8 +1,10 @@
 //! The seccomp allow-lists of the frontend and the store-writer: every system call not named
 //! here fails with `ENOSYS` (so libc's and std's fallbacks for newer calls, `clone3` →
 //! `clone` or `statx` → `newfstatat`, still work, and anything unforeseen fails cleanly
-//! instead of running). Installed after the deny filters and the x32 filter, as the last
-//! filter, which is why `seccomp` itself is not on it.
+//! instead of running). Installed first, before the deny filters and the x32 filter: when
+//! several filters refuse a call, the kernel takes the most recently installed one's errno,
+//! so the calls those name keep their `EPERM`. `seccomp` is on the list for those two
+//! installs (a filter can only ever restrict further).
 //!
 //! The lists hold what tokio, std, SQLite, the allocator, NSS and the processes' own code call
 //! on x86_64 Linux. They were checked by running the whole test suite (1,027 tests, the attack
@@ -144,6 +146,8 @@ const COMMON: &[i64] = &[
     libc::SYS_recvmsg,
     libc::SYS_sendmmsg,
     libc::SYS_recvmmsg,
+    // Further filters (they can only restrict).
+    libc::SYS_seccomp,
     // Children the process waits for (none run a program: execve is not allowed).
     libc::SYS_wait4,
     libc::SYS_waitid,
@@ -289,7 +293,6 @@ mod tests {
         libc::SYS_io_uring_enter,
         libc::SYS_open_by_handle_at,
         libc::SYS_clone3,
-        libc::SYS_seccomp,
     ];
 
     #[test]
