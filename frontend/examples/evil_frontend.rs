@@ -346,9 +346,14 @@ fn main() {
         add_from_nar(&w, info, &nar),
     ));
     // I6: unexpected descriptors: a directory fd for / where a socket is expected, a regular
-    // file where a pipe is expected.
-    let w = connect();
-    let _ = writer_call(&w, hello(), &[]);
+    // file and a socket where a pipe is expected. Each on a channel of its own, which must be
+    // closed after the refusal (a Ping on it afterwards is not answered).
+    let fresh = || {
+        let w = connect();
+        let _ = writer_call(&w, hello(), &[]);
+        w
+    };
+    let w = fresh();
     let root = std::fs::File::open("/").unwrap();
     report.push((
         "i6-open-channel-with-a-directory".to_owned(),
@@ -361,31 +366,52 @@ fn main() {
             &[root.as_fd()],
         ),
     ));
+    report.push((
+        "i6-open-channel-with-a-directory-then".to_owned(),
+        writer_call(&w, FrontendToStoreWriter::Ping, &[]),
+    ));
+    let not_a_pipe = |base: &str| {
+        FrontendToStoreWriter::AddPathFromNar(Box::new(AddPathFromNar {
+            info: PathInfo::new(
+                StorePath::from_base_name(base).unwrap(),
+                Hash::compute(HashAlgo::Sha256, b"x"),
+            ),
+            repair: false,
+            check_sigs: false,
+        }))
+    };
     let file = std::fs::File::open("/etc/hostname")
         .or_else(|_| std::fs::File::open("/dev/null"))
         .unwrap();
-    let path = StorePath::from_base_name("44444444444444444444444444444444-not-a-pipe").unwrap();
-    let request = FrontendToStoreWriter::AddPathFromNar(Box::new(AddPathFromNar {
-        info: PathInfo::new(path, Hash::compute(HashAlgo::Sha256, b"x")),
-        repair: false,
-        check_sigs: false,
-    }));
+    let w = fresh();
     report.push((
         "i6-nar-from-a-file".to_owned(),
-        writer_call(&w, request, &[file.as_fd()]),
+        writer_call(
+            &w,
+            not_a_pipe("44444444444444444444444444444444-not-a-pipe"),
+            &[file.as_fd()],
+        ),
+    ));
+    report.push((
+        "i6-nar-from-a-file-then".to_owned(),
+        writer_call(&w, FrontendToStoreWriter::Ping, &[]),
     ));
     let (socket_end, _other_end) = UnixStream::pair().unwrap();
-    let path = StorePath::from_base_name("88888888888888888888888888888888-not-a-pipe").unwrap();
-    let request = FrontendToStoreWriter::AddPathFromNar(Box::new(AddPathFromNar {
-        info: PathInfo::new(path, Hash::compute(HashAlgo::Sha256, b"x")),
-        repair: false,
-        check_sigs: false,
-    }));
+    let w = fresh();
     report.push((
         "i6-nar-from-a-socket".to_owned(),
-        writer_call(&w, request, &[socket_end.as_fd()]),
+        writer_call(
+            &w,
+            not_a_pipe("88888888888888888888888888888888-not-a-pipe"),
+            &[socket_end.as_fd()],
+        ),
+    ));
+    report.push((
+        "i6-nar-from-a-socket-then".to_owned(),
+        writer_call(&w, FrontendToStoreWriter::Ping, &[]),
     ));
     // I5: the handshake again on a serving channel.
+    let w = fresh();
     report.push((
         "i5-writer-hello-again".to_owned(),
         writer_call(&w, hello(), &[]),

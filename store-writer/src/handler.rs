@@ -1,7 +1,9 @@
 //! One channel: the handshake, then requests served one at a time, in order, one reply each.
 //!
-//! A request in the wrong phase gets a `NotPermitted` reply and the channel is closed; a frame
-//! error closes it at once (the stream position is then unknown). A peer that closes the
+//! A request in the wrong phase gets a `NotPermitted` reply and the channel is closed, and so
+//! does a request whose descriptor is not what it must be (a pipe, a socket): the real frontend
+//! never sends those, whatever its clients do. A frame error closes it at once (the stream
+//! position is then unknown). A peer that closes the
 //! channel while a request's data is still being read tears the channel down without a reply,
 //! and nothing is registered. The channel's temporary roots file is removed when it ends.
 
@@ -41,6 +43,9 @@ enum Failure {
     Refused(Box<StoreWriterError>),
     /// The peer closed the channel mid-request: no reply, the channel ends.
     PeerGone,
+    /// Something no correct frontend sends (a descriptor of the wrong kind): the reply is
+    /// this error, then the channel is closed.
+    Violation(Box<StoreWriterError>),
 }
 
 impl From<StoreWriterError> for Failure {
@@ -123,6 +128,16 @@ pub fn serve(slot: ChannelSlot, socket: UnixStream, client_uid: Option<u32>) {
                 tracing::info!(channel = id, request = name, error = %e, "request refused");
                 let close = matches!(*e, StoreWriterError::VersionMismatch { .. });
                 (StoreWriterToFrontend::Error(*e), close)
+            }
+            Err(Failure::Violation(e)) => {
+                tracing::warn!(
+                    channel = id,
+                    request = name,
+                    %peer,
+                    error = %e,
+                    "protocol violation; closing the channel"
+                );
+                (StoreWriterToFrontend::Error(*e), true)
             }
             Err(Failure::PeerGone) => {
                 tracing::info!(
@@ -404,11 +419,11 @@ impl ChannelState {
     /// The descriptor a request carries (present: the frame layer checked the count).
     fn take_pipe(fd: Option<OwnedFd>, shown: &str) -> Result<OwnedFd, Failure> {
         let bad = |message: String| {
-            Failure::from(StoreWriterError::Io {
+            Failure::Violation(Box::new(StoreWriterError::Io {
                 operation: "reading the data of".into(),
                 path: shown.to_owned(),
                 message,
-            })
+            }))
         };
         let fd = fd.ok_or_else(|| bad("no data pipe came with the request".into()))?;
         upload::check_is_pipe(&fd).map_err(|e| bad(e.to_string()))?;
@@ -428,13 +443,22 @@ impl ChannelState {
                 message,
             })
         };
-        let fd = fd.ok_or_else(|| refuse("no socket came with the request".into()))?;
+        let violation = |message: String| {
+            Failure::Violation(Box::new(StoreWriterError::Io {
+                operation: "opening a channel on".into(),
+                path: "the passed socket".into(),
+                message,
+            }))
+        };
+        let fd = fd.ok_or_else(|| violation("no socket came with the request".into()))?;
         let is_unix_stream = rustix::net::sockopt::socket_type(&fd)
             .is_ok_and(|kind| kind == rustix::net::SocketType::STREAM)
             && rustix::net::sockopt::socket_domain(&fd)
                 .is_ok_and(|domain| domain == rustix::net::AddressFamily::UNIX);
         if !is_unix_stream {
-            return Err(refuse("the descriptor is not a unix stream socket".into()));
+            return Err(violation(
+                "the descriptor is not a unix stream socket".into(),
+            ));
         }
         let origin = format!(
             "OpenChannel on channel {} for client pid {peer_pid:?} uid {peer_uid:?}",

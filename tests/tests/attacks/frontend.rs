@@ -66,7 +66,7 @@ pub fn rows() -> Vec<Attack> {
             "I6",
             "the frontend passes a directory fd for /, a regular file and a socket where pipes \
              and sockets are expected",
-            "refused",
+            "refused, logged with the peer, and the channel closed",
             i6_unexpected_fds,
         ),
     ]
@@ -273,6 +273,24 @@ fn i6_unexpected_fds(_: &mut Ctx<'_>) -> Outcome {
             "not a unix stream socket",
         )?;
         refused(run, "i6-nar-from-a-file", "pipe")?;
-        refused(run, "i6-nar-from-a-socket", "pipe")
+        refused(run, "i6-nar-from-a-socket", "pipe")?;
+        // A descriptor of the wrong kind is a violation: the channel is closed after it.
+        for then in [
+            "i6-open-channel-with-a-directory-then",
+            "i6-nar-from-a-file-then",
+            "i6-nar-from-a-socket-then",
+        ] {
+            let got = outcome(run, then)?;
+            ensure!(
+                !got.starts_with("answered"),
+                "{then}: the channel went on: {got}"
+            );
+        }
+        let log = run.f.daemon.log();
+        ensure!(
+            log.contains("protocol violation; closing the channel"),
+            "the store-writer logged no violation"
+        );
+        Ok(())
     })
 }
