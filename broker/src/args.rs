@@ -643,6 +643,12 @@ mod tests {
             &["--extra-platform", ""],
             &["--start-id", "x"],
             &["--build-dir", "rel"],
+            // A mount option smuggled into the tmpfs size, or no size at all.
+            &["--sandbox-dev-shm-size", "16M,exec"],
+            &["--sandbox-dev-shm-size", "0"],
+            &["--sandbox-dev-shm-size", ""],
+            &["--build-memory-max", "1G"],
+            &["--build-memory-max", "-1"],
         ] {
             assert!(
                 matches!(with(bad), Err(ArgsError::Invalid(..))),
@@ -652,6 +658,18 @@ mod tests {
         assert_eq!(
             with(&["--sandbox-path"]),
             Err(ArgsError::MissingValue("--sandbox-path".into()))
+        );
+        let ok = with(&[
+            "--sandbox-dev-shm-size",
+            "16M",
+            "--build-memory-max",
+            "1073741824",
+        ])
+        .unwrap()
+        .build;
+        assert_eq!(
+            (ok.tmpfs_size.as_str(), ok.build_memory_max),
+            ("16M", 1 << 30)
         );
     }
 

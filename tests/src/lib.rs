@@ -20,6 +20,7 @@
 
 pub mod builds;
 pub mod daemon;
+pub mod evil;
 pub mod inputs;
 pub mod lifecycle;
 pub mod nar;

@@ -12,46 +12,23 @@
 //! Root only (multi-user daemon); prints SKIPPED otherwise.
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use ward_e2e_tests::daemon::ward_bin;
+use ward_e2e_tests::evil::EvilFrontend;
 use ward_e2e_tests::lifecycle::wait_for_log_text;
-use ward_e2e_tests::{inputs, notice, DaemonOptions, Fixture};
-
-fn evil_frontend() -> Option<PathBuf> {
-    let path = ward_bin().parent()?.join("examples/evil_frontend");
-    path.is_file().then_some(path)
-}
+use ward_e2e_tests::{inputs, notice, Fixture};
 
 #[test]
 fn a_compromised_frontend_gets_nowhere_and_the_daemon_goes_on() {
     let test = "a_compromised_frontend_gets_nowhere_and_the_daemon_goes_on";
-    let Some(evil) = evil_frontend() else {
+    let Some(evil) = EvilFrontend::new() else {
         notice(&format!(
             "SKIPPED {test}: build the example first (cargo build --workspace --all-targets)"
         ));
         return;
     };
-    let scratch = tempfile::Builder::new()
-        .prefix("ward-evil-")
-        .tempdir()
-        .unwrap();
-    // The hostile frontend runs as ward-frontend and writes its report here.
-    std::fs::set_permissions(scratch.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
-    let report = scratch.path().join("report");
-    let done = scratch.path().join("done");
-    let real = ward_bin().with_file_name("ward-frontend");
-    let options = DaemonOptions::multi_user()
-        .env("WARD_TEST_FRONTEND", evil.as_os_str())
-        .env("WARD_REAL_FRONTEND", real.as_os_str())
-        .env("WARD_EVIL_REPORT", report.as_os_str())
-        .env("WARD_EVIL_DONE", done.as_os_str())
-        .env(
-            "WARD_EVIL_SYSTEM",
-            format!("{}-linux", std::env::consts::ARCH),
-        );
+    let (report, done) = (evil.report.clone(), evil.done.clone());
+    let options = evil.options();
     let Some(f) = Fixture::start(test, options) else {
         return;
     };

@@ -7,13 +7,11 @@
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use ward_e2e_tests::daemon::ward_bin;
+use ward_e2e_tests::evil::EvilFrontend;
 use ward_e2e_tests::store::StoreSnapshot;
-use ward_e2e_tests::{inputs, DaemonOptions, Fixture};
+use ward_e2e_tests::{inputs, Fixture};
 
 use crate::ensure;
 use crate::harness::{Attack, Category, Ctx, Outcome, StoreRule, HELD};
@@ -77,38 +75,18 @@ struct EvilRun {
     report: BTreeMap<String, String>,
     before: StoreSnapshot,
     served_after: Result<(), String>,
-    _scratch: tempfile::TempDir,
+    _evil: EvilFrontend,
 }
 
 thread_local! {
     static RUN: RefCell<Option<Result<EvilRun, String>>> = const { RefCell::new(None) };
 }
 
-fn evil_frontend() -> Option<PathBuf> {
-    let path = ward_bin().parent()?.join("examples/evil_frontend");
-    path.is_file().then_some(path)
-}
-
 fn start() -> Result<EvilRun, String> {
-    let evil =
-        evil_frontend().ok_or("build the example first (cargo build --workspace --all-targets)")?;
-    let scratch = tempfile::Builder::new()
-        .prefix("ward-attacks-evil-")
-        .tempdir()
-        .unwrap();
-    std::fs::set_permissions(scratch.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
-    let report = scratch.path().join("report");
-    let done = scratch.path().join("done");
-    let real = ward_bin().with_file_name("ward-frontend");
-    let options = DaemonOptions::multi_user()
-        .env("WARD_TEST_FRONTEND", evil.as_os_str())
-        .env("WARD_REAL_FRONTEND", real.as_os_str())
-        .env("WARD_EVIL_REPORT", report.as_os_str())
-        .env("WARD_EVIL_DONE", done.as_os_str())
-        .env(
-            "WARD_EVIL_SYSTEM",
-            format!("{}-linux", std::env::consts::ARCH),
-        );
+    let evil = EvilFrontend::new()
+        .ok_or("build the example first (cargo build --workspace --all-targets)")?;
+    let (report, done) = (evil.report.clone(), evil.done.clone());
+    let options = evil.options();
     let f = Fixture::start("attacks-evil-frontend", options).ok_or("no Nix client")?;
     let before = f.snapshot();
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -146,7 +124,7 @@ fn start() -> Result<EvilRun, String> {
         report,
         before,
         served_after,
-        _scratch: scratch,
+        _evil: evil,
     })
 }
 
