@@ -177,7 +177,7 @@ impl Builds {
         match BuildDirs::prepare(state_dir, cfg.build_dir.as_deref()) {
             Ok(d) => builds.dirs = Some(d),
             Err(e) => {
-                eprintln!("ward-broker: build directories: {e}; refusing to build");
+                say!("ward-broker: build directories: {e}; refusing to build");
                 builds.refusal = Some(Refusal::Unavailable(e));
                 return builds;
             }
@@ -185,7 +185,7 @@ impl Builds {
         match make_pool(cfg) {
             Ok(p) => builds.pool = Some(p),
             Err(e) => {
-                eprintln!("ward-broker: build users: {e}; refusing to build");
+                say!("ward-broker: build users: {e}; refusing to build");
                 builds.refusal = Some(Refusal::Unavailable(e));
             }
         }
@@ -198,12 +198,13 @@ impl Builds {
             match crate::cgroup::BuildCgroups::discover(wanted) {
                 Ok(c) => {
                     match c.limits() {
-                        Some(Ok(l)) => eprintln!(
+                        Some(Ok(l)) => say!(
                             "ward-broker: each build's cgroup gets memory.max {} and pids.max {} \
                              (0: none)",
-                            l.memory_max, l.pids_max
+                            l.memory_max,
+                            l.pids_max
                         ),
-                        Some(Err(why)) => eprintln!(
+                        Some(Err(why)) => say!(
                             "ward-broker: build cgroups get no limits ({why}); \
                              RLIMIT_NPROC still caps a build's processes"
                         ),
@@ -211,7 +212,7 @@ impl Builds {
                     }
                     builds.cgroups = Some(c);
                 }
-                Err(why) => eprintln!(
+                Err(why) => say!(
                     "ward-broker: no per-build cgroups ({why}); a build's processes are still \
                      confined to its pid namespace and killed by uid"
                 ),
@@ -395,7 +396,7 @@ impl Builds {
         let (cgroup, cgroup_procs) = match self.cgroups.as_ref().map(|c| c.create(&dir_name)) {
             Some(Ok((cg, procs))) => (Some(cg), Some(procs)),
             Some(Err(e)) => {
-                eprintln!("ward-broker: {build}: no cgroup: {e}");
+                say!("ward-broker: {build}: no cgroup: {e}");
                 (None, None)
             }
             None => (None, None),
@@ -445,7 +446,7 @@ impl Builds {
                 return Err(failed(&what, e));
             }
         };
-        eprintln!(
+        say!(
             "ward-broker: {build} ({}) started as pid {pid}, uid {uid}, {}",
             req.drv_path,
             if chroot {
@@ -586,7 +587,7 @@ impl Builds {
             .collect();
         late.into_iter()
             .filter_map(|id| {
-                eprintln!("ward-broker: {id} timed out; killing it");
+                say!("ward-broker: {id} timed out; killing it");
                 self.kill_and_finish(id, BuildOutcome::TimedOut)
             })
             .collect()
@@ -625,7 +626,7 @@ impl Builds {
         b.channel = None;
         let sweeps = self.pool.as_ref().is_some_and(|p| p.sweeps());
         if sweeps && !emptied && !crate::pool::sweep_uid(b.uid) {
-            eprintln!(
+            say!(
                 "ward-broker: {build}: uid {} still owns processes after SIGKILL",
                 b.uid
             );
@@ -643,7 +644,7 @@ impl Builds {
                 _ => BuildOutcome::Signalled { signal: 0 },
             }
         };
-        eprintln!("ward-broker: {build} finished: {outcome:?}");
+        say!("ward-broker: {build} finished: {outcome:?}");
         let timings = BuildTimings {
             start_time: b.start_unix,
             stop_time: now_unix(),
@@ -853,18 +854,18 @@ impl Builds {
         if keep_failed {
             match keep(dirs, &b) {
                 Ok(path) => {
-                    eprintln!("ward-broker: {build}: kept at {path}");
+                    say!("ward-broker: {build}: kept at {path}");
                     result = Ok(Some(path));
                 }
                 Err(e) => {
-                    eprintln!("ward-broker: {build}: keeping the build directory failed: {e}; deleting it");
+                    say!("ward-broker: {build}: keeping the build directory failed: {e}; deleting it");
                     result = Err(format!("keeping the build directory: {e}"));
                 }
             }
         }
         if !matches!(result, Ok(Some(_))) {
             if let Err(e) = tree::delete_tree(&dirs.builds, &b.dir_name) {
-                eprintln!("ward-broker: {build}: deleting {}: {e}", b.dir_name);
+                say!("ward-broker: {build}: deleting {}: {e}", b.dir_name);
                 result = result.and(Err(format!("deleting the build directory: {e}")));
             }
         }
@@ -902,7 +903,7 @@ impl Builds {
         for id in ids {
             if let Some(b) = self.table.remove(&id) {
                 if let Err(e) = self.dispose(id, b, false) {
-                    eprintln!("ward-broker: {id}: {e}");
+                    say!("ward-broker: {id}: {e}");
                 }
             }
         }
@@ -919,21 +920,21 @@ impl Builds {
         match self.canary() {
             Ok(report) => {
                 match compare_report(&report, &self.cfg, self.canary_uid) {
-                    Ok(landlock) => eprintln!(
+                    Ok(landlock) => say!(
                     "ward-broker: sandbox check passed (uid map, no capabilities, {}seccomp {}, \
                      loopback only, landlock {landlock})",
                     if report.no_new_privs { "no_new_privs, " } else { "" },
                     if report.seccomp_mode == 2 { "on" } else { "off" },
                 ),
                     Err(reason) => {
-                        eprintln!("ward-broker: sandbox check failed: {reason}; refusing to build");
+                        say!("ward-broker: sandbox check failed: {reason}; refusing to build");
                         self.refusal =
                             Some(Refusal::Sandbox(format!("sandbox check failed: {reason}")));
                     }
                 }
             }
             Err(reason) => {
-                eprintln!("ward-broker: sandbox check failed: {reason}; refusing to build");
+                say!("ward-broker: sandbox check failed: {reason}; refusing to build");
                 self.refusal = Some(Refusal::Sandbox(format!("sandbox check failed: {reason}")));
             }
         }
@@ -1049,11 +1050,11 @@ fn read_builder_channel(build: BuildId, b: &mut Build) {
     if let Ok(m) = channel.recv() {
         match m.message {
             BuilderToBroker::SetupFailed { step, message } => {
-                eprintln!("ward-broker: {build}: sandbox set-up failed at {step:?}: {message}");
+                say!("ward-broker: {build}: sandbox set-up failed at {step:?}: {message}");
                 b.setup_failed = Some((step, message));
             }
             other => {
-                eprintln!(
+                say!(
                     "ward-broker: {build}: unexpected message from the builder: {}",
                     ward_ipc::IpcMessage::variant_name(&other)
                 );
@@ -1074,9 +1075,10 @@ fn keep(dirs: &BuildDirs, b: &Build) -> Result<String, String> {
     let count = tree::chown_tree(&b.top, b.uid, b.requester_uid, to_gid)
         .map_err(|e| format!("handing the tree to uid {}: {e}", b.requester_uid))?;
     if count.skipped > 0 {
-        eprintln!(
+        say!(
             "ward-broker: kept tree {}: {} entries not handed over (other owner or hard link)",
-            b.dir_name, count.skipped
+            b.dir_name,
+            count.skipped
         );
     }
     let user_dir = tree::open_kept_user_dir(&dirs.kept, b.requester_uid, to_gid.unwrap_or(b.gid))?;
@@ -1101,13 +1103,13 @@ fn network_helper(cfg: &BuildSettings) -> Option<String> {
     use std::os::unix::fs::PermissionsExt;
     let shared = "fixed-output builds share the host's network namespace";
     let Some(bin) = &cfg.slirp4netns else {
-        eprintln!("ward-broker: slirp4netns is not installed: {shared}");
+        say!("ward-broker: slirp4netns is not installed: {shared}");
         return None;
     };
     match std::fs::metadata(bin) {
         Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => {}
         _ => {
-            eprintln!(
+            say!(
                 "ward-broker: '{}' is not an executable file: {shared}",
                 bin.display()
             );
@@ -1125,13 +1127,13 @@ fn network_helper(cfg: &BuildSettings) -> Option<String> {
         .is_ok()
     };
     if !usable {
-        eprintln!(
+        say!(
             "ward-broker: /dev/net/tun cannot be opened by build users (it needs mode 0666): \
              {shared}"
         );
         return None;
     }
-    eprintln!(
+    say!(
         "ward-broker: fixed-output builds get a network namespace of their own through '{}'",
         bin.display()
     );
@@ -1143,7 +1145,7 @@ fn make_pool(cfg: &BuildSettings) -> Result<Pool, String> {
     let own_gid = nix::unistd::getegid().as_raw();
     if own_uid != 0 {
         if !cfg.build_users_group.is_empty() {
-            eprintln!(
+            say!(
                 "ward-broker: not root: ignoring build-users-group '{}'; builds run as uid {own_uid}",
                 cfg.build_users_group
             );

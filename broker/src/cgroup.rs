@@ -134,7 +134,7 @@ impl BuildCgroup {
         match fs::write(self.dir.join("cgroup.kill"), "1") {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => eprintln!(
+            Err(e) => say!(
                 "ward-broker: {}: writing cgroup.kill: {e}",
                 self.dir.display()
             ),
@@ -165,7 +165,7 @@ impl BuildCgroup {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
                 // EBUSY while killed processes are still exiting.
                 Err(e) if Instant::now() >= deadline => {
-                    eprintln!("ward-broker: removing {}: {e}", self.dir.display());
+                    say!("ward-broker: removing {}: {e}", self.dir.display());
                     return;
                 }
                 Err(_) => std::thread::sleep(Duration::from_millis(5)),
@@ -434,7 +434,7 @@ mod tests {
     #[test]
     fn a_build_cgroup_kills_everything_in_it() {
         if !nix::unistd::geteuid().is_root() {
-            eprintln!("SKIPPED a_build_cgroup_kills_everything_in_it: needs root");
+            say!("SKIPPED a_build_cgroup_kills_everything_in_it: needs root");
             return;
         }
         let cgroups = match BuildCgroups::discover(Limits {
@@ -443,7 +443,7 @@ mod tests {
         }) {
             Ok(c) => c,
             Err(why) => {
-                eprintln!("SKIPPED a_build_cgroup_kills_everything_in_it: {why}");
+                say!("SKIPPED a_build_cgroup_kills_everything_in_it: {why}");
                 return;
             }
         };

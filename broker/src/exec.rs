@@ -63,11 +63,11 @@ pub fn spawn(
         ForkResult::Parent { child } => Ok(child),
         ForkResult::Child => {
             if let Err(e) = before() {
-                eprintln!("ward-broker: starting {what} failed: {e}");
+                say!("ward-broker: starting {what} failed: {e}");
                 std::process::exit(127);
             }
             let Err((step, errno)) = exec_in_child(spec);
-            eprintln!("ward-broker: starting {what} failed at {step}: {errno}");
+            say!("ward-broker: starting {what} failed at {step}: {errno}");
             std::process::exit(127);
         }
     }

@@ -149,7 +149,7 @@ impl Hooks {
         };
         let pid = exec::spawn(&spec, "the post-build-hook", || Ok(()))
             .map_err(|e| refuse(format!("starting the post-build-hook '{shown}': {e}")))?;
-        eprintln!(
+        say!(
             "ward-broker: post-build-hook '{shown}' for {drv_path} runs as '{}' (pid {pid})",
             run_as.name
         );

@@ -61,7 +61,7 @@ fn lock_uid(uid: u32) -> Option<OwnedFd> {
     match rustix::fs::mkdir(LOCK_DIR, Mode::from_raw_mode(0o700)) {
         Ok(()) | Err(rustix::io::Errno::EXIST) => {}
         Err(e) => {
-            eprintln!("ward-broker: creating {LOCK_DIR}: {e}");
+            say!("ward-broker: creating {LOCK_DIR}: {e}");
             return None;
         }
     }
@@ -73,16 +73,14 @@ fn lock_uid(uid: u32) -> Option<OwnedFd> {
     ) {
         Ok(d) => d,
         Err(e) => {
-            eprintln!("ward-broker: opening {LOCK_DIR}: {e}");
+            say!("ward-broker: opening {LOCK_DIR}: {e}");
             return None;
         }
     };
     match rustix::fs::fstat(&dir) {
         Ok(st) if st.st_uid == 0 && st.st_mode & 0o022 == 0 => {}
         _ => {
-            eprintln!(
-                "ward-broker: {LOCK_DIR} is not a root-owned private directory; not using it"
-            );
+            say!("ward-broker: {LOCK_DIR} is not a root-owned private directory; not using it");
             return None;
         }
     }
@@ -132,13 +130,13 @@ impl Pool {
             match User::from_name(name) {
                 Ok(Some(u)) => uids.push(u.uid.as_raw()),
                 _ => {
-                    eprintln!("ward-broker: build user '{name}' of group '{group}' does not exist")
+                    say!("ward-broker: build user '{name}' of group '{group}' does not exist")
                 }
             }
         }
         uids.extend(primary_members(gr.gid));
         if uids.contains(&0) || uids.contains(&own_uid) {
-            eprintln!("ward-broker: group '{group}' contains root or the broker's own user; they are never used for builds");
+            say!("ward-broker: group '{group}' contains root or the broker's own user; they are never used for builds");
         }
         let pool = Pool::new(Source::Static(uids), gr.gid.as_raw(), own_uid);
         if pool.capacity() == 0 {
@@ -244,9 +242,7 @@ impl Pool {
     /// Returns `uid` to the pool, sweeping it first.
     pub fn release(&mut self, uid: u32) {
         if self.sweep && !sweep_uid(uid) {
-            eprintln!(
-                "ward-broker: uid {uid} still owns processes after SIGKILL; it stays reserved"
-            );
+            say!("ward-broker: uid {uid} still owns processes after SIGKILL; it stays reserved");
             return;
         }
         self.busy.remove(&uid);
@@ -296,7 +292,7 @@ pub fn sweep_uid(uid: u32) -> bool {
                 10
             })),
             Err(e) => {
-                eprintln!("ward-broker: sweeping uid {uid}: reading /proc: {e}");
+                say!("ward-broker: sweeping uid {uid}: reading /proc: {e}");
                 return false;
             }
         }
@@ -321,13 +317,13 @@ fn kill_all_of(uid: u32) -> bool {
             std::process::exit(code);
         }
         Err(e) => {
-            eprintln!("ward-broker: fork for sweeping uid {uid}: {e}");
+            say!("ward-broker: fork for sweeping uid {uid}: {e}");
             return false;
         }
     };
     let status = waitpid(child, None);
     if !matches!(status, Ok(WaitStatus::Exited(_, 0))) {
-        eprintln!("ward-broker: sweeping uid {uid}: {status:?}");
+        say!("ward-broker: sweeping uid {uid}: {status:?}");
         return false;
     }
     true

@@ -28,7 +28,7 @@ impl ServiceManager {
             return;
         }
         if let Err(e) = sd_notify::notify(false, states) {
-            eprintln!("ward-broker: telling the service manager {states:?}: {e}");
+            say!("ward-broker: telling the service manager {states:?}: {e}");
         }
     }
 

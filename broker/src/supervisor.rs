@@ -241,7 +241,7 @@ fn spawn(spec: &ChildSpec, extra_fds: &[(RawFd, RawFd)]) -> Result<Pid, Supervis
         cwd: None,
     };
     let pid = exec::spawn(&exec_spec, spec.role.name(), || Ok(())).map_err(sys_err("fork"))?;
-    eprintln!("ward-broker: started {} as pid {pid}", spec.role.name());
+    say!("ward-broker: started {} as pid {pid}", spec.role.name());
     Ok(pid)
 }
 
@@ -276,7 +276,7 @@ fn reap_orphans() {
 fn kill_quietly(pid: Pid, signal: Signal) {
     match nix::sys::signal::kill(pid, signal) {
         Ok(()) | Err(Errno::ESRCH) => {}
-        Err(e) => eprintln!("ward-broker: kill {pid} {signal}: {e}"),
+        Err(e) => say!("ward-broker: kill {pid} {signal}: {e}"),
     }
 }
 
@@ -329,7 +329,7 @@ impl FrontendLink {
         let request = match self.channel.recv() {
             Ok(received) => received.message,
             Err(e) => {
-                eprintln!("ward-broker: closing the frontend channel: {e}");
+                say!("ward-broker: closing the frontend channel: {e}");
                 return false;
             }
         };
@@ -338,7 +338,7 @@ impl FrontendLink {
                 request: request.variant_name().to_owned(),
                 phase: self.phase,
             };
-            eprintln!(
+            say!(
                 "ward-broker: frontend protocol violation by pid {}: {error}; closing its \
                  channel",
                 self.pid.map_or_else(|| "?".to_owned(), |p| p.to_string())
@@ -414,7 +414,7 @@ impl FrontendLink {
                     return self.send_all(replies);
                 }
                 Err(error) => {
-                    eprintln!("ward-broker: {error}");
+                    say!("ward-broker: {error}");
                     BrokerToFrontend::Error(error)
                 }
             },
@@ -429,7 +429,7 @@ impl FrontendLink {
         for (message, fds) in messages {
             let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
             if let Err(e) = self.channel.send(&message, &borrowed) {
-                eprintln!("ward-broker: replying to the frontend: {e}");
+                say!("ward-broker: replying to the frontend: {e}");
                 return false;
             }
         }
@@ -457,7 +457,7 @@ impl StoreWriterLink {
         let request = match self.channel.recv() {
             Ok(received) => received.message,
             Err(e) => {
-                eprintln!("ward-broker: closing the store-writer channel: {e}");
+                say!("ward-broker: closing the store-writer channel: {e}");
                 return false;
             }
         };
@@ -466,7 +466,7 @@ impl StoreWriterLink {
                 request: request.variant_name().to_owned(),
                 phase: self.phase,
             };
-            eprintln!("ward-broker: store-writer protocol violation: {error}");
+            say!("ward-broker: store-writer protocol violation: {error}");
             let _ = self.channel.send(&BrokerToStoreWriter::Error(error), &[]);
             return false;
         }
@@ -498,7 +498,7 @@ impl StoreWriterLink {
         match self.channel.send(&reply, &borrowed) {
             Ok(()) => true,
             Err(e) => {
-                eprintln!("ward-broker: replying to the store-writer: {e}");
+                say!("ward-broker: replying to the store-writer: {e}");
                 false
             }
         }
@@ -540,7 +540,7 @@ fn reap(
             Ok(None) | Err(Errno::ECHILD) => return notices,
             Ok(Some(r)) => r,
             Err(e) => {
-                eprintln!("ward-broker: wait4: {e}");
+                say!("ward-broker: wait4: {e}");
                 return notices;
             }
         };
@@ -561,7 +561,7 @@ fn reap(
         };
         child.pid = None;
         if stopping {
-            eprintln!(
+            say!(
                 "ward-broker: {} exited ({status:?})",
                 child.spec.role.name()
             );
@@ -578,7 +578,7 @@ fn reap(
         child.restart_at = Some(now + child.delay);
         if child.quick_deaths >= CRASH_LOOP {
             // Clients are refused or wait meanwhile: worth an error of its own.
-            eprintln!(
+            say!(
                 "ward-broker: error: the {} keeps dying ({} times in a row, each within {} s \
                  of its start; last: {status:?}); next start in {} ms",
                 child.spec.role.name(),
@@ -587,7 +587,7 @@ fn reap(
                 child.delay.as_millis()
             );
         } else {
-            eprintln!(
+            say!(
                 "ward-broker: {} exited ({status:?}); restarting in {} ms",
                 child.spec.role.name(),
                 child.delay.as_millis()
@@ -604,7 +604,7 @@ fn open_secret_keys(paths: &[std::path::PathBuf]) -> Vec<std::fs::File> {
         .filter_map(|path| match std::fs::File::open(path) {
             Ok(file) => Some(file),
             Err(e) => {
-                eprintln!(
+                say!(
                     "ward-broker: cannot open secret key file '{}' (secret-key-files): {e}; \
                      nothing will be signed with it",
                     path.display()
@@ -680,7 +680,7 @@ pub fn run(args: &BrokerArgs) -> Result<(), SupervisorError> {
                 let pair = match UnixStream::pair() {
                     Ok(pair) => Some(pair),
                     Err(e) => {
-                        eprintln!(
+                        say!(
                             "ward-broker: socketpair for the {}: {e}",
                             child.spec.role.name()
                         );
@@ -714,7 +714,7 @@ pub fn run(args: &BrokerArgs) -> Result<(), SupervisorError> {
                         }
                     }
                     Err(e) => {
-                        eprintln!("ward-broker: {e}");
+                        say!("ward-broker: {e}");
                         child.delay = (child.delay * 2).min(MAX_RESTART_DELAY);
                         child.restart_at = Some(now + child.delay);
                     }
@@ -820,7 +820,7 @@ pub fn run(args: &BrokerArgs) -> Result<(), SupervisorError> {
                 Ok(Signal::SIGTERM | Signal::SIGINT) if stop.is_none() => {
                     // The frontend drains first (it cancels its builds through the channel,
                     // which stays served meanwhile); the store-writer stops after it.
-                    eprintln!("ward-broker: stopping: the frontend drains its connections");
+                    say!("ward-broker: stopping: the frontend drains its connections");
                     service.stopping();
                     stop = Some(Instant::now());
                     if let Some(pid) = pid_of(&children, Role::Frontend) {
@@ -842,7 +842,7 @@ pub fn run(args: &BrokerArgs) -> Result<(), SupervisorError> {
             let frontend_running = pid_of(&children, Role::Frontend);
             if let Some(pid) = frontend_running {
                 if since.elapsed() >= FRONTEND_DRAIN {
-                    eprintln!("ward-broker: the frontend did not drain in time; killing it");
+                    say!("ward-broker: the frontend did not drain in time; killing it");
                     kill_quietly(Pid::from_raw(pid), Signal::SIGKILL);
                 }
             } else if !writer_signalled {
@@ -857,7 +857,7 @@ pub fn run(args: &BrokerArgs) -> Result<(), SupervisorError> {
                 hooks.abandon_all();
                 terminate(&mut children, Duration::ZERO);
                 reap_orphans();
-                eprintln!(
+                say!(
                     "ward-broker: stopped after {} ms",
                     since.elapsed().as_millis()
                 );
