@@ -68,6 +68,7 @@ fn add_from_nar(w: &Writer, info: PathInfo, nar: &[u8]) -> String {
         info,
         repair: false,
         check_sigs: false,
+        defer: false,
     }));
     let sent = w.send(&request, &[r.as_fd()]);
     drop(r);
@@ -355,6 +356,7 @@ fn main() {
             ),
             repair: false,
             check_sigs: false,
+            defer: false,
         }))
     };
     let file = std::fs::File::open("/etc/hostname")

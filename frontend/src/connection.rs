@@ -1488,6 +1488,7 @@ impl Connection {
         let store_dir = self.ctx.store_dir.clone();
         let mut framed = FramedReader::new(&mut self.r);
         let mut first_error: Option<OpError> = None;
+        let mut batch_open = false;
         let outcome: Result<(), OpError> = async {
             let mut entries = WireReader::new(&mut framed);
             let count = ward_proto::worker::read_multiple_count(&mut entries)
@@ -1508,11 +1509,24 @@ impl Connection {
                         match connect_writer(&mut self.writer, &self.shared, Some(self.peer_uid))
                             .await
                         {
-                            Ok(writer) => writer
-                                .add_path_from_nar(info.clone(), repair, check_sigs, &mut nar_data)
-                                .await
-                                .map(drop)
-                                .map_err(OpError::from),
+                            Ok(writer) => {
+                                // Batched unless repairing: one sync and one transaction per
+                                // batch, committed below (the store-writer also commits a
+                                // full batch by itself).
+                                let defer = !repair;
+                                batch_open |= defer;
+                                writer
+                                    .add_path_from_nar_in(
+                                        info.clone(),
+                                        repair,
+                                        check_sigs,
+                                        defer,
+                                        &mut nar_data,
+                                    )
+                                    .await
+                                    .map(drop)
+                                    .map_err(OpError::from)
+                            }
                             Err(e) => Err(e),
                         };
                     if let Err(e) = result {
@@ -1528,6 +1542,17 @@ impl Connection {
         }
         .await;
         framed.drain().await.map_err(wire_fatal)?;
+        // The paths accepted before any failure are registered, as Nix registers them.
+        if batch_open {
+            let committed =
+                match connect_writer(&mut self.writer, &self.shared, Some(self.peer_uid)).await {
+                    Ok(writer) => writer.commit_additions().await.map_err(OpError::from),
+                    Err(e) => Err(e),
+                };
+            if let Err(e) = committed {
+                first_error.get_or_insert(e);
+            }
+        }
         outcome?;
         if let Some(e) = first_error {
             return Err(e);

@@ -457,10 +457,26 @@ impl WriterClient {
         check_sigs: bool,
         nar: impl AsyncRead + Unpin,
     ) -> Result<PathInfo, ClientError> {
+        self.add_path_from_nar_in(info, repair, check_sigs, false, nar)
+            .await
+    }
+
+    /// [`WriterClient::add_path_from_nar`] with `defer`: the path joins the channel's batch
+    /// and is registered by [`WriterClient::commit_additions`] (AddMultipleToStore). The
+    /// reply is the info as checked, not yet registered.
+    pub async fn add_path_from_nar_in(
+        &mut self,
+        info: PathInfo,
+        repair: bool,
+        check_sigs: bool,
+        defer: bool,
+        nar: impl AsyncRead + Unpin,
+    ) -> Result<PathInfo, ClientError> {
         let request = FrontendToStoreWriter::AddPathFromNar(Box::new(AddPathFromNar {
             info,
             repair,
             check_sigs,
+            defer,
         }));
         let reply = self
             .exchange_with_data(&request, nar, OnSourceError::ClosePipe)
@@ -513,6 +529,12 @@ impl WriterClient {
             .exchange_with_data(&request, log, OnSourceError::AbandonChannel)
             .await?;
         expect_done(&request, reply)
+    }
+
+    /// CommitAdditions: registers the paths added with `defer` since the last commit, in one
+    /// sync and one transaction.
+    pub async fn commit_additions(&mut self) -> Result<(), ClientError> {
+        self.call_done(FrontendToStoreWriter::CommitAdditions).await
     }
 
     /// AddTempRoot: keeps `path` alive for as long as this channel is open.

@@ -38,7 +38,7 @@ use std::collections::BTreeSet;
 use std::ffi::{OsStr, OsString};
 use std::io::{BufReader, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use rustix::fs::{Mode, OFlags, RenameFlags};
 use thiserror::Error;
@@ -465,7 +465,7 @@ fn unpack_into(
     })
 }
 
-/// Canonicalises the staged tree (syncing every file), leaving a root directory's own
+/// Canonicalises the staged tree, leaving a root directory's own
 /// metadata for after the rename.
 pub(crate) fn canonicalise_staged(
     staging: &Staging,
@@ -487,15 +487,17 @@ impl Store {
         self.layout.store_dir().print(path)
     }
 
-    /// Checks that every reference is valid or `path` itself.
+    /// Checks that every reference is valid, `path` itself, or in `batch` (paths added
+    /// earlier in the same batch, registered in the same transaction).
     fn check_references(
         &self,
         path: Option<&StorePath>,
         shown: &str,
         references: &BTreeSet<StorePath>,
+        batch: &BTreeSet<StorePath>,
     ) -> Result<(), AddError> {
         for reference in references {
-            if Some(reference) == path {
+            if Some(reference) == path || batch.contains(reference) {
                 continue;
             }
             let valid = self.db.is_valid(reference).map_err(|source| AddError::Db {
@@ -533,6 +535,18 @@ impl Store {
         info: &ValidPathInfo,
         options: AddOptions,
     ) -> Result<PathAddition, AddError> {
+        self.prepare_add_path_in_batch(info, options, &BTreeSet::new())
+    }
+
+    /// [`Store::prepare_add_path`] for one addition of a batch that
+    /// [`Store::commit_additions`] will commit: `batch` holds the paths staged before it,
+    /// which its references may name (and which, unless repairing, it need not stage again).
+    pub fn prepare_add_path_in_batch(
+        &mut self,
+        info: &ValidPathInfo,
+        options: AddOptions,
+        batch: &BTreeSet<StorePath>,
+    ) -> Result<PathAddition, AddError> {
         let shown = self.print(&info.path);
         check_name(info.path.name()).map_err(|source| AddError::BadName {
             name: info.path.name().to_owned(),
@@ -544,7 +558,7 @@ impl Store {
                 algo: info.nar_hash.algo(),
             });
         }
-        self.check_references(Some(&info.path), &shown, &info.references)?;
+        self.check_references(Some(&info.path), &shown, &info.references, batch)?;
         if let Some(ca) = &info.ca {
             if ca.method == ContentAddressMethod::Fixed(FileIngestionMethod::Git) {
                 return Err(AddError::UnsupportedMethod {
@@ -560,7 +574,8 @@ impl Store {
                 path: shown.clone(),
                 source: Box::new(source),
             })?;
-        let staging = if already_valid && !options.repair {
+        let already_staged = batch.contains(&info.path);
+        let staging = if (already_valid || already_staged) && !options.repair {
             None
         } else {
             Some(new_staging(self, &shown)?)
@@ -618,7 +633,7 @@ impl Store {
             ContentAddressMethod::Text if algo != HashAlgo::Sha256 => return Err(unsupported()),
             _ => {}
         }
-        self.check_references(None, name, references)?;
+        self.check_references(None, name, references, &BTreeSet::new())?;
         let staging = new_staging(self, name)?;
         Ok(ContentAddition {
             name: name.to_owned(),
@@ -634,28 +649,81 @@ impl Store {
     /// Steps 5 and 6 of the module documentation: lock, move into place, register. The
     /// references are checked again, as they were checked before the data was read.
     pub fn commit_addition(&mut self, staged: StagedAddition) -> Result<AddOutcome, AddError> {
-        let StagedAddition {
-            info,
-            shown,
-            repair,
-            staged,
-        } = staged;
-        let Some((staging, pending)) = staged else {
-            return Ok(AddOutcome::AlreadyValid);
-        };
-        self.check_references(Some(&info.path), &shown, &info.references)?;
-        self.commit(&staging, pending, &info, repair, &shown)
-        // `staging` drops here, removing the (now empty) entry.
+        let (mut outcomes, failure) = self.commit_additions(vec![staged]);
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(outcomes.pop().map_or(AddOutcome::AlreadyValid, |(_, o)| o)),
+        }
     }
 
-    fn commit(
+    /// Commits staged additions as one batch (AddMultipleToStore): each is locked, checked
+    /// and moved into place in order, then the filesystem is synced once and every new row is
+    /// committed in one transaction, so a batch of small paths costs one journal commit
+    /// instead of one per file. A reference may name a path earlier in the batch.
+    ///
+    /// Returns the outcome of each addition up to the first that failed, and that failure;
+    /// the additions before it are registered (as Nix registers the paths of an
+    /// AddMultipleToStore before the one that fails), the failed one and the rest are not.
+    /// If the sync or the transaction fails, nothing of the batch is registered and the
+    /// moved trees are taken out again.
+    pub fn commit_additions(
+        &mut self,
+        staged: Vec<StagedAddition>,
+    ) -> (Vec<(ValidPathInfo, AddOutcome)>, Option<AddError>) {
+        let mut outcomes = Vec::with_capacity(staged.len());
+        let mut placed: Vec<Placed> = Vec::new();
+        let mut in_batch = BTreeSet::new();
+        let mut failure = None;
+        for addition in staged {
+            let StagedAddition {
+                info,
+                shown,
+                repair,
+                staged,
+            } = addition;
+            let Some((staging, pending)) = staged else {
+                outcomes.push((info, AddOutcome::AlreadyValid));
+                continue;
+            };
+            if in_batch.contains(&info.path) && !repair {
+                outcomes.push((info, AddOutcome::AlreadyValid));
+                continue;
+            }
+            let placing = self
+                .check_references(Some(&info.path), &shown, &info.references, &in_batch)
+                .and_then(|()| self.place(&staging, pending, &info, repair, &shown));
+            // `staging` drops at the end of this iteration, removing the (now empty) entry.
+            match placing {
+                Ok(Some(p)) => {
+                    in_batch.insert(info.path.clone());
+                    placed.push(p);
+                    outcomes.push((info, AddOutcome::Added));
+                }
+                Ok(None) => outcomes.push((info, AddOutcome::AlreadyValid)),
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+        if !placed.is_empty() {
+            if let Err(e) = self.register_placed(&mut placed) {
+                return (Vec::new(), Some(e));
+            }
+        }
+        (outcomes, failure)
+    }
+
+    /// Step 6 up to the sync: takes the path's lock and moves the staged tree into place.
+    /// `None` when the path became valid meanwhile (and this is not a repair).
+    fn place(
         &mut self,
         staging: &Staging,
         pending: Option<PendingRoot>,
         info: &ValidPathInfo,
         repair: bool,
         shown: &str,
-    ) -> Result<AddOutcome, AddError> {
+    ) -> Result<Option<Placed>, AddError> {
         let fs_err = |source| AddError::Fs {
             path: shown.to_owned(),
             source,
@@ -675,7 +743,7 @@ impl Store {
             })?;
         if valid && !repair {
             lock.set_delete_on_release(true);
-            return Ok(AddOutcome::AlreadyValid);
+            return Ok(None);
         }
         let base = OsStr::new(info.path.base_name());
         let real_path = self.layout.real_path(&info.path);
@@ -690,43 +758,79 @@ impl Store {
             RenameFlags::NOREPLACE,
         )
         .map_err(|e| fs_err(fsutil::io_err("moving into place", &real_path)(e)))?;
-        let registered = self.finish_and_register(pending, info, &real_path, shown);
-        if registered.is_err() {
-            // Not registered: take the half-added path out again (best effort; it is invalid
-            // either way and the next add would replace it).
-            let _ = fsutil::remove_tree_at(self.store_fd.as_fd(), base, &real_path);
-        }
-        registered?;
-        lock.set_delete_on_release(true);
-        Ok(AddOutcome::Added)
-    }
-
-    fn finish_and_register(
-        &mut self,
-        pending: Option<PendingRoot>,
-        info: &ValidPathInfo,
-        real_path: &Path,
-        shown: &str,
-    ) -> Result<(), AddError> {
-        let fs_err = |source| AddError::Fs {
-            path: shown.to_owned(),
-            source,
+        let placed = Placed {
+            lock,
+            real_path,
+            info: info.clone(),
+            shown: shown.to_owned(),
         };
         if let Some(root) = pending {
-            root.finish(real_path).map_err(fs_err)?;
+            if let Err(e) = root.finish(&placed.real_path) {
+                placed.remove(&self.store_fd);
+                return Err(fs_err(e));
+            }
         }
-        fsutil::fsync(self.store_fd.as_fd(), self.layout.real_store_dir()).map_err(fs_err)?;
+        Ok(Some(placed))
+    }
+
+    /// The rest of step 6 for moved trees: one sync of the store's filesystem, then their rows
+    /// in one transaction. On failure every tree is taken out again (best effort: it is
+    /// invalid either way and the next add would replace it).
+    fn register_placed(&mut self, placed: &mut [Placed]) -> Result<(), AddError> {
+        let registered = self.sync_and_register(placed);
+        if registered.is_err() {
+            for p in placed.iter() {
+                p.remove(&self.store_fd);
+            }
+            return registered;
+        }
+        for p in placed.iter_mut() {
+            p.lock.set_delete_on_release(true);
+        }
+        Ok(())
+    }
+
+    fn sync_and_register(&mut self, placed: &[Placed]) -> Result<(), AddError> {
+        // Errors name the batch's first path, and how many more it held.
+        let shown = match placed {
+            [only] => only.shown.clone(),
+            [first, rest @ ..] => format!("{} (and {} more in the batch)", first.shown, rest.len()),
+            [] => return Ok(()),
+        };
+        fsutil::sync_filesystem(self.store_fd.as_fd(), self.layout.real_store_dir()).map_err(
+            |source| AddError::Fs {
+                path: shown.clone(),
+                source,
+            },
+        )?;
+        let infos: Vec<ValidPathInfo> = placed.iter().map(|p| p.info.clone()).collect();
         let store_fd = &self.store_fd;
         let layout = &self.layout;
         let cache = &mut self.drv_hash_cache;
         self.db
-            .register_valid_paths(std::slice::from_ref(info), |drv| {
+            .register_valid_paths(&infos, |drv| {
                 derivation_outputs_on_disk(layout, store_fd, cache, drv)
             })
             .map_err(|source| AddError::Db {
-                path: shown.to_owned(),
+                path: shown,
                 source: Box::new(source),
             })
+    }
+}
+
+/// A tree moved to its final location whose row is not committed yet; its lock is held.
+struct Placed {
+    lock: PathLock,
+    real_path: PathBuf,
+    info: ValidPathInfo,
+    shown: String,
+}
+
+impl Placed {
+    /// Takes the tree out of the store again (best effort).
+    fn remove(&self, store_fd: &OwnedFd) {
+        let base = OsStr::new(self.info.path.base_name());
+        let _ = fsutil::remove_tree_at(store_fd.as_fd(), base, &self.real_path);
     }
 }
 

@@ -520,12 +520,12 @@ impl Store {
                 })?;
             }
         }
-        fsutil::fsync(self.store_fd.as_fd(), self.layout.real_store_dir()).map_err(|source| {
-            AddError::Fs {
+        fsutil::sync_filesystem(self.store_fd.as_fd(), self.layout.real_store_dir()).map_err(
+            |source| AddError::Fs {
                 path: self.layout.real_store_dir().display().to_string(),
                 source,
-            }
-        })?;
+            },
+        )?;
         let infos: Vec<ValidPathInfo> = to_write.iter().map(|(o, _)| o.info.clone()).collect();
         self.db
             .register_valid_paths(&infos, |_| Ok(Default::default()))

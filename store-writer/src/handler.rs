@@ -23,7 +23,7 @@ use ward_proto::signature::Signature;
 use ward_proto::store_path::{check_name, StorePath};
 use ward_store::build_outputs::{BuildOutput, OutputError};
 use ward_store::gc::GcRequest;
-use ward_store::{AddOptions, AddOutcome};
+use ward_store::{AddOptions, AddOutcome, StagedAddition};
 
 use crate::buildlog::{self, BuildLogError};
 use crate::errors::{self, AddContext};
@@ -70,7 +70,21 @@ struct ChannelState {
     client_uid: Option<u32>,
     phase: Phase,
     temp_roots: TempRoots,
+    /// Deferred additions (AddMultipleToStore) waiting for `CommitAdditions`, in order.
+    batch: Vec<StagedAddition>,
+    /// Their paths, which later additions of the batch may refer to.
+    batch_paths: BTreeSet<StorePath>,
+    /// Their NAR bytes in all.
+    batch_bytes: u64,
 }
+
+/// A batch is committed early once it holds this many paths: each staged path keeps a
+/// descriptor or two open until then, and more gain little (one sync per 64 small paths
+/// already makes the sync a small part of each add).
+const MAX_BATCH_PATHS: usize = 64;
+
+/// ... or this many NAR bytes, beyond which one sync per path costs little anyway.
+const MAX_BATCH_BYTES: u64 = 64 << 20;
 
 /// Serves one channel until the peer closes it or breaks the protocol.
 pub fn serve(slot: ChannelSlot, socket: UnixStream, client_uid: Option<u32>) {
@@ -87,6 +101,9 @@ pub fn serve(slot: ChannelSlot, socket: UnixStream, client_uid: Option<u32>) {
         client_uid,
         phase: Phase::Handshake,
         temp_roots,
+        batch: Vec::new(),
+        batch_paths: BTreeSet::new(),
+        batch_bytes: 0,
     };
     // Who is at the other end, for the log of a violation (a channel passed with OpenChannel
     // names the frontend, which made its socket pair).
@@ -303,6 +320,10 @@ impl ChannelState {
             }
             FrontendToStoreWriter::AddPathFromNar(request) => {
                 self.add_path_from_nar(*request, fd, channel)
+            }
+            FrontendToStoreWriter::CommitAdditions => {
+                self.commit_batch()?;
+                Ok(StoreWriterToFrontend::Done)
             }
             FrontendToStoreWriter::AddContent(request) => self.add_content(*request, fd, channel),
             FrontendToStoreWriter::AddSignatures { path, sigs } => {
@@ -573,9 +594,12 @@ impl ChannelState {
         // The store is held only to prepare and to commit; the data streams into staging
         // without it.
         let mut upload = Upload::new(WatchedPipe::new(pipe, channel.socket().as_fd()));
-        let prepared = shared.store().prepare_add_path(&info, options);
+        let prepared = shared
+            .store()
+            .prepare_add_path_in_batch(&info, options, &self.batch_paths);
         let staged = prepared.and_then(|addition| addition.stage(&mut upload));
         let added = match staged {
+            Ok(staged) if request.defer && !request.repair => return self.defer_addition(staged),
             Ok(staged) => shared.store().commit_addition(staged),
             Err(e) => Err(e),
         };
@@ -596,6 +620,62 @@ impl ChannelState {
                     shown,
                 },
             )),
+        }
+    }
+
+    /// Keeps a checked, staged addition for the channel's batch; commits the batch once full.
+    fn defer_addition(&mut self, staged: StagedAddition) -> Outcome {
+        let claimed = staged.info().clone();
+        self.batch_bytes = self.batch_bytes.saturating_add(claimed.nar_size);
+        self.batch_paths.insert(claimed.path.clone());
+        self.batch.push(staged);
+        if self.batch.len() >= MAX_BATCH_PATHS || self.batch_bytes >= MAX_BATCH_BYTES {
+            self.commit_batch()?;
+        }
+        Ok(StoreWriterToFrontend::PathAdded(Box::new(claimed)))
+    }
+
+    /// CommitAdditions: registers the batch (see `Store::commit_additions`).
+    fn commit_batch(&mut self) -> Result<(), Failure> {
+        let batch = std::mem::take(&mut self.batch);
+        self.batch_paths.clear();
+        self.batch_bytes = 0;
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let claims: Vec<_> = batch.iter().map(|s| s.info().clone()).collect();
+        let shared = Arc::clone(&self.shared);
+        let (outcomes, failure) = shared.store().commit_additions(batch);
+        let mut committed = Vec::with_capacity(outcomes.len());
+        for (info, outcome) in &outcomes {
+            if *outcome == AddOutcome::Added {
+                tracing::info!(channel = self.id, path = %shared.print(&info.path), "added path");
+                self.audit_added(info, "nar");
+            }
+            committed.push(info.path.clone());
+        }
+        self.auto_optimise(&committed);
+        if outcomes.len() > 1 {
+            tracing::debug!(
+                channel = self.id,
+                paths = outcomes.len(),
+                "committed a batch"
+            );
+        }
+        match failure {
+            None => Ok(()),
+            Some(e) => {
+                // Nothing after the failed addition was committed: it names the path.
+                let failed = claims.get(outcomes.len()).or(claims.first());
+                Err(Failure::from(errors::add_error(
+                    e,
+                    &AddContext {
+                        store_dir: shared.store_dir(),
+                        claimed: failed,
+                        shown: failed.map(|i| shared.print(&i.path)).unwrap_or_default(),
+                    },
+                )))
+            }
         }
     }
 

@@ -603,6 +603,7 @@ fn a_peer_leaving_mid_transfer_registers_nothing_and_the_writer_goes_on() {
         },
         repair: false,
         check_sigs: false,
+        defer: false,
     }));
     client.send(&request, &[r.as_fd()]).unwrap();
     drop(r);

@@ -47,6 +47,8 @@ pub mod op {
     pub const ADD_TEXT_TO_STORE: u64 = 8;
     /// CollectGarbage.
     pub const COLLECT_GARBAGE: u64 = 20;
+    /// AddMultipleToStore.
+    pub const ADD_MULTIPLE_TO_STORE: u64 = 44;
 }
 
 /// CollectGarbage's actions.
@@ -487,6 +489,51 @@ impl WorkerClient {
     ) -> Result<()> {
         self.begin_add_to_store_nar(info, dont_check_sigs)?;
         self.send_frames(nar, chunk)?;
+        self.end_frames()?;
+        self.process_stderr()
+    }
+
+    /// AddMultipleToStore as `nix copy` sends it: one framed stream holding the count, then
+    /// each path's full info (path first) followed by its NAR; frames of at most `chunk`
+    /// bytes. Returns the daemon's answer (an error names the path at fault).
+    pub fn add_multiple_to_store(
+        &mut self,
+        entries: &[(PathInfo, Vec<u8>)],
+        chunk: usize,
+        dont_check_sigs: bool,
+    ) -> Result<()> {
+        fn u64_to(out: &mut Vec<u8>, v: u64) {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        fn string_to(out: &mut Vec<u8>, s: &[u8]) {
+            u64_to(out, s.len() as u64);
+            out.extend_from_slice(s);
+            out.resize(out.len() + (8 - s.len() % 8) % 8, 0);
+        }
+        fn strings_to(out: &mut Vec<u8>, items: &[String]) {
+            u64_to(out, items.len() as u64);
+            for item in items {
+                string_to(out, item.as_bytes());
+            }
+        }
+        let mut stream = Vec::new();
+        u64_to(&mut stream, entries.len() as u64);
+        for (info, nar) in entries {
+            string_to(&mut stream, info.path.as_bytes());
+            string_to(&mut stream, info.deriver.as_bytes());
+            string_to(&mut stream, info.nar_hash.as_bytes());
+            strings_to(&mut stream, &info.references);
+            u64_to(&mut stream, info.registration_time);
+            u64_to(&mut stream, info.nar_size);
+            u64_to(&mut stream, u64::from(info.ultimate));
+            strings_to(&mut stream, &info.sigs);
+            string_to(&mut stream, info.ca.as_bytes());
+            stream.extend_from_slice(nar);
+        }
+        self.write_u64(op::ADD_MULTIPLE_TO_STORE)?;
+        self.write_u64(0)?; // repair
+        self.write_u64(u64::from(dont_check_sigs))?;
+        self.send_frames(&stream, chunk)?;
         self.end_frames()?;
         self.process_stderr()
     }

@@ -4,8 +4,9 @@
 
 use std::path::Path;
 
+use ward_e2e_tests::wire::{PathInfo, WorkerClient};
 use ward_e2e_tests::{
-    inputs, require_nix, DaemonOptions, Fixture, ImportedGraph, NixClient, SigningKey, TestEnv,
+    inputs, nar, require_nix, DaemonOptions, Fixture, ImportedGraph, NixClient, SigningKey, TestEnv,
 };
 
 fn file_url(dir: &Path) -> String {
@@ -332,5 +333,85 @@ fn copy_from_a_local_store_into_ward() {
         }
         assert_eq!(ours, theirs, "path info of {path} after nix copy into ward");
         inputs::assert_same_tree(&f.real_path(path), &f.reference.real_path(path));
+    }
+}
+
+/// `count` input-addressed one-file paths, each referring to the one before it, as a trusted
+/// client may send them (no signature, no content address).
+fn chain(count: usize, seed: &str) -> Vec<(PathInfo, Vec<u8>)> {
+    let mut entries: Vec<(PathInfo, Vec<u8>)> = Vec::new();
+    for i in 0..count {
+        let contents = format!("link {i} of {seed}\n");
+        let bytes = nar::nar_of_file(contents.as_bytes(), false);
+        let path = nar::made_up_path("/nix/store", &format!("chain-{i}"), &format!("{seed}-{i}"));
+        let mut info = PathInfo::for_nar(&path, &bytes);
+        if let Some((previous, _)) = entries.last() {
+            info.references = vec![previous.path.clone()];
+        }
+        entries.push((info, bytes));
+    }
+    entries
+}
+
+#[test]
+fn add_multiple_registers_a_batch_whose_paths_refer_to_each_other() {
+    let Some(f) =
+        Fixture::single_user("add_multiple_registers_a_batch_whose_paths_refer_to_each_other")
+    else {
+        return;
+    };
+    // More than one of the store-writer's batches (64 paths), so a full batch commits early
+    // and the rest at the end.
+    let entries = chain(150, "batched");
+    let mut client = WorkerClient::handshake(f.daemon.socket()).expect("handshake");
+    client
+        .add_multiple_to_store(&entries, 4096, true)
+        .expect("AddMultipleToStore");
+    for (info, _) in &entries {
+        let got = client
+            .query_path_info(&info.path)
+            .expect("QueryPathInfo")
+            .unwrap_or_else(|| panic!("{} is not valid after AddMultipleToStore", info.path));
+        assert_eq!(got.nar_hash, info.nar_hash, "{}", info.path);
+        assert_eq!(got.references, info.references, "{}", info.path);
+    }
+    // The real client sees the whole closure.
+    let top = &entries.last().unwrap().0.path;
+    let closure = f.ward.ok("nix-store", &["-qR", top]);
+    assert_eq!(closure.lines().len(), entries.len(), "{:?}", closure.lines());
+}
+
+#[test]
+fn add_multiple_keeps_the_paths_before_a_bad_one_and_none_after() {
+    let Some(f) =
+        Fixture::single_user("add_multiple_keeps_the_paths_before_a_bad_one_and_none_after")
+    else {
+        return;
+    };
+    let mut entries = chain(5, "broken");
+    // The third path's NAR (of the same size) does not hash to what its info claims.
+    let bad = entries[2].0.path.clone();
+    entries[2].1 = nar::nar_of_file(b"link 2 of brokeN\n", false);
+    assert_eq!(entries[2].1.len() as u64, entries[2].0.nar_size);
+    let mut client = WorkerClient::handshake(f.daemon.socket()).expect("handshake");
+    let err = client
+        .add_multiple_to_store(&entries, 4096, true)
+        .expect_err("a NAR that does not match its hash is refused");
+    let message = err.to_string();
+    assert!(message.contains(&bad), "the error names {bad}: {message}");
+    let mut client = WorkerClient::handshake(f.daemon.socket()).expect("handshake");
+    for (i, (info, _)) in entries.iter().enumerate() {
+        let valid = client.is_valid_path(&info.path).expect("IsValidPath");
+        assert_eq!(valid, i < 2, "path {i} ({}) valid: {valid}", info.path);
+    }
+    // Nothing of the refused paths was left in the store directory.
+    let store = &f.daemon.layout().real_store_dir;
+    for (info, _) in &entries[2..] {
+        let base = info.path.rsplit('/').next().unwrap();
+        assert!(
+            !store.join(base).exists(),
+            "{base} left in {}",
+            store.display()
+        );
     }
 }

@@ -45,7 +45,7 @@ pub use frame::FrameLimit;
 /// Version of the message enums in this module. Both ends of a channel exchange it in their
 /// first frame (`Hello`) and refuse a peer built from another version, so a half-upgraded
 /// installation fails loudly instead of misreading frames.
-pub const IPC_VERSION: u32 = 2;
+pub const IPC_VERSION: u32 = 3;
 
 /// A message that may travel in a frame.
 pub trait IpcMessage: Serialize + DeserializeOwned {

@@ -42,6 +42,12 @@ pub struct AddPathFromNar {
     /// Require a signature by a trusted key (or a content address that matches). The frontend
     /// sets this for every untrusted client (Nix forces `dontCheckSigs` off for them).
     pub check_sigs: bool,
+    /// Part of a batch (AddMultipleToStore): the NAR is read, checked and staged as usual,
+    /// but the path is registered only by the channel's next
+    /// [`FrontendToStoreWriter::CommitAdditions`] (or earlier, when the channel's batch is
+    /// full), together with the rest of the batch: one sync of the filesystem and one
+    /// transaction for all. Ignored with `repair`, which always commits at once.
+    pub defer: bool,
 }
 
 /// AddToStore (op 7) / AddTextToStore: content the client supplies, hashed by the store-writer.
@@ -173,7 +179,8 @@ pub enum FrontendToStoreWriter {
     /// are canonicalised, renamed into place and the row committed in one transaction; a
     /// `.drv` path also gets its `DerivationOutputs` rows from the store-writer's own parse of
     /// the file. The path becomes a temporary root of this channel.
-    /// Reply: [`StoreWriterToFrontend::PathAdded`].
+    /// Reply: [`StoreWriterToFrontend::PathAdded`]; with `defer`, the info as claimed and
+    /// checked, not yet registered.
     AddPathFromNar(Box<AddPathFromNar>),
     /// Serving phase. AddToStore / AddTextToStore: carries one descriptor, a pipe yielding
     /// the raw file contents (text and flat) or a NAR (recursive).
@@ -313,6 +320,14 @@ pub enum FrontendToStoreWriter {
     OptimiseStore,
     /// Any phase after the handshake: health check. Reply: [`StoreWriterToFrontend::Pong`].
     Ping,
+    /// Serving phase. Ends a batch of deferred `AddPathFromNar`s: their trees are moved into
+    /// place in the order they were sent, the store's filesystem synced once, and all rows
+    /// committed in one transaction. References may name paths earlier in the batch. Checks:
+    /// as for each `AddPathFromNar` at commit time (references valid or earlier in the batch;
+    /// a path valid by now is skipped). If one fails, the ones before it are registered and
+    /// the error names it; the rest of the batch is dropped. A channel that closes with a
+    /// batch open registers none of it. Reply: [`StoreWriterToFrontend::Done`].
+    CommitAdditions,
 }
 
 impl FrontendToStoreWriter {
@@ -322,6 +337,7 @@ impl FrontendToStoreWriter {
             FrontendToStoreWriter::Hello { .. } => Phase::Handshake,
             FrontendToStoreWriter::OpenChannel { .. }
             | FrontendToStoreWriter::AddPathFromNar(_)
+            | FrontendToStoreWriter::CommitAdditions
             | FrontendToStoreWriter::AddContent(_)
             | FrontendToStoreWriter::RegisterBuildOutputs { .. }
             | FrontendToStoreWriter::AddSignatures { .. }
@@ -352,6 +368,7 @@ impl FrontendToStoreWriter {
             | FrontendToStoreWriter::VerifyStore { .. } => true,
             FrontendToStoreWriter::Hello { .. }
             | FrontendToStoreWriter::OpenChannel { .. }
+            | FrontendToStoreWriter::CommitAdditions
             | FrontendToStoreWriter::AddTempRoot { .. }
             | FrontendToStoreWriter::AddIndirectRoot { .. }
             | FrontendToStoreWriter::AddPermRoot { .. }
@@ -376,6 +393,7 @@ impl IpcMessage for FrontendToStoreWriter {
             | FrontendToStoreWriter::AddBuildLog { .. } => 1,
             FrontendToStoreWriter::RegisterBuildOutputs { outputs, .. } => outputs.len(),
             FrontendToStoreWriter::Hello { .. }
+            | FrontendToStoreWriter::CommitAdditions
             | FrontendToStoreWriter::AddSignatures { .. }
             | FrontendToStoreWriter::AddTempRoot { .. }
             | FrontendToStoreWriter::AddIndirectRoot { .. }
@@ -394,6 +412,7 @@ impl IpcMessage for FrontendToStoreWriter {
             FrontendToStoreWriter::Hello { .. } => "Hello",
             FrontendToStoreWriter::OpenChannel { .. } => "OpenChannel",
             FrontendToStoreWriter::AddPathFromNar(_) => "AddPathFromNar",
+            FrontendToStoreWriter::CommitAdditions => "CommitAdditions",
             FrontendToStoreWriter::AddContent(_) => "AddContent",
             FrontendToStoreWriter::RegisterBuildOutputs { .. } => "RegisterBuildOutputs",
             FrontendToStoreWriter::AddSignatures { .. } => "AddSignatures",
@@ -902,6 +921,7 @@ mod tests {
                 info: sample_info(),
                 repair: false,
                 check_sigs: true,
+                defer: false,
             })),
             FrontendToStoreWriter::AddContent(Box::new(AddContent {
                 name: "hello.txt".into(),

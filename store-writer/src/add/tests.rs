@@ -1,5 +1,6 @@
 use std::collections::BTreeSet;
 use std::os::unix::fs::MetadataExt;
+use std::path::Path;
 
 use ward_proto::derivation::DerivationOutput;
 use ward_proto::store_path::StoreDir;
@@ -931,4 +932,108 @@ fn a_path_added_by_another_channel_meanwhile_is_already_valid_at_commit() {
         dump_hash(&store.layout().real_path(&info.path)),
         (info.nar_hash, info.nar_size)
     );
+}
+
+/// Stages `info` as the next addition of a batch whose paths so far are `batch`.
+fn stage_in_batch(
+    store: &mut Store,
+    info: &ValidPathInfo,
+    nar: &[u8],
+    batch: &mut BTreeSet<StorePath>,
+) -> StagedAddition {
+    let staged = store
+        .prepare_add_path_in_batch(info, AddOptions::default(), batch)
+        .unwrap()
+        .stage(nar)
+        .unwrap();
+    batch.insert(info.path.clone());
+    staged
+}
+
+#[test]
+fn a_batch_may_refer_to_its_own_earlier_paths_and_commits_them_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open_store(dir.path());
+    let mut batch = BTreeSet::new();
+    let leaf_nar = nar_of(&file(b"leaf\n"));
+    let leaf = claim_for("leaf", &leaf_nar, &[]);
+    let top_nar = nar_of(&sample_tree());
+    let top = claim_for("top", &top_nar, &[&leaf.path]);
+    // Before the batch is committed, `top`'s reference is not valid: alone it is refused.
+    assert!(matches!(
+        store.prepare_add_path(&top, AddOptions::default()),
+        Err(AddError::InvalidReference { .. })
+    ));
+    let staged = vec![
+        stage_in_batch(&mut store, &leaf, &leaf_nar, &mut batch),
+        stage_in_batch(&mut store, &top, &top_nar, &mut batch),
+        // The same path twice in one batch is staged once.
+        stage_in_batch(&mut store, &leaf, &leaf_nar, &mut batch),
+    ];
+    assert!(
+        !store.db().is_valid(&leaf.path).unwrap(),
+        "nothing registered before commit"
+    );
+    let (outcomes, failure) = store.commit_additions(staged);
+    assert!(failure.is_none(), "{failure:?}");
+    let outcomes: Vec<_> = outcomes.into_iter().map(|(_, o)| o).collect();
+    assert_eq!(
+        outcomes,
+        [
+            AddOutcome::Added,
+            AddOutcome::Added,
+            AddOutcome::AlreadyValid
+        ]
+    );
+    for info in [&leaf, &top] {
+        assert!(store.db().is_valid(&info.path).unwrap());
+        assert_eq!(
+            dump_hash(&store.layout().real_path(&info.path)),
+            (info.nar_hash, info.nar_size)
+        );
+    }
+    assert_eq!(
+        store.db().query_referrers(&leaf.path).unwrap(),
+        BTreeSet::from([top.path.clone()])
+    );
+    assert!(staging_is_empty(&store));
+}
+
+#[test]
+fn a_batch_registers_the_paths_before_a_failed_one_and_none_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open_store(dir.path());
+    let before = store_entries(&store);
+    let mut batch = BTreeSet::new();
+    let first_nar = nar_of(&file(b"first\n"));
+    let first = claim_for("first", &first_nar, &[]);
+    let second_nar = nar_of(&file(b"second\n"));
+    let second = claim_for("second", &second_nar, &[]);
+    let third_nar = nar_of(&file(b"third\n"));
+    let third = claim_for("third", &third_nar, &[&second.path]);
+    let staged = vec![
+        stage_in_batch(&mut store, &first, &first_nar, &mut batch),
+        stage_in_batch(&mut store, &second, &second_nar, &mut batch),
+        stage_in_batch(&mut store, &third, &third_nar, &mut batch),
+    ];
+    // `second` leaves the batch (as a refused addition would), so `third`'s reference is
+    // neither valid nor earlier in the batch when it is committed.
+    let mut staged = staged;
+    staged.remove(1);
+    let (outcomes, failure) = store.commit_additions(staged);
+    assert_eq!(outcomes.len(), 1, "only the addition before the failed one");
+    assert!(
+        matches!(failure, Some(AddError::InvalidReference { .. })),
+        "{failure:?}"
+    );
+    assert!(store.db().is_valid(&first.path).unwrap());
+    assert!(!store.db().is_valid(&third.path).unwrap());
+    let mut expected = before.clone();
+    expected.insert(first.path.base_name().to_owned());
+    assert_eq!(
+        store_entries(&store),
+        expected,
+        "no entry of the failed addition"
+    );
+    assert!(staging_is_empty(&store));
 }
