@@ -7,7 +7,7 @@
 //! ask for (those protocols send data after the NAR, with nothing but the NAR's own structure
 //! to say where it ends).
 
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
@@ -27,7 +27,7 @@ pub async fn write_socket_from_blocking<F>(
     produce: F,
 ) -> Result<(), String>
 where
-    F: FnOnce(&mut dyn Write) -> Result<(), String> + Send + 'static,
+    F: FnOnce(&mut std::os::unix::net::UnixStream) -> Result<(), String> + Send + 'static,
 {
     use std::os::fd::AsFd;
     let socket: &tokio::net::UnixStream = out.as_ref();
@@ -116,6 +116,7 @@ impl Read for ChunkReceiver {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write as _;
     use std::time::{Duration, Instant};
     use tokio::io::AsyncWriteExt;
 

@@ -1620,7 +1620,7 @@ impl Connection {
         let file = self.shared.store.real_path(path);
         let source = file.clone();
         write_socket_from_blocking(&self.w, NAR_SEND_STALL_LIMIT, move |out| {
-            nar::dump_path(&source, out)
+            nar::dump_path_to_fd(&source, out)
                 .map(|_| ())
                 .map_err(|e| e.to_string())
         })

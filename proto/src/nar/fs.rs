@@ -3,6 +3,7 @@
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufWriter, ErrorKind, Read, Write};
+use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -36,16 +37,56 @@ struct PendingDirectory {
 ///
 /// Output is buffered internally; `out` may be a bare file or socket.
 pub fn dump_path<W: Write>(path: &Path, out: W) -> Result<u64, NarError> {
+    dump_path_with(path, out, None)
+}
+
+/// [`dump_path`] into a socket, pipe or file, sending the contents of large files with
+/// `sendfile` instead of copying them through memory: the kernel moves page-cache pages to
+/// the descriptor itself (NarFromPath of a 1 GiB path costs one copy instead of three).
+pub fn dump_path_to_fd<W: Write + AsFd>(path: &Path, out: W) -> Result<u64, NarError> {
+    dump_path_with(path, out, Some(send_file::<W>))
+}
+
+/// Files smaller than this are copied through the buffer: for them a flush and a syscall of
+/// their own cost more than the copy.
+const SENDFILE_MIN: u64 = 64 * 1024;
+
+/// Sends up to `max` bytes of `file`, from its offset on, to `out`'s descriptor; the
+/// buffered NAR tokens go first. 0 means the file ended early.
+type SendFile<W> = fn(&mut BufWriter<W>, &File, u64) -> std::io::Result<u64>;
+
+fn send_file<W: Write + AsFd>(
+    out: &mut BufWriter<W>,
+    file: &File,
+    max: u64,
+) -> std::io::Result<u64> {
+    out.flush()?;
+    // At most 1 GiB per call, as Linux caps a call just below 2 GiB anyway.
+    let want = usize::try_from(max.min(1 << 30)).unwrap_or(1 << 30);
+    loop {
+        match rustix::fs::sendfile(out.get_ref().as_fd(), file.as_fd(), None, want) {
+            Ok(n) => return Ok(n as u64),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+fn dump_path_with<W: Write>(
+    path: &Path,
+    out: W,
+    send: Option<SendFile<W>>,
+) -> Result<u64, NarError> {
     let mut nar = NarWriter::new(BufWriter::with_capacity(COPY_CHUNK, out));
     let mut buf = vec![0u8; COPY_CHUNK];
     let mut pending: Vec<PendingDirectory> = Vec::new();
-    dump_node(path.to_path_buf(), &mut nar, &mut pending, &mut buf)?;
+    dump_node(path.to_path_buf(), &mut nar, &mut pending, &mut buf, send)?;
     while let Some(directory) = pending.last_mut() {
         match directory.names.next() {
             Some(name) => {
                 let child = directory.path.join(&name);
                 nar.entry(name.as_bytes())?;
-                dump_node(child, &mut nar, &mut pending, &mut buf)?;
+                dump_node(child, &mut nar, &mut pending, &mut buf, send)?;
             }
             None => {
                 nar.end_directory()?;
@@ -64,14 +105,15 @@ pub fn dump_path<W: Write>(path: &Path, out: W) -> Result<u64, NarError> {
 /// Writes the node at `path`; a directory is only opened, and pushed for the caller to walk.
 fn dump_node<W: Write>(
     path: PathBuf,
-    nar: &mut NarWriter<W>,
+    nar: &mut NarWriter<BufWriter<W>>,
     pending: &mut Vec<PendingDirectory>,
     buf: &mut [u8],
+    send: Option<SendFile<W>>,
 ) -> Result<(), NarError> {
     let metadata = fs::symlink_metadata(&path).map_err(fs_error("reading metadata of", &path))?;
     let file_type = metadata.file_type();
     if file_type.is_file() {
-        dump_file(&path, nar, buf)
+        dump_file(&path, nar, buf, send)
     } else if file_type.is_symlink() {
         let target = fs::read_link(&path).map_err(fs_error("reading symlink", &path))?;
         nar.symlink(target.as_os_str().as_bytes())
@@ -95,8 +137,9 @@ fn dump_node<W: Write>(
 
 fn dump_file<W: Write>(
     path: &Path,
-    nar: &mut NarWriter<W>,
+    nar: &mut NarWriter<BufWriter<W>>,
     buf: &mut [u8],
+    send: Option<SendFile<W>>,
 ) -> Result<(), NarError> {
     // O_NOFOLLOW: the path was a regular file when we looked; if it has been swapped for a
     // symlink since, fail instead of reading whatever it points to. O_NONBLOCK: likewise
@@ -119,6 +162,20 @@ fn dump_file<W: Write>(
     let executable = metadata.permissions().mode() & 0o100 != 0;
     let mut sink = nar.begin_file(executable, size)?;
     let mut left = size;
+    if let Some(send) = send.filter(|_| size >= SENDFILE_MIN) {
+        while left > 0 {
+            match sink.write_with(|out, max| send(out, &file, max))? {
+                0 => {
+                    return Err(NarError::FileChanged {
+                        path: path.to_path_buf(),
+                        expected: size,
+                        actual: size - left,
+                    })
+                }
+                n => left -= n,
+            }
+        }
+    }
     while left > 0 {
         let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
         let n = match file.read(&mut buf[..want]) {

@@ -37,7 +37,7 @@ mod reader;
 mod writer;
 
 pub use error::NarError;
-pub use fs::{dump_path, unpack, unpack_with};
+pub use fs::{dump_path, dump_path_to_fd, unpack, unpack_with};
 pub use reader::{Event, FileContents, NarPath, NarReader, ParseOptions};
 pub use writer::{FileSink, NarWriter};
 

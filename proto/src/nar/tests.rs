@@ -1520,3 +1520,26 @@ proptest! {
         prop_assert_eq!(dump_to_vec(&dest).unwrap(), bytes);
     }
 }
+
+#[test]
+fn dump_path_to_fd_sends_large_files_with_sendfile_and_writes_the_same_nar() {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("t");
+    std::fs::create_dir(&tree).unwrap();
+    // Files below, at and well above the size from which contents go by sendfile, with sizes
+    // that need padding, around small ones that go through the buffer.
+    let big: Vec<u8> = (0..3 * 1024 * 1024 + 5).map(|i| (i % 251) as u8).collect();
+    std::fs::write(tree.join("a-small"), b"small\n").unwrap();
+    std::fs::write(tree.join("b-big"), &big).unwrap();
+    std::fs::write(tree.join("c-limit"), vec![7u8; 64 * 1024]).unwrap();
+    std::fs::write(tree.join("d-empty"), b"").unwrap();
+    std::os::unix::fs::symlink("b-big", tree.join("e-link")).unwrap();
+    let expected = dump_to_vec(&tree).unwrap();
+    let out_path = dir.path().join("out.nar");
+    let out = std::fs::File::create(&out_path).unwrap();
+    let size = crate::nar::dump_path_to_fd(&tree, &out).unwrap();
+    drop(out);
+    let sent = std::fs::read(&out_path).unwrap();
+    assert_eq!(size, sent.len() as u64);
+    assert!(sent == expected, "the NAR written with sendfile differs");
+}

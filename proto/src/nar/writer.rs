@@ -368,6 +368,45 @@ impl<W: Write> FileSink<'_, W> {
         Ok(())
     }
 
+    /// Appends bytes that `send` writes to the underlying writer itself (with `sendfile`, say),
+    /// at most the bytes still expected; `send` gets the writer and that bound and returns how
+    /// many bytes it wrote. Returns that count (0: `send` wrote nothing).
+    pub fn write_with(
+        &mut self,
+        send: impl FnOnce(&mut W, u64) -> io::Result<u64>,
+    ) -> Result<u64, NarError> {
+        let State::Contents { declared, written } = self.writer.state else {
+            return Err(self.writer.misuse("file contents written outside a file"));
+        };
+        let left = declared - written;
+        match send(&mut self.writer.out, left) {
+            Ok(n) if n <= left => {
+                self.writer.offset += n;
+                self.writer.state = State::Contents {
+                    declared,
+                    written: written + n,
+                };
+                Ok(n)
+            }
+            Ok(n) => {
+                let path = show_nar_path(&self.writer.path);
+                self.writer.state = State::Failed;
+                Err(NarError::ContentsSizeMismatch {
+                    path,
+                    declared,
+                    actual: written + n,
+                })
+            }
+            Err(source) => {
+                self.writer.state = State::Failed;
+                Err(NarError::Write {
+                    offset: self.writer.offset,
+                    source,
+                })
+            }
+        }
+    }
+
     /// Bytes still expected.
     pub fn remaining(&self) -> u64 {
         match self.writer.state {
