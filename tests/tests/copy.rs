@@ -378,7 +378,12 @@ fn add_multiple_registers_a_batch_whose_paths_refer_to_each_other() {
     // The real client sees the whole closure.
     let top = &entries.last().unwrap().0.path;
     let closure = f.ward.ok("nix-store", &["-qR", top]);
-    assert_eq!(closure.lines().len(), entries.len(), "{:?}", closure.lines());
+    assert_eq!(
+        closure.lines().len(),
+        entries.len(),
+        "{:?}",
+        closure.lines()
+    );
 }
 
 #[test]
