@@ -797,12 +797,30 @@ impl Store {
             [first, rest @ ..] => format!("{} (and {} more in the batch)", first.shown, rest.len()),
             [] => return Ok(()),
         };
-        fsutil::sync_filesystem(self.store_fd.as_fd(), self.layout.real_store_dir()).map_err(
-            |source| AddError::Fs {
-                path: shown.clone(),
-                source,
-            },
-        )?;
+        let fs_err = |source| AddError::Fs {
+            path: shown.clone(),
+            source,
+        };
+        match placed {
+            // One path that is a single file (most small adds): its own fsync and the store
+            // directory's are cheaper than syncfs, which would also wait for whatever other
+            // programs left dirty on the filesystem.
+            [only] if only.is_regular_file(&self.store_fd) => {
+                let base = OsStr::new(only.info.path.base_name());
+                let file = rustix::fs::openat(
+                    &self.store_fd,
+                    base,
+                    OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(|e| fs_err(fsutil::io_err("opening", &only.real_path)(e)))?;
+                fsutil::fsync(file.as_fd(), &only.real_path).map_err(fs_err)?;
+                fsutil::fsync(self.store_fd.as_fd(), self.layout.real_store_dir())
+                    .map_err(fs_err)?;
+            }
+            _ => fsutil::sync_filesystem(self.store_fd.as_fd(), self.layout.real_store_dir())
+                .map_err(fs_err)?,
+        }
         let infos: Vec<ValidPathInfo> = placed.iter().map(|p| p.info.clone()).collect();
         let store_fd = &self.store_fd;
         let layout = &self.layout;
@@ -827,6 +845,14 @@ struct Placed {
 }
 
 impl Placed {
+    /// Whether the moved tree is a single regular file.
+    fn is_regular_file(&self, store_fd: &OwnedFd) -> bool {
+        let base = OsStr::new(self.info.path.base_name());
+        rustix::fs::statat(store_fd, base, rustix::fs::AtFlags::SYMLINK_NOFOLLOW).is_ok_and(|st| {
+            rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::RegularFile
+        })
+    }
+
     /// Takes the tree out of the store again (best effort).
     fn remove(&self, store_fd: &OwnedFd) {
         let base = OsStr::new(self.info.path.base_name());
