@@ -5,7 +5,7 @@ Starts both daemons on throw-away chroot stores under a temporary directory, dri
 the shared `wirebench.py` (never copied into this repository), and prints a markdown table
 (workload, nix-daemon, ward, ratio ward/nix, target, met) plus the raw JSON of every run.
 
-    python3 bench/compare.py --quick        # < 2 minutes after the build
+    python3 bench/compare.py --quick        # about 4 minutes after the build
     python3 bench/compare.py                # the full run
 
 Runs are strictly sequential (the machine has 2 cores); measured workloads alternate between
@@ -1106,7 +1106,8 @@ class Run:
         try:
             client = load_wirebench(self.wirebench)
         except BenchError as e:
-            raise SystemExit("compare.py: %s" % e) from e
+            client = None
+            client_error = str(e)
         self.start_phase("data")
         sampler = PeakSampler(list(self.daemons.values()))
         sampler.start()
@@ -1184,7 +1185,10 @@ class Run:
                 "sampled": [{"pid": pid, "name": v["name"], "hwm_kb": v["hwm_kb"]}
                             for pid, v in sorted(peaks.items())],
                 "after": tree_peaks(d.pid) if d is not None and d.running() else []}
-        self.small_adds(client)
+        if client is None:
+            self.set_not_run(("add_small", "add_multiple", "nix_copy"), client_error)
+        else:
+            self.small_adds(client)
         self.stop_phase("data")
 
     def small_adds(self, client):
@@ -1207,8 +1211,8 @@ class Run:
             log("data: %d entries files and a source store of %d closures made in %.1f s"
                 % (len(sets), len(copy["closures"]), time.monotonic() - t0))
         except (BenchError, OSError) as e:
-            self.maint_not_run(("add_small", "add_multiple", "nix_copy"),
-                               "small-add set-up: %s" % e)
+            self.set_not_run(("add_small", "add_multiple", "nix_copy"),
+                             "small-add set-up: %s" % e)
             log("small adds not run: %s" % e)
             return
 
@@ -1442,7 +1446,7 @@ class Run:
             log("maint: binary cache of %d small paths and %s written in %.1f s"
                 % (len(cache["small"]), fmt_size(m["sub_large_mb"]), time.monotonic() - t0))
         except (BenchError, OSError) as e:
-            self.maint_not_run(keys, "maint phase set-up: %s" % e)
+            self.set_not_run(keys, "maint phase set-up: %s" % e)
             log("maint phase failed: %s" % e)
             return
         self.start_phase("maint")
@@ -1451,7 +1455,7 @@ class Run:
             try:
                 url = self.start_http_cache(cache["dir"])
             except BenchError as e:
-                self.maint_not_run(keys[2:], str(e))
+                self.set_not_run(keys[2:], str(e))
                 log("maint: %s" % e)
             else:
                 self.maint_substitute(client, cache, url)
@@ -1464,7 +1468,7 @@ class Run:
                     tree_peaks(d.pid)
         self.stop_phase("maint")
 
-    def maint_not_run(self, keys, why):
+    def set_not_run(self, keys, why):
         """The first key gets the error (listed under the table), the others 'not run'."""
         for side in self.sides:
             for i, key in enumerate(keys):
@@ -2338,6 +2342,8 @@ def narfrom_peak_rss_rows(run):
     nix-daemon's largest process."""
     label = "peak RSS (VmHWM) during NarFromPath %s" % fmt_size(
         run.profile["narfrom"]["size_mb"])
+    if False in run.peak_rss_reset.values():
+        label += " (VmHWM could not be reset: peak since the data phase began)"
     limit = below(PEAK_RSS_LIMIT_KB / KIB, "MiB")
 
     def peaks(side):
@@ -2752,10 +2758,11 @@ def render_report(run, rows_md, cpu_md, budget_md=""):
     if "data" in run.args.phases and not any(size == ADD_TARGET_SIZE_MB
                                              for size, _rounds in run.profile["add"]):
         lines.append("")
-        lines.append("AddToStoreNar and NarFromPath of %s (targets ≥ %g× nix-daemon and ≥ %d%% "
-                     "of min(SHA-256, disk write)) run only in the full run; the rows above "
-                     "cover smaller sizes." % (fmt_size(ADD_TARGET_SIZE_MB), ADD_1GIB_RATIO_TARGET,
-                                               100 * MACHINE_LIMIT_SHARE_TARGET))
+        lines.append("AddToStoreNar and NarFromPath of %s (targets ≥ %g× nix-daemon and "
+                     "≥ %d%% of min(SHA-256, disk write)) run only in the full run; the rows "
+                     "above cover smaller sizes." % (
+                         fmt_size(ADD_TARGET_SIZE_MB), ADD_1GIB_RATIO_TARGET,
+                         100 * MACHINE_LIMIT_SHARE_TARGET))
     errors = []
     for key, per_side in run.workloads.items():
         for side, rec in per_side.items():
@@ -2786,7 +2793,7 @@ def parse_args(argv):
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true",
-                    help="small sizes and few repetitions (< 2 minutes once ward is built)")
+                    help="small sizes and few repetitions (about 4 minutes once ward is built)")
     ap.add_argument("--ward-bin", help="use this ward binary instead of building one "
                     "(cargo build --release --workspace)")
     ap.add_argument("--ward-arg", action="append", metavar="ARG",
