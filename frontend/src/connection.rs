@@ -1504,6 +1504,9 @@ impl Connection {
                 .map_err(wire_fatal)?;
                 info.ultimate = false;
                 let mut nar_data = (&mut entries).take(info.nar_size);
+                if first_error.is_none() && batch_open && writer_lost(&self.writer) {
+                    first_error = Some(batch_lost());
+                }
                 if first_error.is_none() {
                     let result =
                         match connect_writer(&mut self.writer, &self.shared, Some(self.peer_uid))
@@ -1543,12 +1546,16 @@ impl Connection {
         .await;
         framed.drain().await.map_err(wire_fatal)?;
         // The paths accepted before any failure are registered, as Nix registers them.
+        // The batch lives on the store-writer channel it was sent on: a new channel (the
+        // store-writer restarted) does not have it, so committing there would report paths
+        // as added that never were.
         if batch_open {
-            let committed =
-                match connect_writer(&mut self.writer, &self.shared, Some(self.peer_uid)).await {
-                    Ok(writer) => writer.commit_additions().await.map_err(OpError::from),
-                    Err(e) => Err(e),
-                };
+            let committed = match self.writer.as_mut() {
+                Some(writer) if !writer.is_closed() => {
+                    writer.commit_additions().await.map_err(OpError::from)
+                }
+                _ => Err(batch_lost()),
+            };
             if let Err(e) = committed {
                 first_error.get_or_insert(e);
             }
@@ -1682,6 +1689,20 @@ async fn connect_writer<'a>(
         replayed?;
     }
     Ok(slot.as_mut().expect("set above"))
+}
+
+/// Whether the store-writer channel is gone (or was never opened).
+fn writer_lost(writer: &Option<WriterClient>) -> bool {
+    writer.as_ref().is_none_or(WriterClient::is_closed)
+}
+
+/// The error of an AddMultipleToStore whose batch died with its store-writer channel.
+fn batch_lost() -> OpError {
+    OpError::Client(
+        "the store-writer restarted during AddMultipleToStore; the paths of its unfinished \
+         batch were not registered, run the copy again"
+            .to_owned(),
+    )
 }
 
 /// Whether the client closed its end: `Some(true)` at end of file, `Some(false)` when it sent
