@@ -654,6 +654,9 @@ pub fn run(args: &BrokerArgs) -> Result<(), SupervisorError> {
     // Non-blocking: after poll, the loop reads until EAGAIN and must never block in read.
     let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
         .map_err(sys_err("signalfd"))?;
+    // The canary's sandbox init is re-parented to the broker when its builder dies; if it
+    // died before SIGCHLD was blocked, that signal is gone and only this reaps it.
+    reap_orphans();
 
     let mut frontend: Option<FrontendLink> = None;
     let mut store_writer: Option<StoreWriterLink> = None;

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use ward_e2e_tests::builds;
 use ward_e2e_tests::daemon::{descendants, ward_bin};
 use ward_e2e_tests::lifecycle::{
     chroot_socket, chroot_url, is_alive, isolated_command, kill_9, on_daemons, processes_named,
@@ -20,8 +21,8 @@ use ward_e2e_tests::lifecycle::{
 use ward_e2e_tests::store::{assert_valid_paths_complete, assert_verify_path, live_temp_roots};
 use ward_e2e_tests::wire::{ca_nar, PathInfo, WireError, WorkerClient};
 use ward_e2e_tests::{
-    current_user_name, inputs, known_nix_daemon_deviation, nar, require_nix, CmdOutput,
-    DaemonOptions, NixClient, TestEnv, WardDaemon,
+    current_user_name, inputs, known_nix_daemon_deviation, nar, require_nix, require_root,
+    CmdOutput, DaemonOptions, NixClient, TestEnv, WardDaemon,
 };
 
 /// How long a killed child may take to be replaced (the first restart waits 200 ms).
@@ -907,4 +908,51 @@ fn quiet_hides_and_verbose_and_debug_add_log_lines() {
             strip_ansi(&plain.log())
         );
     }
+}
+
+/// The start-up sandbox check's builder dies under the broker before the broker watches
+/// SIGCHLD; its pid-namespace init must still be reaped, not left as a zombie for the life of
+/// the daemon (where pid 1 is a container's shell, nobody else would reap it either).
+#[test]
+fn the_start_up_sandbox_check_leaves_no_zombie() {
+    let test = "the_start_up_sandbox_check_leaves_no_zombie";
+    if !require_root(test) || no_process_tree(test) || !builds::have_busybox(test) {
+        return;
+    }
+    let daemon = WardDaemon::start(builds::sandboxed(DaemonOptions::multi_user()));
+    wait_child(&daemon, FRONTEND, None);
+    assert!(
+        daemon.log().contains("sandbox check passed"),
+        "the sandbox check did not run:\n{}",
+        daemon.log_tail()
+    );
+    let zombies = |d: &WardDaemon| -> Vec<String> {
+        d.process_tree()
+            .into_iter()
+            .filter_map(|pid| {
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+                // "pid (comm) S ...": the state follows the last ')'.
+                let state = stat
+                    .rsplit_once(')')?
+                    .1
+                    .split_whitespace()
+                    .next()?
+                    .to_owned();
+                let comm_end = stat.rfind(')')? + 1;
+                (state == "Z").then(|| stat[..comm_end].to_owned())
+            })
+            .collect()
+    };
+    // The canary ran before the frontend started; give a late SIGCHLD its turn.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut left = zombies(&daemon);
+    while !left.is_empty() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(100));
+        left = zombies(&daemon);
+    }
+    assert!(
+        left.is_empty(),
+        "zombies under the broker after start-up: {left:?}\n{}",
+        daemon.log_tail()
+    );
 }
