@@ -502,6 +502,19 @@ impl WorkerClient {
         chunk: usize,
         dont_check_sigs: bool,
     ) -> Result<()> {
+        self.add_multiple_to_store_pausing(entries, chunk, dont_check_sigs, entries.len(), || {})
+    }
+
+    /// Like [`WorkerClient::add_multiple_to_store`], but `pause` runs after the stream of the
+    /// first `pause_after` paths has been sent and before the rest is.
+    pub fn add_multiple_to_store_pausing(
+        &mut self,
+        entries: &[(PathInfo, Vec<u8>)],
+        chunk: usize,
+        dont_check_sigs: bool,
+        pause_after: usize,
+        pause: impl FnOnce(),
+    ) -> Result<()> {
         fn u64_to(out: &mut Vec<u8>, v: u64) {
             out.extend_from_slice(&v.to_le_bytes());
         }
@@ -517,8 +530,12 @@ impl WorkerClient {
             }
         }
         let mut stream = Vec::new();
+        let mut split = None;
         u64_to(&mut stream, entries.len() as u64);
-        for (info, nar) in entries {
+        for (index, (info, nar)) in entries.iter().enumerate() {
+            if index == pause_after {
+                split = Some(stream.len());
+            }
             string_to(&mut stream, info.path.as_bytes());
             string_to(&mut stream, info.deriver.as_bytes());
             string_to(&mut stream, info.nar_hash.as_bytes());
@@ -533,7 +550,11 @@ impl WorkerClient {
         self.write_u64(op::ADD_MULTIPLE_TO_STORE)?;
         self.write_u64(0)?; // repair
         self.write_u64(u64::from(dont_check_sigs))?;
-        self.send_frames(&stream, chunk)?;
+        let (first, rest) = stream.split_at(split.unwrap_or(stream.len()));
+        self.send_frames(first, chunk)?;
+        self.stream.flush()?;
+        pause();
+        self.send_frames(rest, chunk)?;
         self.end_frames()?;
         self.process_stderr()
     }

@@ -4,9 +4,14 @@
 
 use std::path::Path;
 
+use std::thread;
+use std::time::Duration;
+
+use ward_e2e_tests::lifecycle::{kill_9, wait_for_process, STORE_WRITER};
 use ward_e2e_tests::wire::{PathInfo, WorkerClient};
 use ward_e2e_tests::{
-    inputs, nar, require_nix, DaemonOptions, Fixture, ImportedGraph, NixClient, SigningKey, TestEnv,
+    inputs, known_nix_daemon_deviation, nar, require_nix, DaemonOptions, Fixture, ImportedGraph,
+    NixClient, SigningKey, TestEnv, WardDaemon,
 };
 
 fn file_url(dir: &Path) -> String {
@@ -417,6 +422,60 @@ fn add_multiple_keeps_the_paths_before_a_bad_one_and_none_after() {
             !store.join(base).exists(),
             "{base} left in {}",
             store.display()
+        );
+    }
+}
+
+/// A batch lives on its store-writer channel: when the store-writer is killed between two
+/// paths of an AddMultipleToStore, the copy fails with an error saying so (it must not commit
+/// an empty batch on a fresh channel and report success), none of the unfinished batch is
+/// valid, and the same copy run again succeeds.
+#[test]
+fn add_multiple_fails_when_the_store_writer_restarts_mid_batch() {
+    let test = "add_multiple_fails_when_the_store_writer_restarts_mid_batch";
+    if !require_nix(test)
+        || known_nix_daemon_deviation(test, "nix-daemon has no store-writer to kill")
+    {
+        return;
+    }
+    let daemon = WardDaemon::start(DaemonOptions::single_user());
+    let broker = daemon.pid().expect("the daemon is running");
+    let restart = Duration::from_secs(5);
+    let writer = wait_for_process(broker, STORE_WRITER, None, restart).expect("store-writer");
+    // Fewer than the store-writer's 64-path batch, so nothing commits before the kill.
+    let entries = chain(20, "restarted");
+    let mut client = WorkerClient::handshake(daemon.socket()).expect("handshake");
+    let err = client
+        .add_multiple_to_store_pausing(&entries, 4096, true, 10, || {
+            // Let the frontend hand the first paths to the store-writer, then kill it.
+            thread::sleep(Duration::from_millis(300));
+            kill_9(writer);
+            wait_for_process(broker, STORE_WRITER, Some(writer), restart)
+                .expect("a new store-writer");
+        })
+        .expect_err("a batch whose store-writer died cannot succeed");
+    let message = err.to_string();
+    assert!(
+        message.contains("store-writer restarted during AddMultipleToStore"),
+        "the error says why: {message}"
+    );
+    let mut check = WorkerClient::handshake(daemon.socket()).expect("handshake");
+    for (info, _) in &entries {
+        assert!(
+            !check.is_valid_path(&info.path).expect("IsValidPath"),
+            "{} of the lost batch is valid",
+            info.path
+        );
+    }
+    // The client's retry goes through on the new store-writer.
+    check
+        .add_multiple_to_store(&entries, 4096, true)
+        .expect("the same copy, run again");
+    for (info, _) in &entries {
+        assert!(
+            check.is_valid_path(&info.path).expect("IsValidPath"),
+            "{}",
+            info.path
         );
     }
 }
