@@ -349,6 +349,12 @@ define_settings! {
     /// bytes; the store-writer stops reading (and refuses the output) past it, so a sparse
     /// 1 TiB file is refused at the limit instead of being hashed for hours; 0 = no limit.
     ward_max_output_size: u64, IntKind<u64>, "ward-max-output-size" = 0;
+    /// `ward-durable-replies` (ward only): flush each addition's contents to disk before its
+    /// rows are committed and the client is answered, instead of registering it at once and
+    /// flushing additions in groups a few milliseconds later (sync-behind, which never leaves
+    /// a valid path with missing contents after a crash, but may forget the last additions
+    /// of the moment the power went).
+    ward_durable_replies: bool, BoolKind, "ward-durable-replies" = false;
     /// `ward-audit-log` (ward only): the audit log file, JSON lines; empty = none. Best set
     /// in `ward.conf`, which Nix clients do not read (they warn about settings they do not
     /// know).

@@ -763,6 +763,7 @@ impl Store {
             real_path,
             info: info.clone(),
             shown: shown.to_owned(),
+            repair,
         };
         if let Some(root) = pending {
             if let Err(e) = root.finish(&placed.real_path) {
@@ -801,6 +802,28 @@ impl Store {
             path: shown.clone(),
             source,
         };
+        let infos: Vec<ValidPathInfo> = placed.iter().map(|p| p.info.clone()).collect();
+        let db_err = |source| AddError::Db {
+            path: shown.clone(),
+            source: Box::new(source),
+        };
+        // Sync-behind: the rows go in now with their marks, the syncer makes the contents
+        // durable shortly. A repair is synced first: its row already counted as whole.
+        if let Some(tracker) = self.sync_behind.clone() {
+            if !placed.iter().any(|p| p.repair) {
+                let store_fd = &self.store_fd;
+                let layout = &self.layout;
+                let cache = &mut self.drv_hash_cache;
+                let marked = self
+                    .db
+                    .register_unsynced(&infos, |drv| {
+                        derivation_outputs_on_disk(layout, store_fd, cache, drv)
+                    })
+                    .map_err(db_err)?;
+                tracker.marked(&marked);
+                return Ok(());
+            }
+        }
         match placed {
             // One path that is a single file (most small adds): its own fsync and the store
             // directory's are cheaper than syncfs, which would also wait for whatever other
@@ -821,7 +844,6 @@ impl Store {
             _ => fsutil::sync_filesystem(self.store_fd.as_fd(), self.layout.real_store_dir())
                 .map_err(fs_err)?,
         }
-        let infos: Vec<ValidPathInfo> = placed.iter().map(|p| p.info.clone()).collect();
         let store_fd = &self.store_fd;
         let layout = &self.layout;
         let cache = &mut self.drv_hash_cache;
@@ -829,10 +851,7 @@ impl Store {
             .register_valid_paths(&infos, |drv| {
                 derivation_outputs_on_disk(layout, store_fd, cache, drv)
             })
-            .map_err(|source| AddError::Db {
-                path: shown,
-                source: Box::new(source),
-            })
+            .map_err(db_err)
     }
 }
 
@@ -842,6 +861,8 @@ struct Placed {
     real_path: PathBuf,
     info: ValidPathInfo,
     shown: String,
+    /// It replaces a valid path's contents (which a later mark could not undo).
+    repair: bool,
 }
 
 impl Placed {

@@ -370,6 +370,9 @@ impl StoreDb {
         if settings.ca_derivations {
             migrate_ca_schema(&conn, &layout.ca_schema_file(), &big_lock, layout, &db_file)?;
         }
+        // ward's own table (Nix ignores tables it does not know): see `register_unsynced`.
+        conn.execute_batch(UNSYNCED_TABLE_SQL)
+            .map_err(sqlite_err("creating the WardUnsynced table", &db_file))?;
         Ok(StoreDb {
             conn,
             db_file,
@@ -783,11 +786,40 @@ impl StoreDb {
     pub fn register_valid_paths<F>(
         &mut self,
         infos: &[ValidPathInfo],
-        mut derivation_outputs: F,
+        derivation_outputs: F,
     ) -> Result<(), DbError>
     where
         F: FnMut(&StorePath) -> Result<DerivationOutputs, DbError>,
     {
+        self.register(infos, derivation_outputs, false).map(drop)
+    }
+
+    /// Like [`StoreDb::register_valid_paths`], for paths whose contents are not yet known to
+    /// be on disk (sync-behind): each newly inserted row also gets a `WardUnsynced` row in the
+    /// same transaction, so that if the machine goes down before the next filesystem sync,
+    /// the next start knows exactly which paths to re-check. Returns the ids marked (rows that
+    /// existed and were only updated are not marked).
+    pub fn register_unsynced<F>(
+        &mut self,
+        infos: &[ValidPathInfo],
+        derivation_outputs: F,
+    ) -> Result<Vec<i64>, DbError>
+    where
+        F: FnMut(&StorePath) -> Result<DerivationOutputs, DbError>,
+    {
+        self.register(infos, derivation_outputs, true)
+    }
+
+    fn register<F>(
+        &mut self,
+        infos: &[ValidPathInfo],
+        mut derivation_outputs: F,
+        mark_unsynced: bool,
+    ) -> Result<Vec<i64>, DbError>
+    where
+        F: FnMut(&StorePath) -> Result<DerivationOutputs, DbError>,
+    {
+        let mut marked = Vec::new();
         if self.read_only {
             return Err(DbError::ReadOnly);
         }
@@ -843,6 +875,12 @@ impl StoreDb {
             })
             .map_err(sql_err(format!("registering path '{printed}'")))?;
             let id = tx.last_insert_rowid();
+            if mark_unsynced {
+                tx.prepare_cached("insert or ignore into WardUnsynced (id) values (?1)")
+                    .and_then(|mut s| s.execute([id]))
+                    .map_err(sql_err(format!("marking '{printed}' as not yet synced")))?;
+                marked.push(id);
+            }
             if info.path.is_derivation() {
                 for (name, output) in derivation_outputs(&info.path)? {
                     let out = store_dir.print(&output);
@@ -875,7 +913,63 @@ impl StoreDb {
             }
         }
         tx.commit()
-            .map_err(sql_err("committing the registration".into()))
+            .map_err(sql_err("committing the registration".into()))?;
+        Ok(marked)
+    }
+
+    /// The valid paths registered by [`StoreDb::register_unsynced`] whose marks no sync has
+    /// cleared yet, with their info (markers of paths deleted since are skipped).
+    pub fn unsynced_paths(&self) -> Result<Vec<ValidPathInfo>, DbError> {
+        let rows: Vec<String> = self
+            .conn
+            .prepare_cached(
+                "select v.path from WardUnsynced u join ValidPaths v on v.id = u.id order by u.id",
+            )
+            .and_then(|mut s| {
+                s.query_map([], |r| r.get(0))?
+                    .collect::<Result<Vec<String>, _>>()
+            })
+            .map_err(self.err("reading WardUnsynced"))?;
+        let mut infos = Vec::with_capacity(rows.len());
+        for row in rows {
+            let path = self.parse(&row)?;
+            if let Some(info) = self.query_path_info(&path)? {
+                infos.push(info);
+            }
+        }
+        Ok(infos)
+    }
+
+    /// Clears the marks of `ids` (after a sync that covered them), or every mark (`None`).
+    pub fn clear_unsynced(&mut self, ids: Option<&[i64]>) -> Result<(), DbError> {
+        if self.read_only {
+            return Err(DbError::ReadOnly);
+        }
+        let db = self.db_file.clone();
+        let sql_err = move |source| DbError::Sqlite {
+            action: "clearing WardUnsynced".into(),
+            db: db.clone(),
+            source,
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sql_err.clone())?;
+        match ids {
+            None => {
+                tx.execute("delete from WardUnsynced", [])
+                    .map_err(sql_err.clone())?;
+            }
+            Some(ids) => {
+                let mut delete = tx
+                    .prepare_cached("delete from WardUnsynced where id = ?1")
+                    .map_err(sql_err.clone())?;
+                for id in ids {
+                    delete.execute([id]).map_err(sql_err.clone())?;
+                }
+            }
+        }
+        tx.commit().map_err(sql_err)
     }
 
     /// Checks one info before it is written: SHA-256 NAR hash, a size SQLite can hold, and a
@@ -1254,6 +1348,12 @@ fn refuse_ancient(layout: &StoreLayout, found: u32) -> Result<(), DbError> {
 }
 
 /// Opens the database file and applies Nix's pragmas (see `ward_proto::db`).
+/// ward's table of paths registered before a sync made their contents durable: ids of
+/// `ValidPaths` rows, no foreign key (a path may be deleted before its mark is cleared; ids are
+/// never reused, `ValidPaths.id` being `autoincrement`).
+const UNSYNCED_TABLE_SQL: &str =
+    "create table if not exists WardUnsynced (id integer primary key not null);";
+
 fn open_connection(
     db_file: &Path,
     create: bool,

@@ -30,6 +30,7 @@ pub mod seccomp_abi;
 #[cfg(target_os = "linux")]
 pub mod seccomp_allow;
 pub mod store;
+pub mod sync_behind;
 pub mod verify;
 
 #[cfg(test)]

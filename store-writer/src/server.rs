@@ -15,7 +15,9 @@ use ward_config::daemon::{self, DaemonSetup, FRONTEND_USER, WARD_GROUP};
 use ward_proto::signature::PublicKeys;
 use ward_proto::store_path::{StoreDir, StorePath};
 use ward_store::db::DbSettings;
+use ward_store::fsutil;
 use ward_store::layout::{CreateOptions, StoreLayout, StoreUser};
+use ward_store::sync_behind::{start_syncer, SyncBehind};
 use ward_store::Store;
 
 use crate::broker_link::BrokerLink;
@@ -55,6 +57,9 @@ pub enum ServerError {
     /// Confinement could not be applied.
     #[error("{0}")]
     Confine(#[from] confine::ConfineError),
+    /// Re-checking the additions a previous run had not synced yet failed.
+    #[error("re-checking recent additions of the last run: {0}")]
+    Recovery(String),
 }
 
 fn io_err<'a>(
@@ -129,6 +134,7 @@ const WRITER_RESTART_ONLY: &[&str] = &[
     "secret-key-files",
     "experimental-features",
     "ward-audit-log",
+    "ward-durable-replies",
 ];
 
 impl Shared {
@@ -459,6 +465,18 @@ pub fn run(
     )?;
     store.signing_keys = signing_keys;
     store.auto_optimise = setup.settings.auto_optimise_store;
+    let recovery = store
+        .recover_unsynced()
+        .map_err(|e| ServerError::Recovery(e.to_string()))?;
+    if recovery.intact > 0 || !recovery.invalidated.is_empty() {
+        tracing::info!(
+            intact = recovery.intact,
+            invalidated = recovery.invalidated.len(),
+            "re-checked the additions the last run registered before syncing them"
+        );
+    }
+    let sync_behind = (!setup.settings.ward_durable_replies).then(SyncBehind::new);
+    store.sync_behind = sync_behind.clone();
     if db_settings.use_sqlite_wal {
         ensure_wal_files(&store)?;
     }
@@ -502,6 +520,22 @@ pub fn run(
         next_channel: AtomicU64::new(0),
     });
     start_reloader(&shared, setup)?;
+    if let Some(tracker) = sync_behind {
+        let store_dir = fsutil::open_dir_path(shared.layout.real_store_dir())
+            .map_err(|e| ServerError::Recovery(e.to_string()))?;
+        let for_syncer = Arc::clone(&shared);
+        start_syncer(
+            tracker,
+            store_dir,
+            shared.layout.real_store_dir().to_owned(),
+            move |ids| for_syncer.store().db_mut().clear_unsynced(Some(ids)),
+        )
+        .map_err(|source| ServerError::Io {
+            action: "starting the syncer thread for",
+            path: shared.layout.real_store_dir().to_owned(),
+            source,
+        })?;
+    }
     accept_loop(&shared, &listener, &peers)
 }
 

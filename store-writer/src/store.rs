@@ -10,6 +10,7 @@
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use rustix::fs::{FlockOperation, Mode};
 use rustix::io::Errno;
@@ -20,6 +21,7 @@ use ward_proto::path_info::ValidPathInfo;
 use crate::db::{DbError, DbSettings, StoreDb};
 use crate::fsutil::{self, FsError};
 use crate::layout::{CreateOptions, LayoutError, StoreLayout, STAGING_DIR_NAME};
+use crate::sync_behind::SyncBehind;
 
 /// The store could not be opened.
 #[derive(Debug, Error)]
@@ -71,6 +73,10 @@ pub struct Store {
     pub signing_keys: Vec<ward_proto::signature::SecretKey>,
     /// `auto-optimise-store`: new paths are hard-linked to identical files as they come.
     pub auto_optimise: bool,
+    /// Sync-behind (see [`crate::sync_behind`]): additions are registered with a mark and
+    /// synced in groups by the syncer. `None` (`ward-durable-replies`, and tests): each
+    /// addition is synced before its rows are committed.
+    pub sync_behind: Option<Arc<SyncBehind>>,
 }
 
 impl Store {
@@ -94,6 +100,7 @@ impl Store {
             drv_hash_cache: HashModuloCache::new(),
             signing_keys: Vec::new(),
             auto_optimise: false,
+            sync_behind: None,
         };
         let removed = store.clean_staging()?;
         if removed > 0 {
